@@ -1,0 +1,86 @@
+package raftkit_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/raftkit/raftkit"
+	fsmexample "github.com/raftkit/raftkit/fsm_example"
+)
+
+// A single in-memory node: no ports, no disk. A real node sets Addr to a
+// host:port, Dir to a directory and Peers to the cluster's addresses.
+func ExampleNewRaftNode() {
+	kv := fsmexample.New()
+	node, err := raftkit.NewRaftNode(raftkit.Config{
+		InMemory: true,
+		Addr:     "node1",
+		Peers:    []string{"node1"},
+	}, kv)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer node.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	leader, err := node.WaitForLeader(ctx)
+	fmt.Println("leader:", leader, err)
+	// Output: leader: node1 <nil>
+}
+
+func ExampleRaftNode_Apply() {
+	kv := fsmexample.New()
+	node, err := raftkit.NewRaftNode(raftkit.Config{InMemory: true, Addr: "node1", Peers: []string{"node1"}}, kv)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer node.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := node.WaitForLeader(ctx); err != nil {
+		fmt.Println(err)
+		return
+	}
+
+	if _, err := node.Apply(ctx, fsmexample.Set("greeting", []byte("hello"))); err != nil {
+		if errors.Is(err, raftkit.ErrUnknownOutcome) {
+			fmt.Println("the write may or may not have been applied:", err)
+		}
+		return
+	}
+	swapped, err := node.Apply(ctx, fsmexample.CompareAndSet("greeting", []byte("hello"), []byte("hi")))
+	fmt.Println("swapped:", swapped, err)
+	value, _ := kv.Get("greeting")
+	fmt.Println("greeting:", string(value))
+
+	// The FSM's own error comes back as Apply's error.
+	_, err = node.Apply(ctx, []byte{0xff})
+	fmt.Println("bad command:", errors.Is(err, fsmexample.ErrBadCommand))
+	// Output:
+	// swapped: true <nil>
+	// greeting: hi
+	// bad command: true
+}
+
+func ExampleRaftNode_WatchLeadership() {
+	node, err := raftkit.NewRaftNode(raftkit.Config{InMemory: true, Addr: "node1", Peers: []string{"node1"}}, fsmexample.New())
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer node.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for l := range node.WatchLeadership(ctx) {
+		if l.IsLeader {
+			fmt.Println("this node leads")
+			break
+		}
+	}
+	// Output: this node leads
+}

@@ -1,0 +1,214 @@
+package raftkit
+
+import (
+	"fmt"
+	"net"
+	"sync"
+	"time"
+)
+
+// MemNetwork connects in-memory nodes (Config.InMemory) without sockets. Its
+// connections behave like TCP connections between the nodes' addresses, so
+// in-memory nodes run the same transport, forwarding and membership code as
+// TCP nodes. Tests cut links with Disconnect, Isolate and Block, and mend
+// them with Reconnect and Heal; cutting a link also breaks the connections
+// already open on it, as a crashed switch or a firewall reset would.
+//
+// A MemNetwork is safe for concurrent use. The zero value is not usable;
+// call NewMemNetwork.
+type MemNetwork struct {
+	mu        sync.Mutex
+	listeners map[string]*memListener
+	blocked   map[[2]string]bool // from, to
+	isolated  map[string]bool
+	conns     map[*memConn]struct{}
+	delay     time.Duration
+}
+
+// NewMemNetwork returns an empty in-memory network.
+func NewMemNetwork() *MemNetwork {
+	return &MemNetwork{
+		listeners: map[string]*memListener{},
+		blocked:   map[[2]string]bool{},
+		isolated:  map[string]bool{},
+		conns:     map[*memConn]struct{}{},
+	}
+}
+
+// Disconnect cuts the link between a and b in both directions.
+func (n *MemNetwork) Disconnect(a, b string) {
+	n.mu.Lock()
+	n.blocked[[2]string{a, b}] = true
+	n.blocked[[2]string{b, a}] = true
+	n.mu.Unlock()
+	n.sever()
+}
+
+// Block cuts the link from one address to another in one direction only:
+// from cannot open connections to to. Connections already open between
+// them in either direction are broken, since a TCP connection carries
+// traffic both ways.
+func (n *MemNetwork) Block(from, to string) {
+	n.mu.Lock()
+	n.blocked[[2]string{from, to}] = true
+	n.mu.Unlock()
+	n.sever()
+}
+
+// Reconnect restores the link between a and b in both directions.
+func (n *MemNetwork) Reconnect(a, b string) {
+	n.mu.Lock()
+	delete(n.blocked, [2]string{a, b})
+	delete(n.blocked, [2]string{b, a})
+	n.mu.Unlock()
+}
+
+// Isolate cuts every link of addr, including links to nodes that join later.
+func (n *MemNetwork) Isolate(addr string) {
+	n.mu.Lock()
+	n.isolated[addr] = true
+	n.mu.Unlock()
+	n.sever()
+}
+
+// Heal restores every link that Disconnect, Block or Isolate cut.
+func (n *MemNetwork) Heal() {
+	n.mu.Lock()
+	n.blocked = map[[2]string]bool{}
+	n.isolated = map[string]bool{}
+	n.mu.Unlock()
+}
+
+// SetDelay makes every write on the network wait d before it is delivered
+// (0 turns it off). It models a slow link, not reordering.
+func (n *MemNetwork) SetDelay(d time.Duration) {
+	n.mu.Lock()
+	n.delay = d
+	n.mu.Unlock()
+}
+
+func (n *MemNetwork) cutLocked(from, to string) bool {
+	return n.isolated[from] || n.isolated[to] || n.blocked[[2]string{from, to}]
+}
+
+// sever closes the open connections whose link is now cut.
+func (n *MemNetwork) sever() {
+	n.mu.Lock()
+	var doomed []*memConn
+	for c := range n.conns {
+		if n.cutLocked(c.from, c.to) || n.cutLocked(c.to, c.from) {
+			doomed = append(doomed, c)
+		}
+	}
+	n.mu.Unlock()
+	for _, c := range doomed {
+		c.Close()
+	}
+}
+
+func (n *MemNetwork) listen(addr string) (*memListener, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if _, taken := n.listeners[addr]; taken {
+		return nil, fmt.Errorf("raftkit: listen on in-memory address %q: address already in use", addr)
+	}
+	l := &memListener{net: n, addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
+	n.listeners[addr] = l
+	return l, nil
+}
+
+func (n *MemNetwork) dial(from, to string, timeout time.Duration) (net.Conn, error) {
+	n.mu.Lock()
+	l := n.listeners[to]
+	cut := n.cutLocked(from, to)
+	n.mu.Unlock()
+	if cut {
+		return nil, &net.OpError{Op: "dial", Net: "mem", Addr: memAddr(to), Err: fmt.Errorf("network unreachable (link cut by MemNetwork)")}
+	}
+	if l == nil {
+		return nil, &net.OpError{Op: "dial", Net: "mem", Addr: memAddr(to), Err: fmt.Errorf("connection refused")}
+	}
+	client, server := net.Pipe()
+	cc := &memConn{Conn: client, net: n, from: from, to: to}
+	sc := &memConn{Conn: server, net: n, from: to, to: from}
+	n.mu.Lock()
+	n.conns[cc] = struct{}{}
+	n.conns[sc] = struct{}{}
+	n.mu.Unlock()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case l.ch <- sc:
+		return cc, nil
+	case <-l.done:
+	case <-timer.C:
+	}
+	cc.Close()
+	sc.Close()
+	return nil, &net.OpError{Op: "dial", Net: "mem", Addr: memAddr(to), Err: fmt.Errorf("connection refused")}
+}
+
+// memConn is one end of an in-memory connection.
+type memConn struct {
+	net.Conn
+	net  *MemNetwork
+	from string // this end's address
+	to   string // the other end's address
+	once sync.Once
+}
+
+func (c *memConn) LocalAddr() net.Addr  { return memAddr(c.from) }
+func (c *memConn) RemoteAddr() net.Addr { return memAddr(c.to) }
+
+func (c *memConn) Write(b []byte) (int, error) {
+	c.net.mu.Lock()
+	d := c.net.delay
+	c.net.mu.Unlock()
+	if d > 0 {
+		time.Sleep(d)
+	}
+	return c.Conn.Write(b)
+}
+
+func (c *memConn) Close() error {
+	c.once.Do(func() {
+		c.net.mu.Lock()
+		delete(c.net.conns, c)
+		c.net.mu.Unlock()
+	})
+	return c.Conn.Close()
+}
+
+type memListener struct {
+	net  *MemNetwork
+	addr string
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func (l *memListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *memListener) Close() error {
+	l.once.Do(func() {
+		close(l.done)
+		l.net.mu.Lock()
+		delete(l.net.listeners, l.addr)
+		l.net.mu.Unlock()
+	})
+	return nil
+}
+
+func (l *memListener) Addr() net.Addr { return memAddr(l.addr) }
+
+type memAddr string
+
+func (a memAddr) Network() string { return "mem" }
+func (a memAddr) String() string  { return string(a) }

@@ -1,0 +1,396 @@
+package raftkit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+)
+
+// RaftNode is one member of a replicated state machine: a hashicorp/raft
+// instance with its stores, snapshots and transport, built from a Config.
+// All methods are safe for concurrent use.
+type RaftNode struct {
+	cfg    *settled
+	id     string
+	addr   string // advertised
+	logger hclog.Logger
+
+	raft   *raft.Raft
+	mux    *portMux
+	trans  *raft.NetworkTransport
+	stores *nodeStores
+
+	leadership *leaderWatch
+
+	closeOnce sync.Once
+	closeErr  error
+	closed    chan struct{}
+}
+
+// NotLeaderError is returned by leader-only calls on a node that is not the
+// leader. It matches raft.ErrNotLeader; the request was not applied. Leader
+// fields are empty when no leader is known.
+type NotLeaderError struct {
+	// LeaderID and LeaderAddr name the leader this node knows of.
+	LeaderID, LeaderAddr string
+}
+
+func (e *NotLeaderError) Error() string {
+	if e.LeaderAddr == "" {
+		return "raftkit: node is not the leader and no leader is known"
+	}
+	return fmt.Sprintf("raftkit: node is not the leader; the leader is %s at %s", e.LeaderID, e.LeaderAddr)
+}
+
+// Unwrap lets errors.Is(err, raft.ErrNotLeader) match.
+func (e *NotLeaderError) Unwrap() error { return raft.ErrNotLeader }
+
+// NewRaftNode opens (or creates) the node's stores, binds its port and
+// starts raft. If cfg.Peers is set and the node has no state yet, it
+// bootstraps the cluster with those peers; a node with state rejoins its
+// cluster whatever Peers says. The FSM is the application's state machine;
+// raftkit calls it only from raft's goroutines (Apply, Snapshot, Restore).
+//
+// If NewRaftNode fails, everything it opened is closed again. Errors match
+// ErrInvalidConfig, ErrDataDirLocked or ErrCorruptStore where those apply.
+func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
+	if fsm == nil {
+		return nil, configErr("fsm", "", "must not be nil: pass the application's raft.FSM")
+	}
+	s, err := cfg.settle()
+	if err != nil {
+		return nil, err
+	}
+	var undo []func() error
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				_ = undo[i]()
+			}
+		}
+	}()
+
+	stores, err := openStores(s)
+	if err != nil {
+		return nil, err
+	}
+	undo = append(undo, stores.Close)
+
+	mux, trans, err := openTransport(s)
+	if err != nil {
+		return nil, err
+	}
+	undo = append(undo, mux.Close, trans.Close)
+	if cfg.ID == "" && s.ID == s.advertise {
+		s.ID = mux.advertise // port 0 resolved
+	}
+	s.advertise = mux.advertise
+
+	rc, err := raftConfig(s)
+	if err != nil {
+		return nil, err
+	}
+	if err := bootstrapIfFresh(s, rc, stores, trans); err != nil {
+		return nil, err
+	}
+	r, err := raft.NewRaft(rc, fsm, stores.log, stores.stable, stores.snaps, trans)
+	if err != nil {
+		return nil, fmt.Errorf("raftkit: start raft: %w", err)
+	}
+	undo = append(undo, func() error { return r.Shutdown().Error() })
+
+	n := &RaftNode{
+		cfg:    s,
+		id:     s.ID,
+		addr:   s.advertise,
+		logger: s.Logger.Named("raftkit"),
+		raft:   r,
+		mux:    mux,
+		trans:  trans,
+		stores: stores,
+		closed: make(chan struct{}),
+	}
+	n.leadership = newLeaderWatch(r)
+	n.logger.Info("node started", "id", n.id, "addr", n.addr, "in_memory", s.InMemory, "dir", s.Dir)
+	return n, nil
+}
+
+// raftConfig builds raft's Config from ours and the RaftConfig hook.
+func raftConfig(s *settled) (*raft.Config, error) {
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(s.ID)
+	rc.Logger = s.Logger.Named("raft")
+	rc.SnapshotThreshold = s.SnapshotThreshold
+	rc.SnapshotInterval = s.SnapshotInterval
+	if s.RaftConfig != nil {
+		s.RaftConfig(rc)
+		if rc.LocalID != raft.ServerID(s.ID) {
+			return nil, configErr("RaftConfig", string(rc.LocalID), "changed LocalID; set Config.ID instead")
+		}
+		if rc.Logger == nil {
+			rc.Logger = hclog.NewNullLogger() // raft would log to stderr
+		}
+	}
+	if err := raft.ValidateConfig(rc); err != nil {
+		return nil, configErr("RaftConfig", "", "%v", err)
+	}
+	return rc, nil
+}
+
+// ID returns the node's server ID.
+func (n *RaftNode) ID() string { return n.id }
+
+// Addr returns the address other nodes reach this node at.
+func (n *RaftNode) Addr() string { return n.addr }
+
+// Raft returns the underlying *raft.Raft: the escape hatch for what raftkit
+// does not wrap. Calls on it bypass raftkit's forwarding and timeouts, and it
+// must not be shut down directly: use Close.
+func (n *RaftNode) Raft() *raft.Raft { return n.raft }
+
+// IsLeader reports whether this node is the leader right now, by raft's own
+// state. A leader cut off from the majority keeps saying true until its
+// lease runs out (about the heartbeat timeout).
+func (n *RaftNode) IsLeader() bool { return n.raft.State() == raft.Leader }
+
+// GetLeaderAddr returns the address of the leader this node knows of, or ""
+// if none is known.
+func (n *RaftNode) GetLeaderAddr() string {
+	addr, _ := n.raft.LeaderWithID()
+	return string(addr)
+}
+
+// GetLeaderID returns the ID of the leader this node knows of, or "".
+func (n *RaftNode) GetLeaderID() string {
+	_, id := n.raft.LeaderWithID()
+	return string(id)
+}
+
+// WaitForLeader blocks until the node knows a leader and returns its
+// address, or returns ctx's error (or ErrClosed).
+func (n *RaftNode) WaitForLeader(ctx context.Context) (string, error) {
+	ch := n.WatchLeadership(ctx)
+	for l := range ch {
+		if l.LeaderAddr != "" {
+			return l.LeaderAddr, nil
+		}
+	}
+	if err := n.checkOpen(); err != nil {
+		return "", err
+	}
+	return "", fmt.Errorf("raftkit: wait for leader: %w", ctx.Err())
+}
+
+// Apply submits cmd to the replicated log and returns the FSM's response
+// once the command is committed and applied on the leader. If the FSM's
+// response is an error, Apply returns it as the error (with a nil result).
+//
+// Apply is bounded by ctx's deadline, or by Config.ApplyTimeout when ctx has
+// none. On a node that is not the leader, Apply returns a *NotLeaderError
+// naming the leader (matching raft.ErrNotLeader); the command was not
+// applied.
+//
+// An error matching ErrUnknownOutcome (deadline, cancellation, leadership
+// lost, node closed mid-write) means the command may or may not have been
+// committed: it can still be applied after Apply returned. raftkit never
+// retries a write; make commands idempotent or check the state before
+// trying again.
+func (n *RaftNode) Apply(ctx context.Context, cmd []byte) (any, error) {
+	return n.applyLocal(ctx, cmd)
+}
+
+// ApplyLocal is Apply without forwarding: on a node that is not the leader
+// it returns a *NotLeaderError (matching raft.ErrNotLeader) naming the
+// leader, and the command was not applied. Outcomes are as for Apply.
+func (n *RaftNode) ApplyLocal(ctx context.Context, cmd []byte) (any, error) {
+	return n.applyLocal(ctx, cmd)
+}
+
+// applyLocal applies cmd on this node, which must be the leader.
+func (n *RaftNode) applyLocal(ctx context.Context, cmd []byte) (any, error) {
+	if err := n.checkOpen(); err != nil {
+		return nil, err
+	}
+	if n.raft.State() != raft.Leader {
+		return nil, n.notLeader()
+	}
+	ctx, cancel, timeout := n.bound(ctx)
+	defer cancel()
+	f := n.raft.Apply(cmd, timeout)
+	if err := waitFuture(ctx, f); err != nil {
+		return nil, n.applyError(err)
+	}
+	if ferr, ok := f.Response().(error); ok {
+		return nil, ferr
+	}
+	return f.Response(), nil
+}
+
+// applyError sorts a failed raft write into known-not-applied and unknown.
+func (n *RaftNode) applyError(err error) error {
+	switch {
+	case errors.Is(err, raft.ErrNotLeader):
+		return n.notLeader()
+	case errors.Is(err, raft.ErrEnqueueTimeout), errors.Is(err, raft.ErrLeadershipTransferInProgress):
+		// Never entered the log.
+		return fmt.Errorf("raftkit: apply (not applied): %w", err)
+	case errors.Is(err, raft.ErrRaftShutdown):
+		return fmt.Errorf("raftkit: apply: %w: %w", ErrUnknownOutcome, ErrClosed)
+	}
+	return fmt.Errorf("raftkit: apply: %w: %w", ErrUnknownOutcome, err)
+}
+
+func (n *RaftNode) notLeader() error {
+	addr, id := n.raft.LeaderWithID()
+	return &NotLeaderError{LeaderID: string(id), LeaderAddr: string(addr)}
+}
+
+// bound returns ctx limited to its own deadline or ApplyTimeout, and the
+// time left.
+func (n *RaftNode) bound(ctx context.Context) (context.Context, context.CancelFunc, time.Duration) {
+	if dl, ok := ctx.Deadline(); ok {
+		ctx, cancel := context.WithCancel(ctx)
+		return ctx, cancel, time.Until(dl)
+	}
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.ApplyTimeout)
+	return ctx, cancel, n.cfg.ApplyTimeout
+}
+
+// waitFuture waits for f or for ctx. When ctx wins, the future is left to
+// finish on its own: raft resolves every future by shutdown at the latest.
+func waitFuture(ctx context.Context, f raft.Future) error {
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// ServerInfo describes one member of the cluster configuration.
+type ServerInfo struct {
+	ID   string `json:"id"`
+	Addr string `json:"addr"`
+	// Voter is false for non-voters (read replicas) and staging servers.
+	Voter bool `json:"voter"`
+}
+
+// Status is a point-in-time view of a node.
+type Status struct {
+	ID    string `json:"id"`
+	Addr  string `json:"addr"`
+	State string `json:"state"` // Follower, Candidate, Leader or Shutdown
+	Term  uint64 `json:"term"`
+	// LastLogIndex is the last entry in this node's log (maybe uncommitted).
+	LastLogIndex uint64 `json:"last_log_index"`
+	// CommitIndex is the last entry this node knows to be committed.
+	CommitIndex uint64 `json:"commit_index"`
+	// AppliedIndex is the last entry applied to this node's FSM.
+	AppliedIndex uint64       `json:"applied_index"`
+	LeaderID     string       `json:"leader_id"`
+	LeaderAddr   string       `json:"leader_addr"`
+	Servers      []ServerInfo `json:"servers"`
+	// LastContact is when this node last heard from a leader; zero on the
+	// leader itself and on a node that never heard from one.
+	LastContact time.Time `json:"last_contact"`
+}
+
+// Status returns the node's current raft state. It does not block.
+func (n *RaftNode) Status() Status {
+	addr, id := n.raft.LeaderWithID()
+	st := Status{
+		ID:           n.id,
+		Addr:         n.addr,
+		State:        n.raft.State().String(),
+		Term:         n.raft.CurrentTerm(),
+		LastLogIndex: n.raft.LastIndex(),
+		CommitIndex:  n.raft.CommitIndex(),
+		AppliedIndex: n.raft.AppliedIndex(),
+		LeaderID:     string(id),
+		LeaderAddr:   string(addr),
+	}
+	if n.raft.State() != raft.Leader {
+		st.LastContact = n.raft.LastContact()
+	}
+	if f := n.raft.GetConfiguration(); f.Error() == nil {
+		for _, s := range f.Configuration().Servers {
+			st.Servers = append(st.Servers, ServerInfo{ID: string(s.ID), Addr: string(s.Address), Voter: s.Suffrage == raft.Voter})
+		}
+	}
+	return st
+}
+
+// Close stops the node: a leader first hands leadership to another voter
+// (bounded by the election timeout) so the cluster does not wait for an
+// election, then raft shuts down, then the transport, then the stores.
+// Close leaves no goroutine, listener or file lock behind. It is idempotent;
+// later calls return the first call's result. Writes in flight end with
+// ErrUnknownOutcome.
+func (n *RaftNode) Close() error {
+	n.closeOnce.Do(func() {
+		if n.IsLeader() && n.hasOtherVoters() {
+			ctx, cancel := context.WithTimeout(context.Background(), n.raft.ReloadableConfig().ElectionTimeout)
+			if err := waitFuture(ctx, n.raft.LeadershipTransfer()); err != nil {
+				n.logger.Debug("leadership transfer before close failed", "error", err)
+			}
+			cancel()
+		}
+		close(n.closed)
+		var errs []error
+		if err := n.raft.Shutdown().Error(); err != nil {
+			errs = append(errs, fmt.Errorf("raft shutdown: %w", err))
+		}
+		n.leadership.close()
+		if err := n.trans.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("transport: %w", err))
+		}
+		if err := n.mux.Close(); err != nil && !errors.Is(err, ErrClosed) {
+			errs = append(errs, fmt.Errorf("listener: %w", err))
+		}
+		if err := n.stores.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("stores: %w", err))
+		}
+		if len(errs) > 0 {
+			n.closeErr = fmt.Errorf("raftkit: close: %w", errors.Join(errs...))
+		}
+		n.logger.Info("node closed", "id", n.id)
+	})
+	return n.closeErr
+}
+
+func (n *RaftNode) hasOtherVoters() bool {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return false
+	}
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage == raft.Voter && string(s.ID) != n.id {
+			return true
+		}
+	}
+	return false
+}
+
+func (n *RaftNode) checkOpen() error {
+	select {
+	case <-n.closed:
+		return ErrClosed
+	default:
+		return nil
+	}
+}
+
+// closedOr returns ErrClosed-wrapped err after Close, else err.
+func (n *RaftNode) closedOr(err error) error {
+	if errors.Is(err, raft.ErrRaftShutdown) {
+		return fmt.Errorf("%w: %w", ErrClosed, err)
+	}
+	return err
+}

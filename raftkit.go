@@ -1,0 +1,385 @@
+// Package raftkit embeds a replicated, fault-tolerant state machine in a Go
+// application with a few calls.
+//
+// hashicorp/raft does the consensus. raftkit builds everything around it that
+// applications otherwise write by hand: a durable BoltDB log, file snapshots, a
+// TCP transport, bootstrap from an address list, a bounded Apply, leadership
+// notifications and a clean shutdown.
+//
+// A node is created with [NewRaftNode] from a [Config] and the application's own
+// [raft.FSM]:
+//
+//	node, err := raftkit.NewRaftNode(raftkit.Config{
+//		Addr:  "10.0.0.1:7000",
+//		Dir:   "/var/lib/app/raft",
+//		Peers: []string{"10.0.0.1:7000", "10.0.0.2:7000", "10.0.0.3:7000"},
+//	}, fsm)
+//	if err != nil {
+//		return err
+//	}
+//	defer node.Close()
+//	res, err := node.Apply(ctx, cmd)
+//
+// # Outcomes of a write
+//
+// A write acknowledged by [RaftNode.Apply] (nil error, or the FSM's own error)
+// is committed to a majority and survives any minority of crashes. A write that
+// fails with an error matching [ErrUnknownOutcome] (a timeout, a cancelled
+// context, a lost leadership, a connection lost after sending) may or may not
+// have been applied: raftkit never retries it. Errors matching
+// [raft.ErrNotLeader], [ErrNoLeader] or [ErrClosed] mean the write was not
+// applied.
+package raftkit
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+)
+
+// Defaults used when the corresponding Config field is zero.
+const (
+	// DefaultApplyTimeout bounds Apply when its context has no deadline.
+	DefaultApplyTimeout = 3 * time.Second
+	// DefaultSnapshotRetain is how many snapshots are kept on disk.
+	DefaultSnapshotRetain = 2
+	// DefaultSnapshotThreshold is how many log entries since the last
+	// snapshot make raft take a new one.
+	DefaultSnapshotThreshold = 8192
+	// DefaultSnapshotInterval is how often raft checks whether a snapshot
+	// is due.
+	DefaultSnapshotInterval = 120 * time.Second
+)
+
+var (
+	// ErrInvalidConfig is matched by every error that Config.Validate and
+	// NewRaftNode return for bad input. Use errors.As with *ConfigError to
+	// learn the field at fault.
+	ErrInvalidConfig = errors.New("raftkit: invalid config")
+
+	// ErrDataDirLocked is returned when another process, or another node in
+	// this process, holds the data directory's raft.db open.
+	ErrDataDirLocked = errors.New("raftkit: data directory is locked by another node")
+
+	// ErrCorruptStore is returned when raft.db or the snapshots in the data
+	// directory cannot be trusted (truncated, damaged, or inconsistent with
+	// each other). raftkit never starts such a node with empty state.
+	ErrCorruptStore = errors.New("raftkit: data directory is damaged")
+
+	// ErrClosed is returned by calls on a node that has been closed. A write
+	// that returns ErrClosed before it was submitted was not applied; one
+	// cut short by Close returns ErrUnknownOutcome as well.
+	ErrClosed = errors.New("raftkit: node is closed")
+
+	// ErrNoLeader is returned when the cluster has no known leader to serve
+	// or forward a request. The request was not applied; it is safe to
+	// retry once a leader is known (see RaftNode.WaitForLeader).
+	ErrNoLeader = errors.New("raftkit: no known leader")
+
+	// ErrUnknownOutcome is matched by write errors after which raftkit cannot
+	// tell whether the write was applied: its deadline passed, its context was
+	// cancelled, leadership was lost, or the connection to the leader broke
+	// after the command was sent. raftkit never retries such a write; the
+	// caller must check the state (or use idempotent commands) before trying
+	// again. The error also matches its cause (context.DeadlineExceeded,
+	// raft.ErrLeadershipLost, ...).
+	ErrUnknownOutcome = errors.New("raftkit: outcome of the write is unknown")
+)
+
+// ConfigError describes one invalid Config field. It matches ErrInvalidConfig.
+type ConfigError struct {
+	// Field is the Config field at fault, e.g. "Peers[2]".
+	Field string
+	// Value is the offending value as given.
+	Value string
+	// Reason says what is wrong with it.
+	Reason string
+}
+
+func (e *ConfigError) Error() string {
+	if e.Value == "" {
+		return fmt.Sprintf("raftkit: invalid config: %s: %s", e.Field, e.Reason)
+	}
+	return fmt.Sprintf("raftkit: invalid config: %s %q: %s", e.Field, e.Value, e.Reason)
+}
+
+// Unwrap lets errors.Is(err, ErrInvalidConfig) match.
+func (e *ConfigError) Unwrap() error { return ErrInvalidConfig }
+
+func configErr(field, value, format string, args ...any) error {
+	return &ConfigError{Field: field, Value: value, Reason: fmt.Sprintf(format, args...)}
+}
+
+// Config describes one node. The zero value of every field except Addr and
+// Dir means the documented default; Dir may be empty only with InMemory.
+type Config struct {
+	// ID is the node's stable identity in the cluster. Default: the
+	// advertised address. It must not change across restarts.
+	ID string
+
+	// Addr is the host:port the node listens on for all node-to-node traffic.
+	// A port of 0 picks a free port (useful with Join, not with Peers). With
+	// InMemory it is the node's name on the Network and may be any non-empty
+	// string.
+	Addr string
+
+	// AdvertiseAddr is the host:port other nodes use to reach this one.
+	// Default: Addr. Required when Addr binds an unspecified host such as
+	// 0.0.0.0 or [::].
+	AdvertiseAddr string
+
+	// Dir holds raft.db (log and stable store) and snapshots/. It is created
+	// if missing. Required unless InMemory.
+	Dir string
+
+	// Peers is the address list of the cluster's initial voters, used to
+	// bootstrap a fresh cluster. Entries are "host:port" (ID = address) or
+	// "id=host:port". Every initial node may be given the same list; it must
+	// contain this node. A node that already has state ignores Peers and
+	// rejoins. Empty Peers means: do not bootstrap.
+	Peers []string
+
+	// ApplyTimeout bounds Apply when its context has no deadline.
+	// Default: DefaultApplyTimeout.
+	ApplyTimeout time.Duration
+
+	// SnapshotRetain is how many snapshots are kept. Default:
+	// DefaultSnapshotRetain. Must be >= 1 when set.
+	SnapshotRetain int
+
+	// SnapshotThreshold is how many log entries since the last snapshot
+	// trigger a new one. Default: DefaultSnapshotThreshold.
+	SnapshotThreshold uint64
+
+	// SnapshotInterval is how often raft checks whether to snapshot.
+	// Default: DefaultSnapshotInterval.
+	SnapshotInterval time.Duration
+
+	// Logger receives raftkit's and raft's log lines as hclog key/value
+	// pairs. Default: silent.
+	Logger hclog.Logger
+
+	// InMemory keeps the log, stable store and snapshots in memory and uses
+	// an in-memory transport on Network instead of TCP. For tests: all state
+	// is lost on Close.
+	InMemory bool
+
+	// Network connects in-memory nodes to each other. Nodes must share one
+	// Network to form a cluster. Default (InMemory only): a private network,
+	// enough for a single node.
+	Network *MemNetwork
+
+	// RaftConfig, if set, is called with the raft.Config that raftkit built
+	// (timeouts, snapshot settings, logger, LocalID) just before the node
+	// starts, and may change any of it. raft.ValidateConfig still applies.
+	// LocalID must not be changed.
+	RaftConfig func(*raft.Config)
+}
+
+// peer is one entry of the bootstrap list.
+type peer struct {
+	ID   string
+	Addr string
+}
+
+// settled is a Config with defaults filled in and addresses parsed.
+type settled struct {
+	Config
+	advertise string
+	peers     []peer
+}
+
+// Validate reports the first problem in c, as a *ConfigError matching
+// ErrInvalidConfig. It does not touch the disk or the network.
+func (c Config) Validate() error {
+	_, err := c.settle()
+	return err
+}
+
+func (c Config) settle() (*settled, error) {
+	s := &settled{Config: c}
+	if c.ApplyTimeout < 0 {
+		return nil, configErr("ApplyTimeout", c.ApplyTimeout.String(), "must not be negative")
+	}
+	if s.ApplyTimeout == 0 {
+		s.ApplyTimeout = DefaultApplyTimeout
+	}
+	if c.SnapshotRetain < 0 {
+		return nil, configErr("SnapshotRetain", strconv.Itoa(c.SnapshotRetain), "must be at least 1")
+	}
+	if s.SnapshotRetain == 0 {
+		s.SnapshotRetain = DefaultSnapshotRetain
+	}
+	if s.SnapshotThreshold == 0 {
+		s.SnapshotThreshold = DefaultSnapshotThreshold
+	}
+	if c.SnapshotInterval < 0 {
+		return nil, configErr("SnapshotInterval", c.SnapshotInterval.String(), "must not be negative")
+	}
+	if s.SnapshotInterval == 0 {
+		s.SnapshotInterval = DefaultSnapshotInterval
+	}
+	if s.Logger == nil {
+		s.Logger = hclog.NewNullLogger()
+	}
+
+	if c.InMemory {
+		if strings.TrimSpace(c.Addr) == "" || strings.ContainsAny(c.Addr, " \t\n=") {
+			return nil, configErr("Addr", c.Addr, "an in-memory node needs a non-empty name without spaces or '='")
+		}
+		s.advertise = c.Addr
+		if c.AdvertiseAddr != "" && c.AdvertiseAddr != c.Addr {
+			return nil, configErr("AdvertiseAddr", c.AdvertiseAddr, "in-memory nodes are reached at Addr; leave AdvertiseAddr empty")
+		}
+		if s.Network == nil {
+			s.Network = NewMemNetwork()
+		}
+	} else {
+		if c.Network != nil {
+			return nil, configErr("Network", "", "only in-memory nodes use a MemNetwork; set InMemory or leave Network nil")
+		}
+		host, port, err := splitHostPort("Addr", c.Addr)
+		if err != nil {
+			return nil, err
+		}
+		s.advertise = c.Addr
+		if c.AdvertiseAddr != "" {
+			ahost, aport, err := splitHostPort("AdvertiseAddr", c.AdvertiseAddr)
+			if err != nil {
+				return nil, err
+			}
+			if isUnspecifiedHost(ahost) {
+				return nil, configErr("AdvertiseAddr", c.AdvertiseAddr, "must be an address other nodes can reach, not a wildcard")
+			}
+			if aport == "0" {
+				return nil, configErr("AdvertiseAddr", c.AdvertiseAddr, "needs an explicit port")
+			}
+			s.advertise = c.AdvertiseAddr
+		} else if isUnspecifiedHost(host) {
+			return nil, configErr("AdvertiseAddr", "", "required when Addr %q binds all interfaces: other nodes need an address they can reach", c.Addr)
+		}
+		if port == "0" && len(c.Peers) > 0 && c.AdvertiseAddr == "" {
+			return nil, configErr("Addr", c.Addr, "port 0 cannot be combined with Peers: the other nodes need to know this node's port in advance")
+		}
+		if strings.TrimSpace(c.Dir) == "" {
+			return nil, configErr("Dir", c.Dir, "required (or set InMemory for a node without disk)")
+		}
+		if fi, err := os.Stat(c.Dir); err == nil && !fi.IsDir() {
+			return nil, configErr("Dir", c.Dir, "is a file, not a directory")
+		}
+		s.Dir = filepath.Clean(c.Dir)
+	}
+	if s.ID == "" {
+		s.ID = s.advertise
+	} else if strings.TrimSpace(s.ID) != s.ID || strings.ContainsAny(s.ID, "=\n") {
+		return nil, configErr("ID", c.ID, "must not contain '=', newlines or surrounding spaces")
+	}
+
+	peers, err := parsePeers(c.Peers, c.InMemory)
+	if err != nil {
+		return nil, err
+	}
+	if len(peers) > 0 {
+		if c.ID == "" {
+			// "id=addr" in Peers names this node when Config.ID is empty.
+			for _, p := range peers {
+				if p.Addr == s.advertise {
+					s.ID = p.ID
+				}
+			}
+		}
+		found := false
+		for _, p := range peers {
+			if p.Addr == s.advertise || (p.ID == s.ID && c.ID != "") {
+				if p.Addr != s.advertise || p.ID != s.ID {
+					return nil, configErr("Peers", strings.Join(c.Peers, ","),
+						"lists this node as %s=%s but the node is %s=%s", p.ID, p.Addr, s.ID, s.advertise)
+				}
+				found = true
+			}
+		}
+		if !found {
+			return nil, configErr("Peers", strings.Join(c.Peers, ","), "does not contain this node's address %q", s.advertise)
+		}
+	}
+	s.peers = peers
+	return s, nil
+}
+
+// splitHostPort checks that addr is host:port with a valid port.
+func splitHostPort(field, addr string) (host, port string, err error) {
+	if strings.TrimSpace(addr) == "" {
+		return "", "", configErr(field, addr, "required: a host:port such as 127.0.0.1:7000")
+	}
+	host, port, err = net.SplitHostPort(addr)
+	if err != nil {
+		return "", "", configErr(field, addr, "is not host:port: %v", err)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 0 || n > 65535 {
+		return "", "", configErr(field, addr, "port %q is not a number from 0 to 65535", port)
+	}
+	if host != "" && strings.ContainsAny(host, " \t/") {
+		return "", "", configErr(field, addr, "host %q is not a host name or IP address", host)
+	}
+	return host, port, nil
+}
+
+func isUnspecifiedHost(host string) bool {
+	if host == "" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsUnspecified()
+}
+
+// parsePeers reads "addr" and "id=addr" entries and rejects duplicates.
+func parsePeers(list []string, inMemory bool) ([]peer, error) {
+	var out []peer
+	ids := map[string]int{}
+	addrs := map[string]int{}
+	for i, entry := range list {
+		field := fmt.Sprintf("Peers[%d]", i)
+		entry = strings.TrimSpace(entry)
+		p := peer{Addr: entry}
+		if id, addr, ok := strings.Cut(entry, "="); ok {
+			p = peer{ID: strings.TrimSpace(id), Addr: strings.TrimSpace(addr)}
+			if p.ID == "" {
+				return nil, configErr(field, entry, "has an empty ID before '='")
+			}
+		}
+		if inMemory {
+			if p.Addr == "" || strings.ContainsAny(p.Addr, " \t") {
+				return nil, configErr(field, entry, "needs a non-empty address")
+			}
+		} else {
+			host, port, err := splitHostPort(field, p.Addr)
+			if err != nil {
+				return nil, err
+			}
+			if isUnspecifiedHost(host) || port == "0" {
+				return nil, configErr(field, entry, "must be a reachable host:port, not a wildcard host or port 0")
+			}
+		}
+		if p.ID == "" {
+			p.ID = p.Addr
+		}
+		if j, dup := ids[p.ID]; dup {
+			return nil, configErr(field, entry, "repeats ID %q of Peers[%d]", p.ID, j)
+		}
+		if j, dup := addrs[p.Addr]; dup {
+			return nil, configErr(field, entry, "repeats address %q of Peers[%d]", p.Addr, j)
+		}
+		ids[p.ID], addrs[p.Addr] = i, i
+		out = append(out, p)
+	}
+	return out, nil
+}

@@ -1,0 +1,147 @@
+package raftkit
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+const (
+	// boltFile is the log and stable store inside Config.Dir.
+	boltFile = "raft.db"
+	// lockTimeout bounds the wait for raft.db's file lock.
+	lockTimeout = time.Second
+	// logCacheSize is how many recent log entries are kept in memory.
+	logCacheSize = 512
+)
+
+// nodeStores is what a node keeps its raft state in.
+type nodeStores struct {
+	log    raft.LogStore
+	stable raft.StableStore
+	snaps  raft.SnapshotStore
+	bolt   *raftboltdb.BoltStore // nil in memory
+}
+
+func (s *nodeStores) Close() error {
+	if s.bolt == nil {
+		return nil
+	}
+	return s.bolt.Close()
+}
+
+// openStores opens (or creates) the stores a node's Config asks for.
+func openStores(s *settled) (*nodeStores, error) {
+	if s.InMemory {
+		mem := raft.NewInmemStore()
+		return &nodeStores{log: mem, stable: mem, snaps: raft.NewInmemSnapshotStore()}, nil
+	}
+	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return nil, configErr("Dir", s.Dir, "cannot be created: %v", err)
+	}
+	snaps, err := openSnapshotStore(s.Dir, s.SnapshotRetain, s.Logger)
+	if err != nil {
+		return nil, err
+	}
+	bolt, err := openBolt(filepath.Join(s.Dir, boltFile), snaps)
+	if err != nil {
+		return nil, err
+	}
+	cache, err := raft.NewLogCache(logCacheSize, bolt)
+	if err != nil {
+		bolt.Close()
+		return nil, fmt.Errorf("raftkit: log cache: %w", err)
+	}
+	return &nodeStores{log: cache, stable: bolt, snaps: snaps, bolt: bolt}, nil
+}
+
+// openBolt opens raft.db after checking that it can be trusted: not held by
+// another node, not empty or damaged, and not missing while snapshots exist
+// (a lost log would forget the node's term and vote, and a node that forgets
+// its vote can vote twice in one term).
+func openBolt(path string, snaps raft.SnapshotStore) (*raftboltdb.BoltStore, error) {
+	fi, err := os.Stat(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		if list, lerr := snaps.List(); lerr == nil && len(list) > 0 {
+			return nil, fmt.Errorf("%w: %s is missing but %d snapshot(s) exist: the node's term and vote are lost; "+
+				"restore raft.db, or remove the whole directory to rejoin as a new node", ErrCorruptStore, path, len(list))
+		}
+	case err != nil:
+		return nil, fmt.Errorf("raftkit: open log store %s: %w", path, err)
+	case fi.IsDir():
+		return nil, fmt.Errorf("%w: %s is a directory, not a BoltDB file", ErrCorruptStore, path)
+	case fi.Size() == 0:
+		return nil, fmt.Errorf("%w: %s is empty (0 bytes); raftkit will not start it as a fresh node. "+
+			"Remove the whole directory to rejoin as a new node", ErrCorruptStore, path)
+	default:
+		if err := checkBolt(path); err != nil {
+			return nil, err
+		}
+	}
+	var store *raftboltdb.BoltStore
+	err = safely(func() error {
+		var err error
+		store, err = raftboltdb.New(raftboltdb.Options{
+			Path:        path,
+			BoltOptions: &bbolt.Options{Timeout: lockTimeout},
+		})
+		return err
+	})
+	if err != nil {
+		return nil, boltError(path, err)
+	}
+	return store, nil
+}
+
+// checkBolt walks every page of an existing raft.db so that damage shows up
+// as an error now rather than as a panic deep inside raft later.
+func checkBolt(path string) error {
+	return safely(func() error {
+		db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: lockTimeout})
+		if err != nil {
+			return boltError(path, err)
+		}
+		defer db.Close()
+		return db.View(func(tx *bbolt.Tx) error {
+			for cerr := range tx.Check() {
+				return fmt.Errorf("%w: %s failed its consistency check: %v", ErrCorruptStore, path, cerr)
+			}
+			return nil
+		})
+	})
+}
+
+func boltError(path string, err error) error {
+	switch {
+	case errors.Is(err, ErrCorruptStore), errors.Is(err, ErrDataDirLocked):
+		return err
+	case errors.Is(err, berrors.ErrTimeout):
+		return fmt.Errorf("%w: %s is held by another process or node (waited %s for its lock)", ErrDataDirLocked, path, lockTimeout)
+	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrChecksum),
+		errors.Is(err, berrors.ErrVersionMismatch), errors.Is(err, berrors.ErrInvalidMapping):
+		return fmt.Errorf("%w: %s: %v", ErrCorruptStore, path, err)
+	case errors.Is(err, os.ErrPermission):
+		return fmt.Errorf("raftkit: open log store %s: %w", path, err)
+	}
+	// bbolt reports short files and bad pages with plain errors.
+	return fmt.Errorf("%w: %s cannot be opened: %v", ErrCorruptStore, path, err)
+}
+
+// safely turns a panic in fn (bbolt panics on some damaged files) into an
+// ErrCorruptStore error.
+func safely(fn func() error) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%w: reading it panicked: %v", ErrCorruptStore, p)
+		}
+	}()
+	return fn()
+}

@@ -1,0 +1,293 @@
+package raftkit
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+)
+
+// Every connection to a node's port starts with one tag byte that says who
+// it is for. Raft traffic and raftkit's own requests share the one port.
+const (
+	tagRaft byte = 0x52 // 'R': hashicorp/raft's NetworkTransport protocol
+	tagRPC  byte = 0x4b // 'K': raftkit's node-to-node requests (net/rpc)
+)
+
+const (
+	// handshakeTimeout bounds how long an accepted connection may take to
+	// send its tag byte before it is closed.
+	handshakeTimeout = 5 * time.Second
+	// raftIOTimeout is raft's NetworkTransport I/O deadline.
+	raftIOTimeout = 10 * time.Second
+	// raftMaxPool is how many idle raft connections are kept per peer.
+	raftMaxPool = 3
+)
+
+// dialFunc opens a connection to addr.
+type dialFunc func(addr string, timeout time.Duration) (net.Conn, error)
+
+// portMux owns a node's listener and every connection made through it, in
+// both directions, and hands accepted connections to raft or to raftkit's
+// request server by their tag byte. Close closes all of them.
+type portMux struct {
+	ln        net.Listener
+	advertise string
+	dial      dialFunc
+	logger    hclog.Logger
+
+	raftConns chan net.Conn
+
+	mu      sync.Mutex
+	conns   map[net.Conn]struct{}
+	handler func(net.Conn) // serves tagRPC connections; nil refuses them
+	closed  bool
+
+	done chan struct{}
+	wg   sync.WaitGroup
+}
+
+func newPortMux(ln net.Listener, advertise string, dial dialFunc, logger hclog.Logger) *portMux {
+	m := &portMux{
+		ln:        ln,
+		advertise: advertise,
+		dial:      dial,
+		logger:    logger,
+		raftConns: make(chan net.Conn),
+		conns:     map[net.Conn]struct{}{},
+		done:      make(chan struct{}),
+	}
+	m.wg.Add(1)
+	go m.acceptLoop()
+	return m
+}
+
+// serveRPC sets the handler for raftkit request connections.
+func (m *portMux) serveRPC(h func(net.Conn)) {
+	m.mu.Lock()
+	m.handler = h
+	m.mu.Unlock()
+}
+
+func (m *portMux) acceptLoop() {
+	defer m.wg.Done()
+	delay := time.Duration(0)
+	for {
+		conn, err := m.ln.Accept()
+		if err != nil {
+			select {
+			case <-m.done:
+				return
+			default:
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || !errors.Is(err, net.ErrClosed) {
+				// Temporary failure such as EMFILE: back off, keep serving.
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				m.logger.Warn("accept failed", "error", err, "retry_in", delay)
+				select {
+				case <-m.done:
+					return
+				case <-time.After(delay):
+				}
+				continue
+			}
+			return
+		}
+		delay = 0
+		tracked, ok := m.track(conn)
+		if !ok {
+			return
+		}
+		m.wg.Add(1)
+		go m.route(tracked)
+	}
+}
+
+// route reads the tag byte and hands the connection on.
+func (m *portMux) route(conn net.Conn) {
+	defer m.wg.Done()
+	var tag [1]byte
+	_ = conn.SetReadDeadline(time.Now().Add(handshakeTimeout))
+	if _, err := conn.Read(tag[:]); err != nil {
+		conn.Close()
+		return
+	}
+	_ = conn.SetReadDeadline(time.Time{})
+	switch tag[0] {
+	case tagRaft:
+		select {
+		case m.raftConns <- conn:
+		case <-m.done:
+			conn.Close()
+		}
+	case tagRPC:
+		m.mu.Lock()
+		h := m.handler
+		m.mu.Unlock()
+		if h == nil {
+			conn.Close()
+			return
+		}
+		h(conn)
+	default:
+		m.logger.Debug("closing connection with unknown tag", "remote", conn.RemoteAddr().String(), "tag", tag[0])
+		conn.Close()
+	}
+}
+
+// dialTagged opens a connection to addr and sends tag.
+func (m *portMux) dialTagged(addr string, timeout time.Duration, tag byte) (net.Conn, error) {
+	select {
+	case <-m.done:
+		return nil, ErrClosed
+	default:
+	}
+	conn, err := m.dial(addr, timeout)
+	if err != nil {
+		return nil, err
+	}
+	tracked, ok := m.track(conn)
+	if !ok {
+		return nil, ErrClosed
+	}
+	_ = tracked.SetWriteDeadline(time.Now().Add(timeout))
+	if _, err := tracked.Write([]byte{tag}); err != nil {
+		tracked.Close()
+		return nil, err
+	}
+	_ = tracked.SetWriteDeadline(time.Time{})
+	return tracked, nil
+}
+
+func (m *portMux) track(c net.Conn) (net.Conn, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		c.Close()
+		return nil, false
+	}
+	t := &trackedConn{Conn: c, mux: m}
+	m.conns[t] = struct{}{}
+	return t, true
+}
+
+// Close stops accepting, closes every connection and waits for the routing
+// goroutines. It is idempotent.
+func (m *portMux) Close() error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil
+	}
+	m.closed = true
+	close(m.done)
+	conns := m.conns
+	m.conns = nil
+	m.mu.Unlock()
+
+	err := m.ln.Close()
+	for c := range conns {
+		c.(*trackedConn).Conn.Close()
+	}
+	m.wg.Wait()
+	return err
+}
+
+// trackedConn removes itself from its mux when closed.
+type trackedConn struct {
+	net.Conn
+	mux  *portMux
+	once sync.Once
+}
+
+func (t *trackedConn) Close() error {
+	t.once.Do(func() {
+		t.mux.mu.Lock()
+		delete(t.mux.conns, t)
+		t.mux.mu.Unlock()
+	})
+	return t.Conn.Close()
+}
+
+// raftStream is the raft.StreamLayer view of a portMux.
+type raftStream struct{ mux *portMux }
+
+var _ raft.StreamLayer = raftStream{}
+
+func (s raftStream) Accept() (net.Conn, error) {
+	select {
+	case c := <-s.mux.raftConns:
+		return c, nil
+	case <-s.mux.done:
+		return nil, net.ErrClosed
+	}
+}
+
+// Close is a no-op: the node closes the mux after raft has shut down.
+func (s raftStream) Close() error { return nil }
+
+func (s raftStream) Addr() net.Addr { return strAddr(s.mux.advertise) }
+
+func (s raftStream) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	return s.mux.dialTagged(string(addr), timeout, tagRaft)
+}
+
+// strAddr is a net.Addr for an advertised address.
+type strAddr string
+
+func (a strAddr) Network() string { return "tcp" }
+func (a strAddr) String() string  { return string(a) }
+
+// openTransport binds the node's port and builds raft's transport on it.
+// The returned advertise address has a port chosen by the OS when Addr's
+// port was 0 and no AdvertiseAddr was given.
+func openTransport(s *settled) (*portMux, *raft.NetworkTransport, error) {
+	var (
+		ln   net.Listener
+		dial dialFunc
+		err  error
+	)
+	advertise := s.advertise
+	if s.InMemory {
+		ml, err := s.Network.listen(s.advertise)
+		if err != nil {
+			return nil, nil, err
+		}
+		ln = ml
+		dial = func(addr string, timeout time.Duration) (net.Conn, error) {
+			return s.Network.dial(advertise, addr, timeout)
+		}
+	} else {
+		ln, err = net.Listen("tcp", s.Addr)
+		if err != nil {
+			return nil, nil, fmt.Errorf("raftkit: listen on Addr %q: %w", s.Addr, err)
+		}
+		if s.AdvertiseAddr == "" {
+			// Port 0 resolves to the port the OS chose.
+			if _, port, _ := net.SplitHostPort(s.Addr); port == "0" {
+				host, _, _ := net.SplitHostPort(s.Addr)
+				_, realPort, _ := net.SplitHostPort(ln.Addr().String())
+				advertise = net.JoinHostPort(host, realPort)
+			}
+		}
+		dialer := &net.Dialer{}
+		dial = func(addr string, timeout time.Duration) (net.Conn, error) {
+			dialer := *dialer
+			dialer.Timeout = timeout
+			return dialer.Dial("tcp", addr)
+		}
+	}
+	mux := newPortMux(ln, advertise, dial, s.Logger.Named("mux"))
+	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream:  raftStream{mux: mux},
+		MaxPool: raftMaxPool,
+		Timeout: raftIOTimeout,
+		Logger:  s.Logger.Named("transport"),
+	})
+	return mux, trans, nil
+}
