@@ -7,20 +7,12 @@ import (
 	"github.com/hashicorp/raft"
 )
 
-// bootstrapIfFresh writes the initial configuration (s.peers, all voters)
-// when the node has no raft state yet. Every initial node may do this with
-// the same list: raft treats identical bootstrap configurations as one. A
-// node with state already rejoins its cluster and ignores the list.
-func bootstrapIfFresh(s *settled, rc *raft.Config, st *nodeStores, trans raft.Transport) error {
+// bootstrap writes the initial configuration (s.peers, all voters) for a
+// node that has no raft state yet. Every initial node may do this with the
+// same list: raft treats identical bootstrap configurations as one. A node
+// with state never gets here: it rejoins its cluster and ignores the list.
+func bootstrap(s *settled, rc *raft.Config, st *nodeStores, trans raft.Transport) error {
 	if len(s.peers) == 0 {
-		return nil
-	}
-	has, err := raft.HasExistingState(st.log, st.stable, st.snaps)
-	if err != nil {
-		return fmt.Errorf("%w: reading existing raft state: %v", ErrCorruptStore, err)
-	}
-	if has {
-		s.Logger.Named("raftkit").Debug("existing state found, rejoining instead of bootstrapping", "id", s.ID)
 		return nil
 	}
 	conf := raft.Configuration{}

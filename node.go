@@ -4,11 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/rpc"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+
+	"github.com/raftkit/raftkit/internal/wire"
 )
 
 // RaftNode is one member of a replicated state machine: a hashicorp/raft
@@ -26,6 +30,10 @@ type RaftNode struct {
 	stores *nodeStores
 
 	leadership *leaderWatch
+	rpcServer  *rpc.Server
+	rpc        *rpcPool
+	runners    runnerSet
+	readyTerm  atomic.Uint64 // term in which this leader's barrier completed
 
 	closeOnce sync.Once
 	closeErr  error
@@ -95,8 +103,14 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := bootstrapIfFresh(s, rc, stores, trans); err != nil {
-		return nil, err
+	hasState, err := raft.HasExistingState(stores.log, stores.stable, stores.snaps)
+	if err != nil {
+		return nil, fmt.Errorf("%w: reading existing raft state: %v", ErrCorruptStore, err)
+	}
+	if !hasState {
+		if err := bootstrap(s, rc, stores, trans); err != nil {
+			return nil, err
+		}
 	}
 	r, err := raft.NewRaft(rc, fsm, stores.log, stores.stable, stores.snaps, trans)
 	if err != nil {
@@ -116,7 +130,20 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 		closed: make(chan struct{}),
 	}
 	n.leadership = newLeaderWatch(r)
-	n.logger.Info("node started", "id", n.id, "addr", n.addr, "in_memory", s.InMemory, "dir", s.Dir)
+	n.rpc = newRPCPool(mux)
+	n.rpcServer = rpc.NewServer()
+	if err := n.rpcServer.RegisterName(wire.Service, &rpcService{n: n}); err != nil {
+		n.Close()
+		return nil, fmt.Errorf("raftkit: register request service: %w", err)
+	}
+	mux.serveRPC(n.serveRPC)
+	n.logger.Info("node started", "id", n.id, "addr", n.addr, "in_memory", s.InMemory, "dir", s.Dir, "has_state", hasState)
+	if !hasState && len(s.Join) > 0 {
+		if err := n.join(); err != nil {
+			n.Close()
+			return nil, err
+		}
+	}
 	return n, nil
 }
 
@@ -190,10 +217,21 @@ func (n *RaftNode) WaitForLeader(ctx context.Context) (string, error) {
 // once the command is committed and applied on the leader. If the FSM's
 // response is an error, Apply returns it as the error (with a nil result).
 //
+// Apply works on any node: a follower forwards the command over its own
+// port to the leader and returns the leader's result. Forwarded results are
+// msgpack-encoded on the way back: nil, bool, string, []byte, float64,
+// []any and map[string]any arrive as such, integers arrive as int64 (uint64
+// above its range), an empty []byte arrives as nil, and other types (your
+// structs) arrive as maps; return []byte from the FSM to control the
+// encoding yourself. A forwarded FSM error arrives as a *RemoteError with
+// the same message.
+//
 // Apply is bounded by ctx's deadline, or by Config.ApplyTimeout when ctx has
-// none. On a node that is not the leader, Apply returns a *NotLeaderError
-// naming the leader (matching raft.ErrNotLeader); the command was not
-// applied.
+// none; while no leader is known it waits for one within that bound, then
+// returns ErrNoLeader. If leadership moves before the leader receives the
+// command, Apply returns a *NotLeaderError (matching raft.ErrNotLeader)
+// naming the new leader; the command was not applied and Apply does not
+// retry it. Use ApplyLocal to refuse forwarding.
 //
 // An error matching ErrUnknownOutcome (deadline, cancellation, leadership
 // lost, node closed mid-write) means the command may or may not have been
@@ -201,7 +239,13 @@ func (n *RaftNode) WaitForLeader(ctx context.Context) (string, error) {
 // retries a write; make commands idempotent or check the state before
 // trying again.
 func (n *RaftNode) Apply(ctx context.Context, cmd []byte) (any, error) {
-	return n.applyLocal(ctx, cmd)
+	if err := n.checkOpen(); err != nil {
+		return nil, err
+	}
+	if n.IsLeader() {
+		return n.applyLocal(ctx, cmd)
+	}
+	return n.forwardApply(ctx, cmd)
 }
 
 // ApplyLocal is Apply without forwarding: on a node that is not the leader
@@ -211,8 +255,22 @@ func (n *RaftNode) ApplyLocal(ctx context.Context, cmd []byte) (any, error) {
 	return n.applyLocal(ctx, cmd)
 }
 
-// applyLocal applies cmd on this node, which must be the leader.
+// applyLocal applies cmd on this node, which must be the leader, and
+// returns the FSM's error response as the error.
 func (n *RaftNode) applyLocal(ctx context.Context, cmd []byte) (any, error) {
+	res, err := n.applyRaw(ctx, cmd)
+	if err != nil {
+		return nil, err
+	}
+	if ferr, ok := res.(error); ok {
+		return nil, ferr
+	}
+	return res, nil
+}
+
+// applyRaw applies cmd on this node, which must be the leader. err is a
+// raft or raftkit failure; the FSM's response, error or not, is res.
+func (n *RaftNode) applyRaw(ctx context.Context, cmd []byte) (res any, err error) {
 	if err := n.checkOpen(); err != nil {
 		return nil, err
 	}
@@ -224,9 +282,6 @@ func (n *RaftNode) applyLocal(ctx context.Context, cmd []byte) (any, error) {
 	f := n.raft.Apply(cmd, timeout)
 	if err := waitFuture(ctx, f); err != nil {
 		return nil, n.applyError(err)
-	}
-	if ferr, ok := f.Response().(error); ok {
-		return nil, ferr
 	}
 	return f.Response(), nil
 }
@@ -337,17 +392,19 @@ func (n *RaftNode) Close() error {
 	n.closeOnce.Do(func() {
 		if n.IsLeader() && n.hasOtherVoters() {
 			ctx, cancel := context.WithTimeout(context.Background(), n.raft.ReloadableConfig().ElectionTimeout)
-			if err := waitFuture(ctx, n.raft.LeadershipTransfer()); err != nil {
+			if err := n.TransferLeadership(ctx, ""); err != nil {
 				n.logger.Debug("leadership transfer before close failed", "error", err)
 			}
 			cancel()
 		}
 		close(n.closed)
+		n.runners.stopAll()
 		var errs []error
 		if err := n.raft.Shutdown().Error(); err != nil {
 			errs = append(errs, fmt.Errorf("raft shutdown: %w", err))
 		}
 		n.leadership.close()
+		n.rpc.Close()
 		if err := n.trans.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("transport: %w", err))
 		}

@@ -172,6 +172,23 @@ type Config struct {
 	// is lost on Close.
 	InMemory bool
 
+	// Storage keeps an in-memory node's log, stable store and snapshots
+	// outside the node, so a test can stop the node and start a new one on
+	// the same state, as after a process crash. InMemory only. Default: a
+	// fresh storage per node.
+	Storage *MemStorage
+
+	// Join lists addresses of existing cluster members. A node without
+	// state (and without Peers) asks them, in order, to add it as a voter;
+	// any member forwards the request to the leader. A node with state
+	// never joins again: it is already a member. Join and Peers exclude
+	// each other.
+	Join []string
+
+	// JoinTimeout bounds how long a new node tries Join's members.
+	// Default: DefaultJoinTimeout.
+	JoinTimeout time.Duration
+
 	// Network connects in-memory nodes to each other. Nodes must share one
 	// Network to form a cluster. Default (InMemory only): a private network,
 	// enough for a single node.
@@ -227,6 +244,12 @@ func (c Config) settle() (*settled, error) {
 	if s.SnapshotInterval == 0 {
 		s.SnapshotInterval = DefaultSnapshotInterval
 	}
+	if c.JoinTimeout < 0 {
+		return nil, configErr("JoinTimeout", c.JoinTimeout.String(), "must not be negative")
+	}
+	if s.JoinTimeout == 0 {
+		s.JoinTimeout = DefaultJoinTimeout
+	}
 	if s.Logger == nil {
 		s.Logger = hclog.NewNullLogger()
 	}
@@ -242,9 +265,15 @@ func (c Config) settle() (*settled, error) {
 		if s.Network == nil {
 			s.Network = NewMemNetwork()
 		}
+		if s.Storage == nil {
+			s.Storage = NewMemStorage()
+		}
 	} else {
 		if c.Network != nil {
 			return nil, configErr("Network", "", "only in-memory nodes use a MemNetwork; set InMemory or leave Network nil")
+		}
+		if c.Storage != nil {
+			return nil, configErr("Storage", "", "only in-memory nodes use a MemStorage; set InMemory or leave Storage nil")
 		}
 		host, port, err := splitHostPort("Addr", c.Addr)
 		if err != nil {
@@ -311,6 +340,19 @@ func (c Config) settle() (*settled, error) {
 		}
 	}
 	s.peers = peers
+	if len(c.Join) > 0 && len(peers) > 0 {
+		return nil, configErr("Join", strings.Join(c.Join, ","), "cannot be combined with Peers: bootstrap a new cluster with Peers, or join an existing one with Join")
+	}
+	for i, a := range c.Join {
+		if strings.TrimSpace(a) == "" {
+			return nil, configErr(fmt.Sprintf("Join[%d]", i), a, "is empty")
+		}
+		if !c.InMemory {
+			if _, _, err := splitHostPort(fmt.Sprintf("Join[%d]", i), a); err != nil {
+				return nil, err
+			}
+		}
+	}
 	return s, nil
 }
 

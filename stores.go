@@ -40,8 +40,7 @@ func (s *nodeStores) Close() error {
 // openStores opens (or creates) the stores a node's Config asks for.
 func openStores(s *settled) (*nodeStores, error) {
 	if s.InMemory {
-		mem := raft.NewInmemStore()
-		return &nodeStores{log: mem, stable: mem, snaps: raft.NewInmemSnapshotStore()}, nil
+		return &nodeStores{log: s.Storage.logs, stable: s.Storage.logs, snaps: s.Storage.snaps}, nil
 	}
 	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
 		return nil, configErr("Dir", s.Dir, "cannot be created: %v", err)
@@ -144,4 +143,18 @@ func safely(fn func() error) (err error) {
 		}
 	}()
 	return fn()
+}
+
+// MemStorage is the state of an in-memory node (Config.Storage): its log,
+// stable store and snapshots. Giving a new node the MemStorage of a closed
+// one restarts it with the state it had, as after a process crash. One
+// MemStorage must not be used by two running nodes at once.
+type MemStorage struct {
+	logs  *raft.InmemStore
+	snaps *raft.InmemSnapshotStore
+}
+
+// NewMemStorage returns empty in-memory storage.
+func NewMemStorage() *MemStorage {
+	return &MemStorage{logs: raft.NewInmemStore(), snaps: raft.NewInmemSnapshotStore()}
 }

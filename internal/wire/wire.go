@@ -1,0 +1,233 @@
+// Package wire holds raftkit's node-to-node request types and the net/rpc
+// codec that carries them: every message is a length-prefixed msgpack frame
+// with a size limit, and every read has a deadline, so a slow or hostile
+// peer can neither pin memory nor hold a goroutine forever.
+package wire
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/rpc"
+	"reflect"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-msgpack/v2/codec"
+)
+
+// Service is the net/rpc service name of raftkit's requests.
+const Service = "Raftkit"
+
+// Method names, as net/rpc spells them.
+const (
+	MethodApply      = Service + ".Apply"
+	MethodReadIndex  = Service + ".ReadIndex"
+	MethodMembership = Service + ".Membership"
+)
+
+// MaxFrame is the largest message either side accepts.
+const MaxFrame = 64 << 20
+
+// Error kinds carried in Error.Kind.
+const (
+	KindNotLeader = "not_leader" // not applied; Leader* name the leader
+	KindNoLeader  = "no_leader"  // not applied
+	KindUnknown   = "unknown"    // outcome unknown
+	KindFSM       = "fsm"        // the FSM returned an error
+	KindInvalid   = "invalid"    // bad request, not applied
+	KindOther     = "other"
+)
+
+// Error is an error that crosses the wire.
+type Error struct {
+	Kind       string
+	Message    string
+	LeaderID   string
+	LeaderAddr string
+}
+
+// ApplyRequest forwards a command to the leader.
+type ApplyRequest struct {
+	Command []byte
+	// Timeout is how long the leader may take, in nanoseconds.
+	Timeout int64
+}
+
+// ApplyResponse carries the FSM's response or an error.
+type ApplyResponse struct {
+	Result any
+	Err    *Error
+}
+
+// ReadIndexRequest asks the leader for a commit index that is safe to read at.
+type ReadIndexRequest struct {
+	Timeout int64
+}
+
+// ReadIndexResponse carries the index, or an error.
+type ReadIndexResponse struct {
+	Index uint64
+	Err   *Error
+}
+
+// Membership operations.
+const (
+	OpAddVoter    = "add-voter"
+	OpAddNonvoter = "add-nonvoter"
+	OpRemove      = "remove"
+	OpTransfer    = "transfer"
+)
+
+// MembershipRequest changes the cluster configuration through the leader.
+type MembershipRequest struct {
+	Op      string
+	ID      string
+	Addr    string
+	Timeout int64
+}
+
+// MembershipResponse carries an error, if any.
+type MembershipResponse struct {
+	Err *Error
+}
+
+// Handle returns the msgpack handle both sides use. Strings stay strings,
+// []byte stays []byte, integers decode as int64 (uint64 beyond its range)
+// and maps as map[string]any.
+func Handle() *codec.MsgpackHandle {
+	h := &codec.MsgpackHandle{WriteExt: true}
+	h.MapType = reflect.TypeOf(map[string]any(nil))
+	h.SignedInteger = true
+	return h
+}
+
+// Deadlines for reads on a connection.
+type Deadlines struct {
+	// Idle bounds the wait for the next message to start.
+	Idle time.Duration
+	// Message bounds reading the rest of a message once it has started.
+	Message time.Duration
+}
+
+// frameConn reads and writes length-prefixed frames.
+type frameConn struct {
+	conn      net.Conn
+	r         *bufio.Reader
+	w         *bufio.Writer
+	h         *codec.MsgpackHandle
+	deadlines Deadlines
+	buf       []byte
+	wmu       sync.Mutex
+}
+
+func newFrameConn(conn net.Conn, d Deadlines) *frameConn {
+	return &frameConn{conn: conn, r: bufio.NewReader(conn), w: bufio.NewWriter(conn), h: Handle(), deadlines: d}
+}
+
+// ErrFrameTooLarge is returned for a message over MaxFrame.
+var ErrFrameTooLarge = errors.New("raftkit wire: message exceeds size limit")
+
+// readFrame reads one frame and decodes it into v (nil discards it). idle
+// says whether this frame starts a new message.
+func (c *frameConn) readFrame(v any, idle bool) error {
+	d := c.deadlines.Message
+	if idle {
+		d = c.deadlines.Idle
+	}
+	if d > 0 {
+		_ = c.conn.SetReadDeadline(time.Now().Add(d))
+	}
+	var hdr [4]byte
+	if _, err := io.ReadFull(c.r, hdr[:]); err != nil {
+		return err
+	}
+	if idle && c.deadlines.Message > 0 {
+		_ = c.conn.SetReadDeadline(time.Now().Add(c.deadlines.Message))
+	}
+	n := binary.BigEndian.Uint32(hdr[:])
+	if n > MaxFrame {
+		return fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, n, MaxFrame)
+	}
+	if cap(c.buf) < int(n) {
+		c.buf = make([]byte, n)
+	}
+	b := c.buf[:n]
+	if _, err := io.ReadFull(c.r, b); err != nil {
+		return err
+	}
+	if v == nil {
+		return nil
+	}
+	if err := codec.NewDecoderBytes(b, c.h).Decode(v); err != nil {
+		return fmt.Errorf("raftkit wire: decode: %w", err)
+	}
+	return nil
+}
+
+// writeFrames encodes each value as a frame and flushes them together.
+func (c *frameConn) writeFrames(vs ...any) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	for _, v := range vs {
+		var b []byte
+		if err := codec.NewEncoderBytes(&b, c.h).Encode(v); err != nil {
+			return fmt.Errorf("raftkit wire: encode: %w", err)
+		}
+		if len(b) > MaxFrame {
+			return fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, len(b), MaxFrame)
+		}
+		var hdr [4]byte
+		binary.BigEndian.PutUint32(hdr[:], uint32(len(b)))
+		if _, err := c.w.Write(hdr[:]); err != nil {
+			return err
+		}
+		if _, err := c.w.Write(b); err != nil {
+			return err
+		}
+	}
+	_ = c.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+	return c.w.Flush()
+}
+
+// writeTimeout bounds a flush to a peer that does not read.
+const writeTimeout = 10 * time.Second
+
+// serverCodec is net/rpc's server side of a frameConn.
+type serverCodec struct{ *frameConn }
+
+// NewServerCodec returns a net/rpc server codec on conn.
+func NewServerCodec(conn net.Conn, d Deadlines) rpc.ServerCodec {
+	return serverCodec{newFrameConn(conn, d)}
+}
+
+func (c serverCodec) ReadRequestHeader(r *rpc.Request) error { return c.readFrame(r, true) }
+func (c serverCodec) ReadRequestBody(body any) error         { return c.readFrame(body, false) }
+func (c serverCodec) WriteResponse(r *rpc.Response, body any) error {
+	if r.Error != "" {
+		body = struct{}{}
+	}
+	return c.writeFrames(r, body)
+}
+func (c serverCodec) Close() error { return c.conn.Close() }
+
+// clientCodec is net/rpc's client side of a frameConn.
+type clientCodec struct{ *frameConn }
+
+// NewClientCodec returns a net/rpc client codec on conn. Its reads have no
+// idle deadline (responses may take as long as the call's own timeout) but
+// each message must arrive within d.Message once started.
+func NewClientCodec(conn net.Conn, d Deadlines) rpc.ClientCodec {
+	return clientCodec{newFrameConn(conn, Deadlines{Message: d.Message})}
+}
+
+func (c clientCodec) WriteRequest(r *rpc.Request, body any) error { return c.writeFrames(r, body) }
+func (c clientCodec) ReadResponseHeader(r *rpc.Response) error {
+	_ = c.conn.SetReadDeadline(time.Time{})
+	return c.readFrame(r, true)
+}
+func (c clientCodec) ReadResponseBody(body any) error { return c.readFrame(body, false) }
+func (c clientCodec) Close() error                    { return c.conn.Close() }
