@@ -34,6 +34,8 @@ type RaftNode struct {
 	rpc        *rpcPool
 	runners    runnerSet
 	readyTerm  atomic.Uint64 // term in which this leader's barrier completed
+	metrics    *Metrics      // nil: none
+	metricsWG  sync.WaitGroup
 
 	closeOnce sync.Once
 	closeErr  error
@@ -119,15 +121,16 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 	undo = append(undo, func() error { return r.Shutdown().Error() })
 
 	n := &RaftNode{
-		cfg:    s,
-		id:     s.ID,
-		addr:   s.advertise,
-		logger: s.Logger.Named("raftkit"),
-		raft:   r,
-		mux:    mux,
-		trans:  trans,
-		stores: stores,
-		closed: make(chan struct{}),
+		cfg:     s,
+		id:      s.ID,
+		addr:    s.advertise,
+		logger:  s.Logger.Named("raftkit"),
+		raft:    r,
+		mux:     mux,
+		trans:   trans,
+		stores:  stores,
+		metrics: s.Metrics,
+		closed:  make(chan struct{}),
 	}
 	n.leadership = newLeaderWatch(r)
 	n.rpc = newRPCPool(mux)
@@ -137,6 +140,7 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 		return nil, fmt.Errorf("raftkit: register request service: %w", err)
 	}
 	mux.serveRPC(n.serveRPC)
+	n.startMetrics()
 	n.logger.Info("node started", "id", n.id, "addr", n.addr, "in_memory", s.InMemory, "dir", s.Dir, "has_state", hasState)
 	if !hasState && len(s.Join) > 0 {
 		if err := n.join(); err != nil {
@@ -242,17 +246,25 @@ func (n *RaftNode) Apply(ctx context.Context, cmd []byte) (any, error) {
 	if err := n.checkOpen(); err != nil {
 		return nil, err
 	}
+	start := time.Now()
 	if n.IsLeader() {
-		return n.applyLocal(ctx, cmd)
+		res, err := n.applyLocal(ctx, cmd)
+		n.metrics.applied(n.id, "local", start, err)
+		return res, err
 	}
-	return n.forwardApply(ctx, cmd)
+	res, err := n.forwardApply(ctx, cmd)
+	n.metrics.applied(n.id, "forwarded", start, err)
+	return res, err
 }
 
 // ApplyLocal is Apply without forwarding: on a node that is not the leader
 // it returns a *NotLeaderError (matching raft.ErrNotLeader) naming the
 // leader, and the command was not applied. Outcomes are as for Apply.
 func (n *RaftNode) ApplyLocal(ctx context.Context, cmd []byte) (any, error) {
-	return n.applyLocal(ctx, cmd)
+	start := time.Now()
+	res, err := n.applyLocal(ctx, cmd)
+	n.metrics.applied(n.id, "local", start, err)
+	return res, err
 }
 
 // applyLocal applies cmd on this node, which must be the leader, and
@@ -282,6 +294,9 @@ func (n *RaftNode) applyRaw(ctx context.Context, cmd []byte) (res any, err error
 	f := n.raft.Apply(cmd, timeout)
 	if err := waitFuture(ctx, f); err != nil {
 		return nil, n.applyError(err)
+	}
+	if _, isErr := f.Response().(error); isErr {
+		n.metrics.fsmError(n.id)
 	}
 	return f.Response(), nil
 }
@@ -335,6 +350,9 @@ type ServerInfo struct {
 	Addr string `json:"addr"`
 	// Voter is false for non-voters (read replicas) and staging servers.
 	Voter bool `json:"voter"`
+	// Suffrage is raft's word for the member's role: "Voter", "Nonvoter"
+	// or "Staging".
+	Suffrage string `json:"suffrage"`
 }
 
 // Status is a point-in-time view of a node.
@@ -376,7 +394,7 @@ func (n *RaftNode) Status() Status {
 	}
 	if f := n.raft.GetConfiguration(); f.Error() == nil {
 		for _, s := range f.Configuration().Servers {
-			st.Servers = append(st.Servers, ServerInfo{ID: string(s.ID), Addr: string(s.Address), Voter: s.Suffrage == raft.Voter})
+			st.Servers = append(st.Servers, ServerInfo{ID: string(s.ID), Addr: string(s.Address), Voter: s.Suffrage == raft.Voter, Suffrage: s.Suffrage.String()})
 		}
 	}
 	return st
@@ -404,6 +422,8 @@ func (n *RaftNode) Close() error {
 			errs = append(errs, fmt.Errorf("raft shutdown: %w", err))
 		}
 		n.leadership.close()
+		n.metricsWG.Wait()
+		n.metrics.removeNode(n)
 		n.rpc.Close()
 		if err := n.trans.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("transport: %w", err))
@@ -450,4 +470,26 @@ func (n *RaftNode) closedOr(err error) error {
 		return fmt.Errorf("%w: %w", ErrClosed, err)
 	}
 	return err
+}
+
+// startMetrics registers the node with Config.Metrics and counts the
+// leader changes it sees until the node closes.
+func (n *RaftNode) startMetrics() {
+	m := n.metrics
+	if m == nil {
+		return
+	}
+	m.addNode(n)
+	ch := n.WatchLeadership(context.Background()) // closed by Close
+	n.metricsWG.Add(1)
+	go func() {
+		defer n.metricsWG.Done()
+		last := ""
+		for l := range ch {
+			if l.LeaderID != "" && l.LeaderID != last {
+				m.leaderChanged(n.id)
+				last = l.LeaderID
+			}
+		}
+	}()
 }

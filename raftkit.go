@@ -194,6 +194,13 @@ type Config struct {
 	// enough for a single node.
 	Network *MemNetwork
 
+	// Metrics, if set, receives this node's raftkit metrics (apply and
+	// read-barrier latency, forwarded writes, leader changes, FSM errors,
+	// and its indexes at scrape time), labelled with the node's ID. Register
+	// it with a Prometheus registry; see Metrics for raft's own metrics.
+	// Default: none.
+	Metrics *Metrics
+
 	// RaftConfig, if set, is called with the raft.Config that raftkit built
 	// (timeouts, snapshot settings, logger, LocalID) just before the node
 	// starts, and may change any of it. raft.ValidateConfig still applies.
