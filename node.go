@@ -66,8 +66,13 @@ func (e *NotLeaderError) Unwrap() error { return raft.ErrNotLeader }
 // cluster whatever Peers says. The FSM is the application's state machine;
 // raftkit calls it only from raft's goroutines (Apply, Snapshot, Restore).
 //
+// If Dir holds a recovery file (RecoveryFile, see WriteRecovery), it is
+// applied first with raft.RecoverCluster and fsm, then renamed; fsm's
+// Restore must replace its whole state, as raft requires anyway.
+//
 // If NewRaftNode fails, everything it opened is closed again. Errors match
-// ErrInvalidConfig, ErrDataDirLocked or ErrCorruptStore where those apply.
+// ErrInvalidConfig, ErrDataDirLocked, ErrCorruptStore or ErrRecovery where
+// those apply.
 func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 	if fsm == nil {
 		return nil, configErr("fsm", "", "must not be nil: pass the application's raft.FSM")
@@ -103,6 +108,9 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 
 	rc, err := raftConfig(s)
 	if err != nil {
+		return nil, err
+	}
+	if err := applyRecovery(s, rc, fsm, stores, trans); err != nil {
 		return nil, err
 	}
 	hasState, err := raft.HasExistingState(stores.log, stores.stable, stores.snaps)
