@@ -247,10 +247,13 @@ func (n *RaftNode) join() error {
 			callCtx, callCancel := context.WithTimeout(ctx, n.cfg.ApplyTimeout)
 			var resp wire.MembershipResponse
 			req := &wire.MembershipRequest{Op: wire.OpAddVoter, ID: n.id, Addr: n.addr, Timeout: int64(n.cfg.ApplyTimeout)}
-			_, err := n.rpc.call(callCtx, addr, wire.MethodMembership, req, &resp)
+			sent, err := n.rpc.call(callCtx, addr, wire.MethodMembership, req, &resp)
 			callCancel()
-			if err == nil {
+			switch {
+			case err == nil:
 				err = fromWire(resp.Err)
+			case !sent:
+				err = fmt.Errorf("%w: member %s unreachable: %w", ErrNoLeader, addr, err)
 			}
 			if err == nil {
 				n.logger.Info("joined cluster", "via", addr, "id", n.id)

@@ -49,6 +49,12 @@ type portMux struct {
 
 	done chan struct{}
 	wg   sync.WaitGroup
+	// raftHandlers counts inbound connections handed to raft that raft has
+	// not closed yet. raft handles heartbeats on the connection's goroutine
+	// and may touch the stable store there, so the stores must stay open
+	// until every such goroutine has returned (it closes its connection as
+	// it returns).
+	raftHandlers sync.WaitGroup
 }
 
 func newPortMux(ln net.Listener, advertise string, dial dialFunc, logger hclog.Logger) *portMux {
@@ -120,6 +126,9 @@ func (m *portMux) route(conn net.Conn) {
 	_ = conn.SetReadDeadline(time.Time{})
 	switch tag[0] {
 	case tagRaft:
+		tc := conn.(*trackedConn)
+		m.raftHandlers.Add(1)
+		tc.onClose = m.raftHandlers.Done
 		select {
 		case m.raftConns <- conn:
 		case <-m.done:
@@ -195,23 +204,37 @@ func (m *portMux) Close() error {
 		c.(*trackedConn).Conn.Close()
 	}
 	m.wg.Wait()
+	handlersDone := make(chan struct{})
+	go func() { m.raftHandlers.Wait(); close(handlersDone) }()
+	select {
+	case <-handlersDone:
+	case <-time.After(raftIOTimeout):
+		m.logger.Warn("raft connection handlers did not stop in time")
+	}
 	return err
 }
 
 // trackedConn removes itself from its mux when closed.
 type trackedConn struct {
 	net.Conn
-	mux  *portMux
-	once sync.Once
+	mux     *portMux
+	once    sync.Once
+	onClose func() // set before the conn is shared
 }
 
 func (t *trackedConn) Close() error {
+	err := t.Conn.Close()
 	t.once.Do(func() {
 		t.mux.mu.Lock()
-		delete(t.mux.conns, t)
+		if t.mux.conns != nil {
+			delete(t.mux.conns, t)
+		}
 		t.mux.mu.Unlock()
+		if t.onClose != nil {
+			t.onClose()
+		}
 	})
-	return t.Conn.Close()
+	return err
 }
 
 // raftStream is the raft.StreamLayer view of a portMux.
