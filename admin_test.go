@@ -229,7 +229,7 @@ func TestAdminMutationsAreOffByDefault(t *testing.T) {
 
 func TestHealthFlipsOnIsolatedNode(t *testing.T) {
 	net := NewMemNetwork()
-	nodes := newMemCluster(t, net, 3)
+	nodes, _ := newMemCluster(t, net, 3)
 	l := memLeader(t, nodes)
 	f := (l + 1) % 3
 	srv := httptest.NewServer(AdminHandler(nodes[f], AdminOptions{}))
