@@ -126,8 +126,10 @@ func (a *admin) status(w http.ResponseWriter, r *http.Request) {
 func checkHealth(st Status, closed bool, maxLag uint64) string {
 	member := slices.ContainsFunc(st.Servers, func(s ServerInfo) bool { return s.ID == st.ID })
 	switch {
-	case closed || st.State == "Shutdown":
+	case closed:
 		return "node is closed"
+	case st.State == "Shutdown":
+		return "raft has shut down (was the node removed from the cluster?)"
 	case !member:
 		return "node is not a member of any cluster configuration"
 	case st.LeaderID == "":

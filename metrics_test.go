@@ -164,3 +164,21 @@ func TestMetricsSinkKeepsGoMetricsSemantics(t *testing.T) {
 		}
 	}
 }
+
+func TestInstallGlobalRoutesGoMetricsUntilUninstalled(t *testing.T) {
+	m := NewMetrics()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(m)
+	uninstall, err := m.InstallGlobal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gometrics.IncrCounter([]string{"raftkit_test", "probe"}, 1)
+	gometrics.SetGauge([]string{"raftkit_test", "gauge"}, 3) // no hostname prefix
+	uninstall()
+	gometrics.IncrCounter([]string{"raftkit_test", "probe"}, 1)
+	got := scrape(t, reg)
+	if got["raftkit_test_probe_total"] != 1 || got["raftkit_test_gauge"] != 3 {
+		t.Fatalf("probe_total = %v (want 1: one before uninstall), gauge = %v (want 3)", got["raftkit_test_probe_total"], got["raftkit_test_gauge"])
+	}
+}
