@@ -156,11 +156,11 @@ func (n *RaftNode) Restore(ctx context.Context, r io.Reader) error {
 		return fmt.Errorf("raftkit: restore: %w", err)
 	}
 	// raft refuses a restore while a configuration entry is uncommitted, as
-	// on a freshly bootstrapped cluster; a barrier commits it first.
-	if cf := n.raft.GetConfiguration(); cf.Error() != nil || cf.Index() > n.raft.AppliedIndex() {
-		if err := n.restoreBarrier(ctx); err != nil {
-			return err
-		}
+	// on a freshly bootstrapped cluster whose leader has not yet committed
+	// an entry of its own term. The read-index path commits a barrier once
+	// per term (and only then), which settles that.
+	if _, err := n.leaderReadIndex(ctx); err != nil {
+		return fmt.Errorf("raftkit: restore (nothing restored): %w", err)
 	}
 	meta := &raft.SnapshotMeta{Version: info.Version, Index: info.Index, Term: info.Term, Size: info.Size}
 	body := &backupBody{r: &ctxReader{ctx: ctx, r: br}, left: info.Size, crc: crc64.New(crcTable)}
@@ -188,16 +188,6 @@ func (n *RaftNode) Restore(ctx context.Context, r io.Reader) error {
 		return fmt.Errorf("raftkit: restore: %w: %w", ErrUnknownOutcome, n.closedOr(err))
 	}
 	return fmt.Errorf("raftkit: restore: %w", err)
-}
-
-func (n *RaftNode) restoreBarrier(ctx context.Context) error {
-	if err := waitFuture(ctx, n.raft.Barrier(0)); err != nil {
-		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
-			return fmt.Errorf("raftkit: restore (nothing restored): %w", n.notLeader())
-		}
-		return fmt.Errorf("raftkit: restore (nothing restored): barrier: %w", n.closedOr(err))
-	}
-	return nil
 }
 
 // ReadBackupInfo reads a whole backup stream, checks that it is complete
