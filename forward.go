@@ -30,6 +30,7 @@ type RemoteError struct {
 	Message string
 }
 
+// Error returns the remote error's message.
 func (e *RemoteError) Error() string { return e.Message }
 
 // rpcService is what remote nodes call. Its methods follow net/rpc's rules.

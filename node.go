@@ -48,6 +48,7 @@ type NotLeaderError struct {
 	LeaderID, LeaderAddr string
 }
 
+// Error says that the node is not the leader, and who is.
 func (e *NotLeaderError) Error() string {
 	if e.LeaderAddr == "" {
 		return "raftkit: node is not the leader and no leader is known"

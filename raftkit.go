@@ -113,6 +113,7 @@ type ConfigError struct {
 	Reason string
 }
 
+// Error names the field, the value and what is wrong.
 func (e *ConfigError) Error() string {
 	if e.Value == "" {
 		return fmt.Sprintf("raftkit: invalid config: %s: %s", e.Field, e.Reason)
