@@ -302,8 +302,14 @@ func TestCLIOperatesLiveCluster(t *testing.T) {
 	t.Run("inspect stopped node", func(t *testing.T) {
 		l := c.leader()
 		g := (l + 1) % 3
-		// Quiet: nothing left to replicate (a new leader appends an entry of
-		// its own), so what g reports now is what it has on disk.
+		// Quiet: nothing left to replicate, so what g reports now is what it
+		// has on disk. A new leader appends a no-op a moment after it is
+		// known; a read barrier commits an entry of its term after that.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := c.nodes[l].LinearizableRead(ctx); err != nil {
+			t.Fatal(err)
+		}
 		waitFor(t, "every node to have applied the leader's whole log", func() bool {
 			last := c.nodes[l].Status().LastLogIndex
 			for i, n := range c.nodes {
