@@ -49,7 +49,9 @@ type Health struct {
 	// leader and has applied nearly all it knows to be committed.
 	Healthy bool `json:"healthy"`
 	// Reason says why the node is unhealthy; empty when healthy.
-	Reason       string `json:"reason,omitempty"`
+	Reason string `json:"reason,omitempty"`
+	// State, LeaderID, CommitIndex and AppliedIndex are the Status values
+	// the verdict was based on.
 	State        string `json:"state"`
 	LeaderID     string `json:"leader_id"`
 	CommitIndex  uint64 `json:"commit_index"`
@@ -60,7 +62,9 @@ type Health struct {
 // reads it back; LeaderID and LeaderAddr are set when the request must go
 // to the leader (HTTP 409).
 type AdminError struct {
-	Error      string `json:"error"`
+	// Error is the failure's message.
+	Error string `json:"error"`
+	// LeaderID and LeaderAddr name the leader to ask instead.
 	LeaderID   string `json:"leader_id,omitempty"`
 	LeaderAddr string `json:"leader_addr,omitempty"`
 }
