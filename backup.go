@@ -71,7 +71,7 @@ func (n *RaftNode) Backup(ctx context.Context, w io.Writer) error {
 	if err := n.LinearizableRead(ctx); err != nil {
 		return fmt.Errorf("raftkit: backup: %w", err)
 	}
-	meta, rc, err := n.openSnapshot(ctx)
+	meta, rc, err := n.openCompleteSnapshot(ctx, n.raft.AppliedIndex())
 	if err != nil {
 		return fmt.Errorf("raftkit: backup: %w", err)
 	}
@@ -104,6 +104,44 @@ func (n *RaftNode) Backup(ctx context.Context, w io.Writer) error {
 	}
 	n.logger.Info("backup written", "index", meta.Index, "term", meta.Term, "bytes", meta.Size)
 	return nil
+}
+
+// openCompleteSnapshot opens a snapshot that covers every entry up to
+// target that raft hands to the FSM. raft's AppliedIndex counts entries
+// once they are queued for the FSM, not once the FSM has applied them, and
+// its FSM goroutine may take a snapshot request before a queued batch; so a
+// snapshot may stop short of target, and is then taken again.
+func (n *RaftNode) openCompleteSnapshot(ctx context.Context, target uint64) (*raft.SnapshotMeta, io.ReadCloser, error) {
+	for {
+		meta, rc, err := n.openSnapshot(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		if n.onlyNoopsBetween(meta.Index, target) {
+			return meta, rc, nil
+		}
+		rc.Close()
+		select {
+		case <-ctx.Done():
+			return nil, nil, fmt.Errorf("snapshot stops at index %d, before %d: %w", meta.Index, target, ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// onlyNoopsBetween reports whether the log entries in (from, to] are all
+// ones raft never gives the FSM (no-ops).
+func (n *RaftNode) onlyNoopsBetween(from, to uint64) bool {
+	for i := from + 1; i <= to; i++ {
+		var l raft.Log
+		if err := n.stores.log.GetLog(i, &l); err != nil {
+			return false
+		}
+		if l.Type != raft.LogNoop {
+			return false
+		}
+	}
+	return true
 }
 
 // openSnapshot takes a user snapshot and opens it; when raft has nothing
