@@ -2,6 +2,7 @@ package raftkit
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"sync"
 	"time"
@@ -23,6 +24,7 @@ type MemNetwork struct {
 	isolated  map[string]bool
 	conns     map[*memConn]struct{}
 	delay     time.Duration
+	dropRate  float64
 }
 
 // NewMemNetwork returns an empty in-memory network.
@@ -84,6 +86,17 @@ func (n *MemNetwork) Heal() {
 func (n *MemNetwork) SetDelay(d time.Duration) {
 	n.mu.Lock()
 	n.delay = d
+	n.mu.Unlock()
+}
+
+// SetDropRate makes each write on the network lost with probability p
+// (0 turns it off; values are clamped to [0, 1]). As on TCP, where a lost
+// message ends in a reset once retransmission gives up, the loss breaks the
+// connection it was sent on: both ends see it closed and the write fails.
+// Raft and raftkit then redial, so p models a lossy, flapping link.
+func (n *MemNetwork) SetDropRate(p float64) {
+	n.mu.Lock()
+	n.dropRate = min(max(p, 0), 1)
 	n.mu.Unlock()
 }
 
@@ -162,8 +175,12 @@ func (c *memConn) RemoteAddr() net.Addr { return memAddr(c.to) }
 
 func (c *memConn) Write(b []byte) (int, error) {
 	c.net.mu.Lock()
-	d := c.net.delay
+	d, drop := c.net.delay, c.net.dropRate
 	c.net.mu.Unlock()
+	if drop > 0 && rand.Float64() < drop {
+		c.Close()
+		return 0, &net.OpError{Op: "write", Net: "mem", Addr: memAddr(c.to), Err: fmt.Errorf("connection reset (message dropped by MemNetwork)")}
+	}
 	if d > 0 {
 		time.Sleep(d)
 	}
