@@ -131,23 +131,29 @@ func (n *MemNetwork) listen(addr string) (*memListener, error) {
 }
 
 func (n *MemNetwork) dial(from, to string, timeout time.Duration) (net.Conn, error) {
+	client, server := net.Pipe()
+	cc := &memConn{Conn: client, net: n, from: from, to: to}
+	sc := &memConn{Conn: server, net: n, from: to, to: from}
+	// The check and the registration are one step, so that a link cut
+	// while this dial is under way also breaks the new connection.
 	n.mu.Lock()
 	l := n.listeners[to]
 	cut := n.cutLocked(from, to)
+	if !cut && l != nil {
+		n.conns[cc] = struct{}{}
+		n.conns[sc] = struct{}{}
+	}
 	n.mu.Unlock()
+	if cut || l == nil {
+		client.Close()
+		server.Close()
+	}
 	if cut {
 		return nil, &net.OpError{Op: "dial", Net: "mem", Addr: memAddr(to), Err: fmt.Errorf("network unreachable (link cut by MemNetwork)")}
 	}
 	if l == nil {
 		return nil, &net.OpError{Op: "dial", Net: "mem", Addr: memAddr(to), Err: fmt.Errorf("connection refused")}
 	}
-	client, server := net.Pipe()
-	cc := &memConn{Conn: client, net: n, from: from, to: to}
-	sc := &memConn{Conn: server, net: n, from: to, to: from}
-	n.mu.Lock()
-	n.conns[cc] = struct{}{}
-	n.conns[sc] = struct{}{}
-	n.mu.Unlock()
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	select {
