@@ -2,6 +2,7 @@ package raftkit
 
 import (
 	"context"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"net"
@@ -58,6 +59,11 @@ func (s *rpcService) ReadIndex(req *wire.ReadIndexRequest, resp *wire.ReadIndexR
 }
 
 func (s *rpcService) Membership(req *wire.MembershipRequest, resp *wire.MembershipResponse) error {
+	if want := s.n.cfg.JoinSecret; want != "" && subtle.ConstantTimeCompare([]byte(want), []byte(req.Secret)) != 1 {
+		s.n.logger.Warn("refused membership request with a wrong join secret", "op", req.Op, "id", req.ID, "addr", req.Addr)
+		resp.Err = toWire(fmt.Errorf("%w: membership request %s %s: wrong or missing join secret", ErrNotAuthorized, req.Op, req.ID), false)
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(req.Timeout))
 	defer cancel()
 	var err error
@@ -95,6 +101,8 @@ func toWire(err error, fsm bool) *wire.Error {
 		return &wire.Error{Kind: wire.KindNoLeader, Message: err.Error()}
 	case errors.Is(err, errInvalidRequest), errors.Is(err, ErrInvalidConfig):
 		return &wire.Error{Kind: wire.KindInvalid, Message: err.Error()}
+	case errors.Is(err, ErrNotAuthorized):
+		return &wire.Error{Kind: wire.KindDenied, Message: err.Error()}
 	case fsm:
 		return &wire.Error{Kind: wire.KindFSM, Message: err.Error()}
 	}
@@ -115,6 +123,8 @@ func fromWire(e *wire.Error) error {
 		return fmt.Errorf("%w: leader reported: %s", ErrNoLeader, e.Message)
 	case wire.KindInvalid:
 		return fmt.Errorf("%w: %s", errInvalidRequest, e.Message)
+	case wire.KindDenied:
+		return fmt.Errorf("%w: %s", ErrNotAuthorized, e.Message)
 	}
 	return &RemoteError{Message: e.Message}
 }

@@ -145,7 +145,7 @@ func (n *RaftNode) changeMembership(ctx context.Context, op, id, addr string) er
 	ctx, cancel, timeout := n.bound(ctx)
 	defer cancel()
 	var resp wire.MembershipResponse
-	err := n.forward(ctx, wire.MethodMembership, &wire.MembershipRequest{Op: op, ID: id, Addr: addr, Timeout: int64(timeout)}, &resp, false)
+	err := n.forward(ctx, wire.MethodMembership, &wire.MembershipRequest{Op: op, ID: id, Addr: addr, Timeout: int64(timeout), Secret: n.cfg.JoinSecret}, &resp, false)
 	if errors.Is(err, errLeaderIsSelf) {
 		if n.IsLeader() {
 			return n.changeMembership(ctx, op, id, addr)
@@ -246,17 +246,20 @@ func (n *RaftNode) join() error {
 			}
 			callCtx, callCancel := context.WithTimeout(ctx, n.cfg.ApplyTimeout)
 			var resp wire.MembershipResponse
-			req := &wire.MembershipRequest{Op: wire.OpAddVoter, ID: n.id, Addr: n.addr, Timeout: int64(n.cfg.ApplyTimeout)}
-			_, err := n.rpc.call(callCtx, addr, wire.MethodMembership, req, &resp)
+			req := &wire.MembershipRequest{Op: wire.OpAddVoter, ID: n.id, Addr: n.addr, Timeout: int64(n.cfg.ApplyTimeout), Secret: n.cfg.JoinSecret}
+			sent, err := n.rpc.call(callCtx, addr, wire.MethodMembership, req, &resp)
 			callCancel()
-			if err == nil {
+			switch {
+			case err == nil:
 				err = fromWire(resp.Err)
+			case !sent:
+				err = fmt.Errorf("%w: member %s unreachable: %w", ErrNoLeader, addr, err)
 			}
 			if err == nil {
 				n.logger.Info("joined cluster", "via", addr, "id", n.id)
 				return nil
 			}
-			if errors.Is(err, errInvalidRequest) {
+			if errors.Is(err, errInvalidRequest) || errors.Is(err, ErrNotAuthorized) {
 				return fmt.Errorf("raftkit: join via %s: %w", addr, err)
 			}
 			last = fmt.Errorf("via %s: %w", addr, err)

@@ -194,6 +194,20 @@ type Config struct {
 	// enough for a single node.
 	Network *MemNetwork
 
+	// TLS, if set, turns on mutual TLS for all node-to-node traffic; see
+	// TLSConfig. Without it, traffic is plain TCP and anyone who can reach
+	// the port can speak raft to the node: run such a cluster only on a
+	// trusted network.
+	TLS *TLSConfig
+
+	// JoinSecret, if set, must be presented by every membership request
+	// (join, add, remove, transfer) this node receives, and is presented by
+	// this node's own. All members share the same secret. It guards
+	// membership on clusters without TLS; it does not make the raft port
+	// safe on an untrusted network. With TLS, membership requires an
+	// accepted certificate in any case.
+	JoinSecret string
+
 	// RaftConfig, if set, is called with the raft.Config that raftkit built
 	// (timeouts, snapshot settings, logger, LocalID) just before the node
 	// starts, and may change any of it. raft.ValidateConfig still applies.
@@ -212,10 +226,12 @@ type settled struct {
 	Config
 	advertise string
 	peers     []peer
+	tls       *tlsState
 }
 
 // Validate reports the first problem in c, as a *ConfigError matching
-// ErrInvalidConfig. It does not touch the disk or the network.
+// ErrInvalidConfig. It does not touch the network; it reads TLS files if
+// TLS is set.
 func (c Config) Validate() error {
 	_, err := c.settle()
 	return err
@@ -342,6 +358,13 @@ func (c Config) settle() (*settled, error) {
 	s.peers = peers
 	if len(c.Join) > 0 && len(peers) > 0 {
 		return nil, configErr("Join", strings.Join(c.Join, ","), "cannot be combined with Peers: bootstrap a new cluster with Peers, or join an existing one with Join")
+	}
+	if c.TLS != nil {
+		ts, err := validateTLS(c.TLS)
+		if err != nil {
+			return nil, err
+		}
+		s.tls = ts
 	}
 	for i, a := range c.Join {
 		if strings.TrimSpace(a) == "" {

@@ -237,7 +237,7 @@ func TestApplyReturnsFSMError(t *testing.T) {
 
 func TestApplyTimeoutOnIsolatedLeaderIsUnknownOutcome(t *testing.T) {
 	net := NewMemNetwork()
-	nodes := newMemCluster(t, net, 3)
+	nodes, _ := newMemCluster(t, net, 3)
 	l := memLeader(t, nodes)
 	net.Isolate(nodes[l].Addr())
 	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Millisecond)
@@ -253,7 +253,7 @@ func TestApplyTimeoutOnIsolatedLeaderIsUnknownOutcome(t *testing.T) {
 
 func TestApplyTimeoutDefaultsToConfig(t *testing.T) {
 	net := NewMemNetwork()
-	nodes := newMemCluster(t, net, 3, func(c *Config) { c.ApplyTimeout = 200 * time.Millisecond })
+	nodes, _ := newMemCluster(t, net, 3, func(c *Config) { c.ApplyTimeout = 200 * time.Millisecond })
 	l := memLeader(t, nodes)
 	net.Isolate(nodes[l].Addr())
 	start := time.Now()
@@ -464,7 +464,7 @@ func TestCloseOnLeaderHandsOverLeadership(t *testing.T) {
 		}
 	}
 	net := NewMemNetwork()
-	nodes := newMemCluster(t, net, 3, slow)
+	nodes, _ := newMemCluster(t, net, 3, slow)
 	l := memLeader(t, nodes)
 	if err := nodes[l].Close(); err != nil {
 		t.Fatal(err)
@@ -479,7 +479,7 @@ func TestCloseOnLeaderHandsOverLeadership(t *testing.T) {
 
 func TestLeadershipWatchersStartWithCurrentStateAndSeeChanges(t *testing.T) {
 	net := NewMemNetwork()
-	nodes := newMemCluster(t, net, 3)
+	nodes, _ := newMemCluster(t, net, 3)
 	l := memLeader(t, nodes)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -531,26 +531,28 @@ func newMemNode(t testing.TB, name string) *RaftNode {
 }
 
 // newMemCluster starts n in-memory nodes on net, bootstrapped together.
-func newMemCluster(t testing.TB, net *MemNetwork, n int, opts ...func(*Config)) []*RaftNode {
+func newMemCluster(t testing.TB, net *MemNetwork, n int, opts ...func(*Config)) ([]*RaftNode, []*fsmexample.Store) {
 	t.Helper()
 	var addrs []string
 	for i := 0; i < n; i++ {
 		addrs = append(addrs, fmt.Sprintf("mem%d", i))
 	}
 	var nodes []*RaftNode
+	var kvs []*fsmexample.Store
 	for _, a := range addrs {
 		cfg := Config{InMemory: true, Network: net, Addr: a, Peers: addrs, RaftConfig: fastRaft, Logger: testLogger(t)}
 		for _, o := range opts {
 			o(&cfg)
 		}
-		node, err := NewRaftNode(cfg, fsmexample.New())
+		kv := fsmexample.New()
+		node, err := NewRaftNode(cfg, kv)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { node.Close() })
-		nodes = append(nodes, node)
+		nodes, kvs = append(nodes, node), append(kvs, kv)
 	}
-	return nodes
+	return nodes, kvs
 }
 
 func memLeader(t testing.TB, nodes []*RaftNode) int {

@@ -1,8 +1,10 @@
 package raftkit
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"time"
@@ -26,6 +28,14 @@ const (
 	raftIOTimeout = 10 * time.Second
 	// raftMaxPool is how many idle raft connections are kept per peer.
 	raftMaxPool = 3
+	// maxPendingPerHost and maxPendingTotal cap accepted connections that
+	// have not finished their handshake (TLS and tag byte), per remote host
+	// and in all, so a flood of idle or garbage connections cannot exhaust
+	// a node. Connections over the cap are closed at once.
+	maxPendingPerHost = 64
+	maxPendingTotal   = 512
+	// maxConns caps all open connections of a node.
+	maxConns = 4096
 )
 
 // dialFunc opens a connection to addr.
@@ -39,6 +49,7 @@ type portMux struct {
 	advertise string
 	dial      dialFunc
 	logger    hclog.Logger
+	tls       *tlsState // nil: plain TCP
 
 	raftConns chan net.Conn
 
@@ -46,19 +57,29 @@ type portMux struct {
 	conns   map[net.Conn]struct{}
 	handler func(net.Conn) // serves tagRPC connections; nil refuses them
 	closed  bool
+	pending map[string]int // handshakes under way, by remote host
+	npend   int
 
 	done chan struct{}
 	wg   sync.WaitGroup
+	// raftHandlers counts inbound connections handed to raft that raft has
+	// not closed yet. raft handles heartbeats on the connection's goroutine
+	// and may touch the stable store there, so the stores must stay open
+	// until every such goroutine has returned (it closes its connection as
+	// it returns).
+	raftHandlers sync.WaitGroup
 }
 
-func newPortMux(ln net.Listener, advertise string, dial dialFunc, logger hclog.Logger) *portMux {
+func newPortMux(ln net.Listener, advertise string, dial dialFunc, ts *tlsState, logger hclog.Logger) *portMux {
 	m := &portMux{
 		ln:        ln,
 		advertise: advertise,
 		dial:      dial,
+		tls:       ts,
 		logger:    logger,
 		raftConns: make(chan net.Conn),
 		conns:     map[net.Conn]struct{}{},
+		pending:   map[string]int{},
 		done:      make(chan struct{}),
 	}
 	m.wg.Add(1)
@@ -99,27 +120,85 @@ func (m *portMux) acceptLoop() {
 			return
 		}
 		delay = 0
+		host := remoteHost(conn)
+		if !m.admit(host) {
+			m.logger.Debug("refusing connection over the handshake limit", "remote", conn.RemoteAddr().String())
+			conn.Close()
+			continue
+		}
 		tracked, ok := m.track(conn)
 		if !ok {
+			m.release(host)
 			return
 		}
 		m.wg.Add(1)
-		go m.route(tracked)
+		go m.route(tracked.(*trackedConn), host)
 	}
 }
 
-// route reads the tag byte and hands the connection on.
-func (m *portMux) route(conn net.Conn) {
-	defer m.wg.Done()
+func remoteHost(c net.Conn) string {
+	host, _, err := net.SplitHostPort(c.RemoteAddr().String())
+	if err != nil {
+		return c.RemoteAddr().String()
+	}
+	return host
+}
+
+// admit counts a connection that starts its handshake, unless a cap is hit.
+func (m *portMux) admit(host string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.npend >= maxPendingTotal || m.pending[host] >= maxPendingPerHost || len(m.conns) >= maxConns {
+		return false
+	}
+	m.pending[host]++
+	m.npend++
+	return true
+}
+
+func (m *portMux) release(host string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.pending[host]--; m.pending[host] <= 0 {
+		delete(m.pending, host)
+	}
+	m.npend--
+}
+
+// handshake runs TLS (if on) and reads the tag byte, all within
+// handshakeTimeout.
+func (m *portMux) handshake(tc *trackedConn) (net.Conn, byte, error) {
+	var conn net.Conn = tc
+	_ = tc.SetDeadline(time.Now().Add(handshakeTimeout))
+	if m.tls != nil {
+		tconn := tls.Server(tc, m.tls.serverConfig())
+		if err := tconn.Handshake(); err != nil {
+			return nil, 0, fmt.Errorf("TLS handshake: %w", err)
+		}
+		conn = tconn
+	}
 	var tag [1]byte
-	_ = conn.SetReadDeadline(time.Now().Add(handshakeTimeout))
-	if _, err := conn.Read(tag[:]); err != nil {
-		conn.Close()
+	if _, err := io.ReadFull(conn, tag[:]); err != nil {
+		return nil, 0, fmt.Errorf("read tag: %w", err)
+	}
+	_ = tc.SetDeadline(time.Time{})
+	return conn, tag[0], nil
+}
+
+// route finishes the handshake and hands the connection on by its tag.
+func (m *portMux) route(tc *trackedConn, host string) {
+	defer m.wg.Done()
+	conn, tag, err := m.handshake(tc)
+	m.release(host)
+	if err != nil {
+		m.logger.Debug("closing connection that failed its handshake", "remote", tc.RemoteAddr().String(), "error", err)
+		tc.Close()
 		return
 	}
-	_ = conn.SetReadDeadline(time.Time{})
-	switch tag[0] {
+	switch tag {
 	case tagRaft:
+		m.raftHandlers.Add(1)
+		tc.onClose = m.raftHandlers.Done
 		select {
 		case m.raftConns <- conn:
 		case <-m.done:
@@ -135,7 +214,7 @@ func (m *portMux) route(conn net.Conn) {
 		}
 		h(conn)
 	default:
-		m.logger.Debug("closing connection with unknown tag", "remote", conn.RemoteAddr().String(), "tag", tag[0])
+		m.logger.Debug("closing connection with unknown tag", "remote", conn.RemoteAddr().String(), "tag", tag)
 		conn.Close()
 	}
 }
@@ -155,12 +234,20 @@ func (m *portMux) dialTagged(addr string, timeout time.Duration, tag byte) (net.
 	if !ok {
 		return nil, ErrClosed
 	}
-	_ = tracked.SetWriteDeadline(time.Now().Add(timeout))
+	_ = tracked.SetDeadline(time.Now().Add(timeout))
+	if m.tls != nil {
+		tconn := tls.Client(tracked, m.tls.clientConfig())
+		if err := tconn.Handshake(); err != nil {
+			tracked.Close()
+			return nil, fmt.Errorf("raftkit: TLS handshake with %s: %w", addr, err)
+		}
+		tracked = tconn
+	}
 	if _, err := tracked.Write([]byte{tag}); err != nil {
 		tracked.Close()
 		return nil, err
 	}
-	_ = tracked.SetWriteDeadline(time.Time{})
+	_ = tracked.SetDeadline(time.Time{})
 	return tracked, nil
 }
 
@@ -195,23 +282,37 @@ func (m *portMux) Close() error {
 		c.(*trackedConn).Conn.Close()
 	}
 	m.wg.Wait()
+	handlersDone := make(chan struct{})
+	go func() { m.raftHandlers.Wait(); close(handlersDone) }()
+	select {
+	case <-handlersDone:
+	case <-time.After(raftIOTimeout):
+		m.logger.Warn("raft connection handlers did not stop in time")
+	}
 	return err
 }
 
 // trackedConn removes itself from its mux when closed.
 type trackedConn struct {
 	net.Conn
-	mux  *portMux
-	once sync.Once
+	mux     *portMux
+	once    sync.Once
+	onClose func() // set before the conn is shared
 }
 
 func (t *trackedConn) Close() error {
+	err := t.Conn.Close()
 	t.once.Do(func() {
 		t.mux.mu.Lock()
-		delete(t.mux.conns, t)
+		if t.mux.conns != nil {
+			delete(t.mux.conns, t)
+		}
 		t.mux.mu.Unlock()
+		if t.onClose != nil {
+			t.onClose()
+		}
 	})
-	return t.Conn.Close()
+	return err
 }
 
 // raftStream is the raft.StreamLayer view of a portMux.
@@ -282,7 +383,11 @@ func openTransport(s *settled) (*portMux, *raft.NetworkTransport, error) {
 			return dialer.Dial("tcp", addr)
 		}
 	}
-	mux := newPortMux(ln, advertise, dial, s.Logger.Named("mux"))
+	if s.tls != nil {
+		logger := s.Logger.Named("tls")
+		s.tls.onError = func(err error) { logger.Warn("reloading TLS files failed; keeping the last good ones", "error", err) }
+	}
+	mux := newPortMux(ln, advertise, dial, s.tls, s.Logger.Named("mux"))
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  raftStream{mux: mux},
 		MaxPool: raftMaxPool,

@@ -39,6 +39,7 @@ const (
 	KindUnknown   = "unknown"    // outcome unknown
 	KindFSM       = "fsm"        // the FSM returned an error
 	KindInvalid   = "invalid"    // bad request, not applied
+	KindDenied    = "denied"     // missing or wrong credentials
 	KindOther     = "other"
 )
 
@@ -88,6 +89,8 @@ type MembershipRequest struct {
 	ID      string
 	Addr    string
 	Timeout int64
+	// Secret is the sender's Config.JoinSecret.
+	Secret string
 }
 
 // MembershipResponse carries an error, if any.
@@ -196,17 +199,35 @@ func (c *frameConn) writeFrames(vs ...any) error {
 // writeTimeout bounds a flush to a peer that does not read.
 const writeTimeout = 10 * time.Second
 
+// MaxInFlight is how many requests one connection may have in progress;
+// the server reads no further request until one of them is answered.
+const MaxInFlight = 128
+
 // serverCodec is net/rpc's server side of a frameConn.
-type serverCodec struct{ *frameConn }
+type serverCodec struct {
+	*frameConn
+	inFlight chan struct{}
+}
 
 // NewServerCodec returns a net/rpc server codec on conn.
 func NewServerCodec(conn net.Conn, d Deadlines) rpc.ServerCodec {
-	return serverCodec{newFrameConn(conn, d)}
+	return serverCodec{newFrameConn(conn, d), make(chan struct{}, MaxInFlight)}
 }
 
-func (c serverCodec) ReadRequestHeader(r *rpc.Request) error { return c.readFrame(r, true) }
-func (c serverCodec) ReadRequestBody(body any) error         { return c.readFrame(body, false) }
+func (c serverCodec) ReadRequestHeader(r *rpc.Request) error {
+	if err := c.readFrame(r, true); err != nil {
+		return err
+	}
+	// net/rpc answers every request whose header it read, so each slot
+	// taken here is given back in WriteResponse.
+	c.inFlight <- struct{}{}
+	return nil
+}
+
+func (c serverCodec) ReadRequestBody(body any) error { return c.readFrame(body, false) }
+
 func (c serverCodec) WriteResponse(r *rpc.Response, body any) error {
+	defer func() { <-c.inFlight }()
 	if r.Error != "" {
 		body = struct{}{}
 	}

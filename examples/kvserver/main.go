@@ -1,0 +1,180 @@
+// Command kvserver serves raftkit's reference key-value FSM over HTTP, one
+// OS process per node. Any node accepts reads and writes: followers forward
+// writes to the leader and ask it for a read index for linearizable reads.
+//
+// Start a new cluster (same -peers everywhere):
+//
+//	kvserver -id n1 -addr 127.0.0.1:7001 -http 127.0.0.1:8001 -dir data/n1 -peers n1=127.0.0.1:7001,n2=127.0.0.1:7002,n3=127.0.0.1:7003
+//
+// Join a running cluster through any member:
+//
+//	kvserver -id n4 -addr 127.0.0.1:7004 -http 127.0.0.1:8004 -dir data/n4 -join 127.0.0.1:7001
+//
+// Mutual TLS between nodes (certificates from go run ./examples/gencerts):
+//
+//	kvserver ... -tls-ca certs/ca.pem -tls-cert certs/n1/cert.pem -tls-key certs/n1/key.pem
+//
+// HTTP API:
+//
+//	PUT    /kv/{key}        body is the value
+//	GET    /kv/{key}        ?consistency=linearizable (default) or stale
+//	DELETE /kv/{key}
+//	GET    /status          the node's raft status as JSON
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+
+	"github.com/raftkit/raftkit"
+	fsmexample "github.com/raftkit/raftkit/fsm_example"
+)
+
+func main() {
+	var (
+		id       = flag.String("id", "", "node ID (default: -addr)")
+		addr     = flag.String("addr", "127.0.0.1:7001", "raft address (host:port) for node-to-node traffic")
+		httpAddr = flag.String("http", "127.0.0.1:8001", "HTTP address for clients")
+		dir      = flag.String("dir", "", "data directory (required)")
+		peers    = flag.String("peers", "", "comma-separated initial cluster (id=host:port or host:port), to bootstrap a new cluster")
+		join     = flag.String("join", "", "comma-separated addresses of members to join through")
+		verbose  = flag.Bool("v", false, "log raft's and raftkit's lines to stderr")
+		tlsCA    = flag.String("tls-ca", "", "PEM CA bundle: turns on mutual TLS between nodes (with -tls-cert, -tls-key)")
+		tlsCert  = flag.String("tls-cert", "", "this node's PEM certificate (serverAuth and clientAuth usage)")
+		tlsKey   = flag.String("tls-key", "", "this node's PEM key")
+		tlsPeers = flag.String("tls-peer-names", "*.raft.local", "comma-separated name patterns peers' certificates must carry")
+		secret   = flag.String("join-secret", "", "shared secret that membership requests must carry (for clusters without TLS)")
+		joinWait = flag.Duration("join-timeout", raftkit.DefaultJoinTimeout, "how long to keep trying -join")
+	)
+	flag.Parse()
+	if *dir == "" {
+		log.Fatal("kvserver: -dir is required")
+	}
+	logger := hclog.New(&hclog.LoggerOptions{Name: "kvserver", Level: hclog.Warn, Output: os.Stderr})
+	if *verbose {
+		logger.SetLevel(hclog.Info)
+	}
+	var tlsConfig *raftkit.TLSConfig
+	if *tlsCA != "" || *tlsCert != "" || *tlsKey != "" {
+		tlsConfig = &raftkit.TLSConfig{CAFile: *tlsCA, CertFile: *tlsCert, KeyFile: *tlsKey, PeerNames: split(*tlsPeers)}
+	}
+	kv := fsmexample.New()
+	node, err := raftkit.NewRaftNode(raftkit.Config{
+		ID:          *id,
+		Addr:        *addr,
+		Dir:         *dir,
+		Peers:       split(*peers),
+		Join:        split(*join),
+		Logger:      logger,
+		TLS:         tlsConfig,
+		JoinSecret:  *secret,
+		JoinTimeout: *joinWait,
+	}, kv)
+	if err != nil {
+		log.Fatalf("kvserver: %v", err)
+	}
+	srv := &http.Server{Addr: *httpAddr, Handler: newHandler(node, kv), ReadHeaderTimeout: 5 * time.Second}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	go func() {
+		<-ctx.Done()
+		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(shutdown)
+	}()
+	fmt.Printf("kvserver %s: raft on %s, HTTP on %s, data in %s\n", node.ID(), node.Addr(), *httpAddr, *dir)
+	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		node.Close()
+		log.Fatalf("kvserver: %v", err)
+	}
+	if err := node.Close(); err != nil {
+		log.Fatalf("kvserver: %v", err)
+	}
+}
+
+func split(s string) []string {
+	if strings.TrimSpace(s) == "" {
+		return nil
+	}
+	return strings.Split(s, ",")
+}
+
+func newHandler(node *raftkit.RaftNode, kv *fsmexample.Store) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("PUT /kv/{key}", func(w http.ResponseWriter, r *http.Request) {
+		value, err := io.ReadAll(io.LimitReader(r.Body, fsmexample.MaxValueLen+1))
+		if err != nil || len(value) > fsmexample.MaxValueLen {
+			http.Error(w, "value unreadable or larger than 16 MiB", http.StatusBadRequest)
+			return
+		}
+		if _, err := node.Apply(r.Context(), fsmexample.Set(r.PathValue("key"), value)); err != nil {
+			writeError(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("DELETE /kv/{key}", func(w http.ResponseWriter, r *http.Request) {
+		if _, err := node.Apply(r.Context(), fsmexample.Delete(r.PathValue("key"))); err != nil {
+			writeError(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("GET /kv/{key}", func(w http.ResponseWriter, r *http.Request) {
+		switch c := r.URL.Query().Get("consistency"); c {
+		case "", "linearizable":
+			if err := node.LinearizableRead(r.Context()); err != nil {
+				writeError(w, err)
+				return
+			}
+		case "stale":
+		default:
+			http.Error(w, fmt.Sprintf("consistency %q: want linearizable or stale", c), http.StatusBadRequest)
+			return
+		}
+		v, ok := kv.Get(r.PathValue("key"))
+		if !ok {
+			http.Error(w, "key not found", http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Write(v)
+	})
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(node.Status())
+	})
+	return mux
+}
+
+// writeError maps raftkit's errors to HTTP statuses a client can act on.
+func writeError(w http.ResponseWriter, err error) {
+	var nle *raftkit.NotLeaderError
+	switch {
+	case errors.Is(err, raftkit.ErrUnknownOutcome):
+		// 504: the write may or may not have been applied.
+		http.Error(w, "outcome unknown, the write may have been applied: "+err.Error(), http.StatusGatewayTimeout)
+	case errors.As(err, &nle), errors.Is(err, raft.ErrNotLeader), errors.Is(err, raftkit.ErrNoLeader), errors.Is(err, raftkit.ErrClosed):
+		http.Error(w, "not applied, retry: "+err.Error(), http.StatusServiceUnavailable)
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+	default:
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+	}
+}
