@@ -103,8 +103,8 @@ func TestChaosLinearizable(t *testing.T) {
 func chaosCluster(t testing.TB, level hclog.Level) *Cluster[*fsmexample.Store] {
 	return NewCluster(t, 3, fsmexample.New,
 		WithState(kvState),
-		WithLogLevel[*fsmexample.Store](level),
-		WithConfig[*fsmexample.Store](func(cfg *raftkit.Config) {
+		WithLogLevel(level),
+		WithConfig(func(cfg *raftkit.Config) {
 			cfg.ApplyTimeout = time.Second
 			cfg.SnapshotThreshold = 64
 			cfg.SnapshotInterval = 50 * time.Millisecond

@@ -57,7 +57,7 @@ const DefaultTimeout = 20 * time.Second
 type Cluster[F raft.FSM] struct {
 	tb     testing.TB
 	newFSM func() F
-	opts   options[F]
+	opts   options
 	net    *raftkit.MemNetwork
 	logs   *tbWriter
 
@@ -79,11 +79,11 @@ type member[F raft.FSM] struct {
 }
 
 // Option changes how NewCluster builds its nodes.
-type Option[F raft.FSM] func(*options[F])
+type Option func(*options)
 
-type options[F raft.FSM] struct {
+type options struct {
 	config   func(*raftkit.Config)
-	state    func(F) any
+	state    func(raft.FSM) (any, bool)
 	timeout  time.Duration
 	logLevel hclog.Level
 }
@@ -92,8 +92,8 @@ type options[F raft.FSM] struct {
 // settings, ApplyTimeout, RaftConfig, ...) after the cluster filled it in.
 // ID, Addr, InMemory, Network, Storage, Peers and Join belong to the
 // cluster: changing them breaks it.
-func WithConfig[F raft.FSM](fn func(*raftkit.Config)) Option[F] {
-	return func(o *options[F]) { o.config = fn }
+func WithConfig(fn func(*raftkit.Config)) Option {
+	return func(o *options) { o.config = fn }
 }
 
 // WithState gives AssertConsistent a view of an FSM's state to compare
@@ -101,20 +101,29 @@ func WithConfig[F raft.FSM](fn func(*raftkit.Config)) Option[F] {
 // it, AssertConsistent compares the bytes of the FSMs' snapshots, which
 // suits only FSMs whose snapshots are deterministic (a Go map iterated
 // while writing a snapshot is not).
-func WithState[F raft.FSM](fn func(F) any) Option[F] {
-	return func(o *options[F]) { o.state = fn }
+// F must be the cluster's FSM type.
+func WithState[F raft.FSM](fn func(F) any) Option {
+	return func(o *options) {
+		o.state = func(f raft.FSM) (any, bool) {
+			typed, ok := f.(F)
+			if !ok {
+				return nil, false
+			}
+			return fn(typed), true
+		}
+	}
 }
 
 // WithTimeout bounds each wait of the cluster (leader election, restart,
 // join, convergence). Default: DefaultTimeout.
-func WithTimeout[F raft.FSM](d time.Duration) Option[F] {
-	return func(o *options[F]) { o.timeout = d }
+func WithTimeout(d time.Duration) Option {
+	return func(o *options) { o.timeout = d }
 }
 
 // WithLogLevel sets the level of the raft and raftkit log lines the cluster
 // writes to tb.Log. Default: hclog.Info; hclog.Off silences them.
-func WithLogLevel[F raft.FSM](level hclog.Level) Option[F] {
-	return func(o *options[F]) { o.logLevel = level }
+func WithLogLevel(level hclog.Level) Option {
+	return func(o *options) { o.logLevel = level }
 }
 
 // FastTimeouts is the raft.Config hook a Cluster's nodes use: elections
@@ -131,7 +140,7 @@ func FastTimeouts(c *raft.Config) {
 // NewCluster starts n in-memory nodes named node0 … node{n-1}, bootstrapped
 // together, each with its own FSM from newFSM, and registers Close with
 // tb.Cleanup. It does not wait for a leader: call WaitForLeader.
-func NewCluster[F raft.FSM](tb testing.TB, n int, newFSM func() F, opts ...Option[F]) *Cluster[F] {
+func NewCluster[F raft.FSM](tb testing.TB, n int, newFSM func() F, opts ...Option) *Cluster[F] {
 	tb.Helper()
 	if n < 1 {
 		tb.Fatalf("raftkittest: NewCluster needs at least one node, got %d", n)
@@ -142,7 +151,7 @@ func NewCluster[F raft.FSM](tb testing.TB, n int, newFSM func() F, opts ...Optio
 	c := &Cluster[F]{
 		tb:     tb,
 		newFSM: newFSM,
-		opts:   options[F]{timeout: DefaultTimeout, logLevel: hclog.Info},
+		opts:   options{timeout: DefaultTimeout, logLevel: hclog.Info},
 		net:    raftkit.NewMemNetwork(),
 		logs:   &tbWriter{tb: tb},
 	}
@@ -593,7 +602,11 @@ func (c *Cluster[F]) AssertConsistent() {
 // state returns the comparable view of fsm.
 func (c *Cluster[F]) state(fsm F) (any, error) {
 	if c.opts.state != nil {
-		return c.opts.state(fsm), nil
+		st, ok := c.opts.state(fsm)
+		if !ok {
+			return nil, fmt.Errorf("WithState was given a function for another FSM type than %T", fsm)
+		}
+		return st, nil
 	}
 	snap, err := fsm.Snapshot()
 	if err != nil {

@@ -22,8 +22,8 @@ import (
 // kvState is the WithState view of fsmexample's store.
 func kvState(s *fsmexample.Store) any { return s.All() }
 
-func newKVCluster(t testing.TB, n int, opts ...Option[*fsmexample.Store]) *Cluster[*fsmexample.Store] {
-	opts = append([]Option[*fsmexample.Store]{WithState(kvState), WithLogLevel[*fsmexample.Store](logLevel())}, opts...)
+func newKVCluster(t testing.TB, n int, opts ...Option) *Cluster[*fsmexample.Store] {
+	opts = append([]Option{WithState(kvState), WithLogLevel(logLevel())}, opts...)
 	return NewCluster(t, n, fsmexample.New, opts...)
 }
 
@@ -93,7 +93,7 @@ func TestCrashHandsNothingOver(t *testing.T) {
 	// With 2s election timeouts, a leader that Close()d would hand over
 	// within a few heartbeats; a crashed one leaves the followers without
 	// a leader until they time out.
-	slow := WithConfig[*fsmexample.Store](func(cfg *raftkit.Config) {
+	slow := WithConfig(func(cfg *raftkit.Config) {
 		cfg.RaftConfig = func(rc *raft.Config) {
 			FastTimeouts(rc)
 			rc.HeartbeatTimeout, rc.ElectionTimeout, rc.LeaderLeaseTimeout = 2*time.Second, 2*time.Second, time.Second
@@ -272,7 +272,7 @@ func (f *forgetful) ApplyBatch(logs []*raft.Log) []any {
 func TestAssertConsistentCatchesDivergingFSM(t *testing.T) {
 	var built atomic.Int32
 	newFSM := func() *forgetful { return &forgetful{Store: fsmexample.New(), drop: built.Add(1) == 1} }
-	c := NewCluster(t, 3, newFSM, WithState(func(f *forgetful) any { return f.All() }), WithLogLevel[*forgetful](logLevel()))
+	c := NewCluster(t, 3, newFSM, WithState(func(f *forgetful) any { return f.All() }), WithLogLevel(logLevel()))
 	mustSet(t, c.WaitForLeader(), "a", "1")
 	msg := runFake(t, func(tb testing.TB) {
 		c.tb = tb
@@ -288,7 +288,7 @@ func TestAssertConsistentComparesSnapshotsByDefault(t *testing.T) {
 	// Snapshot bytes of a one-key fsmexample store are deterministic.
 	var built atomic.Int32
 	newFSM := func() *forgetful { return &forgetful{Store: fsmexample.New(), drop: built.Add(1) == 2} }
-	c := NewCluster(t, 3, newFSM, WithLogLevel[*forgetful](logLevel()))
+	c := NewCluster(t, 3, newFSM, WithLogLevel(logLevel()))
 	mustSet(t, c.WaitForLeader(), "a", "1")
 	msg := runFake(t, func(tb testing.TB) {
 		c.tb = tb
@@ -303,7 +303,7 @@ func TestAssertConsistentComparesSnapshotsByDefault(t *testing.T) {
 func TestLogsStopAtTheEndOfTheTest(t *testing.T) {
 	var c *Cluster[*fsmexample.Store]
 	t.Run("inner", func(t *testing.T) {
-		c = NewCluster(t, 1, fsmexample.New, WithLogLevel[*fsmexample.Store](hclog.Debug))
+		c = NewCluster(t, 1, fsmexample.New, WithLogLevel(hclog.Debug))
 		c.WaitForLeader()
 	})
 	// testing panics on Log after a test has ended; the cluster's writer
