@@ -60,7 +60,7 @@ type historyResult struct {
 }
 
 func TestChaosLinearizable(t *testing.T) {
-	var ok, illegal, unknown, lost int
+	var ok, illegal, unknown, aborted, lost int
 	var failed []uint64
 	for i := 0; i < *chaosHistories; i++ {
 		seed := *chaosSeed + uint64(i)
@@ -81,8 +81,10 @@ func TestChaosLinearizable(t *testing.T) {
 			ok++
 		case porcupine.Illegal:
 			illegal++
-		default:
+		case porcupine.Unknown:
 			unknown++
+		default: // the history failed before it could be checked
+			aborted++
 		}
 		lost += len(res.lostAcks)
 		if res.check != porcupine.Ok || len(res.lostAcks) > 0 {
@@ -90,6 +92,9 @@ func TestChaosLinearizable(t *testing.T) {
 		}
 	}
 	summary := fmt.Sprintf("histories=%d ok=%d illegal=%d unknown=%d lost_acks=%d", *chaosHistories, ok, illegal, unknown, lost)
+	if aborted > 0 {
+		summary += fmt.Sprintf(" aborted=%d", aborted)
+	}
 	if len(failed) > 0 {
 		summary += fmt.Sprintf(" failed_seeds=%v", failed)
 	}
