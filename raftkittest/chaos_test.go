@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -43,7 +44,7 @@ var (
 
 // chaosKeys is how many keys the clients share; few keys make reads see
 // each other's writes, enough keys keep each key's history checkable.
-const chaosKeys = 6
+const chaosKeys = 8
 
 // checkTimeout bounds porcupine on one history; running out is a failure.
 const checkTimeout = 60 * time.Second
@@ -57,6 +58,8 @@ type historyResult struct {
 	faults    []string
 	vizPath   string
 	checkTime time.Duration
+	// unknownCauses counts the errors that left writes unknown.
+	unknownCauses string
 }
 
 func TestChaosLinearizable(t *testing.T) {
@@ -67,8 +70,8 @@ func TestChaosLinearizable(t *testing.T) {
 		var res historyResult
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
 			res = runChaosHistory(t, seed)
-			t.Logf("seed=%d ops=%d unknown_writes=%d check=%s in %s faults=%s",
-				seed, res.ops, res.unknowns, res.check, res.checkTime.Round(time.Millisecond), strings.Join(res.faults, ","))
+			t.Logf("seed=%d ops=%d unknown_writes=%d check=%s in %s faults=%s unknown_causes=%s",
+				seed, res.ops, res.unknowns, res.check, res.checkTime.Round(time.Millisecond), strings.Join(res.faults, ","), res.unknownCauses)
 			if res.check != porcupine.Ok {
 				t.Errorf("seed=%d: history is %s; porcupine's view: %s (replay: -seed=%d -histories=1)", seed, res.check, res.vizPath, seed)
 			}
@@ -145,6 +148,7 @@ func runChaosHistory(t *testing.T, seed uint64) historyResult {
 	stopClients()
 	wg.Wait()
 	res.faults = nem.log
+	res.unknownCauses = acks.errors.String()
 
 	// Recover everything, then read every key once more through the log's
 	// current leader: these reads must see every acknowledged write.
@@ -166,6 +170,9 @@ func runChaosHistory(t *testing.T, seed uint64) historyResult {
 		}
 	}
 
+	if known, _ := rec.counts(); known < 100 {
+		t.Errorf("seed=%d: only %d operations completed: too little progress to prove anything", seed, known)
+	}
 	history := rec.history()
 	res.ops = len(history)
 	_, res.unknowns = rec.counts()
@@ -193,10 +200,61 @@ func saveVisualization(t *testing.T, seed uint64, info porcupine.LinearizationIn
 	return path
 }
 
+// errorTally counts, per kind, the errors that made writes unknown, for
+// the history's log line.
+type errorTally struct {
+	mu     sync.Mutex
+	counts map[string]int
+}
+
+func (e *errorTally) add(err error) {
+	kind := "unknown-outcome: " + err.Error()
+	var re *raftkit.RemoteError
+	switch {
+	case errors.As(err, &re):
+		kind = "remote: " + re.Message
+	case !errors.Is(err, raftkit.ErrUnknownOutcome):
+		kind = "unclassified: " + err.Error()
+	case errors.Is(err, context.DeadlineExceeded):
+		kind = "unknown-outcome: deadline"
+	case errors.Is(err, raft.ErrLeadershipLost):
+		kind = "unknown-outcome: leadership lost"
+	case errors.Is(err, raftkit.ErrClosed):
+		kind = "unknown-outcome: closed"
+	}
+	kind = strings.Map(func(r rune) rune {
+		if r >= '0' && r <= '9' {
+			return -1
+		}
+		return r
+	}, kind)
+	if len(kind) > 120 {
+		kind = kind[:120]
+	}
+	e.mu.Lock()
+	if e.counts == nil {
+		e.counts = map[string]int{}
+	}
+	e.counts[kind]++
+	e.mu.Unlock()
+}
+
+func (e *errorTally) String() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var parts []string
+	for k, n := range e.counts {
+		parts = append(parts, fmt.Sprintf("%d×%q", n, k))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, " ")
+}
+
 // ackSet is the unique keys whose writes were acknowledged.
 type ackSet struct {
-	mu   sync.Mutex
-	keys []string
+	mu     sync.Mutex
+	keys   []string
+	errors errorTally // why writes ended unknown
 }
 
 func (a *ackSet) add(k string) { a.mu.Lock(); a.keys = append(a.keys, k); a.mu.Unlock() }
@@ -273,6 +331,7 @@ func write(c *Cluster[*fsmexample.Store], node *raftkit.RaftNode, rec *recorder,
 		// ErrUnknownOutcome, and anything unclassified (a *RemoteError
 		// from the leader): it may have happened, at any later time.
 		rec.unknown(client, in, call)
+		acks.errors.add(err)
 	}
 }
 

@@ -28,6 +28,7 @@ func TestKVModelRejectsStaleAndLostReads(t *testing.T) {
 		{"keys are separate", []porcupine.Operation{put("a", "1", 0, 10), get("b", "", 20, 30)}, porcupine.Ok},
 		{"unknown write may land late", []porcupine.Operation{put("a", "1", 0, 100), get("a", "", 20, 30), get("a", "1", 40, 50)}, porcupine.Ok},
 		{"read cannot go back", []porcupine.Operation{put("a", "1", 0, 100), get("a", "1", 20, 30), get("a", "", 40, 50)}, porcupine.Illegal},
+		{"read of a value never written", []porcupine.Operation{put("a", "1", 0, 10), get("a", "2", 20, 30)}, porcupine.Illegal},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -42,10 +43,11 @@ func TestRecorderPutsUnknownWritesAtTheEnd(t *testing.T) {
 	r := newRecorder()
 	call := r.now()
 	r.unknown(0, kvInput{Op: opPut, Key: "a", Value: "1"}, call)
+	r.unknown(0, kvInput{Op: opPut, Key: "a", Value: "never read"}, call)
 	r.done(1, kvInput{Op: opGet, Key: "a"}, kvOutput{Value: "1"}, r.now())
 	h := r.history()
 	if len(h) != 2 {
-		t.Fatalf("history has %d operations, want 2", len(h))
+		t.Fatalf("history has %d operations, want 2 (the unknown write nobody read is left out)", len(h))
 	}
 	var unknown, read porcupine.Operation
 	for _, op := range h {
