@@ -289,10 +289,10 @@ func safely(fn func() error) (err error) {
 // MemStorage must not be used by two running nodes at once.
 type MemStorage struct {
 	logs  *raft.InmemStore
-	snaps *raft.InmemSnapshotStore
+	snaps *memSnapshotStore
 }
 
 // NewMemStorage returns empty in-memory storage.
 func NewMemStorage() *MemStorage {
-	return &MemStorage{logs: raft.NewInmemStore(), snaps: raft.NewInmemSnapshotStore()}
+	return &MemStorage{logs: raft.NewInmemStore(), snaps: &memSnapshotStore{}}
 }
