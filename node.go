@@ -50,6 +50,7 @@ type NotLeaderError struct {
 	LeaderID, LeaderAddr string
 }
 
+// Error says that the node is not the leader, and who is.
 func (e *NotLeaderError) Error() string {
 	if e.LeaderAddr == "" {
 		return "raftkit: node is not the leader and no leader is known"
@@ -246,6 +247,9 @@ func (n *RaftNode) Apply(ctx context.Context, cmd []byte) (any, error) {
 	if err := n.checkOpen(); err != nil {
 		return nil, err
 	}
+	if len(cmd) > MaxCommandSize {
+		return nil, fmt.Errorf("%w: %d bytes, limit MaxCommandSize = %d", ErrTooLarge, len(cmd), MaxCommandSize)
+	}
 	if n.IsLeader() {
 		return n.applyLocal(ctx, cmd)
 	}
@@ -277,6 +281,9 @@ func (n *RaftNode) applyLocal(ctx context.Context, cmd []byte) (any, error) {
 func (n *RaftNode) applyRaw(ctx context.Context, cmd []byte) (res any, err error) {
 	if err := n.checkOpen(); err != nil {
 		return nil, err
+	}
+	if len(cmd) > MaxCommandSize {
+		return nil, fmt.Errorf("%w: %d bytes, limit MaxCommandSize = %d", ErrTooLarge, len(cmd), MaxCommandSize)
 	}
 	if n.raft.State() != raft.Leader {
 		return nil, n.notLeader()
