@@ -2,6 +2,7 @@ package raftkit
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"sync"
 	"time"
@@ -23,6 +24,7 @@ type MemNetwork struct {
 	isolated  map[string]bool
 	conns     map[*memConn]struct{}
 	delay     time.Duration
+	dropRate  float64
 }
 
 // NewMemNetwork returns an empty in-memory network.
@@ -87,6 +89,17 @@ func (n *MemNetwork) SetDelay(d time.Duration) {
 	n.mu.Unlock()
 }
 
+// SetDropRate makes each write on the network lost with probability p
+// (0 turns it off; values are clamped to [0, 1]). As on TCP, where a lost
+// message ends in a reset once retransmission gives up, the loss breaks the
+// connection it was sent on: both ends see it closed and the write fails.
+// Raft and raftkit then redial, so p models a lossy, flapping link.
+func (n *MemNetwork) SetDropRate(p float64) {
+	n.mu.Lock()
+	n.dropRate = min(max(p, 0), 1)
+	n.mu.Unlock()
+}
+
 func (n *MemNetwork) cutLocked(from, to string) bool {
 	return n.isolated[from] || n.isolated[to] || n.blocked[[2]string{from, to}]
 }
@@ -118,23 +131,29 @@ func (n *MemNetwork) listen(addr string) (*memListener, error) {
 }
 
 func (n *MemNetwork) dial(from, to string, timeout time.Duration) (net.Conn, error) {
+	client, server := net.Pipe()
+	cc := &memConn{Conn: client, net: n, from: from, to: to}
+	sc := &memConn{Conn: server, net: n, from: to, to: from}
+	// The check and the registration are one step, so that a link cut
+	// while this dial is under way also breaks the new connection.
 	n.mu.Lock()
 	l := n.listeners[to]
 	cut := n.cutLocked(from, to)
+	if !cut && l != nil {
+		n.conns[cc] = struct{}{}
+		n.conns[sc] = struct{}{}
+	}
 	n.mu.Unlock()
+	if cut || l == nil {
+		client.Close()
+		server.Close()
+	}
 	if cut {
 		return nil, &net.OpError{Op: "dial", Net: "mem", Addr: memAddr(to), Err: fmt.Errorf("network unreachable (link cut by MemNetwork)")}
 	}
 	if l == nil {
 		return nil, &net.OpError{Op: "dial", Net: "mem", Addr: memAddr(to), Err: fmt.Errorf("connection refused")}
 	}
-	client, server := net.Pipe()
-	cc := &memConn{Conn: client, net: n, from: from, to: to}
-	sc := &memConn{Conn: server, net: n, from: to, to: from}
-	n.mu.Lock()
-	n.conns[cc] = struct{}{}
-	n.conns[sc] = struct{}{}
-	n.mu.Unlock()
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	select {
@@ -162,8 +181,12 @@ func (c *memConn) RemoteAddr() net.Addr { return memAddr(c.to) }
 
 func (c *memConn) Write(b []byte) (int, error) {
 	c.net.mu.Lock()
-	d := c.net.delay
+	d, drop := c.net.delay, c.net.dropRate
 	c.net.mu.Unlock()
+	if drop > 0 && rand.Float64() < drop {
+		c.Close()
+		return 0, &net.OpError{Op: "write", Net: "mem", Addr: memAddr(c.to), Err: fmt.Errorf("connection reset (message dropped by MemNetwork)")}
+	}
 	if d > 0 {
 		time.Sleep(d)
 	}

@@ -28,6 +28,8 @@ type RaftNode struct {
 	mux    *portMux
 	trans  *raft.NetworkTransport
 	stores *nodeStores
+	// applied tracks how far the FSM has really applied the log.
+	applied *appliedFSM
 
 	leadership *leaderWatch
 	rpcServer  *rpc.Server
@@ -123,7 +125,8 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 			return nil, err
 		}
 	}
-	r, err := raft.NewRaft(rc, fsm, stores.log, stores.stable, stores.snaps, trans)
+	wrapped, applied := wrapFSM(fsm)
+	r, err := raft.NewRaft(rc, wrapped, stores.log, stores.stable, stores.snaps, trans)
 	if err != nil {
 		return nil, fmt.Errorf("raftkit: start raft: %w", err)
 	}
@@ -141,6 +144,7 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 		metrics: s.Metrics,
 		closed:  make(chan struct{}),
 	}
+	n.applied = applied
 	n.leadership = newLeaderWatch(r)
 	n.rpc = newRPCPool(mux)
 	n.rpcServer = rpc.NewServer()

@@ -94,10 +94,11 @@ func (n *RaftNode) readError(err error) error {
 	return n.closedOr(err)
 }
 
-// waitApplied waits until this node's FSM has applied index.
+// waitApplied waits until this node's FSM has applied index (not merely
+// been handed it: see appliedFSM).
 func (n *RaftNode) waitApplied(ctx context.Context, index uint64) error {
 	delay := 50 * time.Microsecond
-	for n.raft.AppliedIndex() < index {
+	for !n.fsmReflects(index) {
 		if err := n.checkOpen(); err != nil {
 			return err
 		}

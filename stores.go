@@ -1,12 +1,15 @@
 package raftkit
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"go.etcd.io/bbolt"
@@ -53,6 +56,12 @@ func openStores(s *settled) (*nodeStores, error) {
 	if err != nil {
 		return nil, err
 	}
+	// With raft.db's lock held, no other node writes snapshots here.
+	removeTempSnapshots(s.Dir, s.Logger)
+	if err := checkLogAgainstSnapshots(filepath.Join(s.Dir, boltFile), bolt, snaps, s.Logger); err != nil {
+		bolt.Close()
+		return nil, err
+	}
 	cache, err := raft.NewLogCache(logCacheSize, bolt)
 	if err != nil {
 		bolt.Close()
@@ -81,6 +90,9 @@ func openBolt(path string, snaps raft.SnapshotStore) (*raftboltdb.BoltStore, err
 		return nil, fmt.Errorf("%w: %s is empty (0 bytes); raftkit will not start it as a fresh node. "+
 			"Remove the whole directory to rejoin as a new node", ErrCorruptStore, path)
 	default:
+		if err := checkBoltSize(path, fi.Size()); err != nil {
+			return nil, err
+		}
 		if err := checkBolt(path); err != nil {
 			return nil, err
 		}
@@ -98,6 +110,78 @@ func openBolt(path string, snaps raft.SnapshotStore) (*raftboltdb.BoltStore, err
 		return nil, boltError(path, err)
 	}
 	return store, nil
+}
+
+// checkLogAgainstSnapshots checks what raft will read at start-up, so that
+// damage is an ErrCorruptStore error here rather than a panic or a silent
+// loss later: raft restores the newest snapshot that passes its CRC check
+// (falling back to older ones), then reads every log entry after it, and
+// panics on one it cannot read. So at least one snapshot must be readable
+// if any exist, and the log must hold every entry from the restored
+// snapshot on, each one decodable. A snapshot's state file is read in full
+// for its CRC, so start-up reads it twice.
+func checkLogAgainstSnapshots(path string, logs raft.LogStore, snaps raft.SnapshotStore, logger hclog.Logger) error {
+	return safely(func() error {
+		list, err := snaps.List()
+		if err != nil {
+			return fmt.Errorf("%w: listing snapshots: %v", ErrCorruptStore, err)
+		}
+		var snapIndex uint64
+		usable := false
+		for i, meta := range list {
+			_, rc, err := snaps.Open(meta.ID)
+			if err != nil {
+				logger.Warn("snapshot cannot be read; raft will fall back to an older one", "snapshot", meta.ID, "error", err)
+				continue
+			}
+			rc.Close()
+			if i > 0 {
+				logger.Warn("starting from an older snapshot: newer ones are damaged", "snapshot", meta.ID)
+			}
+			snapIndex, usable = meta.Index, true
+			break
+		}
+		if len(list) > 0 && !usable {
+			return fmt.Errorf("%w: none of the %d snapshot(s) in %s can be read (see the log for each one's error); "+
+				"remove the whole directory to rejoin as a new node", ErrCorruptStore, len(list), filepath.Join(filepath.Dir(path), snapshotDir))
+		}
+		first, err := logs.FirstIndex()
+		if err != nil {
+			return fmt.Errorf("%w: %s: reading the first log index: %v", ErrCorruptStore, path, err)
+		}
+		last, err := logs.LastIndex()
+		if err != nil {
+			return fmt.Errorf("%w: %s: reading the last log index: %v", ErrCorruptStore, path, err)
+		}
+		if last <= snapIndex {
+			return nil // the snapshot covers the whole log
+		}
+		if first > snapIndex+1 {
+			return fmt.Errorf("%w: %s starts at entry %d but the newest readable snapshot ends at entry %d: "+
+				"entries in between are lost (missing or damaged snapshots)", ErrCorruptStore, path, first, snapIndex)
+		}
+		var entry raft.Log
+		for i := snapIndex + 1; i <= last; i++ {
+			if err := logs.GetLog(i, &entry); err != nil {
+				return fmt.Errorf("%w: %s: log entry %d (of %d to %d) cannot be read: %v", ErrCorruptStore, path, i, snapIndex+1, last, err)
+			}
+		}
+		return nil
+	})
+}
+
+// removeTempSnapshots deletes snapshot directories that a crash left half
+// written (raft names them *.tmp until they are complete, and ignores them
+// otherwise; they only take space).
+func removeTempSnapshots(dir string, logger hclog.Logger) {
+	tmps, _ := filepath.Glob(filepath.Join(dir, snapshotDir, "*.tmp"))
+	for _, tmp := range tmps {
+		if err := os.RemoveAll(tmp); err != nil {
+			logger.Warn("cannot remove an unfinished snapshot", "path", tmp, "error", err)
+			continue
+		}
+		logger.Warn("removed an unfinished snapshot left by a crash", "path", tmp)
+	}
 }
 
 // checkBolt walks every page of an existing raft.db so that damage shows up
@@ -134,9 +218,63 @@ func boltError(path string, err error) error {
 	return fmt.Errorf("%w: %s cannot be opened: %v", ErrCorruptStore, path, err)
 }
 
+// bbolt's meta page layout: a 16-byte page header, then magic, version,
+// page size, flags (4 bytes each), the root bucket (16), the freelist page
+// (8), the high-water page count (8) and the transaction ID (8).
+const (
+	boltMagic          = 0xED0CDAED
+	boltMetaMagicOff   = 16
+	boltMetaPageSzOff  = 24
+	boltMetaPgidOff    = 56
+	boltMetaTxidOff    = 64
+	boltMetaHeaderSize = 72
+)
+
+// checkBoltSize refuses a raft.db that is shorter than its newest meta page
+// says. bbolt maps the file into memory, and touching a page past the end
+// of a truncated file is a SIGBUS that kills the whole process, which no
+// recover can catch.
+func checkBoltSize(path string, size int64) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("raftkit: open log store %s: %w", path, err)
+	}
+	defer f.Close()
+	first := make([]byte, boltMetaHeaderSize)
+	if _, err := f.ReadAt(first, 0); err != nil {
+		return fmt.Errorf("%w: %s: reading its first meta page: %v", ErrCorruptStore, path, err)
+	}
+	pageSize := int64(binary.LittleEndian.Uint32(first[boltMetaPageSzOff:]))
+	if binary.LittleEndian.Uint32(first[boltMetaMagicOff:]) != boltMagic || pageSize < 512 || pageSize > 1<<20 {
+		pageSize = int64(os.Getpagesize())
+	}
+	var best []byte
+	for _, off := range []int64{0, pageSize} {
+		m := make([]byte, boltMetaHeaderSize)
+		if _, err := f.ReadAt(m, off); err != nil || binary.LittleEndian.Uint32(m[boltMetaMagicOff:]) != boltMagic {
+			continue
+		}
+		if best == nil || binary.LittleEndian.Uint64(m[boltMetaTxidOff:]) > binary.LittleEndian.Uint64(best[boltMetaTxidOff:]) {
+			best = m
+		}
+	}
+	if best == nil {
+		return nil // no meta page to trust: bbolt reports it as invalid
+	}
+	pages := binary.LittleEndian.Uint64(best[boltMetaPgidOff:])
+	ps := uint64(binary.LittleEndian.Uint32(best[boltMetaPageSzOff:]))
+	if need := pages * ps; ps > 0 && pages < 1<<40 && need > uint64(size) {
+		return fmt.Errorf("%w: %s is %d bytes but its meta page counts %d pages of %d bytes (%d bytes): the file was truncated",
+			ErrCorruptStore, path, size, pages, ps, need)
+	}
+	return nil
+}
+
 // safely turns a panic in fn (bbolt panics on some damaged files) into an
-// ErrCorruptStore error.
+// ErrCorruptStore error. Memory faults in fn's goroutine (a damaged file
+// that bbolt maps) become panics too, rather than killing the process.
 func safely(fn func() error) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("%w: reading it panicked: %v", ErrCorruptStore, p)
@@ -151,10 +289,10 @@ func safely(fn func() error) (err error) {
 // MemStorage must not be used by two running nodes at once.
 type MemStorage struct {
 	logs  *raft.InmemStore
-	snaps *raft.InmemSnapshotStore
+	snaps *memSnapshotStore
 }
 
 // NewMemStorage returns empty in-memory storage.
 func NewMemStorage() *MemStorage {
-	return &MemStorage{logs: raft.NewInmemStore(), snaps: raft.NewInmemSnapshotStore()}
+	return &MemStorage{logs: raft.NewInmemStore(), snaps: &memSnapshotStore{}}
 }
