@@ -3,6 +3,7 @@ package raftkit
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"sync"
 	"time"
 
@@ -112,6 +113,13 @@ func (b *applyBatcher) send(addr string, q *fwdQueue, batch []*fwdRequest) {
 	defer b.wg.Done()
 	for batch != nil {
 		b.deliver(addr, batch)
+		// Let the callers just answered submit their next commands, so
+		// that they join this sender's next batch rather than each wait
+		// for a later one: a few yields, until as many commands wait as
+		// were just answered.
+		for i := 0; i < 4 && b.pendingLen(q) < len(batch); i++ {
+			runtime.Gosched()
+		}
 		b.mu.Lock()
 		if len(q.pending) > 0 {
 			batch = b.takeLocked(q)
@@ -124,6 +132,12 @@ func (b *applyBatcher) send(addr string, q *fwdQueue, batch []*fwdRequest) {
 		}
 		b.mu.Unlock()
 	}
+}
+
+func (b *applyBatcher) pendingLen(q *fwdQueue) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(q.pending)
 }
 
 // deliver sends one batch and answers its callers.
