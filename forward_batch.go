@@ -214,8 +214,26 @@ func (n *RaftNode) applyMany(ctx context.Context, cmds [][]byte, timeout time.Du
 		return out
 	}
 	futures := make([]raft.ApplyFuture, len(cmds))
-	for i, c := range cmds {
-		futures[i] = n.raft.Apply(c, timeout)
+	if n.batchApplyCh || len(cmds) == 1 {
+		for i, c := range cmds {
+			futures[i] = n.raft.Apply(c, timeout)
+		}
+	} else {
+		// Without raft's BatchApplyCh, raft.Apply waits until the leader
+		// loop takes the command, one per loop turn (a disk write); sent
+		// one after another, a batch would take as many turns as it has
+		// commands. Sent together, they share one turn, as concurrent
+		// local callers do. They came from concurrent callers, so their
+		// order among themselves is free.
+		var wg sync.WaitGroup
+		for i, c := range cmds {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				futures[i] = n.raft.Apply(c, timeout)
+			}()
+		}
+		wg.Wait()
 	}
 	// raft resolves the futures in log order; one goroutine waits for
 	// them so that ctx can cut the wait short.

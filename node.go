@@ -42,6 +42,9 @@ type RaftNode struct {
 	leaderReads, followerReads *readBatcher
 	readFetches                sync.WaitGroup
 
+	// batchApplyCh is raft.Config.BatchApplyCh as the node started with.
+	batchApplyCh bool
+
 	closeOnce sync.Once
 	closeErr  error
 	closed    chan struct{}
@@ -139,6 +142,7 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 		stores: stores,
 		closed: make(chan struct{}),
 	}
+	n.batchApplyCh = rc.BatchApplyCh
 	n.leadership = newLeaderWatch(r)
 	n.leaderReads = &readBatcher{fetch: n.leaderReadIndex, timeout: s.ApplyTimeout, wg: &n.readFetches}
 	n.followerReads = &readBatcher{fetch: n.remoteReadIndex, timeout: s.ApplyTimeout, wg: &n.readFetches}

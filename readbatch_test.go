@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
+
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
 )
 
@@ -118,8 +120,22 @@ func TestBatchedReadsSeeEveryAcknowledgedWrite(t *testing.T) {
 
 func TestConcurrentForwardedWritesGetTheirOwnResults(t *testing.T) {
 	// Forwarded writes travel in batches; each caller must still get its
-	// own command's response, FSM errors included.
-	nodes, _ := newMemCluster(t, NewMemNetwork(), 3)
+	// own command's response, FSM errors included, whether raft buffers
+	// its apply channel or not (the leader submits a batch differently).
+	for _, batchApplyCh := range []bool{true, false} {
+		t.Run(fmt.Sprintf("BatchApplyCh=%v", batchApplyCh), func(t *testing.T) {
+			testForwardedResults(t, batchApplyCh)
+		})
+	}
+}
+
+func testForwardedResults(t *testing.T, batchApplyCh bool) {
+	nodes, _ := newMemCluster(t, NewMemNetwork(), 3, func(c *Config) {
+		c.RaftConfig = func(rc *raft.Config) {
+			fastRaft(rc)
+			rc.BatchApplyCh = batchApplyCh
+		}
+	})
 	l := memLeader(t, nodes)
 	f := nodes[(l+1)%3]
 	waitFor(t, 10*time.Second, "follower to know the leader", func() bool { return f.GetLeaderAddr() != "" })
