@@ -84,3 +84,67 @@ func ExampleRaftNode_WatchLeadership() {
 	}
 	// Output: this node leads
 }
+
+// Three in-memory nodes on one MemNetwork form a cluster; a write through a
+// follower is forwarded to the leader, and a linearizable read on another
+// follower sees it.
+func ExampleMemNetwork() {
+	network := raftkit.NewMemNetwork()
+	names := []string{"a", "b", "c"}
+	var nodes []*raftkit.RaftNode
+	var stores []*fsmexample.Store
+	for _, name := range names {
+		kv := fsmexample.New()
+		n, err := raftkit.NewRaftNode(raftkit.Config{InMemory: true, Network: network, Addr: name, Peers: names}, kv)
+		if err != nil {
+			fmt.Println(err)
+			return
+		}
+		defer n.Close()
+		nodes, stores = append(nodes, n), append(stores, kv)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	leader, err := nodes[0].WaitForLeader(ctx)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	var followers []int
+	for i, n := range nodes {
+		if n.Addr() != leader {
+			followers = append(followers, i)
+		}
+	}
+	if _, err := nodes[followers[0]].Apply(ctx, fsmexample.Set("color", []byte("blue"))); err != nil {
+		fmt.Println(err)
+		return
+	}
+	if err := nodes[followers[1]].LinearizableRead(ctx); err != nil {
+		fmt.Println(err)
+		return
+	}
+	v, _ := stores[followers[1]].Get("color")
+	fmt.Println("color:", string(v))
+	// Output: color: blue
+}
+
+func ExampleRaftNode_RunWhileLeader() {
+	node, err := raftkit.NewRaftNode(raftkit.Config{InMemory: true, Addr: "node1", Peers: []string{"node1"}}, fsmexample.New())
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer node.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	done := make(chan struct{})
+	go node.RunWhileLeader(ctx, func(leaderCtx context.Context) {
+		// Leader-only work goes here; stop when leaderCtx is cancelled.
+		fmt.Println("leading: starting the leader's work")
+		close(done)
+		<-leaderCtx.Done()
+	})
+	<-done
+	// Output: leading: starting the leader's work
+}

@@ -30,6 +30,7 @@ type RemoteError struct {
 	Message string
 }
 
+// Error returns the remote error's message.
 func (e *RemoteError) Error() string { return e.Message }
 
 // rpcService is what remote nodes call. Its methods follow net/rpc's rules.
@@ -138,12 +139,21 @@ func (n *RaftNode) serveRPC(conn net.Conn) {
 type rpcPool struct {
 	mux     *portMux
 	mu      sync.Mutex
-	clients map[string]*rpc.Client
+	clients map[string]pooledClient
 	closed  bool
 }
 
+// pooledClient is a client with its codec, which knows when the connection
+// died: a dead client is replaced before a call is sent on it, so that a
+// stale connection (say, to a restarted leader) never turns a request that
+// was never sent into one of unknown outcome.
+type pooledClient struct {
+	*rpc.Client
+	codec *wire.ClientCodec
+}
+
 func newRPCPool(mux *portMux) *rpcPool {
-	return &rpcPool{mux: mux, clients: map[string]*rpc.Client{}}
+	return &rpcPool{mux: mux, clients: map[string]pooledClient{}}
 }
 
 // errDial marks a failure to reach the peer: nothing was sent.
@@ -158,34 +168,39 @@ func (p *rpcPool) client(addr string, timeout time.Duration) (*rpc.Client, error
 		p.mu.Unlock()
 		return nil, ErrClosed
 	}
-	if c := p.clients[addr]; c != nil {
-		p.mu.Unlock()
-		return c, nil
+	if c, ok := p.clients[addr]; ok {
+		if !c.codec.Broken() {
+			p.mu.Unlock()
+			return c.Client, nil
+		}
+		delete(p.clients, addr)
+		c.Close()
 	}
 	p.mu.Unlock()
 	conn, err := p.mux.dialTagged(addr, timeout, tagRPC)
 	if err != nil {
 		return nil, errDial{err}
 	}
-	c := rpc.NewClientWithCodec(wire.NewClientCodec(conn, rpcDeadlines))
+	codec := wire.NewClientCodec(conn, rpcDeadlines)
+	c := pooledClient{rpc.NewClientWithCodec(codec), codec}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
 		c.Close()
 		return nil, ErrClosed
 	}
-	if old := p.clients[addr]; old != nil {
+	if old, ok := p.clients[addr]; ok && !old.codec.Broken() {
 		c.Close()
-		return old, nil
+		return old.Client, nil
 	}
 	p.clients[addr] = c
-	return c, nil
+	return c.Client, nil
 }
 
 // drop forgets a client whose connection failed.
 func (p *rpcPool) drop(addr string, c *rpc.Client) {
 	p.mu.Lock()
-	if p.clients[addr] == c {
+	if pc, ok := p.clients[addr]; ok && pc.Client == c {
 		delete(p.clients, addr)
 	}
 	p.mu.Unlock()

@@ -52,3 +52,57 @@ func TestForwardedResponsesKeepTheirTypes(t *testing.T) {
 		t.Fatal("an FSM error is a known outcome")
 	}
 }
+
+func TestOversizedCommandIsRefusedBeforeSending(t *testing.T) {
+	net := NewMemNetwork()
+	nodes, _ := newMemCluster(t, net, 3)
+	l := memLeader(t, nodes)
+	big := make([]byte, MaxCommandSize+1)
+	for _, n := range []*RaftNode{nodes[l], nodes[(l+1)%3]} {
+		_, err := n.Apply(ctxTimeout(t, 5*time.Second), big)
+		if !errors.Is(err, ErrTooLarge) || errors.Is(err, ErrUnknownOutcome) {
+			t.Fatalf("oversized command on %s: %v, want ErrTooLarge (not applied)", n.ID(), err)
+		}
+	}
+}
+
+func TestForwardingSurvivesALeaderRestart(t *testing.T) {
+	// The follower's pooled connection to the old leader dies with it; the
+	// next forwarded write must use a new connection, not fail as unknown.
+	net := NewMemNetwork()
+	storage := []*MemStorage{NewMemStorage(), NewMemStorage(), NewMemStorage()}
+	names := []string{"a", "b", "c"}
+	start := func(i int) *RaftNode {
+		n, err := NewRaftNode(Config{InMemory: true, Network: net, Storage: storage[i], Addr: names[i], Peers: names, RaftConfig: fastRaft}, fsmexample.New())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { n.Close() })
+		return n
+	}
+	nodes := []*RaftNode{start(0), start(1), start(2)}
+	l := memLeader(t, nodes)
+	f := nodes[(l+1)%3]
+	if _, err := f.Apply(ctxTimeout(t, 5*time.Second), fsmexample.Set("before", nil)); err != nil {
+		t.Fatal(err)
+	}
+	// Restart every node but f, keeping their state, and give leadership
+	// back to the old leader's address: f's pooled connection to it is dead.
+	for i := range nodes {
+		if nodes[i] != f {
+			nodes[i].Close()
+			nodes[i] = start(i)
+		}
+	}
+	memLeader(t, nodes)
+	other := nodes[(l+2)%3]
+	if err := other.TransferLeadership(ctxTimeout(t, 10*time.Second), names[l]); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the old leader's address to lead and f to know it", func() bool {
+		return nodes[l].IsLeader() && f.GetLeaderAddr() == names[l]
+	})
+	if _, err := f.Apply(ctxTimeout(t, 5*time.Second), fsmexample.Set("after", nil)); err != nil {
+		t.Fatalf("forwarded write after the leader restarted: %v", err)
+	}
+}

@@ -315,16 +315,6 @@ func (s *runnerSet) resume() {
 	}
 }
 
-// stopAll stops every runner's fn for good (the node is closing).
-func (s *runnerSet) stopAll() {
-	s.mu.Lock()
-	s.pauses++
-	rs := make([]*runner, 0, len(s.runners))
-	for r := range s.runners {
-		rs = append(rs, r)
-	}
-	s.mu.Unlock()
-	for _, r := range rs {
-		r.stop(context.Background())
-	}
-}
+// stopAll stops every runner's fn for good (the node is closing): a pause
+// that never ends.
+func (s *runnerSet) stopAll() { s.pause(context.Background()) }

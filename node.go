@@ -36,6 +36,9 @@ type RaftNode struct {
 	fwd        *applyBatcher // forwarded writes
 	runners    runnerSet
 	readyTerm  atomic.Uint64 // term in which this leader's barrier completed
+	metrics    *Metrics      // nil: none
+	metricsWG  sync.WaitGroup
+
 	// leaderReads and followerReads share read-index requests among
 	// concurrent LinearizableRead calls; readFetches counts their running
 	// requests so that Close can wait for them.
@@ -58,6 +61,7 @@ type NotLeaderError struct {
 	LeaderID, LeaderAddr string
 }
 
+// Error says that the node is not the leader, and who is.
 func (e *NotLeaderError) Error() string {
 	if e.LeaderAddr == "" {
 		return "raftkit: node is not the leader and no leader is known"
@@ -74,8 +78,13 @@ func (e *NotLeaderError) Unwrap() error { return raft.ErrNotLeader }
 // cluster whatever Peers says. The FSM is the application's state machine;
 // raftkit calls it only from raft's goroutines (Apply, Snapshot, Restore).
 //
+// If Dir holds a recovery file (RecoveryFile, see WriteRecovery), it is
+// applied first with raft.RecoverCluster and fsm, then renamed; fsm's
+// Restore must replace its whole state, as raft requires anyway.
+//
 // If NewRaftNode fails, everything it opened is closed again. Errors match
-// ErrInvalidConfig, ErrDataDirLocked or ErrCorruptStore where those apply.
+// ErrInvalidConfig, ErrDataDirLocked, ErrCorruptStore or ErrRecovery where
+// those apply.
 func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 	if fsm == nil {
 		return nil, configErr("fsm", "", "must not be nil: pass the application's raft.FSM")
@@ -113,6 +122,9 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := applyRecovery(s, rc, fsm, stores, trans); err != nil {
+		return nil, err
+	}
 	hasState, err := raft.HasExistingState(stores.log, stores.stable, stores.snaps)
 	if err != nil {
 		return nil, fmt.Errorf("%w: reading existing raft state: %v", ErrCorruptStore, err)
@@ -131,16 +143,17 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 	undo = append(undo, func() error { return r.Shutdown().Error() })
 
 	n := &RaftNode{
-		cfg:    s,
-		id:     s.ID,
-		addr:   s.advertise,
-		logger: s.Logger.Named("raftkit"),
-		raft:   r,
-		fsm:    tracked,
-		mux:    mux,
-		trans:  trans,
-		stores: stores,
-		closed: make(chan struct{}),
+		cfg:     s,
+		id:      s.ID,
+		addr:    s.advertise,
+		logger:  s.Logger.Named("raftkit"),
+		raft:    r,
+		fsm:     tracked,
+		mux:     mux,
+		trans:   trans,
+		stores:  stores,
+		metrics: s.Metrics,
+		closed:  make(chan struct{}),
 	}
 	n.batchApplyCh = rc.BatchApplyCh
 	n.leadership = newLeaderWatch(r)
@@ -154,6 +167,7 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 		return nil, fmt.Errorf("raftkit: register request service: %w", err)
 	}
 	mux.serveRPC(n.serveRPC)
+	n.startMetrics()
 	n.logger.Info("node started", "id", n.id, "addr", n.addr, "in_memory", s.InMemory, "dir", s.Dir, "has_state", hasState)
 	if !hasState && len(s.Join) > 0 {
 		if err := n.join(); err != nil {
@@ -270,17 +284,28 @@ func (n *RaftNode) Apply(ctx context.Context, cmd []byte) (any, error) {
 	if err := n.checkOpen(); err != nil {
 		return nil, err
 	}
-	if n.IsLeader() {
-		return n.applyLocal(ctx, cmd)
+	if len(cmd) > MaxCommandSize {
+		return nil, fmt.Errorf("%w: %d bytes, limit MaxCommandSize = %d", ErrTooLarge, len(cmd), MaxCommandSize)
 	}
-	return n.forwardApply(ctx, cmd)
+	start := time.Now()
+	if n.IsLeader() {
+		res, err := n.applyLocal(ctx, cmd)
+		n.metrics.applied(n.id, "local", start, err)
+		return res, err
+	}
+	res, err := n.forwardApply(ctx, cmd)
+	n.metrics.applied(n.id, "forwarded", start, err)
+	return res, err
 }
 
 // ApplyLocal is Apply without forwarding: on a node that is not the leader
 // it returns a *NotLeaderError (matching raft.ErrNotLeader) naming the
 // leader, and the command was not applied. Outcomes are as for Apply.
 func (n *RaftNode) ApplyLocal(ctx context.Context, cmd []byte) (any, error) {
-	return n.applyLocal(ctx, cmd)
+	start := time.Now()
+	res, err := n.applyLocal(ctx, cmd)
+	n.metrics.applied(n.id, "local", start, err)
+	return res, err
 }
 
 // applyLocal applies cmd on this node, which must be the leader, and
@@ -302,6 +327,9 @@ func (n *RaftNode) applyRaw(ctx context.Context, cmd []byte) (res any, err error
 	if err := n.checkOpen(); err != nil {
 		return nil, err
 	}
+	if len(cmd) > MaxCommandSize {
+		return nil, fmt.Errorf("%w: %d bytes, limit MaxCommandSize = %d", ErrTooLarge, len(cmd), MaxCommandSize)
+	}
 	if n.raft.State() != raft.Leader {
 		return nil, n.notLeader()
 	}
@@ -310,6 +338,9 @@ func (n *RaftNode) applyRaw(ctx context.Context, cmd []byte) (res any, err error
 	f := n.raft.Apply(cmd, timeout)
 	if err := waitFuture(ctx, f); err != nil {
 		return nil, n.applyError(err)
+	}
+	if _, isErr := f.Response().(error); isErr {
+		n.metrics.fsmError(n.id)
 	}
 	return f.Response(), nil
 }
@@ -363,6 +394,9 @@ type ServerInfo struct {
 	Addr string `json:"addr"`
 	// Voter is false for non-voters (read replicas) and staging servers.
 	Voter bool `json:"voter"`
+	// Suffrage is raft's word for the member's role: "Voter", "Nonvoter"
+	// or "Staging".
+	Suffrage string `json:"suffrage"`
 }
 
 // Status is a point-in-time view of a node.
@@ -404,7 +438,7 @@ func (n *RaftNode) Status() Status {
 	}
 	if f := n.raft.GetConfiguration(); f.Error() == nil {
 		for _, s := range f.Configuration().Servers {
-			st.Servers = append(st.Servers, ServerInfo{ID: string(s.ID), Addr: string(s.Address), Voter: s.Suffrage == raft.Voter})
+			st.Servers = append(st.Servers, ServerInfo{ID: string(s.ID), Addr: string(s.Address), Voter: s.Suffrage == raft.Voter, Suffrage: s.Suffrage.String()})
 		}
 	}
 	return st
@@ -433,6 +467,8 @@ func (n *RaftNode) Close() error {
 		}
 		n.leadership.close()
 		n.fwd.stop()
+		n.metricsWG.Wait()
+		n.metrics.removeNode(n)
 		n.rpc.Close()
 		n.fwd.wg.Wait()
 		n.leaderReads.stop()
@@ -483,4 +519,26 @@ func (n *RaftNode) closedOr(err error) error {
 		return fmt.Errorf("%w: %w", ErrClosed, err)
 	}
 	return err
+}
+
+// startMetrics registers the node with Config.Metrics and counts the
+// leader changes it sees until the node closes.
+func (n *RaftNode) startMetrics() {
+	m := n.metrics
+	if m == nil {
+		return
+	}
+	m.addNode(n)
+	ch := n.WatchLeadership(context.Background()) // closed by Close
+	n.metricsWG.Add(1)
+	go func() {
+		defer n.metricsWG.Done()
+		last := ""
+		for l := range ch {
+			if l.LeaderID != "" && l.LeaderID != last {
+				m.leaderChanged(n.id)
+				last = l.LeaderID
+			}
+		}
+	}()
 }

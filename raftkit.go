@@ -92,7 +92,16 @@ var (
 	// again. The error also matches its cause (context.DeadlineExceeded,
 	// raft.ErrLeadershipLost, ...).
 	ErrUnknownOutcome = errors.New("raftkit: outcome of the write is unknown")
+
+	// ErrTooLarge is returned for a command larger than MaxCommandSize; it
+	// was not applied.
+	ErrTooLarge = errors.New("raftkit: command too large")
 )
+
+// MaxCommandSize is the largest command Apply accepts. Forwarded commands
+// travel in one message, and messages are capped (64 MiB) so that no peer
+// can make a node allocate without bound.
+const MaxCommandSize = 64<<20 - 4096
 
 // ConfigError describes one invalid Config field. It matches ErrInvalidConfig.
 type ConfigError struct {
@@ -104,6 +113,7 @@ type ConfigError struct {
 	Reason string
 }
 
+// Error names the field, the value and what is wrong.
 func (e *ConfigError) Error() string {
 	if e.Value == "" {
 		return fmt.Sprintf("raftkit: invalid config: %s: %s", e.Field, e.Reason)
@@ -193,6 +203,13 @@ type Config struct {
 	// Network to form a cluster. Default (InMemory only): a private network,
 	// enough for a single node.
 	Network *MemNetwork
+
+	// Metrics, if set, receives this node's raftkit metrics (apply and
+	// read-barrier latency, forwarded writes, leader changes, FSM errors,
+	// and its indexes at scrape time), labelled with the node's ID. Register
+	// it with a Prometheus registry; see Metrics for raft's own metrics.
+	// Default: none.
+	Metrics *Metrics
 
 	// TLS, if set, turns on mutual TLS for all node-to-node traffic; see
 	// TLSConfig. Without it, traffic is plain TCP and anyone who can reach

@@ -30,10 +30,11 @@ import (
 // A node cut off from the majority returns an error (ErrNoLeader, a
 // *NotLeaderError, or ctx's error) instead of letting a stale read through.
 // The wait is bounded by ctx's deadline, else by Config.ApplyTimeout.
-func (n *RaftNode) LinearizableRead(ctx context.Context) error {
+func (n *RaftNode) LinearizableRead(ctx context.Context) (err error) {
 	if err := n.checkOpen(); err != nil {
 		return err
 	}
+	defer func(start time.Time) { n.metrics.readBarrierDone(n.id, start, err) }(time.Now())
 	ctx, cancel, _ := n.bound(ctx)
 	defer cancel()
 	var index uint64

@@ -10,6 +10,10 @@
 //
 //	kvserver -id n4 -addr 127.0.0.1:7004 -http 127.0.0.1:8004 -dir data/n4 -join 127.0.0.1:7001
 //
+// Mutual TLS between nodes (certificates from go run ./examples/gencerts):
+//
+//	kvserver ... -tls-ca certs/ca.pem -tls-cert certs/n1/cert.pem -tls-key certs/n1/key.pem
+//
 // HTTP API:
 //
 //	PUT    /kv/{key}        body is the value
@@ -49,6 +53,12 @@ func main() {
 		peers    = flag.String("peers", "", "comma-separated initial cluster (id=host:port or host:port), to bootstrap a new cluster")
 		join     = flag.String("join", "", "comma-separated addresses of members to join through")
 		verbose  = flag.Bool("v", false, "log raft's and raftkit's lines to stderr")
+		tlsCA    = flag.String("tls-ca", "", "PEM CA bundle: turns on mutual TLS between nodes (with -tls-cert, -tls-key)")
+		tlsCert  = flag.String("tls-cert", "", "this node's PEM certificate (serverAuth and clientAuth usage)")
+		tlsKey   = flag.String("tls-key", "", "this node's PEM key")
+		tlsPeers = flag.String("tls-peer-names", "*.raft.local", "comma-separated name patterns peers' certificates must carry")
+		secret   = flag.String("join-secret", "", "shared secret that membership requests must carry (for clusters without TLS)")
+		joinWait = flag.Duration("join-timeout", raftkit.DefaultJoinTimeout, "how long to keep trying -join")
 	)
 	flag.Parse()
 	if *dir == "" {
@@ -58,14 +68,21 @@ func main() {
 	if *verbose {
 		logger.SetLevel(hclog.Info)
 	}
+	var tlsConfig *raftkit.TLSConfig
+	if *tlsCA != "" || *tlsCert != "" || *tlsKey != "" {
+		tlsConfig = &raftkit.TLSConfig{CAFile: *tlsCA, CertFile: *tlsCert, KeyFile: *tlsKey, PeerNames: split(*tlsPeers)}
+	}
 	kv := fsmexample.New()
 	node, err := raftkit.NewRaftNode(raftkit.Config{
-		ID:     *id,
-		Addr:   *addr,
-		Dir:    *dir,
-		Peers:  split(*peers),
-		Join:   split(*join),
-		Logger: logger,
+		ID:          *id,
+		Addr:        *addr,
+		Dir:         *dir,
+		Peers:       split(*peers),
+		Join:        split(*join),
+		Logger:      logger,
+		TLS:         tlsConfig,
+		JoinSecret:  *secret,
+		JoinTimeout: *joinWait,
 	}, kv)
 	if err != nil {
 		log.Fatalf("kvserver: %v", err)

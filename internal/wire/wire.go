@@ -14,6 +14,7 @@ import (
 	"net/rpc"
 	"reflect"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-msgpack/v2/codec"
@@ -187,17 +188,21 @@ func (c *frameConn) readFrame(v any, idle bool) error {
 }
 
 // writeFrames encodes each value as a frame and flushes them together.
+// Nothing is written unless every value encodes within the size limit, so
+// a refused message never leaves half a request on the stream.
 func (c *frameConn) writeFrames(vs ...any) error {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	for _, v := range vs {
-		var b []byte
-		if err := codec.NewEncoderBytes(&b, c.h).Encode(v); err != nil {
+	frames := make([][]byte, len(vs))
+	for i, v := range vs {
+		if err := codec.NewEncoderBytes(&frames[i], c.h).Encode(v); err != nil {
 			return fmt.Errorf("raftkit wire: encode: %w", err)
 		}
-		if len(b) > MaxFrame {
-			return fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, len(b), MaxFrame)
+		if len(frames[i]) > MaxFrame {
+			return fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, len(frames[i]), MaxFrame)
 		}
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	for _, b := range frames {
 		var hdr [4]byte
 		binary.BigEndian.PutUint32(hdr[:], uint32(len(b)))
 		if _, err := c.w.Write(hdr[:]); err != nil {
@@ -250,20 +255,47 @@ func (c serverCodec) WriteResponse(r *rpc.Response, body any) error {
 }
 func (c serverCodec) Close() error { return c.conn.Close() }
 
-// clientCodec is net/rpc's client side of a frameConn.
-type clientCodec struct{ *frameConn }
+// ClientCodec is net/rpc's client side of a frameConn. It remembers when
+// its connection failed, so a pool can replace it before sending on it.
+type ClientCodec struct {
+	*frameConn
+	broken atomic.Bool
+}
 
 // NewClientCodec returns a net/rpc client codec on conn. Its reads have no
 // idle deadline (responses may take as long as the call's own timeout) but
 // each message must arrive within d.Message once started.
-func NewClientCodec(conn net.Conn, d Deadlines) rpc.ClientCodec {
-	return clientCodec{newFrameConn(conn, Deadlines{Message: d.Message})}
+func NewClientCodec(conn net.Conn, d Deadlines) *ClientCodec {
+	return &ClientCodec{frameConn: newFrameConn(conn, Deadlines{Message: d.Message})}
 }
 
-func (c clientCodec) WriteRequest(r *rpc.Request, body any) error { return c.writeFrames(r, body) }
-func (c clientCodec) ReadResponseHeader(r *rpc.Response) error {
-	_ = c.conn.SetReadDeadline(time.Time{})
-	return c.readFrame(r, true)
+// Broken reports whether reading or writing on the connection has failed;
+// net/rpc then refuses to send further calls on it.
+func (c *ClientCodec) Broken() bool { return c.broken.Load() }
+
+func (c *ClientCodec) fail(err error) error {
+	if err != nil {
+		c.broken.Store(true)
+	}
+	return err
 }
-func (c clientCodec) ReadResponseBody(body any) error { return c.readFrame(body, false) }
-func (c clientCodec) Close() error                    { return c.conn.Close() }
+
+// WriteRequest implements rpc.ClientCodec.
+func (c *ClientCodec) WriteRequest(r *rpc.Request, body any) error {
+	return c.fail(c.writeFrames(r, body))
+}
+
+// ReadResponseHeader implements rpc.ClientCodec.
+func (c *ClientCodec) ReadResponseHeader(r *rpc.Response) error {
+	_ = c.conn.SetReadDeadline(time.Time{})
+	return c.fail(c.readFrame(r, true))
+}
+
+// ReadResponseBody implements rpc.ClientCodec.
+func (c *ClientCodec) ReadResponseBody(body any) error { return c.fail(c.readFrame(body, false)) }
+
+// Close implements rpc.ClientCodec.
+func (c *ClientCodec) Close() error {
+	c.broken.Store(true)
+	return c.conn.Close()
+}

@@ -1,0 +1,321 @@
+package raftkit
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"hash/crc64"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// A backup is one FSM snapshot in a self-describing stream:
+//
+//	raftkit-backup 1\n
+//	{"index":..,"term":..,"size":..,...}\n   (BackupInfo as JSON)
+//	size bytes of the FSM's snapshot
+//	8 bytes: CRC-64 (ECMA) of those bytes, big-endian
+//
+// The data is exactly what the FSM's Snapshot wrote, so Restore feeds it to
+// the FSM's Restore unchanged.
+const backupMagic = "raftkit-backup 1\n"
+
+// maxBackupHeader bounds the JSON header line.
+const maxBackupHeader = 64 << 10
+
+var crcTable = crc64.MakeTable(crc64.ECMA)
+
+// ErrBadBackup is returned by Restore and ReadBackupInfo for a stream that
+// is not a complete raftkit backup: wrong header, truncated, or failing its
+// checksum. Nothing was restored.
+var ErrBadBackup = errors.New("raftkit: not a valid backup")
+
+// BackupInfo describes a backup: the snapshot it holds and where it was
+// taken.
+type BackupInfo struct {
+	// Index and Term are those of the last log entry the snapshot covers.
+	Index uint64 `json:"index"`
+	Term  uint64 `json:"term"`
+	// Size is the length of the FSM's snapshot data in bytes.
+	Size int64 `json:"size"`
+	// Version is raft's snapshot format version.
+	Version raft.SnapshotVersion `json:"version"`
+	// NodeID is the node that produced the backup.
+	NodeID string `json:"node_id"`
+	// Created is when the backup was taken.
+	Created time.Time `json:"created"`
+}
+
+// Backup writes a consistent backup of the replicated state to w: a
+// snapshot of this node's FSM taken after a linearizable read barrier, so it
+// holds every write acknowledged (on any node) before Backup was called, and
+// is a prefix of the log: never a partial write. Any node may take it; it
+// needs a reachable leader for the barrier. Backup blocks until the whole
+// snapshot is written, w fails, or ctx ends; a backup cut short is
+// detected as ErrBadBackup by Restore and ReadBackupInfo.
+//
+// It takes a new snapshot (which also compacts this node's log, as the
+// periodic ones do) and streams it from the snapshot store, so memory use
+// does not grow with the state's size.
+func (n *RaftNode) Backup(ctx context.Context, w io.Writer) error {
+	if err := n.checkOpen(); err != nil {
+		return err
+	}
+	if err := n.LinearizableRead(ctx); err != nil {
+		return fmt.Errorf("raftkit: backup: %w", err)
+	}
+	meta, rc, err := n.openCompleteSnapshot(ctx, n.raft.AppliedIndex())
+	if err != nil {
+		return fmt.Errorf("raftkit: backup: %w", err)
+	}
+	defer rc.Close()
+	info := BackupInfo{Index: meta.Index, Term: meta.Term, Size: meta.Size, Version: meta.Version, NodeID: n.id, Created: time.Now().UTC()}
+	header, err := json.Marshal(info)
+	if err != nil {
+		return fmt.Errorf("raftkit: backup: %w", err)
+	}
+	bw := bufio.NewWriter(w)
+	if _, err := bw.WriteString(backupMagic); err != nil {
+		return fmt.Errorf("raftkit: backup: write: %w", err)
+	}
+	if _, err := bw.Write(append(header, '\n')); err != nil {
+		return fmt.Errorf("raftkit: backup: write: %w", err)
+	}
+	crc := crc64.New(crcTable)
+	copied, err := io.Copy(io.MultiWriter(bw, crc), &ctxReader{ctx: ctx, r: rc})
+	if err != nil {
+		return fmt.Errorf("raftkit: backup: copying snapshot at index %d (%d of %d bytes): %w", meta.Index, copied, meta.Size, err)
+	}
+	if copied != meta.Size {
+		return fmt.Errorf("raftkit: backup: snapshot at index %d has %d bytes, its metadata says %d", meta.Index, copied, meta.Size)
+	}
+	if err := binary.Write(bw, binary.BigEndian, crc.Sum64()); err != nil {
+		return fmt.Errorf("raftkit: backup: write: %w", err)
+	}
+	if err := bw.Flush(); err != nil {
+		return fmt.Errorf("raftkit: backup: write: %w", err)
+	}
+	n.logger.Info("backup written", "index", meta.Index, "term", meta.Term, "bytes", meta.Size)
+	return nil
+}
+
+// openCompleteSnapshot opens a snapshot that covers every entry up to
+// target that raft hands to the FSM. raft's AppliedIndex counts entries
+// once they are queued for the FSM, not once the FSM has applied them, and
+// its FSM goroutine may take a snapshot request before a queued batch; so a
+// snapshot may stop short of target, and is then taken again.
+func (n *RaftNode) openCompleteSnapshot(ctx context.Context, target uint64) (*raft.SnapshotMeta, io.ReadCloser, error) {
+	for {
+		meta, rc, err := n.openSnapshot(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		if n.onlyNoopsBetween(meta.Index, target) {
+			return meta, rc, nil
+		}
+		rc.Close()
+		select {
+		case <-ctx.Done():
+			return nil, nil, fmt.Errorf("snapshot stops at index %d, before %d: %w", meta.Index, target, ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// onlyNoopsBetween reports whether the log entries in (from, to] are all
+// ones raft never gives the FSM (no-ops).
+func (n *RaftNode) onlyNoopsBetween(from, to uint64) bool {
+	for i := from + 1; i <= to; i++ {
+		var l raft.Log
+		if err := n.stores.log.GetLog(i, &l); err != nil {
+			return false
+		}
+		if l.Type != raft.LogNoop {
+			return false
+		}
+	}
+	return true
+}
+
+// openSnapshot takes a user snapshot and opens it; when raft has nothing
+// new to snapshot it opens the latest stored one.
+func (n *RaftNode) openSnapshot(ctx context.Context) (*raft.SnapshotMeta, io.ReadCloser, error) {
+	f := n.raft.Snapshot()
+	err := waitFuture(ctx, f)
+	if err == nil {
+		return f.Open()
+	}
+	if !errors.Is(err, raft.ErrNothingNewToSnapshot) {
+		return nil, nil, fmt.Errorf("snapshot: %w", n.closedOr(err))
+	}
+	list, lerr := n.stores.snaps.List()
+	if lerr != nil {
+		return nil, nil, fmt.Errorf("list snapshots: %w", lerr)
+	}
+	if len(list) == 0 {
+		return nil, nil, fmt.Errorf("snapshot: %w", err)
+	}
+	return n.stores.snaps.Open(list[0].ID)
+}
+
+// Restore replaces the whole replicated state with a backup written by
+// Backup (raft's user restore). It must run on the leader (otherwise it
+// returns a *NotLeaderError naming it); the leader installs the snapshot in
+// its FSM and followers receive it as a snapshot install. Restore returns
+// once a majority has the restored state.
+//
+// The stream is checked as it is read: a stream that is not a complete,
+// intact backup fails with ErrBadBackup and nothing is restored. A failure
+// after that (ctx ending, leadership lost) matches ErrUnknownOutcome: the
+// restore may still complete.
+//
+// Restore is disaster recovery: every write since the backup is discarded,
+// and for a moment the leader is ahead of its followers. Use it on a fresh
+// cluster (or one whose state is to be thrown away), not in normal
+// operation. It is bounded by ctx's deadline; without one it waits as long
+// as the restore takes.
+func (n *RaftNode) Restore(ctx context.Context, r io.Reader) error {
+	if err := n.checkOpen(); err != nil {
+		return err
+	}
+	if !n.IsLeader() {
+		return fmt.Errorf("raftkit: restore: %w", n.notLeader())
+	}
+	br := bufio.NewReader(r)
+	info, err := readBackupHeader(br)
+	if err != nil {
+		return fmt.Errorf("raftkit: restore: %w", err)
+	}
+	// raft refuses a restore while a configuration entry is uncommitted, as
+	// on a freshly bootstrapped cluster whose leader has not yet committed
+	// an entry of its own term. The read-index path commits a barrier once
+	// per term (and only then), which settles that.
+	if _, err := n.leaderReadIndex(ctx); err != nil {
+		return fmt.Errorf("raftkit: restore (nothing restored): %w", err)
+	}
+	meta := &raft.SnapshotMeta{Version: info.Version, Index: info.Index, Term: info.Term, Size: info.Size}
+	body := &backupBody{r: &ctxReader{ctx: ctx, r: br}, left: info.Size, crc: crc64.New(crcTable)}
+	var timeout time.Duration
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	done := make(chan error, 1)
+	go func() { done <- n.raft.Restore(meta, body, timeout) }()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		return fmt.Errorf("raftkit: restore: %w: %w", ErrUnknownOutcome, ctx.Err())
+	}
+	switch {
+	case err == nil:
+		n.logger.Warn("state restored from backup", "backup_index", info.Index, "backup_node", info.NodeID, "bytes", info.Size)
+		return nil
+	case body.err != nil && body.err != io.EOF:
+		return fmt.Errorf("raftkit: restore (nothing restored): %w", body.err)
+	case errors.Is(err, raft.ErrNotLeader):
+		return fmt.Errorf("raftkit: restore: %w", n.notLeader())
+	case errors.Is(err, raft.ErrEnqueueTimeout), errors.Is(err, raft.ErrLeadershipLost),
+		errors.Is(err, raft.ErrRaftShutdown), errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("raftkit: restore: %w: %w", ErrUnknownOutcome, n.closedOr(err))
+	}
+	return fmt.Errorf("raftkit: restore: %w", err)
+}
+
+// ReadBackupInfo reads a whole backup stream, checks that it is complete
+// and intact, and returns its description. Errors match ErrBadBackup.
+func ReadBackupInfo(r io.Reader) (BackupInfo, error) {
+	br := bufio.NewReader(r)
+	info, err := readBackupHeader(br)
+	if err != nil {
+		return BackupInfo{}, err
+	}
+	body := &backupBody{r: br, left: info.Size, crc: crc64.New(crcTable)}
+	if _, err := io.Copy(io.Discard, body); err != nil {
+		return BackupInfo{}, err
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		return BackupInfo{}, fmt.Errorf("%w: data after the checksum", ErrBadBackup)
+	}
+	return info, nil
+}
+
+func readBackupHeader(br *bufio.Reader) (BackupInfo, error) {
+	magic := make([]byte, len(backupMagic))
+	if _, err := io.ReadFull(br, magic); err != nil || string(magic) != backupMagic {
+		return BackupInfo{}, fmt.Errorf("%w: missing %q header", ErrBadBackup, strings.TrimSpace(backupMagic))
+	}
+	line, err := br.ReadSlice('\n')
+	if err != nil || len(line) > maxBackupHeader {
+		return BackupInfo{}, fmt.Errorf("%w: unreadable header line", ErrBadBackup)
+	}
+	var info BackupInfo
+	if err := json.Unmarshal(line, &info); err != nil {
+		return BackupInfo{}, fmt.Errorf("%w: header: %v", ErrBadBackup, err)
+	}
+	if info.Size < 0 || info.Version < raft.SnapshotVersionMin || info.Version > raft.SnapshotVersionMax {
+		return BackupInfo{}, fmt.Errorf("%w: header has size %d, snapshot version %d", ErrBadBackup, info.Size, info.Version)
+	}
+	return info, nil
+}
+
+// backupBody yields exactly left bytes of snapshot data, then checks the
+// CRC trailer: on a mismatch or a short stream its final Read fails instead
+// of returning io.EOF, so raft cancels the restore before touching the FSM.
+type backupBody struct {
+	r    io.Reader
+	left int64
+	crc  hash.Hash64
+	err  error
+}
+
+func (b *backupBody) Read(p []byte) (int, error) {
+	if b.err != nil {
+		return 0, b.err
+	}
+	if b.left == 0 {
+		var sum uint64
+		if err := binary.Read(b.r, binary.BigEndian, &sum); err != nil {
+			b.err = fmt.Errorf("%w: truncated before its checksum", ErrBadBackup)
+		} else if sum != b.crc.Sum64() {
+			b.err = fmt.Errorf("%w: checksum mismatch (stored %016x, computed %016x)", ErrBadBackup, sum, b.crc.Sum64())
+		} else {
+			b.err = io.EOF
+		}
+		return 0, b.err
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.r.Read(p)
+	b.left -= int64(n)
+	b.crc.Write(p[:n])
+	if err == io.EOF && b.left > 0 {
+		b.err = fmt.Errorf("%w: truncated (%d bytes missing)", ErrBadBackup, b.left)
+		return n, b.err
+	}
+	if err != nil && err != io.EOF {
+		b.err = err
+		return n, err
+	}
+	return n, nil
+}
+
+// ctxReader stops reading once ctx ends.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c *ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}

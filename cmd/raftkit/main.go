@@ -1,0 +1,568 @@
+// Command raftkit operates raftkit nodes: it talks to a running node's
+// admin handler (raftkit.AdminHandler, mounted by the application) and
+// reads or prepares a stopped node's data directory.
+//
+// Install it with
+//
+//	go install github.com/raftkit/raftkit/cmd/raftkit@latest
+//
+// Usage:
+//
+//	raftkit [-admin URL] [-json] [-timeout D] status
+//	raftkit [-admin URL] [-json] peers
+//	raftkit [-admin URL] join [-nonvoter] ID ADDR
+//	raftkit [-admin URL] remove ID
+//	raftkit [-admin URL] transfer [ID]
+//	raftkit [-admin URL] snapshot
+//	raftkit [-admin URL] backup FILE
+//	raftkit [-admin URL] restore [-yes] FILE
+//	raftkit [-json] inspect DIR
+//	raftkit recover [-yes] DIR ID=ADDR[,nonvoter] ...
+//
+// -admin is the URL the node's admin handler is mounted at (default
+// $RAFTKIT_ADMIN, else http://127.0.0.1:8080). The exit status is 0 on
+// success, 1 when the operation failed and 2 for bad usage.
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/raftkit/raftkit"
+)
+
+const usage = `usage: raftkit [flags] COMMAND [ARGS]
+
+Against a running node's admin handler (-admin URL):
+  status                     the node's state, term, indexes and leader
+  peers                      the cluster's servers and their suffrage
+  join [-nonvoter] ID ADDR   add a server (voter unless -nonvoter)
+  remove ID                  remove a server
+  transfer [ID]              hand leadership to ID (or let raft pick)
+  snapshot                   take a snapshot now
+  backup FILE                copy a consistent backup of the state to FILE
+  restore [-yes] FILE        replace the whole cluster state with a backup
+                             (send it to the leader's admin handler)
+
+Offline, on a stopped node's data directory:
+  inspect DIR                term, vote, log bounds, configuration, snapshots (CRC-checked)
+  recover [-yes] DIR ID=ADDR[,nonvoter] ...
+                             force the cluster configuration after permanent
+                             quorum loss; applied at the node's next start
+
+Flags:
+`
+
+// errUsage marks bad command-line input (exit status 2).
+var errUsage = errors.New("usage")
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// cli holds the global flags of one invocation.
+type cli struct {
+	admin   string
+	json    bool
+	timeout time.Duration
+	out     io.Writer
+	errOut  io.Writer
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	c := &cli{out: stdout, errOut: stderr}
+	fs := flag.NewFlagSet("raftkit", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
+	def := os.Getenv("RAFTKIT_ADMIN")
+	if def == "" {
+		def = "http://127.0.0.1:8080"
+	}
+	fs.StringVar(&c.admin, "admin", def, "URL of the node's admin handler")
+	fs.BoolVar(&c.json, "json", false, "print JSON instead of tables")
+	fs.DurationVar(&c.timeout, "timeout", time.Minute, "bound for the whole operation (0: none)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return 2
+	}
+	if c.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.timeout)
+		defer cancel()
+	}
+	cmd, rest := fs.Arg(0), fs.Args()[1:]
+	commands := map[string]func(context.Context, []string) error{
+		"status":   c.status,
+		"peers":    c.peers,
+		"join":     c.join,
+		"remove":   c.remove,
+		"transfer": c.transfer,
+		"snapshot": c.snapshot,
+		"backup":   c.backup,
+		"restore":  c.restore,
+		"inspect":  c.inspect,
+		"recover":  c.recover,
+	}
+	fn, ok := commands[cmd]
+	if !ok {
+		fmt.Fprintf(stderr, "raftkit: unknown command %q\n", cmd)
+		fs.Usage()
+		return 2
+	}
+	if err := fn(ctx, rest); err != nil {
+		fmt.Fprintf(stderr, "raftkit %s: %v\n", cmd, err)
+		if errors.Is(err, errUsage) {
+			return 2
+		}
+		return 1
+	}
+	return 0
+}
+
+// call sends a request to the admin handler and decodes a JSON answer
+// into out. A non-2xx answer becomes an error carrying the node's message.
+func (c *cli) call(ctx context.Context, method, route string, body any, out any) error {
+	resp, err := c.do(ctx, method, route, body)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if out == nil {
+		out = &json.RawMessage{}
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("%s %s: answer is not JSON: %w", method, route, err)
+	}
+	return nil
+}
+
+func (c *cli) do(ctx context.Context, method, route string, body any) (*http.Response, error) {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, err
+		}
+		rd = bytes.NewReader(b)
+	}
+	url := strings.TrimRight(c.admin, "/") + "/" + route
+	req, err := http.NewRequestWithContext(ctx, method, url, rd)
+	if err != nil {
+		return nil, fmt.Errorf("%w: -admin %q: %v", errUsage, c.admin, err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode/100 == 2 {
+		return resp, nil
+	}
+	defer resp.Body.Close()
+	return nil, answerError(resp, method, url)
+}
+
+// decodeAnswer decodes a 2xx JSON answer into out, or returns the node's
+// error.
+func decodeAnswer(resp *http.Response, method, url string, out any) error {
+	if resp.StatusCode/100 != 2 {
+		return answerError(resp, method, url)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("%s %s: answer is not JSON: %w", method, url, err)
+	}
+	return nil
+}
+
+// answerError turns a failed answer into an error with the node's message.
+func answerError(resp *http.Response, method, url string) error {
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	var ae raftkit.AdminError
+	if json.Unmarshal(data, &ae) != nil || ae.Error == "" {
+		ae.Error = strings.TrimSpace(string(data))
+	}
+	msg := fmt.Sprintf("%s %s: HTTP %d: %s", method, url, resp.StatusCode, ae.Error)
+	if ae.LeaderAddr != "" {
+		msg += fmt.Sprintf(" (the leader is %s at %s: send this to its admin handler)", ae.LeaderID, ae.LeaderAddr)
+	}
+	return errors.New(msg)
+}
+
+func (c *cli) printJSON(v any) error {
+	enc := json.NewEncoder(c.out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func noArgs(args []string) error {
+	if len(args) > 0 {
+		return fmt.Errorf("%w: unexpected arguments %q", errUsage, args)
+	}
+	return nil
+}
+
+func (c *cli) status(ctx context.Context, args []string) error {
+	if err := noArgs(args); err != nil {
+		return err
+	}
+	var st raftkit.Status
+	if err := c.call(ctx, "GET", "status", nil, &st); err != nil {
+		return err
+	}
+	if c.json {
+		return c.printJSON(st)
+	}
+	c.printStatus(st)
+	return nil
+}
+
+func (c *cli) printStatus(st raftkit.Status) {
+	tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
+	leader := "none known"
+	if st.LeaderID != "" {
+		leader = st.LeaderID + " at " + st.LeaderAddr
+	}
+	contact := "-"
+	if !st.LastContact.IsZero() {
+		contact = time.Since(st.LastContact).Round(time.Millisecond).String() + " ago"
+	}
+	fmt.Fprintf(tw, "ID\t%s\nAddress\t%s\nState\t%s\nTerm\t%d\nLast log index\t%d\nCommit index\t%d\nApplied index\t%d\nLeader\t%s\nLast contact\t%s\nServers\t%d\n",
+		st.ID, st.Addr, st.State, st.Term, st.LastLogIndex, st.CommitIndex, st.AppliedIndex, leader, contact, len(st.Servers))
+	tw.Flush()
+}
+
+func (c *cli) peers(ctx context.Context, args []string) error {
+	if err := noArgs(args); err != nil {
+		return err
+	}
+	var st raftkit.Status
+	if err := c.call(ctx, "GET", "status", nil, &st); err != nil {
+		return err
+	}
+	if c.json {
+		return c.printJSON(st.Servers)
+	}
+	c.printServers(st.Servers, st.LeaderID)
+	return nil
+}
+
+func (c *cli) printServers(servers []raftkit.ServerInfo, leaderID string) {
+	tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tADDRESS\tSUFFRAGE\tLEADER")
+	for _, s := range servers {
+		mark := ""
+		if s.ID == leaderID && leaderID != "" {
+			mark = "*"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.ID, s.Addr, s.Suffrage, mark)
+	}
+	tw.Flush()
+}
+
+// membership runs a mutating admin route and prints the resulting servers.
+func (c *cli) membership(ctx context.Context, route string, req any, done string) error {
+	var st raftkit.Status
+	if err := c.call(ctx, "POST", route, req, &st); err != nil {
+		return err
+	}
+	if c.json {
+		return c.printJSON(st)
+	}
+	fmt.Fprintln(c.out, done)
+	c.printServers(st.Servers, st.LeaderID)
+	return nil
+}
+
+func (c *cli) join(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("join", flag.ContinueOnError)
+	fs.SetOutput(c.errOut)
+	nonvoter := fs.Bool("nonvoter", false, "add a non-voting member (read replica)")
+	if err := fs.Parse(args); err != nil {
+		return errUsage
+	}
+	if fs.NArg() != 2 {
+		return fmt.Errorf("%w: join [-nonvoter] ID ADDR", errUsage)
+	}
+	id, addr := fs.Arg(0), fs.Arg(1)
+	return c.membership(ctx, "join", raftkit.AdminRequest{ID: id, Addr: addr, Nonvoter: *nonvoter}, fmt.Sprintf("added %s at %s", id, addr))
+}
+
+func (c *cli) remove(ctx context.Context, args []string) error {
+	if len(args) != 1 {
+		return fmt.Errorf("%w: remove ID", errUsage)
+	}
+	return c.membership(ctx, "remove-server", raftkit.AdminRequest{ID: args[0]}, "removed "+args[0])
+}
+
+func (c *cli) transfer(ctx context.Context, args []string) error {
+	if len(args) > 1 {
+		return fmt.Errorf("%w: transfer [ID]", errUsage)
+	}
+	req := raftkit.AdminRequest{}
+	if len(args) == 1 {
+		req.ID = args[0]
+	}
+	return c.membership(ctx, "transfer-leadership", req, "leadership transfer started")
+}
+
+func (c *cli) snapshot(ctx context.Context, args []string) error {
+	if err := noArgs(args); err != nil {
+		return err
+	}
+	var st raftkit.Status
+	if err := c.call(ctx, "POST", "snapshot", nil, &st); err != nil {
+		return err
+	}
+	if c.json {
+		return c.printJSON(st)
+	}
+	fmt.Fprintf(c.out, "snapshot taken on %s (applied index %d)\n", st.ID, st.AppliedIndex)
+	return nil
+}
+
+// backup downloads into FILE.partial, checks the whole stream, then
+// renames it: FILE exists only if it is a complete, intact backup.
+func (c *cli) backup(ctx context.Context, args []string) error {
+	if len(args) != 1 {
+		return fmt.Errorf("%w: backup FILE", errUsage)
+	}
+	path := args[0]
+	resp, err := c.do(ctx, "GET", "backup", nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	tmp := path + ".partial"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	prog := &progress{w: c.errOut, label: "backup: received"}
+	_, err = io.Copy(io.MultiWriter(f, prog), resp.Body)
+	prog.done()
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = verifyBackup(tmp)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("download from %s: %w", c.admin, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	info, _ := readInfo(path)
+	if c.json {
+		return c.printJSON(info)
+	}
+	fmt.Fprintf(c.out, "backup of %s at index %d (term %d, %d bytes of state) written to %s\n", info.NodeID, info.Index, info.Term, info.Size, path)
+	return nil
+}
+
+// restore checks FILE, then streams it to the node's restore route.
+func (c *cli) restore(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("restore", flag.ContinueOnError)
+	fs.SetOutput(c.errOut)
+	yes := fs.Bool("yes", false, "confirm: replace the cluster's whole state with the backup")
+	if err := fs.Parse(args); err != nil {
+		return errUsage
+	}
+	if fs.NArg() != 1 {
+		return fmt.Errorf("%w: restore [-yes] FILE", errUsage)
+	}
+	path := fs.Arg(0)
+	info, err := readInfo(path)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.errOut, "WARNING: restore replaces the whole replicated state with %s (index %d from %s, taken %s);\nevery write since then is discarded.\n",
+		path, info.Index, info.NodeID, info.Created.Format(time.RFC3339))
+	if !*yes {
+		return fmt.Errorf("%w: nothing sent; run again with -yes to confirm", errUsage)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	prog := &progress{w: c.errOut, label: "restore: sent"}
+	url := strings.TrimRight(c.admin, "/") + "/restore"
+	req, err := http.NewRequestWithContext(ctx, "POST", url, io.TeeReader(f, prog))
+	if err != nil {
+		return fmt.Errorf("%w: -admin %q: %v", errUsage, c.admin, err)
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := http.DefaultClient.Do(req)
+	prog.done()
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	var st raftkit.Status
+	if err := decodeAnswer(resp, "POST", url, &st); err != nil {
+		return err
+	}
+	if c.json {
+		return c.printJSON(st)
+	}
+	fmt.Fprintf(c.out, "restored %s into the cluster led by %s\n", path, st.LeaderID)
+	return nil
+}
+
+func verifyBackup(path string) error {
+	_, err := readInfo(path)
+	return err
+}
+
+func readInfo(path string) (raftkit.BackupInfo, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return raftkit.BackupInfo{}, err
+	}
+	defer f.Close()
+	return raftkit.ReadBackupInfo(f)
+}
+
+// progress prints a running byte count to w at most twice a second.
+type progress struct {
+	w     io.Writer
+	label string
+	n     int64
+	last  time.Time
+}
+
+func (p *progress) Write(b []byte) (int, error) {
+	p.n += int64(len(b))
+	if time.Since(p.last) > 500*time.Millisecond {
+		p.last = time.Now()
+		fmt.Fprintf(p.w, "\r%s %s", p.label, byteCount(p.n))
+	}
+	return len(b), nil
+}
+
+func (p *progress) done() { fmt.Fprintf(p.w, "\r%s %s\n", p.label, byteCount(p.n)) }
+
+func byteCount(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+func (c *cli) inspect(ctx context.Context, args []string) error {
+	if len(args) != 1 {
+		return fmt.Errorf("%w: inspect DIR", errUsage)
+	}
+	fmt.Fprintf(c.errOut, "inspect: reading %s and checking snapshot CRCs...\n", args[0])
+	info, err := raftkit.InspectDir(ctx, args[0])
+	if err != nil {
+		if errors.Is(err, raftkit.ErrDataDirLocked) {
+			return fmt.Errorf("%w (stop the node first; inspect reads a stopped node's directory)", err)
+		}
+		return err
+	}
+	if c.json {
+		return c.printJSON(info)
+	}
+	tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
+	vote := "none"
+	if info.LastVoteFor != "" {
+		vote = fmt.Sprintf("%s in term %d", info.LastVoteFor, info.LastVoteTerm)
+	}
+	fmt.Fprintf(tw, "Directory\t%s\nCurrent term\t%d\nLast vote\t%s\nFirst index\t%d\nLast index\t%d\nConfiguration index\t%d\n",
+		info.Dir, info.CurrentTerm, vote, info.FirstIndex, info.LastIndex, info.ConfigurationIndex)
+	if info.PendingRecovery {
+		fmt.Fprintf(tw, "Pending recovery\t%s will be applied at the next start\n", filepath.Join(info.Dir, raftkit.RecoveryFile))
+	}
+	tw.Flush()
+	fmt.Fprintln(c.out, "\nServers:")
+	c.printServers(info.Servers, "")
+	fmt.Fprintln(c.out, "\nSnapshots:")
+	tw = tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tINDEX\tTERM\tSIZE\tCRC")
+	bad := 0
+	for _, s := range info.Snapshots {
+		crc := "ok"
+		if !s.CRCOK {
+			crc, bad = "BAD: "+s.Error, bad+1
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\n", s.ID, s.Index, s.Term, byteCount(s.Size), crc)
+	}
+	tw.Flush()
+	if bad > 0 {
+		return fmt.Errorf("%d damaged snapshot(s)", bad)
+	}
+	return nil
+}
+
+const recoverWarning = `WARNING: recover forces this node's cluster configuration. Use it only when
+quorum is permanently lost (the missing servers will never come back):
+  - every entry in this node's log is treated as committed, even one that
+    never reached a majority;
+  - servers left out of the list must never be restarted with their old
+    data, or they form a second cluster; wipe them and join them anew;
+  - write the same list on every surviving server that is to be a member.
+The configuration is applied by the application itself, with its own state
+machine, the next time the node starts (then ` + raftkit.RecoveryFile + ` becomes ` + raftkit.RecoveryFile + `.applied).
+`
+
+func (c *cli) recover(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("recover", flag.ContinueOnError)
+	fs.SetOutput(c.errOut)
+	yes := fs.Bool("yes", false, "confirm: I understand the warning and the lost servers are gone for good")
+	if err := fs.Parse(args); err != nil {
+		return errUsage
+	}
+	if fs.NArg() < 2 {
+		return fmt.Errorf("%w: recover [-yes] DIR ID=ADDR[,nonvoter] ...", errUsage)
+	}
+	dir := fs.Arg(0)
+	var servers []raftkit.ServerInfo
+	for _, a := range fs.Args()[1:] {
+		spec, opt, _ := strings.Cut(a, ",")
+		id, addr, ok := strings.Cut(spec, "=")
+		if !ok || id == "" || addr == "" || (opt != "" && opt != "nonvoter") {
+			return fmt.Errorf("%w: server %q is not ID=ADDR or ID=ADDR,nonvoter", errUsage, a)
+		}
+		servers = append(servers, raftkit.ServerInfo{ID: id, Addr: addr, Voter: opt == ""})
+	}
+	fmt.Fprint(c.errOut, recoverWarning)
+	if !*yes {
+		return fmt.Errorf("%w: nothing written; run again with -yes to confirm", errUsage)
+	}
+	if err := raftkit.WriteRecovery(dir, servers); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.out, "wrote %s with %d server(s); start the node to apply it\n", filepath.Join(dir, raftkit.RecoveryFile), len(servers))
+	return nil
+}

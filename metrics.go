@@ -1,0 +1,381 @@
+package raftkit
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	gometrics "github.com/hashicorp/go-metrics/compat"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics gathers a process's raft metrics for Prometheus. It is a
+// prometheus.Collector: register it with the application's own registry
+// (prometheus.NewRegistry, or the default one if the application uses
+// that); raftkit never registers anything on its own. One Metrics may serve
+// any number of nodes.
+//
+// It carries two kinds of metrics:
+//
+//   - raftkit's own, per node (label node_id), for every node whose
+//     Config.Metrics is this Metrics: raftkit_apply_duration_seconds,
+//     raftkit_forwarded_writes_total, raftkit_read_barrier_duration_seconds,
+//     raftkit_leader_changes_total, raftkit_fsm_apply_errors_total, and
+//     gauges read at scrape time (raftkit_term, raftkit_commit_index,
+//     raftkit_applied_index, raftkit_last_log_index, raftkit_is_leader,
+//     raftkit_last_contact_seconds). These involve no global state.
+//
+//   - hashicorp/raft's and raft-boltdb's own metrics (raft_apply,
+//     raft_commitTime, raft_boltdb_storeLogs, ...). Those libraries emit
+//     them only to go-metrics' process-wide global sink, through
+//     github.com/hashicorp/go-metrics/compat; they reach a Metrics only
+//     after InstallGlobal. They are not labelled by node: with several
+//     nodes in one process they add up.
+//
+// go-metrics counters become Prometheus counters named after the key with
+// "_total" appended, gauges become gauges, and samples (timers, in
+// go-metrics' milliseconds) become summaries with _sum and _count. Dots
+// and other characters Prometheus does not allow become underscores.
+type Metrics struct {
+	applyDuration *prometheus.HistogramVec
+	readBarrier   *prometheus.HistogramVec
+	forwarded     *prometheus.CounterVec
+	leaderChanges *prometheus.CounterVec
+	fsmErrors     *prometheus.CounterVec
+
+	mu     sync.Mutex
+	nodes  map[*RaftNode]struct{}
+	series map[string]*gmSeries // go-metrics series by kind, key and labels
+}
+
+// gmSeries is one go-metrics series with its latest aggregate.
+type gmSeries struct {
+	kind   string // "counter", "gauge" or "sample"
+	name   string // Prometheus name
+	key    string // go-metrics key, for help text
+	labels map[string]string
+	value  float64 // counter total or gauge value
+	count  uint64  // samples
+	sum    float64 // samples
+}
+
+var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+
+// NewMetrics returns an empty Metrics. Register it with a
+// prometheus.Registerer, and pass it to nodes in Config.Metrics.
+func NewMetrics() *Metrics {
+	node := []string{"node_id"}
+	return &Metrics{
+		applyDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "raftkit_apply_duration_seconds",
+			Help:    "Time RaftNode.Apply took, by path (local on the leader, forwarded from a follower) and outcome (ok, error; FSM errors count as errors).",
+			Buckets: latencyBuckets,
+		}, []string{"node_id", "path", "outcome"}),
+		readBarrier: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "raftkit_read_barrier_duration_seconds",
+			Help:    "Time RaftNode.LinearizableRead took, by outcome (ok, error).",
+			Buckets: latencyBuckets,
+		}, []string{"node_id", "outcome"}),
+		forwarded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "raftkit_forwarded_writes_total",
+			Help: "Writes this node forwarded to the leader, by outcome (ok, error).",
+		}, []string{"node_id", "outcome"}),
+		leaderChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "raftkit_leader_changes_total",
+			Help: "Times this node learned of a new leader (including the first one it saw).",
+		}, node),
+		fsmErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "raftkit_fsm_apply_errors_total",
+			Help: "Commands applied through this node as leader whose FSM response was an error.",
+		}, node),
+		nodes:  map[*RaftNode]struct{}{},
+		series: map[string]*gmSeries{},
+	}
+}
+
+// Describe sends nothing: the set of go-metrics series is only known as
+// raft emits them, so Metrics is an unchecked collector.
+func (m *Metrics) Describe(chan<- *prometheus.Desc) {}
+
+// Collect sends every metric's current value; the registry calls it on
+// each scrape.
+func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
+	m.applyDuration.Collect(ch)
+	m.readBarrier.Collect(ch)
+	m.forwarded.Collect(ch)
+	m.leaderChanges.Collect(ch)
+	m.fsmErrors.Collect(ch)
+
+	m.mu.Lock()
+	nodes := make([]*RaftNode, 0, len(m.nodes))
+	for n := range m.nodes {
+		nodes = append(nodes, n)
+	}
+	series := make([]gmSeries, 0, len(m.series))
+	for _, s := range m.series {
+		c := *s
+		series = append(series, c)
+	}
+	m.mu.Unlock()
+
+	for _, n := range nodes {
+		m.collectNode(ch, n)
+	}
+	m.collectSeries(ch, series)
+}
+
+var nodeGauges = map[string]string{
+	"raftkit_term":                 "The node's current raft term.",
+	"raftkit_commit_index":         "The last log index the node knows to be committed.",
+	"raftkit_applied_index":        "The last log index applied to the node's FSM.",
+	"raftkit_last_log_index":       "The last index in the node's log.",
+	"raftkit_is_leader":            "1 while the node is the leader, else 0.",
+	"raftkit_last_contact_seconds": "Seconds since a follower last heard from the leader; 0 on the leader, -1 if never.",
+}
+
+func (m *Metrics) collectNode(ch chan<- prometheus.Metric, n *RaftNode) {
+	if n.checkOpen() != nil {
+		return
+	}
+	st := n.Status()
+	contact := -1.0
+	switch {
+	case st.State == "Leader":
+		contact = 0
+	case !st.LastContact.IsZero():
+		contact = time.Since(st.LastContact).Seconds()
+	}
+	leader := 0.0
+	if st.State == "Leader" {
+		leader = 1
+	}
+	values := map[string]float64{
+		"raftkit_term":                 float64(st.Term),
+		"raftkit_commit_index":         float64(st.CommitIndex),
+		"raftkit_applied_index":        float64(st.AppliedIndex),
+		"raftkit_last_log_index":       float64(st.LastLogIndex),
+		"raftkit_is_leader":            leader,
+		"raftkit_last_contact_seconds": contact,
+	}
+	for name, help := range nodeGauges {
+		desc := prometheus.NewDesc(name, help, []string{"node_id"}, nil)
+		ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, values[name], st.ID)
+	}
+}
+
+// collectSeries turns go-metrics series into Prometheus metrics. Every
+// series of one name gets the union of that name's label names (missing
+// ones empty), since Prometheus wants one label set per family; a name
+// already used by another kind is skipped rather than failing the scrape.
+func (m *Metrics) collectSeries(ch chan<- prometheus.Metric, series []gmSeries) {
+	kinds := map[string]string{}
+	labelNames := map[string]map[string]bool{}
+	sort.Slice(series, func(i, j int) bool { return series[i].kind < series[j].kind })
+	for _, s := range series {
+		if k, ok := kinds[s.name]; ok && k != s.kind {
+			continue
+		}
+		kinds[s.name] = s.kind
+		if labelNames[s.name] == nil {
+			labelNames[s.name] = map[string]bool{}
+		}
+		for l := range s.labels {
+			labelNames[s.name][l] = true
+		}
+	}
+	for _, s := range series {
+		if kinds[s.name] != s.kind {
+			continue
+		}
+		var names, values []string
+		for l := range labelNames[s.name] {
+			names = append(names, l)
+		}
+		sort.Strings(names)
+		for _, l := range names {
+			values = append(values, s.labels[l])
+		}
+		desc := prometheus.NewDesc(s.name, fmt.Sprintf("go-metrics %s %s", s.kind, s.key), names, nil)
+		var metric prometheus.Metric
+		var err error
+		switch s.kind {
+		case "counter":
+			metric, err = prometheus.NewConstMetric(desc, prometheus.CounterValue, s.value, values...)
+		case "gauge":
+			metric, err = prometheus.NewConstMetric(desc, prometheus.GaugeValue, s.value, values...)
+		default:
+			metric, err = prometheus.NewConstSummary(desc, s.count, s.sum, nil, values...)
+		}
+		if err == nil {
+			ch <- metric
+		}
+	}
+}
+
+// addNode makes n's own metrics part of m until removeNode.
+func (m *Metrics) addNode(n *RaftNode) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	m.nodes[n] = struct{}{}
+	m.mu.Unlock()
+}
+
+func (m *Metrics) removeNode(n *RaftNode) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	delete(m.nodes, n)
+	m.mu.Unlock()
+}
+
+// outcome is the outcome label: "ok" or "error" (FSM errors included;
+// raftkit_fsm_apply_errors_total counts those on the leader).
+func outcome(err error) string {
+	if err == nil {
+		return "ok"
+	}
+	return "error"
+}
+
+// applied records one Apply on node id. path is "local" or "forwarded".
+func (m *Metrics) applied(id, path string, start time.Time, err error) {
+	if m == nil {
+		return
+	}
+	o := outcome(err)
+	m.applyDuration.WithLabelValues(id, path, o).Observe(time.Since(start).Seconds())
+	if path == "forwarded" {
+		m.forwarded.WithLabelValues(id, o).Inc()
+	}
+}
+
+// readBarrierDone records one LinearizableRead on node id.
+func (m *Metrics) readBarrierDone(id string, start time.Time, err error) {
+	if m == nil {
+		return
+	}
+	m.readBarrier.WithLabelValues(id, outcome(err)).Observe(time.Since(start).Seconds())
+}
+
+func (m *Metrics) leaderChanged(id string) {
+	if m == nil {
+		return
+	}
+	m.leaderChanges.WithLabelValues(id).Inc()
+}
+
+func (m *Metrics) fsmError(id string) {
+	if m == nil {
+		return
+	}
+	m.fsmErrors.WithLabelValues(id).Inc()
+}
+
+// InstallGlobal makes m go-metrics' process-wide sink, so that the metrics
+// hashicorp/raft and raft-boltdb emit reach it. This is the one piece of
+// global state raftkit touches, and only when asked: those libraries emit
+// nowhere else. It goes through github.com/hashicorp/go-metrics/compat,
+// the package raft v1.7.3 uses, so it captures raft's metrics whether or
+// not the binary is built with -tags hashicorpmetrics.
+//
+// InstallGlobal replaces any sink installed before (to feed several, build
+// a compat.FanoutSink with m as one of them and install that yourself: m
+// implements compat.MetricSink). The returned uninstall function replaces m
+// with a sink that discards everything; call it when the process stops
+// exporting, or at the end of a test. Hostname prefixes and runtime
+// metrics are off.
+func (m *Metrics) InstallGlobal() (uninstall func(), err error) {
+	if _, err := gometrics.NewGlobal(globalMetricsConfig(), m); err != nil {
+		return nil, fmt.Errorf("raftkit: install go-metrics sink: %w", err)
+	}
+	return func() { _, _ = gometrics.NewGlobal(globalMetricsConfig(), &gometrics.BlackholeSink{}) }, nil
+}
+
+func globalMetricsConfig() *gometrics.Config {
+	c := gometrics.DefaultConfig("")
+	c.EnableHostname = false
+	c.EnableHostnameLabel = false
+	c.EnableRuntimeMetrics = false // would start a goroutine that never stops
+	return c
+}
+
+// SetGauge implements compat.MetricSink.
+func (m *Metrics) SetGauge(key []string, val float32) { m.SetGaugeWithLabels(key, val, nil) }
+
+// SetGaugeWithLabels implements compat.MetricSink.
+func (m *Metrics) SetGaugeWithLabels(key []string, val float32, labels []gometrics.Label) {
+	m.record("gauge", key, labels, func(s *gmSeries) { s.value = float64(val) })
+}
+
+// EmitKey implements compat.MetricSink; go-metrics key/value emissions
+// are kept as gauges.
+func (m *Metrics) EmitKey(key []string, val float32) { m.SetGaugeWithLabels(key, val, nil) }
+
+// IncrCounter implements compat.MetricSink.
+func (m *Metrics) IncrCounter(key []string, val float32) { m.IncrCounterWithLabels(key, val, nil) }
+
+// IncrCounterWithLabels implements compat.MetricSink.
+func (m *Metrics) IncrCounterWithLabels(key []string, val float32, labels []gometrics.Label) {
+	m.record("counter", key, labels, func(s *gmSeries) { s.value += float64(val) })
+}
+
+// AddSample implements compat.MetricSink.
+func (m *Metrics) AddSample(key []string, val float32) { m.AddSampleWithLabels(key, val, nil) }
+
+// AddSampleWithLabels implements compat.MetricSink.
+func (m *Metrics) AddSampleWithLabels(key []string, val float32, labels []gometrics.Label) {
+	m.record("sample", key, labels, func(s *gmSeries) { s.count++; s.sum += float64(val) })
+}
+
+func (m *Metrics) record(kind string, key []string, labels []gometrics.Label, update func(*gmSeries)) {
+	name := promName(strings.Join(key, "_"))
+	if kind == "counter" {
+		name += "_total"
+	}
+	id := kind + "\x00" + name
+	lm := make(map[string]string, len(labels))
+	for _, l := range labels {
+		lm[strings.ReplaceAll(promName(l.Name), ":", "_")] = l.Value
+	}
+	lnames := make([]string, 0, len(lm))
+	for l := range lm {
+		lnames = append(lnames, l)
+	}
+	sort.Strings(lnames)
+	for _, l := range lnames {
+		id += "\x00" + l + "=" + lm[l]
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s := m.series[id]
+	if s == nil {
+		s = &gmSeries{kind: kind, name: name, key: strings.Join(key, "."), labels: lm}
+		m.series[id] = s
+	}
+	update(s)
+}
+
+// promName replaces what Prometheus does not allow in names with '_'.
+func promName(s string) string {
+	var b strings.Builder
+	for i, r := range s {
+		ok := r == '_' || r == ':' || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z') || (i > 0 && r >= '0' && r <= '9')
+		if ok {
+			b.WriteRune(r)
+		} else {
+			b.WriteByte('_')
+		}
+	}
+	if b.Len() == 0 {
+		return "_"
+	}
+	return b.String()
+}
+
+var _ gometrics.MetricSink = (*Metrics)(nil)
+var _ prometheus.Collector = (*Metrics)(nil)
