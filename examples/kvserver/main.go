@@ -20,6 +20,8 @@
 //	GET    /kv/{key}        ?consistency=linearizable (default) or stale
 //	DELETE /kv/{key}
 //	GET    /status          the node's raft status as JSON
+//	/raft/...               raftkit's AdminHandler: GET /raft/status, /raft/health,
+//	                        /raft/metrics; POST routes with -admin-mutations
 package main
 
 import (
@@ -39,6 +41,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/raftkit/raftkit"
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
@@ -59,6 +62,7 @@ func main() {
 		tlsPeers = flag.String("tls-peer-names", "*.raft.local", "comma-separated name patterns peers' certificates must carry")
 		secret   = flag.String("join-secret", "", "shared secret that membership requests must carry (for clusters without TLS)")
 		joinWait = flag.Duration("join-timeout", raftkit.DefaultJoinTimeout, "how long to keep trying -join")
+		mutate   = flag.Bool("admin-mutations", false, "enable the admin handler's POST routes under /raft/ (snapshot, transfer, join, remove, restore)")
 	)
 	flag.Parse()
 	if *dir == "" {
@@ -72,8 +76,17 @@ func main() {
 	if *tlsCA != "" || *tlsCert != "" || *tlsKey != "" {
 		tlsConfig = &raftkit.TLSConfig{CAFile: *tlsCA, CertFile: *tlsCert, KeyFile: *tlsKey, PeerNames: split(*tlsPeers)}
 	}
+	metrics := raftkit.NewMetrics()
+	uninstall, err := metrics.InstallGlobal() // raft's and BoltDB's own metrics too
+	if err != nil {
+		log.Fatalf("kvserver: %v", err)
+	}
+	defer uninstall()
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(metrics)
 	kv := fsmexample.New()
 	node, err := raftkit.NewRaftNode(raftkit.Config{
+		Metrics:     metrics,
 		ID:          *id,
 		Addr:        *addr,
 		Dir:         *dir,
@@ -87,7 +100,12 @@ func main() {
 	if err != nil {
 		log.Fatalf("kvserver: %v", err)
 	}
-	srv := &http.Server{Addr: *httpAddr, Handler: newHandler(node, kv), ReadHeaderTimeout: 5 * time.Second}
+	handler := newHandler(node, kv)
+	// The raftkit admin handler (status, health, metrics, and with
+	// -admin-mutations the POST routes) is mounted under /raft/, where the
+	// raftkit CLI can reach it: raftkit -admin http://HOST/raft status
+	handler.Handle("/raft/", http.StripPrefix("/raft", raftkit.AdminHandler(node, raftkit.AdminOptions{AllowMutations: *mutate, Metrics: registry})))
+	srv := &http.Server{Addr: *httpAddr, Handler: handler, ReadHeaderTimeout: 5 * time.Second}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	go func() {
@@ -113,7 +131,7 @@ func split(s string) []string {
 	return strings.Split(s, ",")
 }
 
-func newHandler(node *raftkit.RaftNode, kv *fsmexample.Store) http.Handler {
+func newHandler(node *raftkit.RaftNode, kv *fsmexample.Store) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("PUT /kv/{key}", func(w http.ResponseWriter, r *http.Request) {
 		value, err := io.ReadAll(io.LimitReader(r.Body, fsmexample.MaxValueLen+1))

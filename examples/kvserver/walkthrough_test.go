@@ -90,6 +90,12 @@ func TestReadmeWalkthrough(t *testing.T) {
 		}
 	}
 
+	// The admin handler is mounted under /raft/.
+	waitFor(t, 15*time.Second, "the follower's health check to pass", func() bool {
+		code, _ := do(t, "GET", follower.http, "/raft/health", "")
+		return code == 200
+	})
+
 	// Write through a follower.
 	for i := 0; i < 5; i++ {
 		if code, body := do(t, "PUT", follower.http, fmt.Sprintf("/kv/k%d", i), fmt.Sprintf("v%d", i)); code != http.StatusNoContent {
