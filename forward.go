@@ -54,7 +54,7 @@ func (s *rpcService) Apply(req *wire.ApplyRequest, resp *wire.ApplyResponse) err
 func (s *rpcService) ReadIndex(req *wire.ReadIndexRequest, resp *wire.ReadIndexResponse) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(req.Timeout))
 	defer cancel()
-	idx, err := s.n.leaderReadIndex(ctx)
+	idx, err := s.n.leaderReads.wait(ctx)
 	resp.Index, resp.Err = idx, toWire(err, false)
 	return nil
 }
@@ -275,6 +275,12 @@ func (n *RaftNode) forward(ctx context.Context, method string, args, reply any, 
 		// decides.
 		return errLeaderIsSelf
 	}
+	return n.forwardTo(ctx, addr, method, args, reply, unknownAfterSend)
+}
+
+// forwardTo sends a request to the leader at addr, with forward's error
+// classification.
+func (n *RaftNode) forwardTo(ctx context.Context, addr, method string, args, reply any, unknownAfterSend bool) error {
 	sent, err := n.rpc.call(ctx, addr, method, args, reply)
 	switch {
 	case err == nil:
@@ -290,14 +296,20 @@ func (n *RaftNode) forward(ctx context.Context, method string, args, reply any, 
 var errLeaderIsSelf = errors.New("raftkit: this node is the leader")
 
 // forwardApply sends cmd to the leader and returns its FSM response.
+// Concurrent calls travel together in batches (see applyBatcher).
 func (n *RaftNode) forwardApply(ctx context.Context, cmd []byte) (any, error) {
-	ctx, cancel, timeout := n.bound(ctx)
+	ctx, cancel, _ := n.bound(ctx)
 	defer cancel()
-	var resp wire.ApplyResponse
-	err := n.forward(ctx, wire.MethodApply, &wire.ApplyRequest{Command: cmd, Timeout: int64(timeout)}, &resp, true)
-	if errors.Is(err, errLeaderIsSelf) {
+	addr, err := n.leaderAddr(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if addr == n.addr {
+		// We are the leader by now, or a stale view says so; the local
+		// path decides.
 		return n.applyLocal(ctx, cmd)
 	}
+	resp, err := n.fwd.submit(ctx, addr, cmd)
 	if err != nil {
 		return nil, err
 	}

@@ -25,19 +25,28 @@ type RaftNode struct {
 	logger hclog.Logger
 
 	raft   *raft.Raft
+	fsm    *trackedFSM // the application's FSM, as raft sees it
 	mux    *portMux
 	trans  *raft.NetworkTransport
 	stores *nodeStores
-	// applied tracks how far the FSM has really applied the log.
-	applied *appliedFSM
 
 	leadership *leaderWatch
 	rpcServer  *rpc.Server
 	rpc        *rpcPool
+	fwd        *applyBatcher // forwarded writes
 	runners    runnerSet
 	readyTerm  atomic.Uint64 // term in which this leader's barrier completed
 	metrics    *Metrics      // nil: none
 	metricsWG  sync.WaitGroup
+
+	// leaderReads and followerReads share read-index requests among
+	// concurrent LinearizableRead calls; readFetches counts their running
+	// requests so that Close can wait for them.
+	leaderReads, followerReads *readBatcher
+	readFetches                sync.WaitGroup
+
+	// batchApplyCh is raft.Config.BatchApplyCh as the node started with.
+	batchApplyCh bool
 
 	closeOnce sync.Once
 	closeErr  error
@@ -125,8 +134,9 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 			return nil, err
 		}
 	}
-	wrapped, applied := wrapFSM(fsm)
-	r, err := raft.NewRaft(rc, wrapped, stores.log, stores.stable, stores.snaps, trans)
+	tracked := newTrackedFSM(fsm)
+	tracked.restored = func() uint64 { return snapshotIndex(stores.snaps) }
+	r, err := raft.NewRaft(rc, tracked, stores.log, stores.stable, stores.snaps, trans)
 	if err != nil {
 		return nil, fmt.Errorf("raftkit: start raft: %w", err)
 	}
@@ -138,15 +148,19 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 		addr:    s.advertise,
 		logger:  s.Logger.Named("raftkit"),
 		raft:    r,
+		fsm:     tracked,
 		mux:     mux,
 		trans:   trans,
 		stores:  stores,
 		metrics: s.Metrics,
 		closed:  make(chan struct{}),
 	}
-	n.applied = applied
+	n.batchApplyCh = rc.BatchApplyCh
 	n.leadership = newLeaderWatch(r)
+	n.leaderReads = &readBatcher{fetch: n.leaderReadIndex, timeout: s.ApplyTimeout, wg: &n.readFetches}
+	n.followerReads = &readBatcher{fetch: n.remoteReadIndex, timeout: s.ApplyTimeout, wg: &n.readFetches}
 	n.rpc = newRPCPool(mux)
+	n.fwd = newApplyBatcher(n)
 	n.rpcServer = rpc.NewServer()
 	if err := n.rpcServer.RegisterName(wire.Service, &rpcService{n: n}); err != nil {
 		n.Close()
@@ -164,6 +178,11 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 	return n, nil
 }
 
+// raftMaxAppendEntries is raft.Config.MaxAppendEntries as raftkit sets
+// it: how many commands one leader batch (one log fsync) and one
+// AppendEntries request may carry. raft's limit is 1024.
+const raftMaxAppendEntries = 512
+
 // raftConfig builds raft's Config from ours and the RaftConfig hook.
 func raftConfig(s *settled) (*raft.Config, error) {
 	rc := raft.DefaultConfig()
@@ -171,6 +190,12 @@ func raftConfig(s *settled) (*raft.Config, error) {
 	rc.Logger = s.Logger.Named("raft")
 	rc.SnapshotThreshold = s.SnapshotThreshold
 	rc.SnapshotInterval = s.SnapshotInterval
+	applyTiming(rc, resolveTiming(s))
+	// Larger batches than raft's default (64): under many concurrent
+	// writers one fsync and one AppendEntries carry more commands, and a
+	// follower that fell behind catches up in fewer round trips.
+	rc.MaxAppendEntries = raftMaxAppendEntries
+	rc.BatchApplyCh = true
 	if s.RaftConfig != nil {
 		s.RaftConfig(rc)
 		if rc.LocalID != raft.ServerID(s.ID) {
@@ -384,7 +409,9 @@ type Status struct {
 	LastLogIndex uint64 `json:"last_log_index"`
 	// CommitIndex is the last entry this node knows to be committed.
 	CommitIndex uint64 `json:"commit_index"`
-	// AppliedIndex is the last entry applied to this node's FSM.
+	// AppliedIndex is the last entry raft has handed to this node's FSM;
+	// the FSM may still be applying the latest batch (LinearizableRead
+	// waits for the FSM itself).
 	AppliedIndex uint64       `json:"applied_index"`
 	LeaderID     string       `json:"leader_id"`
 	LeaderAddr   string       `json:"leader_addr"`
@@ -441,9 +468,14 @@ func (n *RaftNode) Close() error {
 			errs = append(errs, fmt.Errorf("raft shutdown: %w", err))
 		}
 		n.leadership.close()
+		n.fwd.stop()
 		n.metricsWG.Wait()
 		n.metrics.removeNode(n)
 		n.rpc.Close()
+		n.fwd.wg.Wait()
+		n.leaderReads.stop()
+		n.followerReads.stop()
+		n.readFetches.Wait()
 		if err := n.trans.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("transport: %w", err))
 		}

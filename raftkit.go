@@ -225,6 +225,19 @@ type Config struct {
 	// accepted certificate in any case.
 	JoinSecret string
 
+	// Timing picks raft's timeouts for the network the cluster runs on:
+	// TimingLAN, TimingDefault (hashicorp/raft's own) or TimingWAN. The
+	// zero value, TimingAuto, is TimingLAN for in-memory and all-loopback
+	// clusters and TimingDefault otherwise. See Timing.
+	Timing Timing
+
+	// LogStore picks the on-disk log and stable store: LogStoreBolt (the
+	// zero value, raft.db in Dir) or LogStoreWAL (hashicorp/raft-wal in
+	// Dir/wal). A data directory keeps the store it was created with;
+	// opening it with the other one fails with a *ConfigError for LogStore.
+	// Ignored by in-memory nodes.
+	LogStore LogStoreKind
+
 	// RaftConfig, if set, is called with the raft.Config that raftkit built
 	// (timeouts, snapshot settings, logger, LocalID) just before the node
 	// starts, and may change any of it. raft.ValidateConfig still applies.
@@ -285,6 +298,12 @@ func (c Config) settle() (*settled, error) {
 	}
 	if s.Logger == nil {
 		s.Logger = hclog.NewNullLogger()
+	}
+	if err := validateTiming(c.Timing); err != nil {
+		return nil, err
+	}
+	if err := validateLogStore(c.LogStore); err != nil {
+		return nil, err
 	}
 
 	if c.InMemory {

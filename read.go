@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -21,6 +22,11 @@ import (
 //   - on a follower, it asks the leader for such an index over the node's
 //     port (ReadIndex), then waits until this node has applied it.
 //
+// Concurrent calls share the work: all calls that arrive while one
+// leadership check (or one ReadIndex request) is under way are answered by
+// the next one, which starts after they arrived, so N concurrent reads cost
+// about two checks rather than N.
+//
 // A node cut off from the majority returns an error (ErrNoLeader, a
 // *NotLeaderError, or ctx's error) instead of letting a stale read through.
 // The wait is bounded by ctx's deadline, else by Config.ApplyTimeout.
@@ -29,40 +35,51 @@ func (n *RaftNode) LinearizableRead(ctx context.Context) (err error) {
 		return err
 	}
 	defer func(start time.Time) { n.metrics.readBarrierDone(n.id, start, err) }(time.Now())
-	ctx, cancel, timeout := n.bound(ctx)
+	ctx, cancel, _ := n.bound(ctx)
 	defer cancel()
 	var index uint64
 	if n.IsLeader() {
-		idx, err := n.leaderReadIndex(ctx)
+		idx, err := n.leaderReads.wait(ctx)
 		if err != nil {
 			return fmt.Errorf("raftkit: linearizable read: %w", err)
 		}
 		index = idx
 	} else {
-		var resp wire.ReadIndexResponse
-		err := n.forward(ctx, wire.MethodReadIndex, &wire.ReadIndexRequest{Timeout: int64(timeout)}, &resp, false)
-		if errors.Is(err, errLeaderIsSelf) {
-			if !n.IsLeader() {
-				return fmt.Errorf("raftkit: linearizable read: %w", n.notLeader())
-			}
-			resp.Index, err = n.leaderReadIndex(ctx)
-		}
-		if err == nil {
-			err = fromWire(resp.Err)
-		}
+		idx, err := n.followerReads.wait(ctx)
 		if err != nil {
 			return fmt.Errorf("raftkit: linearizable read: %w", err)
 		}
-		index = resp.Index
+		index = idx
 	}
 	return n.waitApplied(ctx, index)
+}
+
+// remoteReadIndex asks the leader for a read index (the follower side of
+// LinearizableRead); on a node that became leader meanwhile it answers
+// itself.
+func (n *RaftNode) remoteReadIndex(ctx context.Context) (uint64, error) {
+	dl, _ := ctx.Deadline() // readBatcher's ctx always has one
+	timeout := time.Until(dl)
+	var resp wire.ReadIndexResponse
+	err := n.forward(ctx, wire.MethodReadIndex, &wire.ReadIndexRequest{Timeout: int64(timeout)}, &resp, false)
+	if errors.Is(err, errLeaderIsSelf) {
+		if !n.IsLeader() {
+			return 0, n.notLeader()
+		}
+		return n.leaderReads.wait(ctx)
+	}
+	if err == nil {
+		err = fromWire(resp.Err)
+	}
+	return resp.Index, err
 }
 
 // leaderReadIndex returns an index at which a read on any node is
 // linearizable, after confirming leadership with a majority. A leader that
 // has not yet committed an entry of its own term first commits a barrier:
 // until then its commit index may lag behind writes its predecessor
-// acknowledged.
+// acknowledged. Callers go through n.leaderReads, which shares one call
+// among concurrent readers.
 func (n *RaftNode) leaderReadIndex(ctx context.Context) (uint64, error) {
 	if err := n.checkOpen(); err != nil {
 		return 0, err
@@ -84,6 +101,88 @@ func (n *RaftNode) leaderReadIndex(ctx context.Context) (uint64, error) {
 	return index, nil
 }
 
+// readBatcher shares one read-index request among concurrent readers. A
+// reader may only use a request that started after it arrived (an earlier
+// one may have read the commit index before the reader's write was
+// acknowledged), so at most one request runs at a time and the readers
+// that arrive meanwhile wait for the next one, which starts as soon as the
+// running one ends.
+type readBatcher struct {
+	// fetch gets a read index; ctx is bounded by the node's ApplyTimeout.
+	fetch   func(ctx context.Context) (uint64, error)
+	timeout time.Duration
+	wg      *sync.WaitGroup // the node's: Close waits for running requests
+
+	mu      sync.Mutex
+	stopped bool
+	running bool
+	next    *readRound // gathers readers while a request runs
+}
+
+// readRound is one read-index request and the readers it answers.
+type readRound struct {
+	done    chan struct{}
+	waiters int // readers answered by this round
+	index   uint64
+	err     error
+}
+
+// wait returns a read index from a request that started after the call.
+func (b *readBatcher) wait(ctx context.Context) (uint64, error) {
+	b.mu.Lock()
+	if b.stopped {
+		b.mu.Unlock()
+		return 0, ErrClosed
+	}
+	r := b.next
+	if r == nil {
+		r = &readRound{done: make(chan struct{})}
+		b.next = r
+	}
+	r.waiters++
+	if !b.running {
+		b.running = true
+		b.next = nil
+		b.wg.Add(1)
+		go b.run(r)
+	}
+	b.mu.Unlock()
+	select {
+	case <-r.done:
+		return r.index, r.err
+	case <-ctx.Done():
+		return 0, fmt.Errorf("%w: could not confirm leadership: %w", ErrNoLeader, ctx.Err())
+	}
+}
+
+// stop makes later calls of wait fail with ErrClosed; after it, the
+// node's WaitGroup sees no new requests.
+func (b *readBatcher) stop() {
+	b.mu.Lock()
+	b.stopped = true
+	b.mu.Unlock()
+}
+
+// run answers round r, then every round that gathered readers meanwhile.
+func (b *readBatcher) run(r *readRound) {
+	defer b.wg.Done()
+	for r != nil {
+		// Close ends a running fetch: raft resolves its futures at shutdown
+		// and the request pool fails its calls when closed.
+		ctx, cancel := context.WithTimeout(context.Background(), b.timeout)
+		r.index, r.err = b.fetch(ctx)
+		cancel()
+		close(r.done)
+		b.mu.Lock()
+		r = b.next
+		b.next = nil
+		if r == nil {
+			b.running = false
+		}
+		b.mu.Unlock()
+	}
+}
+
 func (n *RaftNode) readError(err error) error {
 	switch {
 	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipLost):
@@ -95,10 +194,10 @@ func (n *RaftNode) readError(err error) error {
 }
 
 // waitApplied waits until this node's FSM has applied index (not merely
-// been handed it: see appliedFSM).
+// received it: see trackedFSM).
 func (n *RaftNode) waitApplied(ctx context.Context, index uint64) error {
 	delay := 50 * time.Microsecond
-	for !n.fsmReflects(index) {
+	for !n.fsmCaughtUp(index) {
 		if err := n.checkOpen(); err != nil {
 			return err
 		}

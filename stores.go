@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -21,8 +22,10 @@ const (
 	boltFile = "raft.db"
 	// lockTimeout bounds the wait for raft.db's file lock.
 	lockTimeout = time.Second
-	// logCacheSize is how many recent log entries are kept in memory.
-	logCacheSize = 512
+	// logCacheSize is how many recent log entries are kept in memory, so
+	// that replication to followers a few batches behind reads no disk. It
+	// covers two full AppendEntries batches (raftMaxAppendEntries).
+	logCacheSize = 1024
 )
 
 // nodeStores is what a node keeps its raft state in.
@@ -30,14 +33,14 @@ type nodeStores struct {
 	log    raft.LogStore
 	stable raft.StableStore
 	snaps  raft.SnapshotStore
-	bolt   *raftboltdb.BoltStore // nil in memory
+	close  func() error // nil in memory
 }
 
 func (s *nodeStores) Close() error {
-	if s.bolt == nil {
+	if s.close == nil {
 		return nil
 	}
-	return s.bolt.Close()
+	return s.close()
 }
 
 // openStores opens (or creates) the stores a node's Config asks for.
@@ -52,22 +55,41 @@ func openStores(s *settled) (*nodeStores, error) {
 	if err != nil {
 		return nil, err
 	}
-	bolt, err := openBolt(filepath.Join(s.Dir, boltFile), snaps)
-	if err != nil {
+	if err := checkStoreKind(s.Dir, s.LogStore); err != nil {
 		return nil, err
 	}
-	// With raft.db's lock held, no other node writes snapshots here.
+	var (
+		logs    raft.LogStore
+		stable  raft.StableStore
+		closer  func() error
+		logPath = filepath.Join(s.Dir, boltFile)
+	)
+	if s.LogStore == LogStoreWAL {
+		logPath = filepath.Join(s.Dir, walDir)
+		w, err := openWAL(s.Dir, snaps, s.Logger)
+		if err != nil {
+			return nil, err
+		}
+		logs, stable, closer = w.wal, w.wal, w.Close
+	} else {
+		bolt, err := openBolt(filepath.Join(s.Dir, boltFile), snaps)
+		if err != nil {
+			return nil, err
+		}
+		logs, stable, closer = bolt, bolt, bolt.Close
+	}
+	// With the log store's lock held, no other node writes snapshots here.
 	removeTempSnapshots(s.Dir, s.Logger)
-	if err := checkLogAgainstSnapshots(filepath.Join(s.Dir, boltFile), bolt, snaps, s.Logger); err != nil {
-		bolt.Close()
+	if err := checkLogAgainstSnapshots(logPath, logs, snaps, s.Logger); err != nil {
+		closer()
 		return nil, err
 	}
-	cache, err := raft.NewLogCache(logCacheSize, bolt)
+	cache, err := raft.NewLogCache(logCacheSize, logs)
 	if err != nil {
-		bolt.Close()
+		closer()
 		return nil, fmt.Errorf("raftkit: log cache: %w", err)
 	}
-	return &nodeStores{log: cache, stable: bolt, snaps: snaps, bolt: bolt}, nil
+	return &nodeStores{log: cache, stable: stable, snaps: snaps, close: closer}, nil
 }
 
 // openBolt opens raft.db after checking that it can be trusted: not held by
@@ -90,9 +112,6 @@ func openBolt(path string, snaps raft.SnapshotStore) (*raftboltdb.BoltStore, err
 		return nil, fmt.Errorf("%w: %s is empty (0 bytes); raftkit will not start it as a fresh node. "+
 			"Remove the whole directory to rejoin as a new node", ErrCorruptStore, path)
 	default:
-		if err := checkBoltSize(path, fi.Size()); err != nil {
-			return nil, err
-		}
 		if err := checkBolt(path); err != nil {
 			return nil, err
 		}
@@ -187,6 +206,9 @@ func removeTempSnapshots(dir string, logger hclog.Logger) {
 // checkBolt walks every page of an existing raft.db so that damage shows up
 // as an error now rather than as a panic deep inside raft later.
 func checkBolt(path string) error {
+	if err := checkBoltSize(path); err != nil {
+		return err
+	}
 	return safely(func() error {
 		db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: lockTimeout})
 		if err != nil {
@@ -200,6 +222,67 @@ func checkBolt(path string) error {
 			return nil
 		})
 	})
+}
+
+// checkBoltSize reads a BoltDB file's two meta pages and refuses a file
+// shorter than the pages its newest valid meta page claims: bbolt maps the
+// file into memory, and touching a page past its end kills the process
+// with SIGBUS, which no recover can catch.
+func checkBoltSize(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("raftkit: open log store %s: %w", path, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("raftkit: open log store %s: %w", path, err)
+	}
+	const (
+		pageHeader = 16
+		metaSize   = 64 // magic, version, page size, flags, root (16), freelist, pgid, txid, checksum
+		boltMagic  = 0xED0CDAED
+	)
+	var best struct {
+		txid, pgid uint64
+		pageSize   uint32
+		ok         bool
+	}
+	buf := make([]byte, pageHeader+metaSize)
+	for _, off := range []int64{0, -1} {
+		if off < 0 {
+			if !best.ok {
+				// Without a valid first meta page, the second one's offset is
+				// unknown; bbolt tries 4 KiB, as do we.
+				off = 4096
+			} else {
+				off = int64(best.pageSize)
+			}
+		}
+		if _, err := f.ReadAt(buf, off); err != nil {
+			continue
+		}
+		m := buf[pageHeader:]
+		if binary.LittleEndian.Uint32(m[0:4]) != boltMagic {
+			continue
+		}
+		h := fnv.New64a()
+		h.Write(m[:56])
+		if h.Sum64() != binary.LittleEndian.Uint64(m[56:64]) {
+			continue
+		}
+		txid := binary.LittleEndian.Uint64(m[48:56])
+		if !best.ok || txid > best.txid {
+			best.txid, best.pgid, best.pageSize, best.ok = txid, binary.LittleEndian.Uint64(m[40:48]), binary.LittleEndian.Uint32(m[8:12]), true
+		}
+	}
+	if !best.ok {
+		return fmt.Errorf("%w: %s has no valid BoltDB meta page", ErrCorruptStore, path)
+	}
+	if need := int64(best.pgid) * int64(best.pageSize); best.pageSize == 0 || fi.Size() < need {
+		return fmt.Errorf("%w: %s is truncated: %d bytes, its meta page needs %d", ErrCorruptStore, path, fi.Size(), need)
+	}
+	return nil
 }
 
 func boltError(path string, err error) error {
@@ -216,58 +299,6 @@ func boltError(path string, err error) error {
 	}
 	// bbolt reports short files and bad pages with plain errors.
 	return fmt.Errorf("%w: %s cannot be opened: %v", ErrCorruptStore, path, err)
-}
-
-// bbolt's meta page layout: a 16-byte page header, then magic, version,
-// page size, flags (4 bytes each), the root bucket (16), the freelist page
-// (8), the high-water page count (8) and the transaction ID (8).
-const (
-	boltMagic          = 0xED0CDAED
-	boltMetaMagicOff   = 16
-	boltMetaPageSzOff  = 24
-	boltMetaPgidOff    = 56
-	boltMetaTxidOff    = 64
-	boltMetaHeaderSize = 72
-)
-
-// checkBoltSize refuses a raft.db that is shorter than its newest meta page
-// says. bbolt maps the file into memory, and touching a page past the end
-// of a truncated file is a SIGBUS that kills the whole process, which no
-// recover can catch.
-func checkBoltSize(path string, size int64) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return fmt.Errorf("raftkit: open log store %s: %w", path, err)
-	}
-	defer f.Close()
-	first := make([]byte, boltMetaHeaderSize)
-	if _, err := f.ReadAt(first, 0); err != nil {
-		return fmt.Errorf("%w: %s: reading its first meta page: %v", ErrCorruptStore, path, err)
-	}
-	pageSize := int64(binary.LittleEndian.Uint32(first[boltMetaPageSzOff:]))
-	if binary.LittleEndian.Uint32(first[boltMetaMagicOff:]) != boltMagic || pageSize < 512 || pageSize > 1<<20 {
-		pageSize = int64(os.Getpagesize())
-	}
-	var best []byte
-	for _, off := range []int64{0, pageSize} {
-		m := make([]byte, boltMetaHeaderSize)
-		if _, err := f.ReadAt(m, off); err != nil || binary.LittleEndian.Uint32(m[boltMetaMagicOff:]) != boltMagic {
-			continue
-		}
-		if best == nil || binary.LittleEndian.Uint64(m[boltMetaTxidOff:]) > binary.LittleEndian.Uint64(best[boltMetaTxidOff:]) {
-			best = m
-		}
-	}
-	if best == nil {
-		return nil // no meta page to trust: bbolt reports it as invalid
-	}
-	pages := binary.LittleEndian.Uint64(best[boltMetaPgidOff:])
-	ps := uint64(binary.LittleEndian.Uint32(best[boltMetaPageSzOff:]))
-	if need := pages * ps; ps > 0 && pages < 1<<40 && need > uint64(size) {
-		return fmt.Errorf("%w: %s is %d bytes but its meta page counts %d pages of %d bytes (%d bytes): the file was truncated",
-			ErrCorruptStore, path, size, pages, ps, need)
-	}
-	return nil
 }
 
 // safely turns a panic in fn (bbolt panics on some damaged files) into an

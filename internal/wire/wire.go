@@ -26,6 +26,7 @@ const Service = "Raftkit"
 // Method names, as net/rpc spells them.
 const (
 	MethodApply      = Service + ".Apply"
+	MethodApplyBatch = Service + ".ApplyBatch"
 	MethodReadIndex  = Service + ".ReadIndex"
 	MethodMembership = Service + ".Membership"
 )
@@ -63,6 +64,20 @@ type ApplyRequest struct {
 type ApplyResponse struct {
 	Result any
 	Err    *Error
+}
+
+// ApplyBatchRequest forwards several commands to the leader in one
+// message; the leader submits them to raft in order, back to back.
+type ApplyBatchRequest struct {
+	Commands [][]byte
+	// Timeout is how long the leader may take for the whole batch, in
+	// nanoseconds.
+	Timeout int64
+}
+
+// ApplyBatchResponse carries one ApplyResponse per command, in order.
+type ApplyBatchResponse struct {
+	Results []ApplyResponse
 }
 
 // ReadIndexRequest asks the leader for a commit index that is safe to read at.

@@ -1,0 +1,102 @@
+package raftkit
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	fsmexample "github.com/raftkit/raftkit/fsm_example"
+)
+
+// Benchmarks of the hot paths on a three-node in-memory cluster (no disk,
+// no TCP), so that they measure raftkit's own cost and run in seconds:
+//
+//	go test -run '^$' -bench . -benchtime 2s
+//
+// The side-by-side comparison with a hand-wired hashicorp/raft cluster
+// over TCP and BoltDB is cmd/raftkit-bench.
+
+// benchCluster starts three in-memory nodes and returns them with the
+// leader's index.
+func benchCluster(b *testing.B) ([]*RaftNode, int) {
+	b.Helper()
+	nodes, _ := newMemCluster(b, NewMemNetwork(), 3)
+	l := memLeader(b, nodes)
+	// Let followers learn the leader before forwarding to it.
+	waitFor(b, 10*time.Second, "followers to know the leader", func() bool {
+		for _, n := range nodes {
+			if n.GetLeaderAddr() == "" {
+				return false
+			}
+		}
+		return true
+	})
+	return nodes, l
+}
+
+// runApply runs b.N writes from about clients goroutines, each writing
+// through the node pick gives it.
+func runApply(b *testing.B, clients int, pick func(worker int) *RaftNode) {
+	b.Helper()
+	var worker atomic.Int64
+	val := make([]byte, 100)
+	b.SetParallelism(max(1, clients/max(1, testingProcs())))
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		w := int(worker.Add(1))
+		n := pick(w)
+		for i := 0; pb.Next(); i++ {
+			if _, err := n.Apply(context.Background(), fsmexample.Set(fmt.Sprintf("w%d-%d", w, i%256), val)); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+func testingProcs() int { return runtime.GOMAXPROCS(0) }
+
+func BenchmarkApplyLeader(b *testing.B) {
+	for _, clients := range []int{1, 64} {
+		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
+			nodes, l := benchCluster(b)
+			runApply(b, clients, func(int) *RaftNode { return nodes[l] })
+		})
+	}
+}
+
+func BenchmarkApplyForwarded(b *testing.B) {
+	for _, clients := range []int{1, 64} {
+		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
+			nodes, l := benchCluster(b)
+			runApply(b, clients, func(w int) *RaftNode { return nodes[(l+1+w%2)%3] })
+		})
+	}
+}
+
+func BenchmarkLinearizableRead(b *testing.B) {
+	for _, where := range []string{"leader", "follower"} {
+		b.Run(where, func(b *testing.B) {
+			nodes, l := benchCluster(b)
+			n := nodes[l]
+			if where == "follower" {
+				n = nodes[(l+1)%3]
+			}
+			b.SetParallelism(max(1, 64/testingProcs()))
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if err := n.LinearizableRead(context.Background()); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
+}

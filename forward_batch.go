@@ -1,0 +1,276 @@
+package raftkit
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/raftkit/raftkit/internal/wire"
+)
+
+// Forwarded writes are batched: a follower sends the commands that its
+// callers submit while earlier batches are on their way as one
+// ApplyBatch request, and the leader hands them to raft back to back, so
+// they share its group commit. With one caller at a time, every batch
+// holds one command and nothing waits.
+const (
+	// maxBatchesInFlight is how many batches a follower may have in
+	// progress at the leader at once; further commands gather for the
+	// next batch.
+	maxBatchesInFlight = 4
+	// maxBatchCommands and maxBatchBytes bound one batch.
+	maxBatchCommands = 512
+	maxBatchBytes    = 4 << 20
+)
+
+// fwdRequest is one caller's command waiting in a batch.
+type fwdRequest struct {
+	cmd      []byte
+	deadline time.Time
+	done     chan struct{}
+	resp     wire.ApplyResponse
+	err      error // transport failure, as forward reports it
+}
+
+// fwdQueue gathers commands for one leader address.
+type fwdQueue struct {
+	pending  []*fwdRequest
+	inFlight int
+}
+
+// applyBatcher batches forwarded writes per leader address.
+type applyBatcher struct {
+	n  *RaftNode
+	wg sync.WaitGroup // running senders; Close waits for them
+
+	mu      sync.Mutex
+	stopped bool
+	queues  map[string]*fwdQueue
+}
+
+func newApplyBatcher(n *RaftNode) *applyBatcher {
+	return &applyBatcher{n: n, queues: map[string]*fwdQueue{}}
+}
+
+// submit forwards cmd to the leader at addr within ctx and returns its
+// response, or the transport error (classified as forward does).
+func (b *applyBatcher) submit(ctx context.Context, addr string, cmd []byte) (*wire.ApplyResponse, error) {
+	dl, _ := ctx.Deadline()
+	req := &fwdRequest{cmd: cmd, deadline: dl, done: make(chan struct{})}
+	b.mu.Lock()
+	if b.stopped {
+		b.mu.Unlock()
+		return nil, ErrClosed
+	}
+	q := b.queues[addr]
+	if q == nil {
+		q = &fwdQueue{}
+		b.queues[addr] = q
+	}
+	q.pending = append(q.pending, req)
+	var batch []*fwdRequest
+	if q.inFlight < maxBatchesInFlight {
+		batch = b.takeLocked(q)
+		q.inFlight++
+		b.wg.Add(1)
+	}
+	b.mu.Unlock()
+	if batch != nil {
+		go b.send(addr, q, batch)
+	}
+	select {
+	case <-req.done:
+		return &req.resp, req.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("raftkit: forwarded to leader %s: %w: %w", addr, ErrUnknownOutcome, ctx.Err())
+	}
+}
+
+// takeLocked removes the next batch from q.
+func (b *applyBatcher) takeLocked(q *fwdQueue) []*fwdRequest {
+	n, size := 0, 0
+	for n < len(q.pending) && n < maxBatchCommands {
+		size += len(q.pending[n].cmd)
+		if n > 0 && size > maxBatchBytes {
+			break
+		}
+		n++
+	}
+	batch := q.pending[:n:n]
+	q.pending = q.pending[n:]
+	if len(q.pending) == 0 {
+		q.pending = nil
+	}
+	return batch
+}
+
+// send delivers batch, then keeps delivering what gathered meanwhile.
+func (b *applyBatcher) send(addr string, q *fwdQueue, batch []*fwdRequest) {
+	defer b.wg.Done()
+	for batch != nil {
+		b.deliver(addr, batch)
+		// Let the callers just answered submit their next commands, so
+		// that they join this sender's next batch rather than each wait
+		// for a later one: a few yields, until as many commands wait as
+		// were just answered.
+		for i := 0; i < 4 && b.pendingLen(q) < len(batch); i++ {
+			runtime.Gosched()
+		}
+		b.mu.Lock()
+		if len(q.pending) > 0 {
+			batch = b.takeLocked(q)
+		} else {
+			batch = nil
+			q.inFlight--
+			if q.inFlight == 0 && b.queues[addr] == q {
+				delete(b.queues, addr)
+			}
+		}
+		b.mu.Unlock()
+	}
+}
+
+func (b *applyBatcher) pendingLen(q *fwdQueue) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(q.pending)
+}
+
+// deliver sends one batch and answers its callers.
+func (b *applyBatcher) deliver(addr string, batch []*fwdRequest) {
+	var latest time.Time
+	cmds := make([][]byte, len(batch))
+	for i, r := range batch {
+		cmds[i] = r.cmd
+		if r.deadline.After(latest) {
+			latest = r.deadline
+		}
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), latest)
+	defer cancel()
+	timeout := time.Until(latest)
+	var err error
+	var resp wire.ApplyBatchResponse
+	if len(batch) == 1 {
+		// A batch of one travels as a plain Apply.
+		var one wire.ApplyResponse
+		err = b.n.forwardTo(ctx, addr, wire.MethodApply, &wire.ApplyRequest{Command: cmds[0], Timeout: int64(timeout)}, &one, true)
+		resp.Results = []wire.ApplyResponse{one}
+	} else {
+		err = b.n.forwardTo(ctx, addr, wire.MethodApplyBatch, &wire.ApplyBatchRequest{Commands: cmds, Timeout: int64(timeout)}, &resp, true)
+	}
+	if err == nil && len(resp.Results) != len(batch) {
+		err = fmt.Errorf("raftkit: forwarded to leader %s: %w: leader answered %d of %d commands",
+			addr, ErrUnknownOutcome, len(resp.Results), len(batch))
+	}
+	for i, r := range batch {
+		if err != nil {
+			r.err = err
+		} else {
+			r.resp = resp.Results[i]
+		}
+		close(r.done)
+	}
+}
+
+// stop makes later submits fail with ErrClosed.
+func (b *applyBatcher) stop() {
+	b.mu.Lock()
+	b.stopped = true
+	b.mu.Unlock()
+}
+
+// ApplyBatch is the leader's side of a forwarded batch.
+func (s *rpcService) ApplyBatch(req *wire.ApplyBatchRequest, resp *wire.ApplyBatchResponse) error {
+	if len(req.Commands) > maxBatchCommands {
+		return fmt.Errorf("raftkit: batch of %d commands exceeds %d", len(req.Commands), maxBatchCommands)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(req.Timeout))
+	defer cancel()
+	resp.Results = s.n.applyMany(ctx, req.Commands, time.Duration(req.Timeout))
+	return nil
+}
+
+// applyMany submits cmds to raft back to back on this node, which must be
+// the leader, and returns each command's response in order.
+func (n *RaftNode) applyMany(ctx context.Context, cmds [][]byte, timeout time.Duration) []wire.ApplyResponse {
+	out := make([]wire.ApplyResponse, len(cmds))
+	fail := func(from int, err error) {
+		e := toWire(err, false)
+		for i := from; i < len(out); i++ {
+			out[i] = wire.ApplyResponse{Err: e}
+		}
+	}
+	if err := n.checkOpen(); err != nil {
+		fail(0, err)
+		return out
+	}
+	if n.raft.State() != raft.Leader {
+		fail(0, n.notLeader())
+		return out
+	}
+	futures := make([]raft.ApplyFuture, len(cmds))
+	if n.batchApplyCh || len(cmds) == 1 {
+		for i, c := range cmds {
+			futures[i] = n.raft.Apply(c, timeout)
+		}
+	} else {
+		// Without raft's BatchApplyCh, raft.Apply waits until the leader
+		// loop takes the command, one per loop turn (a disk write); sent
+		// one after another, a batch would take as many turns as it has
+		// commands. Sent together, they share one turn, as concurrent
+		// local callers do. They came from concurrent callers, so their
+		// order among themselves is free.
+		var wg sync.WaitGroup
+		for i, c := range cmds {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				futures[i] = n.raft.Apply(c, timeout)
+			}()
+		}
+		wg.Wait()
+	}
+	// raft resolves the futures in log order; one goroutine waits for
+	// them so that ctx can cut the wait short.
+	var (
+		mu       sync.Mutex
+		resolved int
+		gaveUp   bool
+		done     = make(chan struct{})
+	)
+	go func() {
+		defer close(done)
+		for i, f := range futures {
+			var r wire.ApplyResponse
+			if err := f.Error(); err != nil {
+				r.Err = toWire(n.applyError(err), false)
+			} else if ferr, ok := f.Response().(error); ok {
+				r.Err = toWire(ferr, true)
+			} else {
+				r.Result = f.Response()
+			}
+			mu.Lock()
+			if gaveUp {
+				mu.Unlock()
+				return
+			}
+			out[i] = r
+			resolved = i + 1
+			mu.Unlock()
+		}
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		mu.Lock()
+		gaveUp = true
+		fail(resolved, n.applyError(ctx.Err()))
+		mu.Unlock()
+	}
+	return out
+}

@@ -1,0 +1,118 @@
+package raftkit
+
+import (
+	"errors"
+	"io"
+	"sync/atomic"
+
+	"github.com/hashicorp/raft"
+)
+
+// trackedFSM wraps the application's FSM to learn how far the FSM has
+// really applied the log. raft's own AppliedIndex moves when entries are
+// handed to its FSM goroutine, before the FSM has applied them, so a read
+// barrier that trusted it could read state that lacks an acknowledged
+// write.
+//
+// It is a raft.BatchingFSM whatever the application's FSM is, so that it
+// sees command and configuration entries, and hands them on exactly as raft
+// would have: in batches to a BatchingFSM; one by one to Apply (commands)
+// and StoreConfiguration (configurations, if implemented) otherwise.
+type trackedFSM struct {
+	fsm      raft.FSM
+	batching raft.BatchingFSM        // nil unless fsm is one
+	configs  raft.ConfigurationStore // nil unless fsm is one
+
+	// applied is the index of the last entry the FSM has finished with.
+	applied atomic.Uint64
+	// restored is called after a snapshot was restored; it returns the
+	// index that snapshot covers.
+	restored func() uint64
+}
+
+func newTrackedFSM(fsm raft.FSM) *trackedFSM {
+	t := &trackedFSM{fsm: fsm}
+	t.batching, _ = fsm.(raft.BatchingFSM)
+	t.configs, _ = fsm.(raft.ConfigurationStore)
+	return t
+}
+
+var _ raft.BatchingFSM = (*trackedFSM)(nil)
+
+func (t *trackedFSM) Apply(l *raft.Log) any {
+	return t.ApplyBatch([]*raft.Log{l})[0]
+}
+
+func (t *trackedFSM) ApplyBatch(logs []*raft.Log) []any {
+	if len(logs) == 0 {
+		return nil
+	}
+	var out []any
+	if t.batching != nil {
+		out = t.batching.ApplyBatch(logs)
+	} else {
+		out = make([]any, len(logs))
+		for i, l := range logs {
+			switch l.Type {
+			case raft.LogCommand:
+				out[i] = t.fsm.Apply(l)
+			case raft.LogConfiguration:
+				if t.configs != nil {
+					t.configs.StoreConfiguration(l.Index, raft.DecodeConfiguration(l.Data))
+				}
+			}
+		}
+	}
+	t.applied.Store(logs[len(logs)-1].Index)
+	return out
+}
+
+func (t *trackedFSM) Snapshot() (raft.FSMSnapshot, error) { return t.fsm.Snapshot() }
+
+func (t *trackedFSM) Restore(rc io.ReadCloser) error {
+	if err := t.fsm.Restore(rc); err != nil {
+		return err
+	}
+	if t.restored != nil {
+		t.applied.Store(t.restored())
+	}
+	return nil
+}
+
+// fsmCaughtUp reports whether the FSM has applied every command and
+// configuration entry up to index. raft hands the FSM only those two kinds
+// (no-op and barrier entries stop at raft), so the FSM is caught up when it
+// has applied the last such entry at or below index.
+func (n *RaftNode) fsmCaughtUp(index uint64) bool {
+	applied := n.fsm.applied.Load()
+	if applied >= index {
+		return true
+	}
+	if n.raft.AppliedIndex() < index {
+		return false // not even handed over yet
+	}
+	var l raft.Log
+	for i := index; i > applied; i-- {
+		if err := n.stores.log.GetLog(i, &l); err != nil {
+			if errors.Is(err, raft.ErrLogNotFound) {
+				// Compacted: a snapshot of applied state covers it.
+				return true
+			}
+			return false
+		}
+		if l.Type == raft.LogCommand || l.Type == raft.LogConfiguration {
+			return false // the FSM has yet to apply entry i
+		}
+	}
+	return true
+}
+
+// snapshotIndex is the index the newest stored snapshot covers: what a
+// restore just brought the FSM to.
+func snapshotIndex(snaps raft.SnapshotStore) uint64 {
+	list, err := snaps.List()
+	if err != nil || len(list) == 0 {
+		return 0
+	}
+	return list[0].Index
+}

@@ -1,0 +1,140 @@
+package raftkit
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft-wal/metadb"
+
+	fsmexample "github.com/raftkit/raftkit/fsm_example"
+)
+
+// walNode starts a single-node cluster on dir with the raft-wal store.
+func walNode(t *testing.T, addr, dir string) (*RaftNode, *fsmexample.Store, error) {
+	t.Helper()
+	kv := fsmexample.New()
+	n, err := NewRaftNode(Config{Addr: addr, Dir: dir, Peers: []string{addr}, LogStore: LogStoreWAL, RaftConfig: fastRaft}, kv)
+	return n, kv, err
+}
+
+func TestWALStoreKeepsWritesAcrossRestart(t *testing.T) {
+	dir := t.TempDir()
+	addr := freeAddrs(t, 1)[0]
+	n, _, err := walNode(t, addr, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.WaitForLeader(ctxTimeout(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 50; i++ {
+		if _, err := n.Apply(ctxTimeout(t, 5*time.Second), fsmexample.Set(fmt.Sprintf("k%d", i), []byte("v"))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	term := n.Raft().CurrentTerm()
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, boltFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("raft-wal node created %s (err %v)", boltFile, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, walDir, metadb.FileName)); err != nil {
+		t.Fatalf("raft-wal metadata missing: %v", err)
+	}
+
+	n, kv, err := walNode(t, addr, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	if got := n.Raft().CurrentTerm(); got < term {
+		t.Fatalf("term went back from %d to %d across restart", term, got)
+	}
+	waitFor(t, 10*time.Second, "the log to be replayed", func() bool { return kv.Len() == 50 })
+	if _, err := n.Apply(ctxTimeout(t, 10*time.Second), fsmexample.Set("after", []byte("v"))); err != nil {
+		t.Fatalf("write after restart: %v", err)
+	}
+}
+
+func TestWALLockedDirFailsFast(t *testing.T) {
+	dir := t.TempDir()
+	addrs := freeAddrs(t, 2)
+	n, _, err := walNode(t, addrs[0], dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	done := make(chan error, 1)
+	go func() {
+		_, err := NewRaftNode(Config{Addr: addrs[1], Dir: dir, LogStore: LogStoreWAL}, fsmexample.New())
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrDataDirLocked) {
+			t.Fatalf("second node on a raft-wal Dir in use: %v, want ErrDataDirLocked", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("second node on a raft-wal Dir in use hangs instead of failing")
+	}
+}
+
+func TestWALDamagedMetadataIsRefused(t *testing.T) {
+	good := t.TempDir()
+	addr := freeAddrs(t, 1)[0]
+	n, _, err := walNode(t, addr, good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.WaitForLeader(ctxTimeout(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	n.Close()
+	meta, err := os.ReadFile(filepath.Join(good, walDir, metadb.FileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, damage := range map[string][]byte{
+		"empty":     nil,
+		"truncated": meta[:len(meta)/3],
+		"garbage":   []byte(strings.Repeat("not a bolt file ", 512)),
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := os.MkdirAll(filepath.Join(dir, walDir), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, walDir, metadb.FileName), damage, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, err := NewRaftNode(Config{Addr: "127.0.0.1:0", Dir: dir, LogStore: LogStoreWAL}, fsmexample.New())
+			if !errors.Is(err, ErrCorruptStore) {
+				t.Fatalf("%s wal-meta.db: %v, want ErrCorruptStore", name, err)
+			}
+		})
+	}
+}
+
+func TestDirKeepsItsLogStore(t *testing.T) {
+	for _, tc := range []struct{ made, opened LogStoreKind }{{LogStoreBolt, LogStoreWAL}, {LogStoreWAL, LogStoreBolt}} {
+		t.Run(tc.made.String(), func(t *testing.T) {
+			dir := t.TempDir()
+			n, err := NewRaftNode(Config{Addr: "127.0.0.1:0", Dir: dir, LogStore: tc.made}, fsmexample.New())
+			if err != nil {
+				t.Fatal(err)
+			}
+			n.Close()
+			_, err = NewRaftNode(Config{Addr: "127.0.0.1:0", Dir: dir, LogStore: tc.opened}, fsmexample.New())
+			var ce *ConfigError
+			if !errors.As(err, &ce) || ce.Field != "LogStore" {
+				t.Fatalf("opening a %s Dir as %s: %v, want a *ConfigError for LogStore", tc.made, tc.opened, err)
+			}
+		})
+	}
+}
