@@ -148,7 +148,7 @@ func (n *RaftNode) onlyNoopsBetween(from, to uint64) bool {
 // new to snapshot it opens the latest stored one.
 func (n *RaftNode) openSnapshot(ctx context.Context) (*raft.SnapshotMeta, io.ReadCloser, error) {
 	f := n.raft.Snapshot()
-	err := waitFuture(ctx, f)
+	err := n.waitFuture(ctx, f)
 	if err == nil {
 		return f.Open()
 	}

@@ -243,7 +243,9 @@ func (n *RaftNode) applyMany(ctx context.Context, cmds [][]byte, timeout time.Du
 		gaveUp   bool
 		done     = make(chan struct{})
 	)
+	n.futureWaits.add()
 	go func() {
+		defer n.futureWaits.done()
 		defer close(done)
 		for i, f := range futures {
 			var r wire.ApplyResponse

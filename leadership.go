@@ -203,7 +203,7 @@ func (n *RaftNode) RunWhileLeader(ctx context.Context, fn func(ctx context.Conte
 		if r.stint || n.runners.paused() {
 			continue
 		}
-		if err := waitFuture(ctx, n.raft.Barrier(0)); err != nil {
+		if err := n.waitFuture(ctx, n.raft.Barrier(0)); err != nil {
 			continue // leadership lost or ctx done: the watch says which
 		}
 		if n.IsLeader() && n.runners.start(r, ctx, fn) {

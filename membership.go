@@ -45,7 +45,7 @@ func (n *RaftNode) RemoveServer(ctx context.Context, id string) error {
 	if _, ok := n.server(id); !ok {
 		return nil
 	}
-	return n.configError("remove "+id, waitFuture(ctx, n.raft.RemoveServer(raft.ServerID(id), 0, timeout)))
+	return n.configError("remove "+id, n.waitFuture(ctx, n.raft.RemoveServer(raft.ServerID(id), 0, timeout)))
 }
 
 // TransferLeadership hands leadership to voter id ("" lets raft pick the
@@ -77,7 +77,7 @@ func (n *RaftNode) TransferLeadership(ctx context.Context, id string) error {
 		}
 		f = n.raft.LeadershipTransferToServer(srv.ID, srv.Address)
 	}
-	if err := waitFuture(ctx, f); err != nil {
+	if err := n.waitFuture(ctx, f); err != nil {
 		return fmt.Errorf("raftkit: transfer leadership: %w", n.closedOr(err))
 	}
 	return nil
@@ -184,14 +184,14 @@ func (n *RaftNode) addServer(ctx context.Context, id, addr string, voter bool) e
 			return nil
 		case sameID && sameAddr && !voter && s.Suffrage == raft.Voter:
 			// Demoting a voter to a non-voter.
-			return n.configError("demote "+id, waitFuture(ctx, n.raft.DemoteVoter(s.ID, 0, timeout)))
+			return n.configError("demote "+id, n.waitFuture(ctx, n.raft.DemoteVoter(s.ID, 0, timeout)))
 		case sameID && sameAddr:
 			// Promotion: AddVoter below.
 		case sameID || sameAddr:
 			if string(s.ID) == n.id {
 				return fmt.Errorf("%w: %s at %s would replace the leader itself (%s at %s)", errInvalidRequest, id, addr, s.ID, s.Address)
 			}
-			if err := waitFuture(ctx, n.raft.RemoveServer(s.ID, 0, timeout)); err != nil {
+			if err := n.waitFuture(ctx, n.raft.RemoveServer(s.ID, 0, timeout)); err != nil {
 				return n.configError("remove "+string(s.ID)+" before re-adding", err)
 			}
 		}
@@ -202,7 +202,7 @@ func (n *RaftNode) addServer(ctx context.Context, id, addr string, voter bool) e
 	} else {
 		af = n.raft.AddNonvoter(raft.ServerID(id), raft.ServerAddress(addr), 0, timeout)
 	}
-	return n.configError("add "+id, waitFuture(ctx, af))
+	return n.configError("add "+id, n.waitFuture(ctx, af))
 }
 
 // configError wraps a failed configuration change. Such a change, like a

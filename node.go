@@ -35,9 +35,11 @@ type RaftNode struct {
 	rpc        *rpcPool
 	fwd        *applyBatcher // forwarded writes
 	runners    runnerSet
-	readyTerm  atomic.Uint64 // term in which this leader's barrier completed
-	metrics    *Metrics      // nil: none
-	metricsWG  sync.WaitGroup
+	// futureWaits counts goroutines waiting on raft futures (waitFuture).
+	futureWaits waitGroup
+	readyTerm   atomic.Uint64 // term in which this leader's barrier completed
+	metrics     *Metrics      // nil: none
+	metricsWG   sync.WaitGroup
 
 	// leaderReads and followerReads share read-index requests among
 	// concurrent LinearizableRead calls; readFetches counts their running
@@ -336,7 +338,7 @@ func (n *RaftNode) applyRaw(ctx context.Context, cmd []byte) (res any, err error
 	ctx, cancel, timeout := n.bound(ctx)
 	defer cancel()
 	f := n.raft.Apply(cmd, timeout)
-	if err := waitFuture(ctx, f); err != nil {
+	if err := n.waitFuture(ctx, f); err != nil {
 		return nil, n.applyError(err)
 	}
 	if _, isErr := f.Response().(error); isErr {
@@ -375,16 +377,70 @@ func (n *RaftNode) bound(ctx context.Context) (context.Context, context.CancelFu
 	return ctx, cancel, n.cfg.ApplyTimeout
 }
 
-// waitFuture waits for f or for ctx. When ctx wins, the future is left to
-// finish on its own: raft resolves every future by shutdown at the latest.
-func waitFuture(ctx context.Context, f raft.Future) error {
+// waitFuture waits for f or for ctx. When ctx wins, a goroutine goes on
+// waiting for the future; Close lets such waits end before it shuts raft
+// down, because raft never resolves a future still queued in its channels
+// at shutdown (VerifyLeader, leadership transfers, batched applies), and
+// the goroutine would wait forever.
+func (n *RaftNode) waitFuture(ctx context.Context, f raft.Future) error {
 	done := make(chan error, 1)
-	go func() { done <- f.Error() }()
+	n.futureWaits.add()
+	go func() {
+		defer n.futureWaits.done()
+		done <- f.Error()
+	}()
 	select {
 	case err := <-done:
 		return err
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+}
+
+// waitGroup counts goroutines that wait on raft futures. Unlike
+// sync.WaitGroup it may be waited on, with a bound, while goroutines are
+// still being added.
+type waitGroup struct {
+	mu   sync.Mutex
+	n    int
+	idle chan struct{} // closed when n reaches 0 during a drain
+}
+
+func (w *waitGroup) add() {
+	w.mu.Lock()
+	w.n++
+	w.mu.Unlock()
+}
+
+func (w *waitGroup) done() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.n--; w.n == 0 && w.idle != nil {
+		close(w.idle)
+		w.idle = nil
+	}
+}
+
+// drain waits until no goroutine is counted, or for d. It reports whether
+// they all finished.
+func (w *waitGroup) drain(d time.Duration) bool {
+	w.mu.Lock()
+	if w.n == 0 {
+		w.mu.Unlock()
+		return true
+	}
+	if w.idle == nil {
+		w.idle = make(chan struct{})
+	}
+	idle := w.idle
+	w.mu.Unlock()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-idle:
+		return true
+	case <-t.C:
+		return false
 	}
 }
 
@@ -463,6 +519,11 @@ func (n *RaftNode) Close() error {
 		}
 		close(n.closed)
 		n.runners.stopAll()
+		// Let raftkit's own waits on raft futures end while raft still
+		// runs: raft would leave queued ones unresolved at shutdown.
+		if !n.futureWaits.drain(2 * n.raft.ReloadableConfig().ElectionTimeout) {
+			n.logger.Debug("raft futures still pending at close; their waits may never end")
+		}
 		var errs []error
 		if err := n.raft.Shutdown().Error(); err != nil {
 			errs = append(errs, fmt.Errorf("raft shutdown: %w", err))

@@ -89,13 +89,13 @@ func (n *RaftNode) leaderReadIndex(ctx context.Context) (uint64, error) {
 	}
 	term := n.raft.CurrentTerm()
 	if n.readyTerm.Load() != term {
-		if err := waitFuture(ctx, n.raft.Barrier(0)); err != nil {
+		if err := n.waitFuture(ctx, n.raft.Barrier(0)); err != nil {
 			return 0, n.readError(err)
 		}
 		n.readyTerm.Store(term)
 	}
 	index := n.raft.CommitIndex()
-	if err := waitFuture(ctx, n.raft.VerifyLeader()); err != nil {
+	if err := n.waitFuture(ctx, n.raft.VerifyLeader()); err != nil {
 		return 0, n.readError(err)
 	}
 	return index, nil

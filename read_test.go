@@ -192,3 +192,33 @@ func TestRunWhileLeaderStopsWhenLeadershipIsLost(t *testing.T) {
 		t.Fatalf("RunWhileLeader returned %v, want context.Canceled", err)
 	}
 }
+
+// raft never resolves a VerifyLeader still queued when it shuts down; Close
+// must let raftkit's waits on such futures end first, or their goroutines
+// leak (goleak in TestMain checks).
+func TestCloseDuringReadsLeavesNoWaitingGoroutines(t *testing.T) {
+	net := NewMemNetwork()
+	nodes, _ := newMemCluster(t, net, 3)
+	l := memLeader(t, nodes)
+	net.Isolate(nodes[l].Addr())
+	var wg sync.WaitGroup
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+			defer cancel()
+			nodes[l].LinearizableRead(ctx)
+		}()
+	}
+	wg.Wait()
+	if err := nodes[l].Close(); err != nil {
+		t.Fatal(err)
+	}
+	nodes[l].futureWaits.mu.Lock()
+	n := nodes[l].futureWaits.n
+	nodes[l].futureWaits.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d goroutines still wait on raft futures after Close", n)
+	}
+}

@@ -32,7 +32,7 @@ func (n *RaftNode) Snapshot(ctx context.Context) error {
 	if err := n.checkOpen(); err != nil {
 		return err
 	}
-	err := waitFuture(ctx, n.raft.Snapshot())
+	err := n.waitFuture(ctx, n.raft.Snapshot())
 	if errors.Is(err, raft.ErrNothingNewToSnapshot) {
 		return nil
 	}

@@ -112,7 +112,7 @@ func openBolt(path string, snaps raft.SnapshotStore) (*raftboltdb.BoltStore, err
 		return nil, fmt.Errorf("%w: %s is empty (0 bytes); raftkit will not start it as a fresh node. "+
 			"Remove the whole directory to rejoin as a new node", ErrCorruptStore, path)
 	default:
-		if err := checkBolt(path); err != nil {
+		if err := checkBoltFile(path); err != nil {
 			return nil, err
 		}
 	}
@@ -203,12 +203,18 @@ func removeTempSnapshots(dir string, logger hclog.Logger) {
 	}
 }
 
-// checkBolt walks every page of an existing raft.db so that damage shows up
-// as an error now rather than as a panic deep inside raft later.
-func checkBolt(path string) error {
+// checkBoltFile checks an existing BoltDB file before anything maps it:
+// its size against its meta page, then every page.
+func checkBoltFile(path string) error {
 	if err := checkBoltSize(path); err != nil {
 		return err
 	}
+	return checkBolt(path)
+}
+
+// checkBolt walks every page of an existing raft.db so that damage shows up
+// as an error now rather than as a panic deep inside raft later.
+func checkBolt(path string) error {
 	return safely(func() error {
 		db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: lockTimeout})
 		if err != nil {

@@ -141,7 +141,7 @@ func openWALLocked(wdir string, metaDB *metadb.BoltMetaDB, snaps raft.SnapshotSt
 		// raft-wal opens this file without a lock timeout; checking it first
 		// turns damage and a foreign holder into errors instead of a panic
 		// or a hang.
-		if err := checkBolt(meta); err != nil {
+		if err := checkBoltFile(meta); err != nil {
 			return nil, err
 		}
 	}
