@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/rpc"
+	"reflect"
 	"sync"
 	"time"
 
@@ -215,7 +216,11 @@ func (p *rpcPool) call(ctx context.Context, addr, method string, args, reply any
 	if err != nil {
 		return false, err
 	}
-	call := c.Go(method, args, reply, make(chan *rpc.Call, 1))
+	// net/rpc fills the reply whenever the response comes, which may be
+	// after ctx ended and this call returned: give it a private value and
+	// copy it out only once the call is complete.
+	private := reflect.New(reflect.TypeOf(reply).Elem())
+	call := c.Go(method, args, private.Interface(), make(chan *rpc.Call, 1))
 	select {
 	case <-call.Done:
 		if call.Error != nil {
@@ -224,6 +229,7 @@ func (p *rpcPool) call(ctx context.Context, addr, method string, args, reply any
 			}
 			return true, call.Error
 		}
+		reflect.ValueOf(reply).Elem().Set(private.Elem())
 		return true, nil
 	case <-ctx.Done():
 		return true, ctx.Err()
