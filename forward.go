@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/raftkit/raftkit/internal/wire"
 )
 
@@ -99,7 +101,9 @@ func toWire(err error, fsm bool) *wire.Error {
 		return &wire.Error{Kind: wire.KindNotLeader, Message: err.Error(), LeaderID: nle.LeaderID, LeaderAddr: nle.LeaderAddr}
 	case errors.Is(err, ErrUnknownOutcome):
 		return &wire.Error{Kind: wire.KindUnknown, Message: err.Error()}
-	case errors.Is(err, ErrNoLeader), errors.Is(err, ErrClosed):
+	case errors.Is(err, ErrNoLeader), errors.Is(err, ErrClosed),
+		errors.Is(err, raft.ErrLeadershipTransferInProgress), errors.Is(err, raft.ErrEnqueueTimeout):
+		// Not applied: the command never entered the leader's log.
 		return &wire.Error{Kind: wire.KindNoLeader, Message: err.Error()}
 	case errors.Is(err, errInvalidRequest), errors.Is(err, ErrInvalidConfig):
 		return &wire.Error{Kind: wire.KindInvalid, Message: err.Error()}
