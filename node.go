@@ -505,9 +505,11 @@ func (n *RaftNode) Status() Status {
 // Close stops the node: a leader first hands leadership to another voter
 // (bounded by the election timeout) so the cluster does not wait for an
 // election, then raft shuts down, then the transport, then the stores.
-// Close leaves no goroutine, listener or file lock behind. It is idempotent;
-// later calls return the first call's result. Writes in flight end with
-// ErrUnknownOutcome.
+// Close leaves no goroutine, listener or file lock behind: it first lets
+// calls in flight on raft end (up to two election timeouts), because raft
+// never resolves requests still queued when it shuts down. It is
+// idempotent; later calls return the first call's result. Writes in flight
+// end with ErrUnknownOutcome.
 func (n *RaftNode) Close() error {
 	n.closeOnce.Do(func() {
 		if n.IsLeader() && n.hasOtherVoters() {
