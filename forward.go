@@ -161,12 +161,6 @@ func newRPCPool(mux *portMux) *rpcPool {
 	return &rpcPool{mux: mux, clients: map[string]pooledClient{}}
 }
 
-// errDial marks a failure to reach the peer: nothing was sent.
-type errDial struct{ err error }
-
-func (e errDial) Error() string { return e.err.Error() }
-func (e errDial) Unwrap() error { return e.err }
-
 func (p *rpcPool) client(addr string, timeout time.Duration) (*rpc.Client, error) {
 	p.mu.Lock()
 	if p.closed {
@@ -184,7 +178,7 @@ func (p *rpcPool) client(addr string, timeout time.Duration) (*rpc.Client, error
 	p.mu.Unlock()
 	conn, err := p.mux.dialTagged(addr, timeout, tagRPC)
 	if err != nil {
-		return nil, errDial{err}
+		return nil, err
 	}
 	codec := wire.NewClientCodec(conn, rpcDeadlines)
 	c := pooledClient{rpc.NewClientWithCodec(codec), codec}
@@ -228,9 +222,9 @@ func (p *rpcPool) call(ctx context.Context, addr, method string, args, reply any
 	select {
 	case <-call.Done:
 		if call.Error != nil {
-			if errors.Is(call.Error, rpc.ErrShutdown) || isConnError(call.Error) {
-				p.drop(addr, c)
-			}
+			// raftkit's services report failures inside their responses,
+			// so a call error means the connection or the stream broke.
+			p.drop(addr, c)
 			return true, call.Error
 		}
 		reflect.ValueOf(reply).Elem().Set(private.Elem())
@@ -238,12 +232,6 @@ func (p *rpcPool) call(ctx context.Context, addr, method string, args, reply any
 	case <-ctx.Done():
 		return true, ctx.Err()
 	}
-}
-
-func isConnError(err error) bool {
-	var ne net.Error
-	var se rpc.ServerError
-	return errors.As(err, &ne) || !errors.As(err, &se)
 }
 
 func (p *rpcPool) Close() {
