@@ -64,6 +64,9 @@ type Health struct {
 type AdminError struct {
 	// Error is the failure's message.
 	Error string `json:"error"`
+	// Code is the failure's outcome class (Outcome.String: "not_applied",
+	// "unknown_outcome", "invalid", ...), or "internal".
+	Code string `json:"code,omitempty"`
 	// LeaderID and LeaderAddr name the leader to ask instead.
 	LeaderID   string `json:"leader_id,omitempty"`
 	LeaderAddr string `json:"leader_addr,omitempty"`
@@ -280,20 +283,22 @@ func (a *admin) restore(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, a.n.Status())
 }
 
-// writeError maps a node error to a status code and an AdminError.
+// writeError answers a node error with its class's status code (see
+// Outcome.HTTPStatus) and an AdminError; an error of no class (a failure
+// of the admin operation itself, such as a broken backup stream) is 500.
 func writeError(w http.ResponseWriter, err error) {
-	body := AdminError{Error: err.Error()}
+	class := Classify(err)
+	body := AdminError{Error: err.Error(), Code: class.String()}
+	code := class.HTTPStatus()
+	if class == Rejected {
+		code, body.Code = http.StatusInternalServerError, "internal"
+	}
 	var nle *NotLeaderError
-	code := http.StatusInternalServerError
-	switch {
-	case errors.As(err, &nle):
-		code, body.LeaderID, body.LeaderAddr = http.StatusConflict, nle.LeaderID, nle.LeaderAddr
-	case errors.Is(err, ErrUnknownOutcome):
-		code = http.StatusGatewayTimeout
-	case errors.Is(err, errInvalidRequest), errors.Is(err, ErrInvalidConfig), errors.Is(err, ErrBadBackup):
-		code = http.StatusBadRequest
-	case errors.Is(err, ErrNoLeader), errors.Is(err, ErrClosed):
-		code = http.StatusServiceUnavailable
+	if errors.As(err, &nle) {
+		body.LeaderID, body.LeaderAddr = nle.LeaderID, nle.LeaderAddr
+	}
+	if code == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "1")
 	}
 	writeJSON(w, code, body)
 }

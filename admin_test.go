@@ -192,8 +192,8 @@ func TestAdminRoutesOnThreeNodeTCPCluster(t *testing.T) {
 			t.Fatalf("garbage JSON: HTTP %d", resp.StatusCode)
 		}
 		var nl AdminError
-		if code := adminCall(t, srvs[f], "POST", "/restore", nil, &nl); code != 409 || nl.LeaderID != c.nodes[l].ID() {
-			t.Fatalf("restore on a follower: HTTP %d %+v, want 409 naming the leader", code, nl)
+		if code := adminCall(t, srvs[f], "POST", "/restore", nil, &nl); code != 503 || nl.LeaderID != c.nodes[l].ID() || nl.Code != "not_applied" {
+			t.Fatalf("restore on a follower: HTTP %d %+v, want 503 not_applied naming the leader", code, nl)
 		}
 	})
 

@@ -32,10 +32,6 @@ const maxBackupHeader = 64 << 10
 
 var crcTable = crc64.MakeTable(crc64.ECMA)
 
-// ErrBadBackup is returned by Restore and ReadBackupInfo for a stream that
-// is not a complete raftkit backup: wrong header, truncated, or failing its
-// checksum. Nothing was restored.
-var ErrBadBackup = errors.New("raftkit: not a valid backup")
 
 // BackupInfo describes a backup: the snapshot it holds and where it was
 // taken.

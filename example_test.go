@@ -34,7 +34,11 @@ func ExampleNewRaftNode() {
 
 func ExampleRaftNode_Apply() {
 	kv := fsmexample.New()
-	node, err := raftkit.NewRaftNode(raftkit.Config{InMemory: true, Addr: "node1", Peers: []string{"node1"}}, kv)
+	node, err := raftkit.NewRaftNode(raftkit.Config{
+		InMemory: true, Addr: "node1", Peers: []string{"node1"},
+		// The FSM's errors that callers match, on every node alike.
+		FSMErrors: fsmexample.Errors,
+	}, kv)
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -58,13 +62,14 @@ func ExampleRaftNode_Apply() {
 	value, _ := kv.Get("greeting")
 	fmt.Println("greeting:", string(value))
 
-	// The FSM's own error comes back as Apply's error.
+	// The FSM's own error comes back as Apply's error: the command was
+	// applied, and the FSM rejected it.
 	_, err = node.Apply(ctx, []byte{0xff})
-	fmt.Println("bad command:", errors.Is(err, fsmexample.ErrBadCommand))
+	fmt.Println("bad command:", errors.Is(err, fsmexample.ErrBadCommand), raftkit.Classify(err))
 	// Output:
 	// swapped: true <nil>
 	// greeting: hi
-	// bad command: true
+	// bad command: true rejected
 }
 
 func ExampleRaftNode_WatchLeadership() {

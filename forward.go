@@ -11,7 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/raft"
 
 	"github.com/raftkit/raftkit/internal/wire"
 )
@@ -24,33 +23,21 @@ import (
 // rpcDeadlines bound reads on request connections.
 var rpcDeadlines = wire.Deadlines{Idle: 5 * time.Minute, Message: 30 * time.Second}
 
-// RemoteError is an error that the leader's FSM returned for a forwarded
-// write, or that the leader reported, carried back as text: its type and
-// identity do not survive forwarding, only its message. The write it
-// belongs to was applied (for FSM errors) exactly as on the leader.
-type RemoteError struct {
-	// Message is the remote error's Error() text.
-	Message string
-}
 
-// Error returns the remote error's message.
-func (e *RemoteError) Error() string { return e.Message }
-
-// rpcService is what remote nodes call. Its methods follow net/rpc's rules.
+// rpcService is what remote nodes call. Its methods follow net/rpc's rules
+// and report failures inside their responses; each serves the request on
+// this node or refuses it (a *NotLeaderError names the leader), and never
+// forwards it again: a request travels at most one hop.
 type rpcService struct{ n *RaftNode }
 
 func (s *rpcService) Apply(req *wire.ApplyRequest, resp *wire.ApplyResponse) error {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(req.Timeout))
-	defer cancel()
-	res, err := s.n.applyRaw(ctx, req.Command)
-	switch ferr, isErr := res.(error); {
-	case err != nil:
-		resp.Err = toWire(err, false)
-	case isErr:
-		resp.Err = toWire(ferr, true)
-	default:
-		resp.Result = res
-	}
+	*resp = s.n.serveApply(req.Timeout, [][]byte{req.Command})[0]
+	return nil
+}
+
+// ApplyBatch is the leader's side of a forwarded batch.
+func (s *rpcService) ApplyBatch(req *wire.ApplyBatchRequest, resp *wire.ApplyBatchResponse) error {
+	resp.Results = s.n.serveApply(req.Timeout, req.Commands)
 	return nil
 }
 
@@ -58,79 +45,75 @@ func (s *rpcService) ReadIndex(req *wire.ReadIndexRequest, resp *wire.ReadIndexR
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(req.Timeout))
 	defer cancel()
 	idx, err := s.n.leaderReads.wait(ctx)
-	resp.Index, resp.Err = idx, toWire(err, false)
+	resp.Index, resp.Err = idx, toWire(err)
 	return nil
 }
 
 func (s *rpcService) Membership(req *wire.MembershipRequest, resp *wire.MembershipResponse) error {
 	if want := s.n.cfg.JoinSecret; want != "" && subtle.ConstantTimeCompare([]byte(want), []byte(req.Secret)) != 1 {
 		s.n.logger.Warn("refused membership request with a wrong join secret", "op", req.Op, "id", req.ID, "addr", req.Addr)
-		resp.Err = toWire(fmt.Errorf("%w: membership request %s %s: wrong or missing join secret", ErrNotAuthorized, req.Op, req.ID), false)
+		resp.Err = toWire(wrapErr(ErrNotAuthorized, "membership request "+req.Op+" "+req.ID, errors.New("wrong or missing join secret")))
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(req.Timeout))
 	defer cancel()
-	var err error
-	switch req.Op {
-	case wire.OpAddVoter:
-		err = s.n.addServer(ctx, req.ID, req.Addr, true)
-	case wire.OpAddNonvoter:
-		err = s.n.addServer(ctx, req.ID, req.Addr, false)
-	case wire.OpRemove:
-		err = s.n.RemoveServer(ctx, req.ID)
-	case wire.OpTransfer:
-		err = s.n.TransferLeadership(ctx, req.ID)
-	default:
-		err = fmt.Errorf("%w: unknown membership operation %q", errInvalidRequest, req.Op)
-	}
-	resp.Err = toWire(err, false)
+	resp.Err = toWire(s.n.membershipHere(ctx, req.Op, req.ID, req.Addr))
 	return nil
 }
 
-var errInvalidRequest = errors.New("raftkit: invalid request")
-
-// toWire turns an error into its wire form. fsm says whether a plain error
-// is the FSM's own response.
-func toWire(err error, fsm bool) *wire.Error {
+// toWire turns a classified error into its wire form. FSM errors have
+// their own (codecs.encodeFSMError).
+func toWire(err error) *wire.Error {
 	if err == nil {
 		return nil
 	}
+	msg := bare(err)
 	var nle *NotLeaderError
 	switch {
 	case errors.As(err, &nle):
-		return &wire.Error{Kind: wire.KindNotLeader, Message: err.Error(), LeaderID: nle.LeaderID, LeaderAddr: nle.LeaderAddr}
+		return &wire.Error{Kind: wire.KindNotLeader, Message: msg, LeaderID: nle.LeaderID, LeaderAddr: nle.LeaderAddr}
 	case errors.Is(err, ErrUnknownOutcome):
-		return &wire.Error{Kind: wire.KindUnknown, Message: err.Error()}
-	case errors.Is(err, ErrNoLeader), errors.Is(err, ErrClosed),
-		errors.Is(err, raft.ErrLeadershipTransferInProgress), errors.Is(err, raft.ErrEnqueueTimeout):
-		// Not applied: the command never entered the leader's log.
-		return &wire.Error{Kind: wire.KindNoLeader, Message: err.Error()}
-	case errors.Is(err, errInvalidRequest), errors.Is(err, ErrInvalidConfig):
-		return &wire.Error{Kind: wire.KindInvalid, Message: err.Error()}
+		return &wire.Error{Kind: wire.KindUnknown, Message: msg}
+	case errors.Is(err, ErrTransferInProgress):
+		return &wire.Error{Kind: wire.KindTransfer, Message: msg}
+	case errors.Is(err, ErrNoLeader), errors.Is(err, ErrClosed):
+		// A closing leader did not take the request; the next one will.
+		return &wire.Error{Kind: wire.KindNoLeader, Message: msg}
+	case errors.Is(err, ErrNotApplied):
+		return &wire.Error{Kind: wire.KindNotApplied, Message: msg}
 	case errors.Is(err, ErrNotAuthorized):
-		return &wire.Error{Kind: wire.KindDenied, Message: err.Error()}
-	case fsm:
-		return &wire.Error{Kind: wire.KindFSM, Message: err.Error()}
+		return &wire.Error{Kind: wire.KindDenied, Message: msg}
+	case errors.Is(err, ErrInvalidRequest), errors.Is(err, ErrInvalidConfig):
+		return &wire.Error{Kind: wire.KindInvalid, Message: msg}
 	}
-	return &wire.Error{Kind: wire.KindOther, Message: err.Error()}
+	return &wire.Error{Kind: wire.KindOther, Message: msg}
 }
 
-// fromWire turns a wire error back into an error callers can match.
-func fromWire(e *wire.Error) error {
+// fromWire turns a wire error from the node at addr back into an error of
+// the same class.
+func (n *RaftNode) fromWire(addr string, e *wire.Error) error {
 	if e == nil {
 		return nil
 	}
+	cause := errors.New(e.Message)
+	what := "leader " + addr
 	switch e.Kind {
 	case wire.KindNotLeader:
 		return &NotLeaderError{LeaderID: e.LeaderID, LeaderAddr: e.LeaderAddr}
 	case wire.KindUnknown:
-		return fmt.Errorf("%w: leader reported: %s", ErrUnknownOutcome, e.Message)
+		return wrapErr(ErrUnknownOutcome, what, cause)
 	case wire.KindNoLeader:
-		return fmt.Errorf("%w: leader reported: %s", ErrNoLeader, e.Message)
+		return wrapErr(ErrNoLeader, what, cause)
+	case wire.KindTransfer:
+		return wrapErr(ErrTransferInProgress, what, nil)
+	case wire.KindNotApplied:
+		return wrapErr(ErrNotApplied, what, cause)
 	case wire.KindInvalid:
-		return fmt.Errorf("%w: %s", errInvalidRequest, e.Message)
+		return wrapErr(ErrInvalidRequest, what, cause)
 	case wire.KindDenied:
-		return fmt.Errorf("%w: %s", ErrNotAuthorized, e.Message)
+		return wrapErr(ErrNotAuthorized, what, cause)
+	case wire.KindFSM:
+		return n.cfg.codecs.decodeFSMError(e)
 	}
 	return &RemoteError{Message: e.Message}
 }
@@ -255,64 +238,61 @@ func (n *RaftNode) leaderAddr(ctx context.Context) (string, error) {
 		if errors.Is(err, ErrClosed) {
 			return "", err
 		}
-		return "", fmt.Errorf("%w: %w", ErrNoLeader, err)
+		return "", wrapErr(ErrNoLeader, "", ctx.Err())
 	}
 	return addr, nil
 }
 
-// forward sends a request to the leader. A failure to reach it is
-// reported as ErrNoLeader (nothing sent); a failure after sending as
-// ErrUnknownOutcome when unknownAfterSend, else as the raw error.
-func (n *RaftNode) forward(ctx context.Context, method string, args, reply any, unknownAfterSend bool) error {
+// forward sends a request to the leader once, and classifies a failure to
+// reach it: not sent is ErrNoLeader (not applied, worth retrying); after
+// sending, ErrUnknownOutcome. A node that believes itself the leader gets
+// a *NotLeaderError, so that its caller's next attempt decides afresh.
+func (n *RaftNode) forward(ctx context.Context, what, method string, args, reply any) (string, error) {
 	addr, err := n.leaderAddr(ctx)
 	if err != nil {
-		return err
+		return "", err
 	}
 	if addr == n.addr {
-		// We are the leader by now, or a stale view says so; the local path
-		// decides.
-		return errLeaderIsSelf
+		return "", n.notLeader()
 	}
-	return n.forwardTo(ctx, addr, method, args, reply, unknownAfterSend)
+	return addr, n.forwardTo(ctx, what, addr, method, args, reply)
 }
 
 // forwardTo sends a request to the leader at addr, with forward's error
 // classification.
-func (n *RaftNode) forwardTo(ctx context.Context, addr, method string, args, reply any, unknownAfterSend bool) error {
+func (n *RaftNode) forwardTo(ctx context.Context, what, addr, method string, args, reply any) error {
 	sent, err := n.rpc.call(ctx, addr, method, args, reply)
 	switch {
 	case err == nil:
 		return nil
+	case errors.Is(err, ErrClosed):
+		return err
 	case !sent:
-		return fmt.Errorf("%w: leader %s unreachable: %w", ErrNoLeader, addr, err)
-	case unknownAfterSend:
-		return fmt.Errorf("raftkit: forwarded to leader %s: %w: %w", addr, ErrUnknownOutcome, err)
+		return wrapErr(ErrNoLeader, what, fmt.Errorf("leader %s unreachable: %w", addr, err))
 	}
-	return fmt.Errorf("raftkit: forwarded to leader %s: %w", addr, err)
+	return wrapErr(ErrUnknownOutcome, what, fmt.Errorf("via leader %s: %w", addr, err))
 }
-
-var errLeaderIsSelf = errors.New("raftkit: this node is the leader")
 
 // forwardApply sends cmd to the leader and returns its FSM response.
 // Concurrent calls travel together in batches (see applyBatcher).
 func (n *RaftNode) forwardApply(ctx context.Context, cmd []byte) (any, error) {
-	ctx, cancel, _ := n.bound(ctx)
-	defer cancel()
 	addr, err := n.leaderAddr(ctx)
 	if err != nil {
 		return nil, err
 	}
 	if addr == n.addr {
-		// We are the leader by now, or a stale view says so; the local
-		// path decides.
-		return n.applyLocal(ctx, cmd)
+		return nil, n.notLeader()
 	}
 	resp, err := n.fwd.submit(ctx, addr, cmd)
 	if err != nil {
 		return nil, err
 	}
 	if resp.Err != nil {
-		return nil, fromWire(resp.Err)
+		return nil, n.fromWire(addr, resp.Err)
 	}
-	return resp.Result, nil
+	res, err := n.cfg.codecs.decodeResult(resp)
+	if err != nil {
+		return nil, unencodable(err)
+	}
+	return res, nil
 }

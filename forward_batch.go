@@ -7,7 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/raft"
 
 	"github.com/raftkit/raftkit/internal/wire"
 )
@@ -31,6 +30,7 @@ const (
 type fwdRequest struct {
 	cmd      []byte
 	deadline time.Time
+	taken    bool // in a batch on its way (guarded by applyBatcher.mu)
 	done     chan struct{}
 	resp     wire.ApplyResponse
 	err      error // transport failure, as forward reports it
@@ -86,8 +86,20 @@ func (b *applyBatcher) submit(ctx context.Context, addr string, cmd []byte) (*wi
 	case <-req.done:
 		return &req.resp, req.err
 	case <-ctx.Done():
-		return nil, fmt.Errorf("raftkit: forwarded to leader %s: %w: %w", addr, ErrUnknownOutcome, ctx.Err())
 	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !req.taken {
+		// Still waiting for a batch: never sent.
+		for i, r := range q.pending {
+			if r == req {
+				q.pending = append(q.pending[:i:i], q.pending[i+1:]...)
+				break
+			}
+		}
+		return nil, doneErr(ctx, "apply")
+	}
+	return nil, unknownOutcome("apply", fmt.Errorf("via leader %s: %w", addr, ctx.Err()))
 }
 
 // takeLocked removes the next batch from q.
@@ -101,6 +113,9 @@ func (b *applyBatcher) takeLocked(q *fwdQueue) []*fwdRequest {
 		n++
 	}
 	batch := q.pending[:n:n]
+	for _, r := range batch {
+		r.taken = true
+	}
 	q.pending = q.pending[n:]
 	if len(q.pending) == 0 {
 		q.pending = nil
@@ -158,14 +173,13 @@ func (b *applyBatcher) deliver(addr string, batch []*fwdRequest) {
 	if len(batch) == 1 {
 		// A batch of one travels as a plain Apply.
 		var one wire.ApplyResponse
-		err = b.n.forwardTo(ctx, addr, wire.MethodApply, &wire.ApplyRequest{Command: cmds[0], Timeout: int64(timeout)}, &one, true)
+		err = b.n.forwardTo(ctx, "apply", addr, wire.MethodApply, &wire.ApplyRequest{Command: cmds[0], Timeout: int64(timeout)}, &one)
 		resp.Results = []wire.ApplyResponse{one}
 	} else {
-		err = b.n.forwardTo(ctx, addr, wire.MethodApplyBatch, &wire.ApplyBatchRequest{Commands: cmds, Timeout: int64(timeout)}, &resp, true)
+		err = b.n.forwardTo(ctx, "apply", addr, wire.MethodApplyBatch, &wire.ApplyBatchRequest{Commands: cmds, Timeout: int64(timeout)}, &resp)
 	}
 	if err == nil && len(resp.Results) != len(batch) {
-		err = fmt.Errorf("raftkit: forwarded to leader %s: %w: leader answered %d of %d commands",
-			addr, ErrUnknownOutcome, len(resp.Results), len(batch))
+		err = unknownOutcome("apply", fmt.Errorf("leader %s answered %d of %d commands", addr, len(resp.Results), len(batch)))
 	}
 	for i, r := range batch {
 		if err != nil {
@@ -184,95 +198,3 @@ func (b *applyBatcher) stop() {
 	b.mu.Unlock()
 }
 
-// ApplyBatch is the leader's side of a forwarded batch.
-func (s *rpcService) ApplyBatch(req *wire.ApplyBatchRequest, resp *wire.ApplyBatchResponse) error {
-	if len(req.Commands) > maxBatchCommands {
-		return fmt.Errorf("raftkit: batch of %d commands exceeds %d", len(req.Commands), maxBatchCommands)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(req.Timeout))
-	defer cancel()
-	resp.Results = s.n.applyMany(ctx, req.Commands, time.Duration(req.Timeout))
-	return nil
-}
-
-// applyMany submits cmds to raft back to back on this node, which must be
-// the leader, and returns each command's response in order.
-func (n *RaftNode) applyMany(ctx context.Context, cmds [][]byte, timeout time.Duration) []wire.ApplyResponse {
-	out := make([]wire.ApplyResponse, len(cmds))
-	fail := func(from int, err error) {
-		e := toWire(err, false)
-		for i := from; i < len(out); i++ {
-			out[i] = wire.ApplyResponse{Err: e}
-		}
-	}
-	if err := n.checkOpen(); err != nil {
-		fail(0, err)
-		return out
-	}
-	if n.raft.State() != raft.Leader {
-		fail(0, n.notLeader())
-		return out
-	}
-	futures := make([]raft.ApplyFuture, len(cmds))
-	if n.batchApplyCh || len(cmds) == 1 {
-		for i, c := range cmds {
-			futures[i] = n.raft.Apply(c, timeout)
-		}
-	} else {
-		// Without raft's BatchApplyCh, raft.Apply waits until the leader
-		// loop takes the command, one per loop turn (a disk write); sent
-		// one after another, a batch would take as many turns as it has
-		// commands. Sent together, they share one turn, as concurrent
-		// local callers do. They came from concurrent callers, so their
-		// order among themselves is free.
-		var wg sync.WaitGroup
-		for i, c := range cmds {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				futures[i] = n.raft.Apply(c, timeout)
-			}()
-		}
-		wg.Wait()
-	}
-	// raft resolves the futures in log order; one goroutine waits for
-	// them so that ctx can cut the wait short.
-	var (
-		mu       sync.Mutex
-		resolved int
-		gaveUp   bool
-		done     = make(chan struct{})
-	)
-	n.futureWaits.add()
-	go func() {
-		defer n.futureWaits.done()
-		defer close(done)
-		for i, f := range futures {
-			var r wire.ApplyResponse
-			if err := f.Error(); err != nil {
-				r.Err = toWire(n.applyError(err), false)
-			} else if ferr, ok := f.Response().(error); ok {
-				r.Err = toWire(ferr, true)
-			} else {
-				r.Result = f.Response()
-			}
-			mu.Lock()
-			if gaveUp {
-				mu.Unlock()
-				return
-			}
-			out[i] = r
-			resolved = i + 1
-			mu.Unlock()
-		}
-	}()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		mu.Lock()
-		gaveUp = true
-		fail(resolved, n.applyError(ctx.Err()))
-		mu.Unlock()
-	}
-	return out
-}

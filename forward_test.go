@@ -44,9 +44,9 @@ func TestForwardedResponsesKeepTheirTypes(t *testing.T) {
 		t.Fatalf("forwarded Get = %#v, %v; want []byte(v2)", res, err)
 	}
 	_, err := f.Apply(ctx, []byte{0xee})
-	var re *RemoteError
-	if !errors.As(err, &re) || !bytes.Contains([]byte(re.Message), []byte("bad command")) {
-		t.Fatalf("forwarded FSM error = %v, want *RemoteError with the FSM's message", err)
+	var fe *FSMError
+	if !errors.As(err, &fe) || !bytes.Contains([]byte(fe.Message), []byte("bad command")) {
+		t.Fatalf("forwarded FSM error = %v, want *FSMError with the FSM's message", err)
 	}
 	if errors.Is(err, ErrUnknownOutcome) {
 		t.Fatal("an FSM error is a known outcome")

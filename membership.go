@@ -19,7 +19,9 @@ const DefaultJoinTimeout = 30 * time.Second
 // AddVoter adds a voting member, or changes its address if id is already a
 // member elsewhere; it does nothing if id is already a voter at addr. Any
 // node may call it: a follower forwards it to the leader. The change is
-// committed when AddVoter returns nil.
+// committed when AddVoter returns nil. Failures are classified as for
+// Apply: not applied (already retried within ctx), unknown outcome,
+// invalid, not authorized or closed.
 func (n *RaftNode) AddVoter(ctx context.Context, id, addr string) error {
 	return n.changeMembership(ctx, wire.OpAddVoter, id, addr)
 }
@@ -34,53 +36,136 @@ func (n *RaftNode) AddNonvoter(ctx context.Context, id, addr string) error {
 // not a member does nothing. Any node may call it. A removed node's raft
 // shuts down when it learns of its removal; Close it.
 func (n *RaftNode) RemoveServer(ctx context.Context, id string) error {
-	if id == "" {
-		return fmt.Errorf("%w: RemoveServer: empty server ID", errInvalidRequest)
-	}
-	if !n.IsLeader() {
-		return n.changeMembership(ctx, wire.OpRemove, id, "")
-	}
-	ctx, cancel, timeout := n.bound(ctx)
-	defer cancel()
-	if _, ok := n.server(id); !ok {
-		return nil
-	}
-	return n.configError("remove "+id, n.waitFuture(ctx, n.raft.RemoveServer(raft.ServerID(id), 0, timeout)))
+	return n.changeMembership(ctx, wire.OpRemove, id, "")
 }
 
 // TransferLeadership hands leadership to voter id ("" lets raft pick the
 // most up-to-date voter) and returns when the transfer has been started and
-// this leader has stepped down, or with an error. Any node may call it. On
+// the leader has stepped down, or with an error. Any node may call it. On
 // the leader, functions run by RunWhileLeader are stopped before the
-// handover, so they never overlap with the next leader's.
+// handover, so they never overlap with the next leader's. Transferring to
+// the node that already leads does nothing and leaves its RunWhileLeader
+// functions running. A transfer is retried only while no leader is known
+// (or it could not be sent): once a leader has received it, leadership may
+// have moved, and moving it again would not be what the caller asked.
 func (n *RaftNode) TransferLeadership(ctx context.Context, id string) error {
-	if err := n.checkOpen(); err != nil && !n.IsLeader() {
+	return n.changeMembership(ctx, wire.OpTransfer, id, "")
+}
+
+// membershipOps names the operations for errors.
+var membershipOps = map[string]string{
+	wire.OpAddVoter:    "add voter",
+	wire.OpAddNonvoter: "add non-voter",
+	wire.OpRemove:      "remove server",
+	wire.OpTransfer:    "transfer leadership",
+}
+
+// changeMembership runs a membership operation on the leader, here or
+// through one forward, retrying what was not applied within ctx.
+func (n *RaftNode) changeMembership(ctx context.Context, op, id, addr string) error {
+	what := membershipOps[op]
+	if err := n.checkOpen(); err != nil {
+		return err
+	}
+	switch op {
+	case wire.OpAddVoter, wire.OpAddNonvoter:
+		if id == "" || addr == "" || strings.ContainsAny(id, "=\n") {
+			return wrapErr(ErrInvalidRequest, what, fmt.Errorf("need a server ID without '=' and an address, got %q at %q", id, addr))
+		}
+	case wire.OpRemove:
+		if id == "" {
+			return wrapErr(ErrInvalidRequest, what, errors.New("empty server ID"))
+		}
+	}
+	if err := doneErr(ctx, what); err != nil {
+		return err
+	}
+	ctx, cancel := n.bound(ctx)
+	defer cancel()
+	again := retryable
+	if op == wire.OpTransfer {
+		again = func(err error) bool { return errors.Is(err, ErrNoLeader) }
+	}
+	for attempt := 0; ; attempt++ {
+		var err error
+		if n.IsLeader() {
+			err = n.membershipHere(ctx, op, id, addr)
+		} else {
+			dl, _ := ctx.Deadline()
+			var resp wire.MembershipResponse
+			req := &wire.MembershipRequest{Op: op, ID: id, Addr: addr, Timeout: int64(time.Until(dl)), Secret: n.cfg.JoinSecret}
+			var leader string
+			if leader, err = n.forward(ctx, what, wire.MethodMembership, req, &resp); err == nil {
+				err = n.fromWire(leader, resp.Err)
+			}
+		}
+		if err == nil || !again(err) || !n.backoff(ctx, attempt) {
+			return err
+		}
+	}
+}
+
+// membershipHere runs a membership operation on this node, which must be
+// the leader: it never forwards.
+func (n *RaftNode) membershipHere(ctx context.Context, op, id, addr string) error {
+	what := membershipOps[op]
+	if err := n.checkOpen(); err != nil {
+		return err
+	}
+	if err := doneErr(ctx, what); err != nil {
 		return err
 	}
 	if !n.IsLeader() {
-		return n.changeMembership(ctx, wire.OpTransfer, id, "")
+		return n.notLeader()
 	}
-	ctx, cancel, _ := n.bound(ctx)
-	defer cancel()
+	switch op {
+	case wire.OpAddVoter:
+		return n.addServer(ctx, id, addr, true)
+	case wire.OpAddNonvoter:
+		return n.addServer(ctx, id, addr, false)
+	case wire.OpRemove:
+		if id == "" {
+			return wrapErr(ErrInvalidRequest, what, errors.New("empty server ID"))
+		}
+		if _, ok := n.server(id); !ok {
+			return nil
+		}
+		return n.configError(what+" "+id, n.waitFuture(ctx, n.raft.RemoveServer(raft.ServerID(id), 0, n.timeLeft(ctx))))
+	case wire.OpTransfer:
+		return n.transferHere(ctx, id)
+	}
+	return wrapErr(ErrInvalidRequest, "membership request", fmt.Errorf("unknown operation %q", op))
+}
+
+// timeLeft is the time until ctx's deadline, which bound gave it.
+func (n *RaftNode) timeLeft(ctx context.Context) time.Duration {
+	dl, _ := ctx.Deadline()
+	return max(time.Until(dl), time.Millisecond)
+}
+
+// transferHere hands leadership over from this node, the leader.
+func (n *RaftNode) transferHere(ctx context.Context, id string) error {
+	const what = "transfer leadership"
+	var srv raft.Server
+	if id != "" {
+		var ok bool
+		srv, ok = n.server(id)
+		if !ok || srv.Suffrage != raft.Voter {
+			return wrapErr(ErrInvalidRequest, what, fmt.Errorf("%q is not a voter of this cluster", id))
+		}
+		if id == n.id {
+			return nil // already leads: nothing to do, runners keep running
+		}
+	}
 	n.runners.pause(ctx)
 	defer n.runners.resume()
 	var f raft.Future
 	if id == "" {
 		f = n.raft.LeadershipTransfer()
 	} else {
-		srv, ok := n.server(id)
-		if !ok || srv.Suffrage != raft.Voter {
-			return fmt.Errorf("%w: transfer leadership: %q is not a voter of this cluster", errInvalidRequest, id)
-		}
-		if id == n.id {
-			return nil
-		}
 		f = n.raft.LeadershipTransferToServer(srv.ID, srv.Address)
 	}
-	if err := n.waitFuture(ctx, f); err != nil {
-		return fmt.Errorf("raftkit: transfer leadership: %w", n.closedOr(err))
-	}
-	return nil
+	return n.configError(what, n.waitFuture(ctx, f))
 }
 
 // Leave removes this node from the cluster and closes it: a leader first
@@ -93,14 +178,14 @@ func (n *RaftNode) Leave(ctx context.Context) error {
 	if n.hasOtherVoters() {
 		if n.IsLeader() {
 			if err := n.TransferLeadership(ctx, ""); err != nil {
-				return fmt.Errorf("raftkit: leave: %w", err)
+				return wrapErr(err, "leave", nil)
 			}
 		}
 		if err := n.waitOtherLeader(ctx); err != nil {
-			return fmt.Errorf("raftkit: leave: %w", err)
+			return wrapErr(err, "leave", nil)
 		}
 		if err := n.RemoveServer(ctx, n.id); err != nil {
-			return fmt.Errorf("raftkit: leave: %w", err)
+			return wrapErr(err, "leave", nil)
 		}
 	}
 	return n.Close()
@@ -116,64 +201,17 @@ func (n *RaftNode) waitOtherLeader(ctx context.Context) error {
 	if err := n.checkOpen(); err != nil {
 		return err
 	}
-	return fmt.Errorf("%w: %w", ErrNoLeader, ctx.Err())
-}
-
-// changeMembership runs a membership operation here if this node leads, or
-// forwards it to the leader.
-func (n *RaftNode) changeMembership(ctx context.Context, op, id, addr string) error {
-	if err := n.checkOpen(); err != nil {
-		return err
-	}
-	if op == wire.OpAddVoter || op == wire.OpAddNonvoter {
-		if id == "" || addr == "" || strings.ContainsAny(id, "=\n") {
-			return fmt.Errorf("%w: %s: need a server ID without '=' and an address, got %q at %q", errInvalidRequest, op, id, addr)
-		}
-	}
-	if n.IsLeader() {
-		switch op {
-		case wire.OpAddVoter:
-			return n.addServer(ctx, id, addr, true)
-		case wire.OpAddNonvoter:
-			return n.addServer(ctx, id, addr, false)
-		case wire.OpRemove:
-			return n.RemoveServer(ctx, id)
-		case wire.OpTransfer:
-			return n.TransferLeadership(ctx, id)
-		}
-	}
-	ctx, cancel, timeout := n.bound(ctx)
-	defer cancel()
-	var resp wire.MembershipResponse
-	err := n.forward(ctx, wire.MethodMembership, &wire.MembershipRequest{Op: op, ID: id, Addr: addr, Timeout: int64(timeout), Secret: n.cfg.JoinSecret}, &resp, false)
-	if errors.Is(err, errLeaderIsSelf) {
-		if n.IsLeader() {
-			return n.changeMembership(ctx, op, id, addr)
-		}
-		return n.notLeader()
-	}
-	if err != nil {
-		return err
-	}
-	return fromWire(resp.Err)
+	return wrapErr(ErrNoLeader, "", ctx.Err())
 }
 
 // addServer adds id at addr on the leader, idempotently: the same ID and
 // address is a no-op, the same ID at a new address is removed and added
 // again, and another ID holding addr is removed first.
 func (n *RaftNode) addServer(ctx context.Context, id, addr string, voter bool) error {
-	if !n.IsLeader() {
-		op := wire.OpAddNonvoter
-		if voter {
-			op = wire.OpAddVoter
-		}
-		return n.changeMembership(ctx, op, id, addr)
-	}
-	ctx, cancel, timeout := n.bound(ctx)
-	defer cancel()
+	timeout := n.timeLeft(ctx)
 	f := n.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
-		return fmt.Errorf("raftkit: read configuration: %w", n.closedOr(err))
+		return n.configError("read configuration", err)
 	}
 	for _, s := range f.Configuration().Servers {
 		sameID, sameAddr := string(s.ID) == id, string(s.Address) == addr
@@ -189,7 +227,7 @@ func (n *RaftNode) addServer(ctx context.Context, id, addr string, voter bool) e
 			// Promotion: AddVoter below.
 		case sameID || sameAddr:
 			if string(s.ID) == n.id {
-				return fmt.Errorf("%w: %s at %s would replace the leader itself (%s at %s)", errInvalidRequest, id, addr, s.ID, s.Address)
+				return wrapErr(ErrInvalidRequest, "add server", fmt.Errorf("%s at %s would replace the leader itself (%s at %s)", id, addr, s.ID, s.Address))
 			}
 			if err := n.waitFuture(ctx, n.raft.RemoveServer(s.ID, 0, timeout)); err != nil {
 				return n.configError("remove "+string(s.ID)+" before re-adding", err)
@@ -205,18 +243,16 @@ func (n *RaftNode) addServer(ctx context.Context, id, addr string, voter bool) e
 	return n.configError("add "+id, n.waitFuture(ctx, af))
 }
 
-// configError wraps a failed configuration change. Such a change, like a
-// write, may still commit after a timeout.
+// configError classifies a failed configuration change on the leader.
+// Such a change, like a write, may still commit after a timeout.
 func (n *RaftNode) configError(what string, err error) error {
 	switch {
 	case err == nil:
 		return nil
-	case errors.Is(err, raft.ErrNotLeader):
-		return n.notLeader()
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled), errors.Is(err, raft.ErrLeadershipLost):
-		return fmt.Errorf("raftkit: %s: %w: %w", what, ErrUnknownOutcome, err)
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		return unknownOutcome(what, err)
 	}
-	return fmt.Errorf("raftkit: %s: %w", what, n.closedOr(err))
+	return classifyRaft(what, err, n.notLeader)
 }
 
 // server looks id up in the latest configuration.
@@ -244,31 +280,44 @@ func (n *RaftNode) join() error {
 			if addr == n.addr {
 				continue
 			}
-			callCtx, callCancel := context.WithTimeout(ctx, n.cfg.ApplyTimeout)
-			var resp wire.MembershipResponse
-			req := &wire.MembershipRequest{Op: wire.OpAddVoter, ID: n.id, Addr: n.addr, Timeout: int64(n.cfg.ApplyTimeout), Secret: n.cfg.JoinSecret}
-			sent, err := n.rpc.call(callCtx, addr, wire.MethodMembership, req, &resp)
-			callCancel()
-			switch {
-			case err == nil:
-				err = fromWire(resp.Err)
-			case !sent:
-				err = fmt.Errorf("%w: member %s unreachable: %w", ErrNoLeader, addr, err)
+			via := addr
+			err := n.joinVia(ctx, via)
+			var nle *NotLeaderError
+			if errors.As(err, &nle) && nle.LeaderAddr != "" && nle.LeaderAddr != addr && nle.LeaderAddr != n.addr {
+				// Members do not forward: ask the leader they name.
+				via = nle.LeaderAddr
+				err = n.joinVia(ctx, via)
 			}
 			if err == nil {
-				n.logger.Info("joined cluster", "via", addr, "id", n.id)
+				n.logger.Info("joined cluster", "via", via, "id", n.id)
 				return nil
 			}
-			if errors.Is(err, errInvalidRequest) || errors.Is(err, ErrNotAuthorized) {
-				return fmt.Errorf("raftkit: join via %s: %w", addr, err)
+			if errors.Is(err, ErrInvalidRequest) || errors.Is(err, ErrNotAuthorized) {
+				return wrapErr(err, "join via "+via, nil)
 			}
-			last = fmt.Errorf("via %s: %w", addr, err)
-			n.logger.Debug("join attempt failed", "via", addr, "error", err)
+			last = fmt.Errorf("via %s: %s", via, bare(err))
+			n.logger.Debug("join attempt failed", "via", via, "error", err)
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("raftkit: join %v within %s failed; last error %w", n.cfg.Join, n.cfg.JoinTimeout, last)
+			return wrapErr(ErrNoLeader, fmt.Sprintf("join %v within %s", n.cfg.Join, n.cfg.JoinTimeout), last)
 		case <-time.After(min(100*time.Millisecond<<attempt, 2*time.Second)):
 		}
 	}
+}
+
+// joinVia asks the member at addr, once, to add this node as a voter.
+func (n *RaftNode) joinVia(ctx context.Context, addr string) error {
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.ApplyTimeout)
+	defer cancel()
+	var resp wire.MembershipResponse
+	req := &wire.MembershipRequest{Op: wire.OpAddVoter, ID: n.id, Addr: n.addr, Timeout: int64(n.timeLeft(ctx)), Secret: n.cfg.JoinSecret}
+	sent, err := n.rpc.call(ctx, addr, wire.MethodMembership, req, &resp)
+	switch {
+	case err == nil:
+		return n.fromWire(addr, resp.Err)
+	case !sent:
+		return wrapErr(ErrNoLeader, "", fmt.Errorf("member %s unreachable: %w", addr, err))
+	}
+	return unknownOutcome("join", err)
 }

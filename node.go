@@ -55,24 +55,6 @@ type RaftNode struct {
 	closed    chan struct{}
 }
 
-// NotLeaderError is returned by leader-only calls on a node that is not the
-// leader. It matches raft.ErrNotLeader; the request was not applied. Leader
-// fields are empty when no leader is known.
-type NotLeaderError struct {
-	// LeaderID and LeaderAddr name the leader this node knows of.
-	LeaderID, LeaderAddr string
-}
-
-// Error says that the node is not the leader, and who is.
-func (e *NotLeaderError) Error() string {
-	if e.LeaderAddr == "" {
-		return "raftkit: node is not the leader and no leader is known"
-	}
-	return fmt.Sprintf("raftkit: node is not the leader; the leader is %s at %s", e.LeaderID, e.LeaderAddr)
-}
-
-// Unwrap lets errors.Is(err, raft.ErrNotLeader) match.
-func (e *NotLeaderError) Unwrap() error { return raft.ErrNotLeader }
 
 // NewRaftNode opens (or creates) the node's stores, binds its port and
 // starts raft. If cfg.Peers is set and the node has no state yet, it
@@ -257,124 +239,18 @@ func (n *RaftNode) WaitForLeader(ctx context.Context) (string, error) {
 	return "", fmt.Errorf("raftkit: wait for leader: %w", ctx.Err())
 }
 
-// Apply submits cmd to the replicated log and returns the FSM's response
-// once the command is committed and applied on the leader. If the FSM's
-// response is an error, Apply returns it as the error (with a nil result).
-//
-// Apply works on any node: a follower forwards the command over its own
-// port to the leader and returns the leader's result. Forwarded results are
-// msgpack-encoded on the way back: nil, bool, string, []byte, float64,
-// []any and map[string]any arrive as such, integers arrive as int64 (uint64
-// above its range), an empty []byte arrives as nil, and other types (your
-// structs) arrive as maps; return []byte from the FSM to control the
-// encoding yourself. A forwarded FSM error arrives as a *RemoteError with
-// the same message.
-//
-// Apply is bounded by ctx's deadline, or by Config.ApplyTimeout when ctx has
-// none; while no leader is known it waits for one within that bound, then
-// returns ErrNoLeader. If leadership moves before the leader receives the
-// command, Apply returns a *NotLeaderError (matching raft.ErrNotLeader)
-// naming the new leader; the command was not applied and Apply does not
-// retry it. Use ApplyLocal to refuse forwarding.
-//
-// An error matching ErrUnknownOutcome (deadline, cancellation, leadership
-// lost, node closed mid-write) means the command may or may not have been
-// committed: it can still be applied after Apply returned. raftkit never
-// retries a write; make commands idempotent or check the state before
-// trying again.
-func (n *RaftNode) Apply(ctx context.Context, cmd []byte) (any, error) {
-	if err := n.checkOpen(); err != nil {
-		return nil, err
-	}
-	if len(cmd) > MaxCommandSize {
-		return nil, fmt.Errorf("%w: %d bytes, limit MaxCommandSize = %d", ErrTooLarge, len(cmd), MaxCommandSize)
-	}
-	start := time.Now()
-	if n.IsLeader() {
-		res, err := n.applyLocal(ctx, cmd)
-		n.metrics.applied(n.id, "local", start, err)
-		return res, err
-	}
-	res, err := n.forwardApply(ctx, cmd)
-	n.metrics.applied(n.id, "forwarded", start, err)
-	return res, err
-}
-
-// ApplyLocal is Apply without forwarding: on a node that is not the leader
-// it returns a *NotLeaderError (matching raft.ErrNotLeader) naming the
-// leader, and the command was not applied. Outcomes are as for Apply.
-func (n *RaftNode) ApplyLocal(ctx context.Context, cmd []byte) (any, error) {
-	start := time.Now()
-	res, err := n.applyLocal(ctx, cmd)
-	n.metrics.applied(n.id, "local", start, err)
-	return res, err
-}
-
-// applyLocal applies cmd on this node, which must be the leader, and
-// returns the FSM's error response as the error.
-func (n *RaftNode) applyLocal(ctx context.Context, cmd []byte) (any, error) {
-	res, err := n.applyRaw(ctx, cmd)
-	if err != nil {
-		return nil, err
-	}
-	if ferr, ok := res.(error); ok {
-		return nil, ferr
-	}
-	return res, nil
-}
-
-// applyRaw applies cmd on this node, which must be the leader. err is a
-// raft or raftkit failure; the FSM's response, error or not, is res.
-func (n *RaftNode) applyRaw(ctx context.Context, cmd []byte) (res any, err error) {
-	if err := n.checkOpen(); err != nil {
-		return nil, err
-	}
-	if len(cmd) > MaxCommandSize {
-		return nil, fmt.Errorf("%w: %d bytes, limit MaxCommandSize = %d", ErrTooLarge, len(cmd), MaxCommandSize)
-	}
-	if n.raft.State() != raft.Leader {
-		return nil, n.notLeader()
-	}
-	ctx, cancel, timeout := n.bound(ctx)
-	defer cancel()
-	f := n.raft.Apply(cmd, timeout)
-	if err := n.waitFuture(ctx, f); err != nil {
-		return nil, n.applyError(err)
-	}
-	if _, isErr := f.Response().(error); isErr {
-		n.metrics.fsmError(n.id)
-	}
-	return f.Response(), nil
-}
-
-// applyError sorts a failed raft write into known-not-applied and unknown.
-func (n *RaftNode) applyError(err error) error {
-	switch {
-	case errors.Is(err, raft.ErrNotLeader):
-		return n.notLeader()
-	case errors.Is(err, raft.ErrEnqueueTimeout), errors.Is(err, raft.ErrLeadershipTransferInProgress):
-		// Never entered the log.
-		return fmt.Errorf("raftkit: apply (not applied): %w", err)
-	case errors.Is(err, raft.ErrRaftShutdown):
-		return fmt.Errorf("raftkit: apply: %w: %w", ErrUnknownOutcome, ErrClosed)
-	}
-	return fmt.Errorf("raftkit: apply: %w: %w", ErrUnknownOutcome, err)
-}
-
 func (n *RaftNode) notLeader() error {
 	addr, id := n.raft.LeaderWithID()
 	return &NotLeaderError{LeaderID: string(id), LeaderAddr: string(addr)}
 }
 
-// bound returns ctx limited to its own deadline or ApplyTimeout, and the
-// time left.
-func (n *RaftNode) bound(ctx context.Context) (context.Context, context.CancelFunc, time.Duration) {
-	if dl, ok := ctx.Deadline(); ok {
-		ctx, cancel := context.WithCancel(ctx)
-		return ctx, cancel, time.Until(dl)
+// bound returns ctx limited to its own deadline or, if it has none,
+// ApplyTimeout.
+func (n *RaftNode) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
 	}
-	ctx, cancel := context.WithTimeout(ctx, n.cfg.ApplyTimeout)
-	return ctx, cancel, n.cfg.ApplyTimeout
+	return context.WithTimeout(ctx, n.cfg.ApplyTimeout)
 }
 
 // waitFuture waits for f or for ctx. When ctx wins, a goroutine goes on

@@ -32,7 +32,6 @@
 package raftkit
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -59,44 +58,6 @@ const (
 	DefaultSnapshotInterval = 120 * time.Second
 )
 
-var (
-	// ErrInvalidConfig is matched by every error that Config.Validate and
-	// NewRaftNode return for bad input. Use errors.As with *ConfigError to
-	// learn the field at fault.
-	ErrInvalidConfig = errors.New("raftkit: invalid config")
-
-	// ErrDataDirLocked is returned when another process, or another node in
-	// this process, holds the data directory's raft.db open.
-	ErrDataDirLocked = errors.New("raftkit: data directory is locked by another node")
-
-	// ErrCorruptStore is returned when raft.db or the snapshots in the data
-	// directory cannot be trusted (truncated, damaged, or inconsistent with
-	// each other). raftkit never starts such a node with empty state.
-	ErrCorruptStore = errors.New("raftkit: data directory is damaged")
-
-	// ErrClosed is returned by calls on a node that has been closed. A write
-	// that returns ErrClosed before it was submitted was not applied; one
-	// cut short by Close returns ErrUnknownOutcome as well.
-	ErrClosed = errors.New("raftkit: node is closed")
-
-	// ErrNoLeader is returned when the cluster has no known leader to serve
-	// or forward a request. The request was not applied; it is safe to
-	// retry once a leader is known (see RaftNode.WaitForLeader).
-	ErrNoLeader = errors.New("raftkit: no known leader")
-
-	// ErrUnknownOutcome is matched by write errors after which raftkit cannot
-	// tell whether the write was applied: its deadline passed, its context was
-	// cancelled, leadership was lost, or the connection to the leader broke
-	// after the command was sent. raftkit never retries such a write; the
-	// caller must check the state (or use idempotent commands) before trying
-	// again. The error also matches its cause (context.DeadlineExceeded,
-	// raft.ErrLeadershipLost, ...).
-	ErrUnknownOutcome = errors.New("raftkit: outcome of the write is unknown")
-
-	// ErrTooLarge is returned for a command larger than MaxCommandSize; it
-	// was not applied.
-	ErrTooLarge = errors.New("raftkit: command too large")
-)
 
 // MaxCommandSize is the largest command Apply accepts. Forwarded commands
 // travel in one message, and messages are capped (64 MiB) so that no peer
@@ -160,6 +121,22 @@ type Config struct {
 	// ApplyTimeout bounds Apply when its context has no deadline.
 	// Default: DefaultApplyTimeout.
 	ApplyTimeout time.Duration
+
+	// FSMErrors lists the errors that the FSM returns and callers match, so
+	// that Apply returns them with the same identity on every node (see
+	// Apply). An error value, such as one made by errors.New, matches with
+	// errors.Is; a typed nil pointer such as (*MyError)(nil) declares an
+	// error type that errors.As can target, whose exported fields travel
+	// msgpack-encoded. Every node must list the same errors. An FSM error
+	// that matches none arrives as an *FSMError carrying its text.
+	FSMErrors []error
+
+	// ResultTypes lists types of FSM results that Apply returns as
+	// themselves on every node, such as MyResult{} or (*MyResult)(nil):
+	// their exported fields travel msgpack-encoded. Other results arrive
+	// as msgpack carries them (see Apply). Every node must list the same
+	// types.
+	ResultTypes []any
 
 	// SnapshotRetain is how many snapshots are kept. Default:
 	// DefaultSnapshotRetain. Must be >= 1 when set.
@@ -254,6 +231,7 @@ type peer struct {
 // settled is a Config with defaults filled in and addresses parsed.
 type settled struct {
 	Config
+	codecs    *codecs
 	advertise string
 	peers     []peer
 	tls       *tlsState
@@ -269,6 +247,10 @@ func (c Config) Validate() error {
 
 func (c Config) settle() (*settled, error) {
 	s := &settled{Config: c}
+	var err error
+	if s.codecs, err = newCodecs(c.ResultTypes, c.FSMErrors); err != nil {
+		return nil, err
+	}
 	if c.ApplyTimeout < 0 {
 		return nil, configErr("ApplyTimeout", c.ApplyTimeout.String(), "must not be negative")
 	}

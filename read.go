@@ -27,49 +27,58 @@ import (
 // the next one, which starts after they arrived, so N concurrent reads cost
 // about two checks rather than N.
 //
-// A node cut off from the majority returns an error (ErrNoLeader, a
-// *NotLeaderError, or ctx's error) instead of letting a stale read through.
-// The wait is bounded by ctx's deadline, else by Config.ApplyTimeout.
+// A read that cannot complete (no leader, leadership moving, a node cut
+// off from the majority) is retried until ctx ends; its error then
+// matches ErrNotApplied (a read has no unknown outcome), or ErrClosed. A
+// stale read is never let through. The wait is bounded by ctx's deadline,
+// else by Config.ApplyTimeout; a ctx that has already ended reads nothing.
 func (n *RaftNode) LinearizableRead(ctx context.Context) (err error) {
 	if err := n.checkOpen(); err != nil {
 		return err
 	}
+	if err := doneErr(ctx, "linearizable read"); err != nil {
+		return err
+	}
 	defer func(start time.Time) { n.metrics.readBarrierDone(n.id, start, err) }(time.Now())
-	ctx, cancel, _ := n.bound(ctx)
+	ctx, cancel := n.bound(ctx)
 	defer cancel()
+	for attempt := 0; ; attempt++ {
+		err = n.readOnce(ctx)
+		switch Classify(err) {
+		case Applied, Closed, Invalid, NotAuthorized:
+			return err
+		}
+		if !n.backoff(ctx, attempt) {
+			if err := n.checkOpen(); err != nil {
+				return err
+			}
+			return notApplied("linearizable read", err)
+		}
+	}
+}
+
+// readOnce is one try of LinearizableRead.
+func (n *RaftNode) readOnce(ctx context.Context) error {
 	var index uint64
+	var err error
 	if n.IsLeader() {
-		idx, err := n.leaderReads.wait(ctx)
-		if err != nil {
-			return fmt.Errorf("raftkit: linearizable read: %w", err)
-		}
-		index = idx
+		index, err = n.leaderReads.wait(ctx)
 	} else {
-		idx, err := n.followerReads.wait(ctx)
-		if err != nil {
-			return fmt.Errorf("raftkit: linearizable read: %w", err)
-		}
-		index = idx
+		index, err = n.followerReads.wait(ctx)
+	}
+	if err != nil {
+		return err
 	}
 	return n.waitApplied(ctx, index)
 }
 
 // remoteReadIndex asks the leader for a read index (the follower side of
-// LinearizableRead); on a node that became leader meanwhile it answers
-// itself.
+// LinearizableRead).
 func (n *RaftNode) remoteReadIndex(ctx context.Context) (uint64, error) {
-	dl, _ := ctx.Deadline() // readBatcher's ctx always has one
-	timeout := time.Until(dl)
 	var resp wire.ReadIndexResponse
-	err := n.forward(ctx, wire.MethodReadIndex, &wire.ReadIndexRequest{Timeout: int64(timeout)}, &resp, false)
-	if errors.Is(err, errLeaderIsSelf) {
-		if !n.IsLeader() {
-			return 0, n.notLeader()
-		}
-		return n.leaderReads.wait(ctx)
-	}
+	leader, err := n.forward(ctx, "linearizable read", wire.MethodReadIndex, &wire.ReadIndexRequest{Timeout: int64(n.timeLeft(ctx))}, &resp)
 	if err == nil {
-		err = fromWire(resp.Err)
+		err = n.fromWire(leader, resp.Err)
 	}
 	return resp.Index, err
 }
@@ -151,7 +160,7 @@ func (b *readBatcher) wait(ctx context.Context) (uint64, error) {
 	case <-r.done:
 		return r.index, r.err
 	case <-ctx.Done():
-		return 0, fmt.Errorf("%w: could not confirm leadership: %w", ErrNoLeader, ctx.Err())
+		return 0, wrapErr(ErrNoLeader, "could not confirm leadership", ctx.Err())
 	}
 }
 
@@ -188,9 +197,11 @@ func (n *RaftNode) readError(err error) error {
 	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipLost):
 		return n.notLeader()
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
-		return fmt.Errorf("%w: could not confirm leadership: %w", ErrNoLeader, err)
+		return wrapErr(ErrNoLeader, "could not confirm leadership", err)
+	case errors.Is(err, raft.ErrRaftShutdown):
+		return ErrClosed
 	}
-	return n.closedOr(err)
+	return notApplied("linearizable read", err)
 }
 
 // waitApplied waits until this node's FSM has applied index (not merely
@@ -203,7 +214,7 @@ func (n *RaftNode) waitApplied(ctx context.Context, index uint64) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("raftkit: linearizable read: waiting to apply index %d (applied %d): %w", index, n.raft.AppliedIndex(), ctx.Err())
+			return notApplied("linearizable read", fmt.Errorf("waiting to apply index %d (applied %d): %w", index, n.fsm.applied.Load(), ctx.Err()))
 		case <-time.After(delay):
 		}
 		delay = min(2*delay, 5*time.Millisecond)

@@ -154,9 +154,9 @@ func testForwardedResults(t *testing.T, batchApplyCh bool) {
 			ctx := ctxTimeout(t, 10*time.Second)
 			if i%16 == 5 {
 				_, err := f.Apply(ctx, []byte{0xff})
-				var re *RemoteError
-				if !errors.As(err, &re) {
-					errs <- fmt.Errorf("bad command %d: %v, want a *RemoteError", i, err)
+				var fe *FSMError
+				if !errors.As(err, &fe) {
+					errs <- fmt.Errorf("bad command %d: %v, want an *FSMError", i, err)
 				}
 				return
 			}

@@ -31,11 +31,6 @@ import (
 // renamed to RecoveryFile + ".applied".
 const RecoveryFile = "peers.json"
 
-// ErrRecovery is matched by errors about a recovery configuration: one
-// that WriteRecovery refuses to write, or a Dir/peers.json that NewRaftNode
-// cannot apply. A node that fails this way has not started and its data is
-// unchanged.
-var ErrRecovery = errors.New("raftkit: cannot recover")
 
 // recoveryEntry is one server in raft's peers.json (version 3) format.
 type recoveryEntry struct {

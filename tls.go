@@ -3,7 +3,6 @@ package raftkit
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"os"
 	"path"
@@ -43,10 +42,6 @@ type TLSConfig struct {
 	PeerNames []string
 }
 
-// ErrNotAuthorized is matched by errors for requests or connections that a
-// node refused for lack of credentials: a peer certificate that fails
-// verification or authorisation, or a wrong Config.JoinSecret.
-var ErrNotAuthorized = errors.New("raftkit: not authorized")
 
 // tlsState serves certificates and verifies peers, reloading files that
 // changed since the last look.

@@ -50,6 +50,11 @@ const (
 // helpers did not build (unknown opcode, truncated, too large).
 var ErrBadCommand = errors.New("fsmexample: bad command")
 
+// Errors lists the errors that Store's Apply returns, for
+// raftkit.Config.FSMErrors: with it, errors.Is(err, ErrBadCommand) holds
+// for Apply's error on every node.
+var Errors = []error{ErrBadCommand}
+
 // Set returns a command that sets key to value.
 func Set(key string, value []byte) []byte {
 	return encode(opSet, key, value, nil, false)

@@ -36,13 +36,15 @@ const MaxFrame = 64 << 20
 
 // Error kinds carried in Error.Kind.
 const (
-	KindNotLeader = "not_leader" // not applied; Leader* name the leader
-	KindNoLeader  = "no_leader"  // not applied
-	KindUnknown   = "unknown"    // outcome unknown
-	KindFSM       = "fsm"        // the FSM returned an error
-	KindInvalid   = "invalid"    // bad request, not applied
-	KindDenied    = "denied"     // missing or wrong credentials
-	KindOther     = "other"
+	KindNotLeader  = "not_leader"  // not applied; Leader* name the leader
+	KindNoLeader   = "no_leader"   // not applied; retry when a leader is known
+	KindTransfer   = "transfer"    // not applied; a leadership transfer is in progress
+	KindNotApplied = "not_applied" // not applied; retrying cannot help
+	KindUnknown    = "unknown"     // outcome unknown
+	KindFSM        = "fsm"         // the FSM returned an error
+	KindInvalid    = "invalid"     // bad request, not applied
+	KindDenied     = "denied"      // missing or wrong credentials
+	KindOther      = "other"
 )
 
 // Error is an error that crosses the wire.
@@ -51,6 +53,20 @@ type Error struct {
 	Message    string
 	LeaderID   string
 	LeaderAddr string
+
+	// For KindFSM: Exact names the registered error value ("v:" + key) or
+	// type ("t:" + key, its value in Typed) that the FSM returned itself;
+	// otherwise Matches lists the keys of registered values it matched and
+	// Typed the values of registered types it matched.
+	Exact   string       `codec:",omitempty"`
+	Matches []string     `codec:",omitempty"`
+	Typed   []TypedValue `codec:",omitempty"`
+}
+
+// TypedValue is a value of a registered type, msgpack-encoded.
+type TypedValue struct {
+	Type string
+	Data []byte
 }
 
 // ApplyRequest forwards a command to the leader.
@@ -60,10 +76,14 @@ type ApplyRequest struct {
 	Timeout int64
 }
 
-// ApplyResponse carries the FSM's response or an error.
+// ApplyResponse carries the FSM's response or an error. A result of a
+// registered type travels as ResultType (its key) and ResultData (its
+// msgpack encoding); any other result as Result.
 type ApplyResponse struct {
-	Result any
-	Err    *Error
+	Result     any
+	Err        *Error
+	ResultType string `codec:",omitempty"`
+	ResultData []byte `codec:",omitempty"`
 }
 
 // ApplyBatchRequest forwards several commands to the leader in one

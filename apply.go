@@ -1,0 +1,310 @@
+package raftkit
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/raftkit/raftkit/internal/wire"
+)
+
+// Apply submits cmd to the replicated log and returns the FSM's response
+// once the command is committed and applied on the leader. Apply works on
+// any node, and its answer is the same whichever node it is called on: a
+// follower forwards the command over its own port to the leader, and the
+// leader encodes its own callers' results exactly as forwarded ones.
+//
+// Results: a value of a type listed in Config.ResultTypes is returned as
+// itself; any other result as msgpack carries it: nil, bool, string,
+// []byte, float64, []any and map[string]any as such, integers as int64
+// (uint64 above its range), an empty []byte as nil, structs as
+// map[string]any. Return []byte, or register the type, to control it.
+//
+// FSM errors: if the FSM's response is an error, the command was applied
+// and Apply returns it as the error (with a nil result): the error itself
+// if it is a value or of a type listed in Config.FSMErrors, else an
+// *FSMError with its text that matches (errors.Is, errors.As) the listed
+// values and types the FSM's error matched. Classify gives Rejected.
+//
+// Failures belong to one class each (see Classify):
+//
+//   - ErrNotApplied: the command is certainly not in the log. Apply has
+//     already retried, following the new leader, while leadership moved, a
+//     transfer was in progress, no leader was known or the connection to
+//     the leader failed before sending, until its context ended. A context
+//     that has already ended submits nothing.
+//   - ErrUnknownOutcome: the deadline passed or the context was cancelled
+//     after submission, leadership was lost, the connection broke after
+//     sending, or the node closed mid-write. The command may or may not
+//     have been committed, and may still be applied after Apply returned.
+//     raftkit never retries it: make commands idempotent, or check the
+//     state before trying again.
+//   - ErrInvalidRequest (ErrTooLarge for a command over MaxCommandSize),
+//     ErrClosed: fix the call, or use another node.
+//
+// Apply is bounded by ctx's deadline, or by Config.ApplyTimeout when ctx
+// has none. Use ApplyLocal to refuse forwarding.
+func (n *RaftNode) Apply(ctx context.Context, cmd []byte) (any, error) {
+	start := time.Now()
+	res, err, path := n.apply(ctx, cmd)
+	n.metrics.applied(n.id, path, start, err)
+	return res, err
+}
+
+// ApplyLocal is Apply without forwarding and without retries: on a node
+// that is not the leader it returns a *NotLeaderError (matching
+// ErrNotApplied) naming the leader, and the command was not applied.
+// Outcomes are otherwise as for Apply.
+func (n *RaftNode) ApplyLocal(ctx context.Context, cmd []byte) (any, error) {
+	start := time.Now()
+	res, err := n.applyOnce(ctx, cmd, false)
+	n.metrics.applied(n.id, "local", start, err)
+	return res, err
+}
+
+func (n *RaftNode) apply(ctx context.Context, cmd []byte) (res any, err error, path string) {
+	path = "local"
+	if err := n.checkOpen(); err != nil {
+		return nil, err, path
+	}
+	if err := checkSize(cmd); err != nil {
+		return nil, err, path
+	}
+	if err := doneErr(ctx, "apply"); err != nil {
+		return nil, err, path
+	}
+	ctx, cancel := n.bound(ctx)
+	defer cancel()
+	for attempt := 0; ; attempt++ {
+		path = "local"
+		if !n.IsLeader() {
+			path = "forwarded"
+		}
+		res, err = n.applyOnce(ctx, cmd, true)
+		if err == nil || !retryable(err) || !n.backoff(ctx, attempt) {
+			return res, err, path
+		}
+	}
+}
+
+// applyOnce applies cmd here if this node leads, else (if forward) through
+// the leader, once.
+func (n *RaftNode) applyOnce(ctx context.Context, cmd []byte, forward bool) (any, error) {
+	if forward && !n.IsLeader() {
+		return n.forwardApply(ctx, cmd)
+	}
+	if err := checkSize(cmd); err != nil {
+		return nil, err
+	}
+	ctx, cancel := n.bound(ctx)
+	defer cancel()
+	var out [1]leaderResult
+	n.leaderApply(ctx, [][]byte{cmd}, out[:])
+	return n.localResult(out[0])
+}
+
+func checkSize(cmd []byte) error {
+	if len(cmd) > MaxCommandSize {
+		return wrapErr(ErrTooLarge, "apply", fmt.Errorf("%d bytes, limit MaxCommandSize = %d", len(cmd), MaxCommandSize))
+	}
+	return nil
+}
+
+// backoff waits before retry number attempt+1, briefly: leadership
+// usually settles within an election timeout, and the next attempt asks
+// raft afresh who leads. It reports false if ctx ended first or the node
+// closed.
+func (n *RaftNode) backoff(ctx context.Context, attempt int) bool {
+	t := time.NewTimer(min(2*time.Millisecond<<min(attempt, 6), 100*time.Millisecond))
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return n.checkOpen() == nil
+	case <-ctx.Done():
+		return false
+	case <-n.closed:
+		return false
+	}
+}
+
+// leaderResult is one command's outcome on the leader: err (raftkit's or
+// raft's failure, classified), or the FSM's response res, which is an
+// error if fsm.
+type leaderResult struct {
+	res any
+	fsm bool
+	err error
+}
+
+// leaderApply is the leader's one write path, for its own callers and for
+// forwarded commands alike: it submits cmds to raft back to back (so that
+// they share the leader's group commit), waits for them within ctx, and
+// puts each command's outcome in out. FSM errors are counted here.
+func (n *RaftNode) leaderApply(ctx context.Context, cmds [][]byte, out []leaderResult) {
+	fail := func(err error) {
+		for i := range out {
+			out[i] = leaderResult{err: err}
+		}
+	}
+	if err := n.checkOpen(); err != nil {
+		fail(err)
+		return
+	}
+	if n.raft.State() != raft.Leader {
+		fail(n.notLeader())
+		return
+	}
+	if err := doneErr(ctx, "apply"); err != nil {
+		fail(err)
+		return
+	}
+	dl, _ := ctx.Deadline() // bound gave it one
+	timeout := time.Until(dl)
+	if timeout <= 0 {
+		fail(doneErr(ctx, "apply"))
+		return
+	}
+	futures := make([]raft.ApplyFuture, len(cmds))
+	if n.batchApplyCh || len(cmds) == 1 {
+		for i, c := range cmds {
+			futures[i] = n.raft.Apply(c, timeout)
+		}
+	} else {
+		// Without raft's BatchApplyCh, raft.Apply waits until the leader
+		// loop takes the command, one per loop turn (a disk write); sent
+		// one after another, a batch would take as many turns as it has
+		// commands. Sent together, they share one turn, as concurrent
+		// local callers do. They came from concurrent callers, so their
+		// order among themselves is free.
+		var wg sync.WaitGroup
+		for i, c := range cmds {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				futures[i] = n.raft.Apply(c, timeout)
+			}()
+		}
+		wg.Wait()
+	}
+	// raft resolves the futures in log order; one goroutine waits for
+	// them so that ctx can cut the wait short. Close lets such waits end
+	// before it shuts raft down (see futureWaits).
+	var (
+		mu       sync.Mutex
+		resolved int
+		gaveUp   bool
+		done     = make(chan struct{})
+	)
+	n.futureWaits.add()
+	go func() {
+		defer n.futureWaits.done()
+		defer close(done)
+		for i, f := range futures {
+			var r leaderResult
+			if err := f.Error(); err != nil {
+				r.err = classifyRaft("apply", err, n.notLeader)
+			} else {
+				r.res = f.Response()
+				if _, r.fsm = r.res.(error); r.fsm {
+					n.metrics.fsmError(n.id)
+				}
+			}
+			mu.Lock()
+			if gaveUp {
+				mu.Unlock()
+				return
+			}
+			out[i] = r
+			resolved = i + 1
+			mu.Unlock()
+		}
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		mu.Lock()
+		gaveUp = true
+		for i := resolved; i < len(out); i++ {
+			out[i] = leaderResult{err: unknownOutcome("apply", ctx.Err())}
+		}
+		mu.Unlock()
+	}
+}
+
+// localResult turns a leader's outcome into Apply's answer, as a
+// forwarded caller receives it.
+func (n *RaftNode) localResult(r leaderResult) (any, error) {
+	switch {
+	case r.err != nil:
+		return nil, r.err
+	case r.fsm:
+		return nil, n.cfg.codecs.fsmError(r.res.(error))
+	}
+	res, err := n.cfg.codecs.normalise(r.res)
+	if err != nil {
+		return nil, unencodable(err)
+	}
+	return res, nil
+}
+
+// wireResult turns a leader's outcome into a forwarded caller's answer.
+func (n *RaftNode) wireResult(r leaderResult) wire.ApplyResponse {
+	var resp wire.ApplyResponse
+	switch {
+	case r.err != nil:
+		resp.Err = toWire(r.err)
+	case r.fsm:
+		resp.Err = n.cfg.codecs.encodeFSMError(r.res.(error))
+	default:
+		res, err := n.cfg.codecs.normalise(r.res)
+		if err == nil {
+			err = n.cfg.codecs.encodeResult(res, &resp)
+		}
+		if err != nil {
+			resp = wire.ApplyResponse{Err: &wire.Error{Kind: wire.KindFSM, Message: unencodable(err).Error()}}
+		}
+	}
+	return resp
+}
+
+// unencodable is Apply's error for an applied command whose result cannot
+// be carried to a caller: an FSM error, since the command is in the log.
+func unencodable(err error) error {
+	return &FSMError{Message: "raftkit: the command was applied, but its result cannot be returned: " + err.Error()}
+}
+
+// serveApply is the leader's side of forwarded writes (Apply and
+// ApplyBatch requests): the same path as its own callers'.
+func (n *RaftNode) serveApply(timeout int64, cmds [][]byte) []wire.ApplyResponse {
+	resps := make([]wire.ApplyResponse, len(cmds))
+	if len(cmds) > maxBatchCommands {
+		e := toWire(invalidRequest("batch of %d commands exceeds %d", len(cmds), maxBatchCommands))
+		for i := range resps {
+			resps[i].Err = e
+		}
+		return resps
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(timeout))
+	defer cancel()
+	out := make([]leaderResult, len(cmds))
+	valid := cmds
+	for i, c := range cmds {
+		if err := checkSize(c); err != nil {
+			out[i].err = err
+			valid = nil
+		}
+	}
+	if valid != nil {
+		n.leaderApply(ctx, cmds, out)
+	}
+	for i := range out {
+		if valid == nil && out[i].err == nil {
+			out[i].err = invalidRequest("another command of its batch is over MaxCommandSize")
+		}
+		resps[i] = n.wireResult(out[i])
+	}
+	return resps
+}
