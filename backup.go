@@ -32,7 +32,6 @@ const maxBackupHeader = 64 << 10
 
 var crcTable = crc64.MakeTable(crc64.ECMA)
 
-
 // BackupInfo describes a backup: the snapshot it holds and where it was
 // taken.
 type BackupInfo struct {

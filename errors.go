@@ -267,7 +267,7 @@ type kitError struct {
 	class, cause error
 }
 
-func (e *kitError) Error() string   { return e.msg }
+func (e *kitError) Error() string { return e.msg }
 func (e *kitError) Unwrap() []error {
 	if e.cause == nil {
 		return []error{e.class}
@@ -365,4 +365,3 @@ func classifyRaft(what string, err error, notLeader func() error) error {
 	}
 	return unknownOutcome(what, err)
 }
-

@@ -11,7 +11,6 @@ import (
 	"sync"
 	"time"
 
-
 	"github.com/raftkit/raftkit/internal/wire"
 )
 
@@ -22,7 +21,6 @@ import (
 
 // rpcDeadlines bound reads on request connections.
 var rpcDeadlines = wire.Deadlines{Idle: 5 * time.Minute, Message: 30 * time.Second}
-
 
 // rpcService is what remote nodes call. Its methods follow net/rpc's rules
 // and report failures inside their responses; each serves the request on

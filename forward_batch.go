@@ -7,7 +7,6 @@ import (
 	"sync"
 	"time"
 
-
 	"github.com/raftkit/raftkit/internal/wire"
 )
 
@@ -197,4 +196,3 @@ func (b *applyBatcher) stop() {
 	b.stopped = true
 	b.mu.Unlock()
 }
-

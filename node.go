@@ -55,7 +55,6 @@ type RaftNode struct {
 	closed    chan struct{}
 }
 
-
 // NewRaftNode opens (or creates) the node's stores, binds its port and
 // starts raft. If cfg.Peers is set and the node has no state yet, it
 // bootstraps the cluster with those peers; a node with state rejoins its

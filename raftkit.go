@@ -58,7 +58,6 @@ const (
 	DefaultSnapshotInterval = 120 * time.Second
 )
 
-
 // MaxCommandSize is the largest command Apply accepts. Forwarded commands
 // travel in one message, and messages are capped (64 MiB) so that no peer
 // can make a node allocate without bound.

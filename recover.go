@@ -31,7 +31,6 @@ import (
 // renamed to RecoveryFile + ".applied".
 const RecoveryFile = "peers.json"
 
-
 // recoveryEntry is one server in raft's peers.json (version 3) format.
 type recoveryEntry struct {
 	ID       string `json:"id"`

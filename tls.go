@@ -42,7 +42,6 @@ type TLSConfig struct {
 	PeerNames []string
 }
 
-
 // tlsState serves certificates and verifies peers, reloading files that
 // changed since the last look.
 type tlsState struct {
