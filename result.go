@@ -1,6 +1,7 @@
 package raftkit
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -158,6 +159,11 @@ func (c *codecs) encodeResult(res any, resp *wire.ApplyResponse) error {
 	if res == nil {
 		return nil
 	}
+	if u, ok := res.(uint64); ok && u > math.MaxInt64 {
+		// msgpack's signed decoding would wrap it.
+		resp.ResultType, resp.ResultData = bigUint64Key, binary.BigEndian.AppendUint64(nil, u)
+		return nil
+	}
 	if k, ok := c.results[reflect.TypeOf(res)]; ok {
 		var b []byte
 		if err := codec.NewEncoderBytes(&b, msgpackHandle).Encode(res); err != nil {
@@ -170,6 +176,9 @@ func (c *codecs) encodeResult(res any, resp *wire.ApplyResponse) error {
 	return nil
 }
 
+// bigUint64Key marks a uint64 result above int64's range.
+const bigUint64Key = "raftkit:uint64"
+
 // decodeResult returns the result that resp carries.
 func (c *codecs) decodeResult(resp *wire.ApplyResponse) (any, error) {
 	if resp.ResultType == "" {
@@ -177,6 +186,9 @@ func (c *codecs) decodeResult(resp *wire.ApplyResponse) (any, error) {
 			return nil, nil
 		}
 		return resp.Result, nil
+	}
+	if resp.ResultType == bigUint64Key && len(resp.ResultData) == 8 {
+		return binary.BigEndian.Uint64(resp.ResultData), nil
 	}
 	t, ok := c.resultKeys[resp.ResultType]
 	if !ok {
