@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/go-msgpack/v2/codec"
 	"github.com/hashicorp/raft"
 
+	fsmexample "github.com/raftkit/raftkit/fsm_example"
 	"github.com/raftkit/raftkit/internal/wire"
 )
 
@@ -354,4 +355,97 @@ func TestNormaliseMatchesTheWire(t *testing.T) {
 			t.Errorf("%T %#v: shortcut gives %T %#v, the wire %T %#v", v, v, fast, fast, slow, slow)
 		}
 	}
+}
+
+// Writers on every node see only successes and unknown outcomes while
+// leadership moves and the leader dies: "not applied" is retried within
+// each write's budget.
+func TestWritesRideThroughTransfersAndALeaderKill(t *testing.T) {
+	net := NewMemNetwork()
+	nodes, _ := newMemCluster(t, net, 3)
+	memLeader(t, nodes)
+
+	type tally struct{ ok, unknown atomic.Int64 }
+	var counts tally
+	errs := make(chan error, 100)
+	stop := make([]chan struct{}, len(nodes))
+	done := make(chan struct{}, 2*len(nodes))
+	for i, n := range nodes {
+		stop[i] = make(chan struct{})
+		for w := 0; w < 2; w++ {
+			go func() {
+				defer func() { done <- struct{}{} }()
+				for k := 0; ; k++ {
+					select {
+					case <-stop[i]:
+						return
+					default:
+					}
+					ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
+					_, err := n.Apply(ctx, fsmexample.Set(fmt.Sprintf("n%d-w%d-%d", i, w, k), []byte("v")))
+					cancel()
+					switch Classify(err) {
+					case Applied:
+						counts.ok.Add(1)
+					case Unknown:
+						counts.unknown.Add(1)
+					default:
+						select {
+						case errs <- fmt.Errorf("write on %s: %v (class %v)", n.ID(), err, Classify(err)):
+						default:
+						}
+					}
+				}
+			}()
+		}
+	}
+	waitWrites := func(min int64) {
+		t.Helper()
+		waitFor(t, 20*time.Second, "writes to go on", func() bool { return counts.ok.Load() >= min })
+	}
+	waitWrites(50)
+	for i := 0; i < 5; i++ {
+		l := memLeader(t, nodes)
+		if err := nodes[(l+1)%3].TransferLeadership(ctxTimeout(t, 10*time.Second), ""); err != nil {
+			t.Fatalf("transfer %d: %v", i, err)
+		}
+		waitFor(t, 10*time.Second, "a new leader", func() bool {
+			for j, n := range nodes {
+				if j != l && n.IsLeader() {
+					return true
+				}
+			}
+			return false
+		})
+		waitWrites(counts.ok.Load() + 20)
+	}
+	// Kill the leader: its own writers stop first (a node cut off from
+	// everyone cannot succeed), then it is cut off.
+	l := memLeader(t, nodes)
+	close(stop[l])
+	<-done
+	<-done
+	net.Isolate(nodes[l].Addr())
+	waitFor(t, 15*time.Second, "a new leader among the survivors", func() bool {
+		for j, n := range nodes {
+			if j != l && n.IsLeader() {
+				return true
+			}
+		}
+		return false
+	})
+	waitWrites(counts.ok.Load() + 50)
+	for i := range nodes {
+		if i != l {
+			close(stop[i])
+		}
+	}
+	for i := 0; i < 4; i++ {
+		<-done
+	}
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	t.Logf("%d writes applied, %d unknown outcomes", counts.ok.Load(), counts.unknown.Load())
 }
