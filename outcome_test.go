@@ -8,12 +8,14 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-msgpack/v2/codec"
 	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus"
 
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
 	"github.com/raftkit/raftkit/internal/wire"
@@ -448,4 +450,90 @@ func TestWritesRideThroughTransfersAndALeaderKill(t *testing.T) {
 		t.Error(err)
 	}
 	t.Logf("%d writes applied, %d unknown outcomes", counts.ok.Load(), counts.unknown.Load())
+}
+
+// Forwarded FSM errors are counted once, by the leader's one write path,
+// whether they travel alone or in batches.
+func TestFSMErrorsAreCountedOnceWhateverThePath(t *testing.T) {
+	m := NewMetrics()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(m)
+	c := newMetricsCluster(t, m)
+	l := c.leader()
+	f := c.nodes[(l+1)%3]
+	waitFor(t, 10*time.Second, "follower to know the leader", func() bool { return f.GetLeaderAddr() != "" })
+	const bad = 64
+	var wg sync.WaitGroup
+	for i := 0; i < bad; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := f.Apply(ctxTimeout(t, 10*time.Second), []byte{0xff}); Classify(err) != Rejected {
+				t.Errorf("bad command: %v, want the FSM's rejection", err)
+			}
+		}()
+	}
+	wg.Wait()
+	if _, err := c.nodes[l].Apply(ctxTimeout(t, 10*time.Second), []byte{0xff}); Classify(err) != Rejected {
+		t.Fatalf("bad command on the leader: %v", err)
+	}
+	k := fmt.Sprintf(`raftkit_fsm_apply_errors_total{node_id="%s"}`, c.nodes[l].ID())
+	if got := scrape(t, reg)[k]; got != bad+1 {
+		t.Fatalf("%s = %v, want %d", k, got, bad+1)
+	}
+}
+
+// Transferring leadership to the node that leads does nothing: its
+// RunWhileLeader function keeps running, from the leader or a follower.
+func TestTransferLeadershipToTheLeaderIsANoOp(t *testing.T) {
+	net := NewMemNetwork()
+	nodes, _ := newMemCluster(t, net, 3)
+	l := memLeader(t, nodes)
+	var starts, stops atomic.Int64
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go nodes[l].RunWhileLeader(ctx, func(fctx context.Context) {
+		starts.Add(1)
+		<-fctx.Done()
+		stops.Add(1)
+	})
+	waitFor(t, 10*time.Second, "fn to start", func() bool { return starts.Load() == 1 })
+	term := nodes[l].Status().Term
+	for _, caller := range []*RaftNode{nodes[l], nodes[(l+1)%3]} {
+		waitFor(t, 10*time.Second, "caller to know the leader", func() bool { return caller.GetLeaderAddr() != "" })
+		if err := caller.TransferLeadership(ctxTimeout(t, 10*time.Second), nodes[l].ID()); err != nil {
+			t.Fatalf("transfer to the leader from %s: %v", caller.ID(), err)
+		}
+	}
+	if !nodes[l].IsLeader() || nodes[l].Status().Term != term || starts.Load() != 1 || stops.Load() != 0 {
+		t.Fatalf("after a transfer to itself: leader %v, term %d (was %d), fn started %d and stopped %d times",
+			nodes[l].IsLeader(), nodes[l].Status().Term, term, starts.Load(), stops.Load())
+	}
+}
+
+// A node that is not the leader answers a forwarded membership request
+// with the leader's name instead of forwarding it again.
+func TestMembershipRequestsTravelOneHop(t *testing.T) {
+	net := NewMemNetwork()
+	nodes, _ := newMemCluster(t, net, 3)
+	l := memLeader(t, nodes)
+	f := nodes[(l+1)%3]
+	waitFor(t, 10*time.Second, "follower to know the leader", func() bool { return f.GetLeaderAddr() != "" })
+	var resp wire.MembershipResponse
+	req := &wire.MembershipRequest{Op: wire.OpAddNonvoter, ID: "x", Addr: "x", Timeout: int64(5 * time.Second)}
+	if err := (&rpcService{n: f}).Membership(req, &resp); err != nil {
+		t.Fatal(err)
+	}
+	err := f.fromWire("test", resp.Err)
+	var nle *NotLeaderError
+	if !errors.As(err, &nle) || nle.LeaderAddr != nodes[l].Addr() {
+		t.Fatalf("follower answered %v, want a *NotLeaderError naming %s", err, nodes[l].Addr())
+	}
+	if _, ok := nodes[l].server("x"); ok {
+		t.Fatal("the follower forwarded the request")
+	}
+	// Through the public call, the follower's one hop reaches the leader.
+	if err := f.AddNonvoter(ctxTimeout(t, 10*time.Second), "x", "x"); err != nil {
+		t.Fatal(err)
+	}
 }
