@@ -22,6 +22,16 @@
 //	GET    /status          the node's raft status as JSON
 //	/raft/...               raftkit's AdminHandler: GET /raft/status, /raft/health,
 //	                        /raft/metrics; POST routes with -admin-mutations
+//
+// Errors are JSON, {"code": ..., "error": ...}, with a stable code:
+//
+//	404 key_not_found    GET of a key that does not exist
+//	404 not_found        no such route
+//	400 invalid          bad request (value over 16 MiB, bad consistency)
+//	422 rejected         the FSM refused the command (it is in the log)
+//	503 not_applied      nothing was written (no leader within the request's time): retry
+//	503 closed           the node is shutting down: use another
+//	504 unknown_outcome  the write may or may not have been applied
 package main
 
 import (
@@ -40,7 +50,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/raftkit/raftkit"
@@ -96,6 +105,7 @@ func main() {
 		TLS:         tlsConfig,
 		JoinSecret:  *secret,
 		JoinTimeout: *joinWait,
+		FSMErrors:   fsmexample.Errors,
 	}, kv)
 	if err != nil {
 		log.Fatalf("kvserver: %v", err)
@@ -136,7 +146,7 @@ func newHandler(node *raftkit.RaftNode, kv *fsmexample.Store) *http.ServeMux {
 	mux.HandleFunc("PUT /kv/{key}", func(w http.ResponseWriter, r *http.Request) {
 		value, err := io.ReadAll(io.LimitReader(r.Body, fsmexample.MaxValueLen+1))
 		if err != nil || len(value) > fsmexample.MaxValueLen {
-			http.Error(w, "value unreadable or larger than 16 MiB", http.StatusBadRequest)
+			writeJSONError(w, http.StatusBadRequest, "invalid", "value unreadable or larger than 16 MiB")
 			return
 		}
 		if _, err := node.Apply(r.Context(), fsmexample.Set(r.PathValue("key"), value)); err != nil {
@@ -161,12 +171,12 @@ func newHandler(node *raftkit.RaftNode, kv *fsmexample.Store) *http.ServeMux {
 			}
 		case "stale":
 		default:
-			http.Error(w, fmt.Sprintf("consistency %q: want linearizable or stale", c), http.StatusBadRequest)
+			writeJSONError(w, http.StatusBadRequest, "invalid", fmt.Sprintf("consistency %q: want linearizable or stale", c))
 			return
 		}
 		v, ok := kv.Get(r.PathValue("key"))
 		if !ok {
-			http.Error(w, "key not found", http.StatusNotFound)
+			writeJSONError(w, http.StatusNotFound, "key_not_found", "key not found")
 			return
 		}
 		w.Header().Set("Content-Type", "application/octet-stream")
@@ -178,21 +188,36 @@ func newHandler(node *raftkit.RaftNode, kv *fsmexample.Store) *http.ServeMux {
 		enc.SetIndent("", "  ")
 		enc.Encode(node.Status())
 	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeJSONError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no route %s %s", r.Method, r.URL.Path))
+	})
 	return mux
 }
 
-// writeError maps raftkit's errors to HTTP statuses a client can act on.
+// errorBody is the JSON body of every error answer. Code is stable for
+// programs: key_not_found, not_found (no such route), invalid, rejected
+// (the FSM refused the command), not_applied (retry: nothing was
+// written), unknown_outcome (the write may have been applied),
+// not_authorized, closed.
+type errorBody struct {
+	Code  string `json:"code"`
+	Error string `json:"error"`
+}
+
+// writeError answers a raftkit error with its outcome class's status and
+// code (raftkit.Classify): 503 with Retry-After for not applied and
+// closed, 504 for unknown outcomes, 400, 403, and 422 for the FSM's own
+// rejections.
 func writeError(w http.ResponseWriter, err error) {
-	var nle *raftkit.NotLeaderError
-	switch {
-	case errors.Is(err, raftkit.ErrUnknownOutcome):
-		// 504: the write may or may not have been applied.
-		http.Error(w, "outcome unknown, the write may have been applied: "+err.Error(), http.StatusGatewayTimeout)
-	case errors.As(err, &nle), errors.Is(err, raft.ErrNotLeader), errors.Is(err, raftkit.ErrNoLeader), errors.Is(err, raftkit.ErrClosed):
-		http.Error(w, "not applied, retry: "+err.Error(), http.StatusServiceUnavailable)
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
-		http.Error(w, err.Error(), http.StatusServiceUnavailable)
-	default:
-		http.Error(w, err.Error(), http.StatusInternalServerError)
+	class := raftkit.Classify(err)
+	if class.HTTPStatus() == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "1")
 	}
+	writeJSONError(w, class.HTTPStatus(), class.String(), err.Error())
+}
+
+func writeJSONError(w http.ResponseWriter, status int, code, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(errorBody{Code: code, Error: msg})
 }
