@@ -64,17 +64,17 @@ func (n *RaftNode) Backup(ctx context.Context, w io.Writer) error {
 		return err
 	}
 	if err := n.LinearizableRead(ctx); err != nil {
-		return fmt.Errorf("raftkit: backup: %w", err)
+		return annotate("backup", err)
 	}
 	meta, rc, err := n.openCompleteSnapshot(ctx, n.raft.AppliedIndex())
 	if err != nil {
-		return fmt.Errorf("raftkit: backup: %w", err)
+		return annotate("backup", err)
 	}
 	defer rc.Close()
 	info := BackupInfo{Index: meta.Index, Term: meta.Term, Size: meta.Size, Version: meta.Version, NodeID: n.id, Created: time.Now().UTC()}
 	header, err := json.Marshal(info)
 	if err != nil {
-		return fmt.Errorf("raftkit: backup: %w", err)
+		return annotate("backup", err)
 	}
 	bw := bufio.NewWriter(w)
 	if _, err := bw.WriteString(backupMagic); err != nil {
@@ -181,19 +181,19 @@ func (n *RaftNode) Restore(ctx context.Context, r io.Reader) error {
 		return err
 	}
 	if !n.IsLeader() {
-		return fmt.Errorf("raftkit: restore: %w", n.notLeader())
+		return annotate("restore", n.notLeader())
 	}
 	br := bufio.NewReader(r)
 	info, err := readBackupHeader(br)
 	if err != nil {
-		return fmt.Errorf("raftkit: restore: %w", err)
+		return annotate("restore", err)
 	}
 	// raft refuses a restore while a configuration entry is uncommitted, as
 	// on a freshly bootstrapped cluster whose leader has not yet committed
 	// an entry of its own term. The read-index path commits a barrier once
 	// per term (and only then), which settles that.
 	if _, err := n.leaderReadIndex(ctx); err != nil {
-		return fmt.Errorf("raftkit: restore (nothing restored): %w", err)
+		return annotate("restore (nothing restored)", err)
 	}
 	meta := &raft.SnapshotMeta{Version: info.Version, Index: info.Index, Term: info.Term, Size: info.Size}
 	body := &backupBody{r: &ctxReader{ctx: ctx, r: br}, left: info.Size, crc: crc64.New(crcTable)}
@@ -206,7 +206,7 @@ func (n *RaftNode) Restore(ctx context.Context, r io.Reader) error {
 	select {
 	case err = <-done:
 	case <-ctx.Done():
-		return fmt.Errorf("raftkit: restore: %w: %w", ErrUnknownOutcome, ctx.Err())
+		return unknownOutcome("restore", ctx.Err())
 	}
 	switch {
 	case err == nil:
@@ -215,12 +215,12 @@ func (n *RaftNode) Restore(ctx context.Context, r io.Reader) error {
 	case body.err != nil && body.err != io.EOF:
 		return fmt.Errorf("raftkit: restore (nothing restored): %w", body.err)
 	case errors.Is(err, raft.ErrNotLeader):
-		return fmt.Errorf("raftkit: restore: %w", n.notLeader())
+		return annotate("restore", n.notLeader())
 	case errors.Is(err, raft.ErrEnqueueTimeout), errors.Is(err, raft.ErrLeadershipLost),
 		errors.Is(err, raft.ErrRaftShutdown), errors.Is(err, context.DeadlineExceeded):
-		return fmt.Errorf("raftkit: restore: %w: %w", ErrUnknownOutcome, n.closedOr(err))
+		return unknownOutcome("restore", n.closedOr(err))
 	}
-	return fmt.Errorf("raftkit: restore: %w", err)
+	return annotate("restore", err)
 }
 
 // ReadBackupInfo reads a whole backup stream, checks that it is complete

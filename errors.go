@@ -308,6 +308,10 @@ func wrapErr(class error, what string, cause error) error {
 // bare is err's text without a leading "raftkit: ".
 func bare(err error) string { return strings.TrimPrefix(err.Error(), "raftkit: ") }
 
+// annotate prefixes err's text with what failed, keeping its class and
+// its single "raftkit:" prefix.
+func annotate(what string, err error) error { return wrapErr(err, what, nil) }
+
 // notApplied wraps cause as not applied (cause's own class kept where it
 // has one).
 func notApplied(what string, cause error) error {

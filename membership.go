@@ -178,14 +178,14 @@ func (n *RaftNode) Leave(ctx context.Context) error {
 	if n.hasOtherVoters() {
 		if n.IsLeader() {
 			if err := n.TransferLeadership(ctx, ""); err != nil {
-				return wrapErr(err, "leave", nil)
+				return annotate("leave", err)
 			}
 		}
 		if err := n.waitOtherLeader(ctx); err != nil {
-			return wrapErr(err, "leave", nil)
+			return annotate("leave", err)
 		}
 		if err := n.RemoveServer(ctx, n.id); err != nil {
-			return wrapErr(err, "leave", nil)
+			return annotate("leave", err)
 		}
 	}
 	return n.Close()
@@ -293,7 +293,7 @@ func (n *RaftNode) join() error {
 				return nil
 			}
 			if errors.Is(err, ErrInvalidRequest) || errors.Is(err, ErrNotAuthorized) {
-				return wrapErr(err, "join via "+via, nil)
+				return annotate("join via "+via, err)
 			}
 			last = fmt.Errorf("via %s: %s", via, bare(err))
 			n.logger.Debug("join attempt failed", "via", via, "error", err)

@@ -224,7 +224,8 @@ func (n *RaftNode) GetLeaderID() string {
 }
 
 // WaitForLeader blocks until the node knows a leader and returns its
-// address, or returns ctx's error (or ErrClosed).
+// address, or returns an error matching ErrNoLeader and ctx's error (or
+// ErrClosed).
 func (n *RaftNode) WaitForLeader(ctx context.Context) (string, error) {
 	ch := n.WatchLeadership(ctx)
 	for l := range ch {
@@ -235,7 +236,7 @@ func (n *RaftNode) WaitForLeader(ctx context.Context) (string, error) {
 	if err := n.checkOpen(); err != nil {
 		return "", err
 	}
-	return "", fmt.Errorf("raftkit: wait for leader: %w", ctx.Err())
+	return "", wrapErr(ErrNoLeader, "wait for leader", ctx.Err())
 }
 
 func (n *RaftNode) notLeader() error {

@@ -20,15 +20,16 @@
 //	defer node.Close()
 //	res, err := node.Apply(ctx, cmd)
 //
-// # Outcomes of a write
+// # Outcomes
 //
-// A write acknowledged by [RaftNode.Apply] (nil error, or the FSM's own error)
-// is committed to a majority and survives any minority of crashes. A write that
-// fails with an error matching [ErrUnknownOutcome] (a timeout, a cancelled
-// context, a lost leadership, a connection lost after sending) may or may not
-// have been applied: raftkit never retries it. Errors matching
-// [raft.ErrNotLeader], [ErrNoLeader] or [ErrClosed] mean the write was not
-// applied.
+// Every call ends in one class, the same whichever node served it; see
+// [Classify]. A write acknowledged by [RaftNode.Apply] (nil error, or the
+// FSM's own error) is committed to a majority and survives any minority of
+// crashes. An error matching [ErrNotApplied] means the command is certainly
+// not in the log (raftkit has already retried it within the context). An
+// error matching [ErrUnknownOutcome] (a deadline or cancellation after
+// submission, a lost leadership, a connection lost after sending) means it
+// may or may not have been applied: raftkit never retries it.
 package raftkit
 
 import (

@@ -304,13 +304,14 @@ func pause(ctx context.Context, d time.Duration) {
 const opTimeout = 1500 * time.Millisecond
 
 // notApplied reports whether err means the write certainly did not take
-// effect (raftkit's documented "not applied" errors).
+// effect: raftkit's outcome classes other than applied, rejected and
+// unknown.
 func notApplied(err error) bool {
-	if errors.Is(err, raftkit.ErrUnknownOutcome) {
-		return false
+	switch raftkit.Classify(err) {
+	case raftkit.NotApplied, raftkit.Closed, raftkit.Invalid, raftkit.NotAuthorized:
+		return true
 	}
-	return errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raftkit.ErrNoLeader) || errors.Is(err, raftkit.ErrClosed) ||
-		errors.Is(err, raft.ErrLeadershipTransferInProgress) || errors.Is(err, raft.ErrEnqueueTimeout)
+	return false
 }
 
 func write(c *Cluster[*fsmexample.Store], node *raftkit.RaftNode, rec *recorder, acks *ackSet, client int, key, value string, unique bool) {
