@@ -308,3 +308,21 @@ func (n *RaftNode) serveApply(timeout int64, cmds [][]byte) []wire.ApplyResponse
 	}
 	return resps
 }
+
+// ApplyAs is Apply for commands whose FSM result is a T (register T in
+// Config.ResultTypes unless it is one of the types that msgpack carries
+// as themselves, such as bool, string, []byte, int64 or float64). A nil
+// result gives T's zero value. A result of another type is an error of
+// class Rejected: the command was applied, but its result is not a T.
+func ApplyAs[T any](ctx context.Context, n *RaftNode, cmd []byte) (T, error) {
+	var zero T
+	res, err := n.Apply(ctx, cmd)
+	if err != nil || res == nil {
+		return zero, err
+	}
+	v, ok := res.(T)
+	if !ok {
+		return zero, &FSMError{Message: fmt.Sprintf("raftkit: the command was applied, but its result is a %T, not a %T", res, zero)}
+	}
+	return v, nil
+}

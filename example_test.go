@@ -2,9 +2,13 @@ package raftkit_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"time"
+
+	"github.com/hashicorp/raft"
 
 	"github.com/raftkit/raftkit"
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
@@ -153,3 +157,61 @@ func ExampleRaftNode_RunWhileLeader() {
 	<-done
 	// Output: leading: starting the leader's work
 }
+
+// A result type registered in Config.ResultTypes comes back as itself on
+// every node; ApplyAs returns it typed.
+func ExampleApplyAs() {
+	type counter struct {
+		Name  string
+		Value int64
+	}
+	fsm := &counterFSM{result: func(n int64) any { return counter{Name: "hits", Value: n} }}
+	node, err := raftkit.NewRaftNode(raftkit.Config{
+		InMemory: true, Addr: "node1", Peers: []string{"node1"},
+		ResultTypes: []any{counter{}},
+	}, fsm)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer node.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for i := 0; i < 2; i++ {
+		c, err := raftkit.ApplyAs[counter](ctx, node, []byte("incr"))
+		fmt.Println(c.Name, c.Value, err)
+	}
+	// Output:
+	// hits 1 <nil>
+	// hits 2 <nil>
+}
+
+// counterFSM counts the commands it applied.
+type counterFSM struct {
+	n      int64
+	result func(int64) any
+}
+
+func (f *counterFSM) Apply(l *raft.Log) any {
+	if l.Type != raft.LogCommand {
+		return nil
+	}
+	f.n++
+	return f.result(f.n)
+}
+func (f *counterFSM) Snapshot() (raft.FSMSnapshot, error) { return counterSnap(f.n), nil }
+func (f *counterFSM) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	return json.NewDecoder(rc).Decode(&f.n)
+}
+
+type counterSnap int64
+
+func (s counterSnap) Persist(sink raft.SnapshotSink) error {
+	if err := json.NewEncoder(sink).Encode(int64(s)); err != nil {
+		sink.Cancel()
+		return err
+	}
+	return sink.Close()
+}
+func (counterSnap) Release() {}

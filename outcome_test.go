@@ -169,6 +169,15 @@ func TestApplyAnswersAlikeOnLeaderAndFollower(t *testing.T) {
 		var fe *FSMError
 		return errors.As(err, &fe) && len(fe.Unwrap()) == 0 && fe.Message == "shop: something else"
 	})
+
+	for _, n := range []*RaftNode{nodes[l], nodes[f]} {
+		if r, err := ApplyAs[receipt](ctx, n, []byte("receipt")); err != nil || r.Order != 7 {
+			t.Errorf("ApplyAs[receipt] on %s: %+v, %v", n.ID(), r, err)
+		}
+		if s, err := ApplyAs[string](ctx, n, []byte("int")); Classify(err) != Rejected || s != "" {
+			t.Errorf("ApplyAs[string] of an int on %s: %q, %v; want a rejection", n.ID(), s, err)
+		}
+	}
 }
 
 func TestApplyFailuresAreClassedAlikeOnLeaderAndFollower(t *testing.T) {
