@@ -276,33 +276,24 @@ func (e *kitError) Unwrap() []error {
 }
 
 // wrapErr returns an error matching class and cause (cause may be nil)
-// whose text is "raftkit: what: class: cause", with the "raftkit: " prefix
-// of nested texts dropped and a cause that repeats the class left out.
+// whose text is "raftkit: what: class: cause": one "raftkit: " prefix
+// (nested ones dropped), and the class left out where the cause's text
+// already begins with it.
 func wrapErr(class error, what string, cause error) error {
-	var b strings.Builder
-	b.WriteString("raftkit: ")
+	parts := make([]string, 0, 3)
 	if what != "" {
-		b.WriteString(what)
-		b.WriteString(": ")
+		parts = append(parts, what)
 	}
-	ct := bare(class)
-	b.WriteString(ct)
+	text := bare(class)
 	if cause != nil && cause != class {
-		if t := bare(cause); t != ct && !strings.HasPrefix(t, ct+": ") {
-			b.WriteString(": ")
-			b.WriteString(t)
+		if ct := bare(cause); ct == text || strings.HasPrefix(ct, text+": ") {
+			text = ct
 		} else {
-			// The cause says it all already.
-			b.Reset()
-			b.WriteString("raftkit: ")
-			if what != "" {
-				b.WriteString(what)
-				b.WriteString(": ")
-			}
-			b.WriteString(t)
+			text += ": " + ct
 		}
 	}
-	return &kitError{msg: b.String(), class: class, cause: cause}
+	parts = append(parts, text)
+	return &kitError{msg: "raftkit: " + strings.Join(parts, ": "), class: class, cause: cause}
 }
 
 // bare is err's text without a leading "raftkit: ".
