@@ -60,15 +60,16 @@ func (w testWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return le
 // BoltDB files under t.TempDir().
 type tcpCluster struct {
 	t     testing.TB
+	opts  []func(*Config)
 	addrs []string
 	dirs  []string
 	nodes []*RaftNode
 	fsms  []*fsmexample.Store
 }
 
-func newTCPCluster(t testing.TB, n int) *tcpCluster {
+func newTCPCluster(t testing.TB, n int, opts ...func(*Config)) *tcpCluster {
 	t.Helper()
-	c := &tcpCluster{t: t, addrs: freeAddrs(t, n)}
+	c := &tcpCluster{t: t, opts: opts, addrs: freeAddrs(t, n)}
 	base := t.TempDir()
 	for i := 0; i < n; i++ {
 		c.dirs = append(c.dirs, filepath.Join(base, fmt.Sprintf("node%d", i)))
@@ -83,8 +84,20 @@ func newTCPCluster(t testing.TB, n int) *tcpCluster {
 }
 
 func (c *tcpCluster) config(i int) Config {
-	return Config{Addr: c.addrs[i], Dir: c.dirs[i], Peers: c.addrs, RaftConfig: fastRaft, Logger: testLogger(c.t)}
+	cfg := Config{Addr: c.addrs[i], Dir: c.dirs[i], Peers: c.addrs, RaftConfig: fastRaft, Logger: testLogger(c.t)}
+	for _, o := range c.opts {
+		o(&cfg)
+	}
+	return cfg
 }
+
+// withLogStore makes a cluster's nodes keep their log in kind.
+func withLogStore(kind LogStoreKind) func(*Config) {
+	return func(c *Config) { c.LogStore = kind }
+}
+
+// logStores are the two on-disk log stores, for tests that run on both.
+var logStores = []LogStoreKind{LogStoreBolt, LogStoreWAL}
 
 // start (re)starts node i from its directory with a fresh FSM.
 func (c *tcpCluster) start(i int) {

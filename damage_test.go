@@ -280,7 +280,7 @@ func TestMappedFileFaultIsAnErrorNotACrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	// checkBolt alone, without the size check in front of it.
-	err = checkBolt(db)
+	err = checkBolt(db, false)
 	if !errors.Is(err, ErrCorruptStore) || !strings.Contains(err.Error(), "panicked") {
 		t.Fatalf("checkBolt on a truncated file: %v, want ErrCorruptStore from a recovered fault", err)
 	}
