@@ -1,5 +1,6 @@
 // Package testhook carries the few entry points of package raftkit that
-// its test harness (raftkittest) needs and that raftkit does not export.
+// its test harness (raftkittest) and benchmark (cmd/raftkit-bench) need
+// and that raftkit does not export.
 // Package raftkit fills them in when it is initialised.
 package testhook
 
