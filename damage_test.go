@@ -30,9 +30,10 @@ const damageMarker = "DAMAGE-TEST-VALUE"
 func seededDir(t *testing.T, trailingLogs uint64) (dir, addr string, keys []string) {
 	t.Helper()
 	dir = t.TempDir()
-	addr = freeAddrs(t, 1)[0]
+	addrs, lns := reservePorts(t, 1)
+	addr = addrs[0]
 	short := func(c *raft.Config) { fastRaft(c); c.TrailingLogs = trailingLogs }
-	n, err := NewRaftNode(Config{Addr: addr, Dir: dir, Peers: []string{addr}, RaftConfig: short, SnapshotRetain: 2}, fsmexample.New())
+	n, err := NewRaftNode(Config{Addr: addr, listener: lns[0], Dir: dir, Peers: []string{addr}, RaftConfig: short, SnapshotRetain: 2}, fsmexample.New())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package raftkit
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,18 +15,20 @@ import (
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
 )
 
-// walNode starts a single-node cluster on dir with the raft-wal store.
-func walNode(t *testing.T, addr, dir string) (*RaftNode, *fsmexample.Store, error) {
+// walNode starts a single-node cluster on dir with the raft-wal store, on
+// a port reserved by reservePorts (ln), or bound anew when ln is nil.
+func walNode(t *testing.T, addr string, ln net.Listener, dir string) (*RaftNode, *fsmexample.Store, error) {
 	t.Helper()
 	kv := fsmexample.New()
-	n, err := NewRaftNode(Config{Addr: addr, Dir: dir, Peers: []string{addr}, LogStore: LogStoreWAL, RaftConfig: fastRaft}, kv)
+	n, err := NewRaftNode(Config{Addr: addr, listener: ln, Dir: dir, Peers: []string{addr}, LogStore: LogStoreWAL, RaftConfig: fastRaft}, kv)
 	return n, kv, err
 }
 
 func TestWALStoreKeepsWritesAcrossRestart(t *testing.T) {
 	dir := t.TempDir()
-	addr := freeAddrs(t, 1)[0]
-	n, _, err := walNode(t, addr, dir)
+	addrs, lns := reservePorts(t, 1)
+	addr := addrs[0]
+	n, _, err := walNode(t, addr, lns[0], dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +51,7 @@ func TestWALStoreKeepsWritesAcrossRestart(t *testing.T) {
 		t.Fatalf("raft-wal metadata missing: %v", err)
 	}
 
-	n, kv, err := walNode(t, addr, dir)
+	n, kv, err := walNode(t, addr, nil, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,15 +67,15 @@ func TestWALStoreKeepsWritesAcrossRestart(t *testing.T) {
 
 func TestWALLockedDirFailsFast(t *testing.T) {
 	dir := t.TempDir()
-	addrs := freeAddrs(t, 2)
-	n, _, err := walNode(t, addrs[0], dir)
+	addrs, lns := reservePorts(t, 2)
+	n, _, err := walNode(t, addrs[0], lns[0], dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer n.Close()
 	done := make(chan error, 1)
 	go func() {
-		_, err := NewRaftNode(Config{Addr: addrs[1], Dir: dir, LogStore: LogStoreWAL}, fsmexample.New())
+		_, err := NewRaftNode(Config{Addr: addrs[1], listener: lns[1], Dir: dir, LogStore: LogStoreWAL}, fsmexample.New())
 		done <- err
 	}()
 	select {
@@ -87,8 +90,8 @@ func TestWALLockedDirFailsFast(t *testing.T) {
 
 func TestWALDamagedMetadataIsRefused(t *testing.T) {
 	good := t.TempDir()
-	addr := freeAddrs(t, 1)[0]
-	n, _, err := walNode(t, addr, good)
+	addrs, lns := reservePorts(t, 1)
+	n, _, err := walNode(t, addrs[0], lns[0], good)
 	if err != nil {
 		t.Fatal(err)
 	}
