@@ -1,6 +1,7 @@
 package raftkit
 
 import (
+	"errors"
 	"fmt"
 	"io/fs"
 	"math"
@@ -293,7 +294,13 @@ func (d *stoppedDir) readLog() (storedLog, error) {
 		}
 		for i := out.last; i >= out.first && i > 0; i-- {
 			var entry raft.Log
-			if err := d.logs.GetLog(i, &entry); err != nil {
+			err := d.logs.GetLog(i, &entry)
+			if errors.Is(err, raft.ErrLogNotFound) && i != out.last {
+				// A hole raft leaves on purpose: a user restore bumps the
+				// last index past a snapshot without writing an entry.
+				continue
+			}
+			if err != nil {
 				return fmt.Errorf("%w: %s: log entry %d cannot be read: %v", ErrCorruptStore, d.path, i, err)
 			}
 			if i == out.last {
