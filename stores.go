@@ -16,6 +16,10 @@ import (
 	berrors "go.etcd.io/bbolt/errors"
 )
 
+// The BoltDB format (raft-boltdb/v2, Dir/raft.db), behind storage.go:
+// opening it, its integrity checks, and the checks of a log against the
+// snapshots raft will start from, which both log stores share.
+
 // openBolt opens raft.db after checking that it can be trusted: not held by
 // another node, not empty or damaged, and not missing while snapshots exist
 // (a lost log would forget the node's term and vote, and a node that forgets
