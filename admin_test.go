@@ -51,7 +51,7 @@ func adminCall(t *testing.T, srv *httptest.Server, method, path string, body any
 }
 
 // adminServers serves AdminHandler for every node of c.
-func adminServers(t *testing.T, c *tcpCluster, opts AdminOptions) []*httptest.Server {
+func adminServers(t *testing.T, c *testCluster, opts AdminOptions) []*httptest.Server {
 	t.Helper()
 	var srvs []*httptest.Server
 	for _, n := range c.nodes {
@@ -145,8 +145,9 @@ func TestAdminRoutesOnThreeNodeTCPCluster(t *testing.T) {
 	})
 
 	t.Run("join and remove", func(t *testing.T) {
-		addr := freeAddrs(t, 1)[0]
-		extra, err := NewRaftNode(Config{Addr: addr, Dir: filepath.Join(t.TempDir(), "extra"), RaftConfig: fastRaft, Logger: testLogger(t)}, fsmexample.New())
+		addrs, lns := reservePorts(t, 1)
+		addr := addrs[0]
+		extra, err := NewRaftNode(Config{Addr: addr, listener: lns[0], Dir: filepath.Join(t.TempDir(), "extra"), RaftConfig: fastRaft, Logger: testLogger(t)}, fsmexample.New())
 		if err != nil {
 			t.Fatal(err)
 		}

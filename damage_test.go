@@ -29,17 +29,13 @@ const damageMarker = "DAMAGE-TEST-VALUE"
 // address and the keys it holds.
 func seededDir(t *testing.T, trailingLogs uint64) (dir, addr string, keys []string) {
 	t.Helper()
-	dir = t.TempDir()
-	addr = freeAddrs(t, 1)[0]
-	short := func(c *raft.Config) { fastRaft(c); c.TrailingLogs = trailingLogs }
-	n, err := NewRaftNode(Config{Addr: addr, Dir: dir, Peers: []string{addr}, RaftConfig: short, SnapshotRetain: 2}, fsmexample.New())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
-	if _, err := n.WaitForLeader(ctxTimeout(t, 10*time.Second)); err != nil {
-		t.Fatal(err)
-	}
+	c := newTCPCluster(t, 1, func(c *Config) {
+		c.SnapshotRetain = 2
+		c.RaftConfig = func(rc *raft.Config) { fastRaft(rc); rc.TrailingLogs = trailingLogs }
+	})
+	defer c.stop(0)
+	c.leader()
+	n := c.nodes[0]
 	write := func(from, to int) {
 		for i := from; i < to; i++ {
 			k := fmt.Sprintf("k%03d", i)
@@ -58,7 +54,7 @@ func seededDir(t *testing.T, trailingLogs uint64) (dir, addr string, keys []stri
 		t.Fatal(err)
 	}
 	write(20, 30)
-	return dir, addr, keys
+	return c.dirs[0], c.addrs[0], keys
 }
 
 // snapshotDirs returns the snapshot directories under dir, newest first.
@@ -280,7 +276,7 @@ func TestMappedFileFaultIsAnErrorNotACrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	// checkBolt alone, without the size check in front of it.
-	err = checkBolt(db)
+	err = checkBolt(db, false)
 	if !errors.Is(err, ErrCorruptStore) || !strings.Contains(err.Error(), "panicked") {
 		t.Fatalf("checkBolt on a truncated file: %v, want ErrCorruptStore from a recovered fault", err)
 	}

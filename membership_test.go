@@ -20,9 +20,10 @@ func TestFourthNodeJoinsThroughAFollowerAndGetsAllData(t *testing.T) {
 		}
 	}
 	follower := c.addrs[(l+1)%3]
-	addr := freeAddrs(t, 1)[0]
+	addrs, lns := reservePorts(t, 1)
+	addr := addrs[0]
 	kv := fsmexample.New()
-	n4, err := NewRaftNode(Config{Addr: addr, Dir: filepath.Join(t.TempDir(), "n4"), Join: []string{follower}, RaftConfig: fastRaft, Logger: testLogger(t)}, kv)
+	n4, err := NewRaftNode(Config{Addr: addr, listener: lns[0], Dir: filepath.Join(t.TempDir(), "n4"), Join: []string{follower}, RaftConfig: fastRaft, Logger: testLogger(t)}, kv)
 	if err != nil {
 		t.Fatalf("join through follower %s: %v", follower, err)
 	}
@@ -46,17 +47,18 @@ func TestFourthNodeJoinsThroughAFollowerAndGetsAllData(t *testing.T) {
 func TestRestartedMemberNeverJoinsAgain(t *testing.T) {
 	c := newTCPCluster(t, 3)
 	l := c.leader()
-	addr := freeAddrs(t, 1)[0]
+	addrs, lns := reservePorts(t, 1)
 	dir := filepath.Join(t.TempDir(), "n4")
-	cfg := Config{Addr: addr, Dir: dir, Join: []string{c.addrs[l]}, RaftConfig: fastRaft}
+	cfg := Config{Addr: addrs[0], listener: lns[0], Dir: dir, Join: []string{c.addrs[l]}, RaftConfig: fastRaft}
 	n4, err := NewRaftNode(cfg, fsmexample.New())
 	if err != nil {
 		t.Fatal(err)
 	}
 	n4.Close()
+	cfg.listener = nil // closed with n4: the restart listens anew
 	// A join attempt would fail: the only Join address is dead and the
 	// timeout tiny. A member with state must start without trying.
-	cfg.Join = []string{freeAddrs(t, 1)[0]}
+	cfg.Join = []string{unusedAddr(t)}
 	cfg.JoinTimeout = 50 * time.Millisecond
 	n4, err = NewRaftNode(cfg, fsmexample.New())
 	if err != nil {
@@ -67,7 +69,7 @@ func TestRestartedMemberNeverJoinsAgain(t *testing.T) {
 }
 
 func TestJoinFailsClearlyWhenNoMemberAnswers(t *testing.T) {
-	dead := freeAddrs(t, 1)[0]
+	dead := unusedAddr(t)
 	start := time.Now()
 	_, err := NewRaftNode(Config{Addr: "127.0.0.1:0", Dir: t.TempDir(), Join: []string{dead}, JoinTimeout: 300 * time.Millisecond}, fsmexample.New())
 	if err == nil || !errors.Is(err, ErrNoLeader) {

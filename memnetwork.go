@@ -2,7 +2,7 @@ package raftkit
 
 import (
 	"fmt"
-	"math/rand/v2"
+	"hash/fnv"
 	"net"
 	"sync"
 	"time"
@@ -15,6 +15,14 @@ import (
 // them with Reconnect and Heal; cutting a link also breaks the connections
 // already open on it, as a crashed switch or a firewall reset would.
 //
+// Faults are reproducible: whether a write is dropped depends only on the
+// network's seed (SetSeed), the link (sender and receiver addresses) and
+// how many writes that link carried before it, never on a global random
+// source. Two networks with the same seed and faults drop the same writes
+// of each link: the k-th write from a to b is lost in both or in neither.
+// Which message the k-th write carries still depends on how the
+// goroutines of the nodes were scheduled.
+//
 // A MemNetwork is safe for concurrent use. The zero value is not usable;
 // call NewMemNetwork.
 type MemNetwork struct {
@@ -23,18 +31,47 @@ type MemNetwork struct {
 	blocked   map[[2]string]bool // from, to
 	isolated  map[string]bool
 	conns     map[*memConn]struct{}
-	delay     time.Duration
-	dropRate  float64
+	seed      uint64
+	faults    LinkFaults               // links without their own
+	links     map[[2]string]LinkFaults // from, to
+	sent      map[[2]string]uint64     // writes so far per link
 }
 
-// NewMemNetwork returns an empty in-memory network.
+// LinkFaults are the faults MemNetwork injects on writes in one direction
+// of a link.
+type LinkFaults struct {
+	// DropRate is the probability that a write is lost, clamped to [0, 1].
+	// As on TCP, where a lost message ends in a reset once retransmission
+	// gives up, the loss breaks the connection it was sent on: both ends
+	// see it closed and the write fails. Raft and raftkit then redial, so a
+	// drop rate models a lossy, flapping link.
+	DropRate float64
+	// Delay is how long each write waits before it is delivered. It models
+	// a slow link, not reordering.
+	Delay time.Duration
+}
+
+// NewMemNetwork returns an empty in-memory network with seed 0 and no
+// faults.
 func NewMemNetwork() *MemNetwork {
 	return &MemNetwork{
 		listeners: map[string]*memListener{},
 		blocked:   map[[2]string]bool{},
 		isolated:  map[string]bool{},
 		conns:     map[*memConn]struct{}{},
+		links:     map[[2]string]LinkFaults{},
+		sent:      map[[2]string]uint64{},
 	}
+}
+
+// SetSeed sets the seed that decides which writes are dropped, and
+// restarts every link's count of writes, so that from here on the network
+// drops the same writes as any network given the same seed and faults.
+func (n *MemNetwork) SetSeed(seed uint64) {
+	n.mu.Lock()
+	n.seed = seed
+	n.sent = map[[2]string]uint64{}
+	n.mu.Unlock()
 }
 
 // Disconnect cuts the link between a and b in both directions.
@@ -81,23 +118,76 @@ func (n *MemNetwork) Heal() {
 	n.mu.Unlock()
 }
 
-// SetDelay makes every write on the network wait d before it is delivered
-// (0 turns it off). It models a slow link, not reordering.
+// SetDelay makes every write on links without their own faults
+// (SetLinkFaults) wait d before it is delivered (0 turns it off); see
+// LinkFaults.Delay.
 func (n *MemNetwork) SetDelay(d time.Duration) {
 	n.mu.Lock()
-	n.delay = d
+	n.faults.Delay = d
 	n.mu.Unlock()
 }
 
-// SetDropRate makes each write on the network lost with probability p
-// (0 turns it off; values are clamped to [0, 1]). As on TCP, where a lost
-// message ends in a reset once retransmission gives up, the loss breaks the
-// connection it was sent on: both ends see it closed and the write fails.
-// Raft and raftkit then redial, so p models a lossy, flapping link.
+// SetDropRate makes each write on links without their own faults
+// (SetLinkFaults) lost with probability p (0 turns it off; values are
+// clamped to [0, 1]); see LinkFaults.DropRate.
 func (n *MemNetwork) SetDropRate(p float64) {
 	n.mu.Lock()
-	n.dropRate = min(max(p, 0), 1)
+	n.faults.DropRate = min(max(p, 0), 1)
 	n.mu.Unlock()
+}
+
+// SetLinkFaults sets the faults of writes from one address to another, in
+// that direction only, in place of the network-wide ones of SetDropRate
+// and SetDelay. Heal leaves them; ClearLinkFaults removes them.
+func (n *MemNetwork) SetLinkFaults(from, to string, f LinkFaults) {
+	f.DropRate = min(max(f.DropRate, 0), 1)
+	n.mu.Lock()
+	n.links[[2]string{from, to}] = f
+	n.mu.Unlock()
+}
+
+// ClearLinkFaults removes every link's own faults (SetLinkFaults): all
+// links have the network-wide ones again.
+func (n *MemNetwork) ClearLinkFaults() {
+	n.mu.Lock()
+	n.links = map[[2]string]LinkFaults{}
+	n.mu.Unlock()
+}
+
+// nextWrite counts a write from one address to another and returns its
+// delay and whether it is dropped.
+func (n *MemNetwork) nextWrite(from, to string) (time.Duration, bool) {
+	link := [2]string{from, to}
+	n.mu.Lock()
+	f, ok := n.links[link]
+	if !ok {
+		f = n.faults
+	}
+	k := n.sent[link]
+	n.sent[link] = k + 1
+	seed := n.seed
+	n.mu.Unlock()
+	return f.Delay, f.DropRate > 0 && dropDraw(seed, from, to, k) < f.DropRate
+}
+
+// dropDraw is a number in [0, 1) fixed by the seed, the link and the
+// write's position on it.
+func dropDraw(seed uint64, from, to string, k uint64) float64 {
+	h := fnv.New64a()
+	h.Write([]byte(from))
+	h.Write([]byte{0})
+	h.Write([]byte(to))
+	x := mix64(mix64(mix64(seed)+h.Sum64()) + k)
+	return float64(x>>11) / (1 << 53)
+}
+
+// mix64 is splitmix64's step: a bijection that spreads every input bit
+// over the whole output.
+func mix64(x uint64) uint64 {
+	x += 0x9e3779b97f4a7c15
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9
+	x = (x ^ (x >> 27)) * 0x94d049bb133111eb
+	return x ^ (x >> 31)
 }
 
 func (n *MemNetwork) cutLocked(from, to string) bool {
@@ -180,10 +270,8 @@ func (c *memConn) LocalAddr() net.Addr  { return memAddr(c.from) }
 func (c *memConn) RemoteAddr() net.Addr { return memAddr(c.to) }
 
 func (c *memConn) Write(b []byte) (int, error) {
-	c.net.mu.Lock()
-	d, drop := c.net.delay, c.net.dropRate
-	c.net.mu.Unlock()
-	if drop > 0 && rand.Float64() < drop {
+	d, drop := c.net.nextWrite(c.from, c.to)
+	if drop {
 		c.Close()
 		return 0, &net.OpError{Op: "write", Net: "mem", Addr: memAddr(c.to), Err: fmt.Errorf("connection reset (message dropped by MemNetwork)")}
 	}

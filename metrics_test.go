@@ -48,25 +48,9 @@ func parseMetrics(t testing.TB, text string) map[string]float64 {
 }
 
 // newMetricsCluster is a 3-node TCP cluster whose nodes report to m.
-func newMetricsCluster(t *testing.T, m *Metrics) *tcpCluster {
+func newMetricsCluster(t *testing.T, m *Metrics) *testCluster {
 	t.Helper()
-	c := &tcpCluster{t: t, addrs: freeAddrs(t, 3)}
-	base := t.TempDir()
-	c.nodes = make([]*RaftNode, 3)
-	c.fsms = make([]*fsmexample.Store, 3)
-	t.Cleanup(c.closeAll)
-	for i := range c.nodes {
-		c.dirs = append(c.dirs, fmt.Sprintf("%s/node%d", base, i))
-		cfg := c.config(i)
-		cfg.Metrics = m
-		c.fsms[i] = fsmexample.New()
-		n, err := NewRaftNode(cfg, c.fsms[i])
-		if err != nil {
-			t.Fatalf("start node %d: %v", i, err)
-		}
-		c.nodes[i] = n
-	}
-	return c
+	return newTCPCluster(t, 3, func(c *Config) { c.Metrics = m })
 }
 
 func TestMetricsExposeRaftBoltAndRaftkitSeries(t *testing.T) {

@@ -102,6 +102,12 @@ type Config struct {
 	// string.
 	Addr string
 
+	// listener, when set, is already bound to Addr and becomes the node's
+	// port instead of a new listen. raftkit's tests hand nodes the
+	// listeners they reserved ports with, so that no other process can take
+	// a port between its choice and the node's start.
+	listener net.Listener
+
 	// AdvertiseAddr is the host:port other nodes use to reach this one.
 	// Default: Addr. Required when Addr binds an unspecified host such as
 	// 0.0.0.0 or [::].

@@ -175,7 +175,7 @@ func TestRestartEveryNodeKeepsAcknowledgedWrites(t *testing.T) {
 }
 
 func TestSingleNodeCluster(t *testing.T) {
-	addr := freeAddrs(t, 1)[0]
+	addr := unusedAddr(t)
 	fsm := fsmexample.New()
 	n, err := NewRaftNodeAndBootstrapCluster(addr, []string{addr}, t.TempDir(), fsm, nil)
 	if err != nil {
@@ -194,7 +194,7 @@ func TestSingleNodeCluster(t *testing.T) {
 }
 
 func TestBootstrapWithoutOwnAddressFails(t *testing.T) {
-	addrs := freeAddrs(t, 2)
+	addrs := []string{unusedAddr(t), unusedAddr(t)}
 	_, err := NewRaftNodeAndBootstrapCluster(addrs[0], addrs[1:], t.TempDir(), fsmexample.New(), nil)
 	if !errors.Is(err, ErrInvalidConfig) {
 		t.Fatalf("got %v, want ErrInvalidConfig", err)
@@ -391,7 +391,7 @@ func TestMissingLogWithSnapshotsIsRefused(t *testing.T) {
 		n.Close()
 		t.Fatal("port 0 with peers accepted")
 	}
-	addr := freeAddrs(t, 1)[0]
+	addr := unusedAddr(t)
 	n, err = NewRaftNodeAndBootstrapCluster(addr, []string{addr}, dir, fsmexample.New(), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -419,8 +419,9 @@ func TestFailedConstructionReleasesEverything(t *testing.T) {
 	// The port is taken, so NewRaftNode fails after opening raft.db; the
 	// file lock must be released for the next attempt.
 	dir := t.TempDir()
-	addr := freeAddrs(t, 1)[0]
-	blocker, err := NewRaftNode(Config{Addr: addr, Dir: t.TempDir()}, fsmexample.New())
+	addrs, lns := reservePorts(t, 1)
+	addr := addrs[0]
+	blocker, err := NewRaftNode(Config{Addr: addr, listener: lns[0], Dir: t.TempDir()}, fsmexample.New())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -517,58 +518,4 @@ func TestLeadershipWatchersStartWithCurrentStateAndSeeChanges(t *testing.T) {
 			}
 		})
 	}
-}
-
-// newMemNode starts a single-node in-memory cluster and waits for it to lead.
-func newMemNode(t testing.TB, name string) *RaftNode {
-	t.Helper()
-	n, err := NewRaftNode(Config{InMemory: true, Addr: name, Peers: []string{name}, RaftConfig: fastRaft}, fsmexample.New())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close() })
-	if _, err := n.WaitForLeader(ctxTimeout(t, 10*time.Second)); err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
-
-// newMemCluster starts n in-memory nodes on net, bootstrapped together.
-func newMemCluster(t testing.TB, net *MemNetwork, n int, opts ...func(*Config)) ([]*RaftNode, []*fsmexample.Store) {
-	t.Helper()
-	var addrs []string
-	for i := 0; i < n; i++ {
-		addrs = append(addrs, fmt.Sprintf("mem%d", i))
-	}
-	var nodes []*RaftNode
-	var kvs []*fsmexample.Store
-	for _, a := range addrs {
-		cfg := Config{InMemory: true, Network: net, Addr: a, Peers: addrs, RaftConfig: fastRaft, Logger: testLogger(t)}
-		for _, o := range opts {
-			o(&cfg)
-		}
-		kv := fsmexample.New()
-		node, err := NewRaftNode(cfg, kv)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { node.Close() })
-		nodes, kvs = append(nodes, node), append(kvs, kv)
-	}
-	return nodes, kvs
-}
-
-func memLeader(t testing.TB, nodes []*RaftNode) int {
-	t.Helper()
-	idx := -1
-	waitFor(t, 15*time.Second, "a leader", func() bool {
-		for i, n := range nodes {
-			if n.IsLeader() {
-				idx = i
-				return true
-			}
-		}
-		return false
-	})
-	return idx
 }

@@ -4,10 +4,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 )
 
@@ -44,10 +46,37 @@ type recoveryEntry struct {
 // starts. Write the same list into the directory of every surviving server
 // that is to be part of the recovered cluster, then start them.
 //
-// The node must be stopped (WriteRecovery fails with ErrDataDirLocked if
-// it is running) and dir must hold its data. servers must list at least
-// one voter, with unique non-empty IDs and addresses; the IDs must be the
-// nodes' Config.ID (by default their address).
+// The node must be stopped: WriteRecovery locks dir as a node does, and
+// fails with ErrDataDirLocked if a node is running on it. dir must hold a
+// node's state in either log store (LogStoreBolt or LogStoreWAL); a
+// directory that does not fails with ErrRecovery, and one the node could
+// not start from (damaged files, a log that does not reach its snapshots)
+// with ErrCorruptStore. servers must list at least one voter, with unique
+// non-empty IDs and addresses; the IDs must be the nodes' Config.ID (by
+// default their address).
+//
+// A poisoned term is repaired. Raft cannot elect a leader once a node's
+// stored current term is 2^63 or more, as after granting a stranger's
+// RequestVote with term 2^64-1: a candidate's term+1 wraps around. When
+// the stored current term (or last vote's term) is that large,
+// WriteRecovery sets the current term to the highest term in the node's
+// log and snapshots (1 if both are empty) and records the node's vote in
+// that term as already cast, for no server. Nothing else changes: the log,
+// the snapshots and the configuration stay as they are. This is safe
+// offline because the lock keeps the node stopped while it is written, and
+// because it keeps what raft's safety rests on for this node: its term is
+// at least the term of every entry it holds, so entries it may write as a
+// future leader carry a higher term than any it has; and it cannot vote in
+// the reset term, in which it may have voted before, so from here on it
+// votes at most once per term. The terms between the reset value and the
+// poisoned one are forgotten. A member whose log ends in a higher term
+// than another's rejects that member's candidacy in the lower terms, as
+// raft always does; what no tool can recover is an entry a lost leader
+// wrote in such a term to only a minority, and recovery already treats
+// every surviving log as committed (see the warning below). So recover
+// every member of the cluster with the same list, and start first the one
+// whose log ends with the highest term and index (DirInfo.LastLogTerm and
+// LastIndex).
 //
 // WARNING: recovery forces the configuration. Every entry in the
 // surviving log is treated as committed, even one that never reached a
@@ -58,11 +87,22 @@ func WriteRecovery(dir string, servers []ServerInfo) error {
 	if err := checkRecovery(servers); err != nil {
 		return err
 	}
-	db := filepath.Join(dir, boltFile)
-	if _, err := os.Stat(db); err != nil {
-		return fmt.Errorf("%w: %s is not a node's data directory: %v", ErrRecovery, dir, err)
+	d, err := openStoppedDir(dir, true)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: %v", ErrRecovery, err)
 	}
-	if err := checkNotRunning(db); err != nil {
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	snaps, err := openSnapshotStore(dir, 1<<20, hclog.NewNullLogger())
+	if err != nil {
+		return err
+	}
+	if err := checkLogAgainstSnapshots(d.path, d.logs, snaps, hclog.NewNullLogger()); err != nil {
+		return err
+	}
+	if _, err := d.resetPoisonedTerm(maxSnapshotTerm(filepath.Join(dir, snapshotDir))); err != nil {
 		return err
 	}
 	entries := make([]recoveryEntry, 0, len(servers))
@@ -82,7 +122,7 @@ func WriteRecovery(dir string, servers []ServerInfo) error {
 		os.Remove(tmp)
 		return fmt.Errorf("raftkit: write recovery file %s: %w", path, err)
 	}
-	return nil
+	return d.Close()
 }
 
 func checkRecovery(servers []ServerInfo) error {
@@ -91,7 +131,7 @@ func checkRecovery(servers []ServerInfo) error {
 	}
 	ids, addrs, voters := map[string]bool{}, map[string]bool{}, 0
 	for i, s := range servers {
-		if s.ID == "" || s.Addr == "" || strings.ContainsAny(s.ID, "=\n") {
+		if s.ID == "" || s.Addr == "" || strings.ContainsAny(s.ID, "=\n") || s.ID == noVote {
 			return fmt.Errorf("%w: servers[%d] needs an ID (without '=') and an address, got %q at %q", ErrRecovery, i, s.ID, s.Addr)
 		}
 		if ids[s.ID] || addrs[s.Addr] {

@@ -3,6 +3,7 @@ package raftkit
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"testing"
@@ -12,7 +13,13 @@ import (
 )
 
 func TestRecoverSingleSurvivorOfThreeNodes(t *testing.T) {
-	c := newTCPCluster(t, 3)
+	for _, kind := range logStores {
+		t.Run(kind.String(), func(t *testing.T) { testRecoverSingleSurvivor(t, kind) })
+	}
+}
+
+func testRecoverSingleSurvivor(t *testing.T, kind LogStoreKind) {
+	c := newTCPCluster(t, 3, withLogStore(kind))
 	l := c.leader()
 	const keys = 30
 	for i := 0; i < keys; i++ {
@@ -77,18 +84,22 @@ func TestWriteRecoveryRefusesBadInput(t *testing.T) {
 	c := newTCPCluster(t, 1)
 	c.leader()
 	dir := c.dirs[0]
+	w := newTCPCluster(t, 1, withLogStore(LogStoreWAL))
+	w.leader()
 	ok := ServerInfo{ID: "a", Addr: "127.0.0.1:1", Voter: true}
 	cases := map[string]struct {
 		dir     string
 		servers []ServerInfo
 		want    error
 	}{
-		"no servers":   {dir, nil, ErrRecovery},
-		"no voter":     {dir, []ServerInfo{{ID: "a", Addr: "127.0.0.1:1"}}, ErrRecovery},
-		"empty ID":     {dir, []ServerInfo{{Addr: "127.0.0.1:1", Voter: true}}, ErrRecovery},
-		"duplicate ID": {dir, []ServerInfo{ok, {ID: "a", Addr: "127.0.0.1:2", Voter: true}}, ErrRecovery},
-		"not a dir":    {t.TempDir(), []ServerInfo{ok}, ErrRecovery},
-		"running node": {dir, []ServerInfo{ok}, ErrDataDirLocked},
+		"no servers":            {dir, nil, ErrRecovery},
+		"no voter":              {dir, []ServerInfo{{ID: "a", Addr: "127.0.0.1:1"}}, ErrRecovery},
+		"empty ID":              {dir, []ServerInfo{{Addr: "127.0.0.1:1", Voter: true}}, ErrRecovery},
+		"duplicate ID":          {dir, []ServerInfo{ok, {ID: "a", Addr: "127.0.0.1:2", Voter: true}}, ErrRecovery},
+		"reserved ID":           {dir, []ServerInfo{{ID: noVote, Addr: "127.0.0.1:1", Voter: true}}, ErrRecovery},
+		"not a dir":             {t.TempDir(), []ServerInfo{ok}, ErrRecovery},
+		"running node":          {dir, []ServerInfo{ok}, ErrDataDirLocked},
+		"running raft-wal node": {w.dirs[0], []ServerInfo{ok}, ErrDataDirLocked},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -122,4 +133,105 @@ func TestNodeRefusesRecoveryFileThatOmitsIt(t *testing.T) {
 	os.Remove(filepath.Join(c.dirs[0], RecoveryFile))
 	c.start(0)
 	waitFor(t, 15*time.Second, "the node to lead again", c.nodes[0].IsLeader)
+}
+
+// poisonTerm stores term 2^64-1 and a vote for a stranger in it in a
+// stopped node's stable store, as granting a hostile RequestVote does.
+func poisonTerm(t *testing.T, dir string) {
+	t.Helper()
+	d, err := openStoppedDir(dir, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	for _, err := range []error{
+		d.stable.SetUint64(keyCurrentTerm, math.MaxUint64),
+		d.stable.SetUint64(keyLastVoteTerm, math.MaxUint64),
+		d.stable.Set(keyLastVoteCand, []byte("stranger")),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestRecoverResetsPoisonedTerm(t *testing.T) {
+	for _, kind := range logStores {
+		t.Run(kind.String(), func(t *testing.T) {
+			c := newTCPCluster(t, 3, withLogStore(kind))
+			l := c.leader()
+			const keys = 20
+			for i := 0; i < keys; i++ {
+				if _, err := c.nodes[l].Apply(ctxTimeout(t, 10*time.Second), fsmexample.Set(fmt.Sprintf("k%d", i), []byte("v"))); err != nil {
+					t.Fatalf("write %d: %v", i, err)
+				}
+			}
+			c.waitApplied(c.nodes[l].Status().LastLogIndex)
+			var servers []ServerInfo
+			for i := range c.nodes {
+				servers = append(servers, ServerInfo{ID: c.nodes[i].ID(), Addr: c.addrs[i], Voter: true})
+				c.stop(i)
+				poisonTerm(t, c.dirs[i])
+			}
+			for i := range c.nodes {
+				before, err := InspectDir(ctxTimeout(t, 10*time.Second), c.dirs[i])
+				if err != nil {
+					t.Fatal(err)
+				}
+				if before.CurrentTerm != math.MaxUint64 {
+					t.Fatalf("node %d: poisoned term reads back as %d", i, before.CurrentTerm)
+				}
+				if err := WriteRecovery(c.dirs[i], servers); err != nil {
+					t.Fatalf("node %d: %v", i, err)
+				}
+				after, err := InspectDir(ctxTimeout(t, 10*time.Second), c.dirs[i])
+				if err != nil {
+					t.Fatal(err)
+				}
+				// Reset to the last entry's term, with the vote in it spent;
+				// the log itself is untouched.
+				if after.CurrentTerm != before.LastLogTerm || after.LastVoteTerm != before.LastLogTerm || after.LastVoteFor != noVote ||
+					after.LastIndex != before.LastIndex || after.FirstIndex != before.FirstIndex || after.LastLogTerm != before.LastLogTerm {
+					t.Fatalf("node %d after recovery: %+v; before: %+v", i, after, before)
+				}
+			}
+			for i := range c.nodes {
+				c.start(i)
+			}
+			l = c.leader()
+			if _, err := c.nodes[l].Apply(ctxTimeout(t, 10*time.Second), fsmexample.Set("after", []byte("x"))); err != nil {
+				t.Fatalf("write after recovery: %v", err)
+			}
+			c.waitApplied(c.nodes[l].Status().LastLogIndex)
+			for i := range c.nodes {
+				if got := c.fsms[i].Len(); got != keys+1 {
+					t.Fatalf("node %d holds %d keys, want %d", i, got, keys+1)
+				}
+				if term := c.nodes[i].Status().Term; term > maxSaneTerm {
+					t.Fatalf("node %d runs in term %d", i, term)
+				}
+			}
+		})
+	}
+}
+
+func TestWriteRecoveryLeavesSaneTermAlone(t *testing.T) {
+	c := newTCPCluster(t, 1, withLogStore(LogStoreWAL))
+	c.leader()
+	c.stop(0)
+	before, err := InspectDir(ctxTimeout(t, 10*time.Second), c.dirs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteRecovery(c.dirs[0], []ServerInfo{{ID: c.nodes[0].ID(), Addr: c.addrs[0], Voter: true}}); err != nil {
+		t.Fatal(err)
+	}
+	after, err := InspectDir(ctxTimeout(t, 10*time.Second), c.dirs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.CurrentTerm != before.CurrentTerm || after.LastVoteTerm != before.LastVoteTerm || after.LastVoteFor != before.LastVoteFor {
+		t.Fatalf("term and vote changed from %d/%d/%q to %d/%d/%q", before.CurrentTerm, before.LastVoteTerm, before.LastVoteFor,
+			after.CurrentTerm, after.LastVoteTerm, after.LastVoteFor)
+	}
 }

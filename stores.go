@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
-	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
@@ -17,89 +16,22 @@ import (
 	berrors "go.etcd.io/bbolt/errors"
 )
 
-const (
-	// boltFile is the log and stable store inside Config.Dir.
-	boltFile = "raft.db"
-	// lockTimeout bounds the wait for raft.db's file lock.
-	lockTimeout = time.Second
-	// logCacheSize is how many recent log entries are kept in memory, so
-	// that replication to followers a few batches behind reads no disk. It
-	// covers two full AppendEntries batches (raftMaxAppendEntries).
-	logCacheSize = 1024
-)
-
-// nodeStores is what a node keeps its raft state in.
-type nodeStores struct {
-	log    raft.LogStore
-	stable raft.StableStore
-	snaps  raft.SnapshotStore
-	close  func() error // nil in memory
-}
-
-func (s *nodeStores) Close() error {
-	if s.close == nil {
-		return nil
-	}
-	return s.close()
-}
-
-// openStores opens (or creates) the stores a node's Config asks for.
-func openStores(s *settled) (*nodeStores, error) {
-	if s.InMemory {
-		return &nodeStores{log: s.Storage.logs, stable: s.Storage.logs, snaps: s.Storage.snaps}, nil
-	}
-	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
-		return nil, configErr("Dir", s.Dir, "cannot be created: %v", err)
-	}
-	snaps, err := openSnapshotStore(s.Dir, s.SnapshotRetain, s.Logger)
-	if err != nil {
-		return nil, err
-	}
-	if err := checkStoreKind(s.Dir, s.LogStore); err != nil {
-		return nil, err
-	}
-	var (
-		logs    raft.LogStore
-		stable  raft.StableStore
-		closer  func() error
-		logPath = filepath.Join(s.Dir, boltFile)
-	)
-	if s.LogStore == LogStoreWAL {
-		logPath = filepath.Join(s.Dir, walDir)
-		w, err := openWAL(s.Dir, snaps, s.Logger)
-		if err != nil {
-			return nil, err
-		}
-		logs, stable, closer = w.wal, w.wal, w.Close
-	} else {
-		bolt, err := openBolt(filepath.Join(s.Dir, boltFile), snaps)
-		if err != nil {
-			return nil, err
-		}
-		logs, stable, closer = bolt, bolt, bolt.Close
-	}
-	// With the log store's lock held, no other node writes snapshots here.
-	removeTempSnapshots(s.Dir, s.Logger)
-	if err := checkLogAgainstSnapshots(logPath, logs, snaps, s.Logger); err != nil {
-		closer()
-		return nil, err
-	}
-	cache, err := raft.NewLogCache(logCacheSize, logs)
-	if err != nil {
-		closer()
-		return nil, fmt.Errorf("raftkit: log cache: %w", err)
-	}
-	return &nodeStores{log: cache, stable: stable, snaps: snaps, close: closer}, nil
-}
+// The BoltDB format (raft-boltdb/v2, Dir/raft.db), behind storage.go:
+// opening it, its integrity checks, and the checks of a log against the
+// snapshots raft will start from, which both log stores share.
 
 // openBolt opens raft.db after checking that it can be trusted: not held by
 // another node, not empty or damaged, and not missing while snapshots exist
 // (a lost log would forget the node's term and vote, and a node that forgets
-// its vote can vote twice in one term).
-func openBolt(path string, snaps raft.SnapshotStore) (*raftboltdb.BoltStore, error) {
+// its vote can vote twice in one term). readOnly opens it without write
+// access and under a shared lock, for offline tools.
+func openBolt(path string, snaps raft.SnapshotStore, readOnly bool) (*raftboltdb.BoltStore, error) {
 	fi, err := os.Stat(path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
+		if snaps == nil {
+			return nil, fmt.Errorf("raftkit: open log store %s: %w", path, err)
+		}
 		if list, lerr := snaps.List(); lerr == nil && len(list) > 0 {
 			return nil, fmt.Errorf("%w: %s is missing but %d snapshot(s) exist: the node's term and vote are lost; "+
 				"restore raft.db, or remove the whole directory to rejoin as a new node", ErrCorruptStore, path, len(list))
@@ -112,7 +44,7 @@ func openBolt(path string, snaps raft.SnapshotStore) (*raftboltdb.BoltStore, err
 		return nil, fmt.Errorf("%w: %s is empty (0 bytes); raftkit will not start it as a fresh node. "+
 			"Remove the whole directory to rejoin as a new node", ErrCorruptStore, path)
 	default:
-		if err := checkBoltFile(path); err != nil {
+		if err := checkBoltFile(path, readOnly); err != nil {
 			return nil, err
 		}
 	}
@@ -121,7 +53,7 @@ func openBolt(path string, snaps raft.SnapshotStore) (*raftboltdb.BoltStore, err
 		var err error
 		store, err = raftboltdb.New(raftboltdb.Options{
 			Path:        path,
-			BoltOptions: &bbolt.Options{Timeout: lockTimeout},
+			BoltOptions: &bbolt.Options{Timeout: lockTimeout, ReadOnly: readOnly},
 		})
 		return err
 	})
@@ -189,34 +121,21 @@ func checkLogAgainstSnapshots(path string, logs raft.LogStore, snaps raft.Snapsh
 	})
 }
 
-// removeTempSnapshots deletes snapshot directories that a crash left half
-// written (raft names them *.tmp until they are complete, and ignores them
-// otherwise; they only take space).
-func removeTempSnapshots(dir string, logger hclog.Logger) {
-	tmps, _ := filepath.Glob(filepath.Join(dir, snapshotDir, "*.tmp"))
-	for _, tmp := range tmps {
-		if err := os.RemoveAll(tmp); err != nil {
-			logger.Warn("cannot remove an unfinished snapshot", "path", tmp, "error", err)
-			continue
-		}
-		logger.Warn("removed an unfinished snapshot left by a crash", "path", tmp)
-	}
-}
-
 // checkBoltFile checks an existing BoltDB file before anything maps it:
-// its size against its meta page, then every page.
-func checkBoltFile(path string) error {
+// its size against its meta page, then every page. readOnly opens it
+// without write access, under a shared lock.
+func checkBoltFile(path string, readOnly bool) error {
 	if err := checkBoltSize(path); err != nil {
 		return err
 	}
-	return checkBolt(path)
+	return checkBolt(path, readOnly)
 }
 
-// checkBolt walks every page of an existing raft.db so that damage shows up
-// as an error now rather than as a panic deep inside raft later.
-func checkBolt(path string) error {
+// checkBolt walks every page of an existing BoltDB file so that damage
+// shows up as an error now rather than as a panic deep inside raft later.
+func checkBolt(path string, readOnly bool) error {
 	return safely(func() error {
-		db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: lockTimeout})
+		db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: lockTimeout, ReadOnly: readOnly})
 		if err != nil {
 			return boltError(path, err)
 		}
@@ -318,18 +237,4 @@ func safely(fn func() error) (err error) {
 		}
 	}()
 	return fn()
-}
-
-// MemStorage is the state of an in-memory node (Config.Storage): its log,
-// stable store and snapshots. Giving a new node the MemStorage of a closed
-// one restarts it with the state it had, as after a process crash. One
-// MemStorage must not be used by two running nodes at once.
-type MemStorage struct {
-	logs  *raft.InmemStore
-	snaps *memSnapshotStore
-}
-
-// NewMemStorage returns empty in-memory storage.
-func NewMemStorage() *MemStorage {
-	return &MemStorage{logs: raft.NewInmemStore(), snaps: &memSnapshotStore{}}
 }

@@ -140,23 +140,12 @@ func (e *tlsEnv) config(t testing.TB, name string, o certOpts) *TLSConfig {
 	return &TLSConfig{CAFile: e.caFile, CertFile: cert, KeyFile: key, PeerNames: []string{"*.raft.test"}}
 }
 
-func newTLSCluster(t *testing.T, e *tlsEnv) *tcpCluster {
-	c := &tcpCluster{t: t, addrs: freeAddrs(t, 3)}
-	base := t.TempDir()
-	c.nodes = make([]*RaftNode, 3)
-	c.fsms = make([]*fsmexample.Store, 3)
-	for i := range c.addrs {
-		c.dirs = append(c.dirs, filepath.Join(base, fmt.Sprint(i)))
-		tc := e.config(t, fmt.Sprintf("node%d", i), nodeCert(fmt.Sprintf("node%d.raft.test", i)))
-		kv := fsmexample.New()
-		n, err := NewRaftNode(Config{Addr: c.addrs[i], Dir: c.dirs[i], Peers: c.addrs, TLS: tc, RaftConfig: fastRaft, Logger: testLogger(t)}, kv)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.nodes[i], c.fsms[i] = n, kv
+func newTLSCluster(t *testing.T, e *tlsEnv) *testCluster {
+	var tcs []*TLSConfig
+	for i := 0; i < 3; i++ {
+		tcs = append(tcs, e.config(t, fmt.Sprintf("node%d", i), nodeCert(fmt.Sprintf("node%d.raft.test", i))))
 	}
-	t.Cleanup(c.closeAll)
-	return c
+	return newTCPCluster(t, 3, func(c *Config) { c.TLS = tcs[nodeIndex(c)] })
 }
 
 func TestTLSClusterForwardsJoinsAndReads(t *testing.T) {
@@ -174,7 +163,8 @@ func TestTLSClusterForwardsJoinsAndReads(t *testing.T) {
 		t.Fatal("linearizable read missed the write")
 	}
 	kv := fsmexample.New()
-	n4, err := NewRaftNode(Config{Addr: freeAddrs(t, 1)[0], Dir: t.TempDir(), Join: []string{c.addrs[f]},
+	addrs, lns := reservePorts(t, 1)
+	n4, err := NewRaftNode(Config{Addr: addrs[0], listener: lns[0], Dir: t.TempDir(), Join: []string{c.addrs[f]},
 		TLS: e.config(t, "node4", nodeCert("node4.raft.test")), RaftConfig: fastRaft}, kv)
 	if err != nil {
 		t.Fatalf("join with a valid certificate: %v", err)

@@ -364,7 +364,10 @@ func openTransport(s *settled) (*portMux, *raft.NetworkTransport, error) {
 			return s.Network.dial(advertise, addr, timeout)
 		}
 	} else {
-		ln, err = net.Listen("tcp", s.Addr)
+		ln = s.listener
+		if ln == nil {
+			ln, err = net.Listen("tcp", s.Addr)
+		}
 		if err != nil {
 			return nil, nil, fmt.Errorf("raftkit: listen on Addr %q: %w", s.Addr, err)
 		}

@@ -55,36 +55,6 @@ func validateLogStore(k LogStoreKind) error {
 	return nil
 }
 
-const (
-	// walDir is raft-wal's directory inside Config.Dir.
-	walDir = "wal"
-	// walLockFile is the lock raftkit holds while a node uses walDir.
-	// raft-wal's own lock (on wal-meta.db) waits forever when held.
-	walLockFile = "wal.lock"
-)
-
-// checkStoreKind refuses to open a data directory with the other store
-// than the one that holds its state: the node would start with an empty
-// log and forget its term and vote.
-func checkStoreKind(dir string, want LogStoreKind) error {
-	boltExists := exists(filepath.Join(dir, boltFile))
-	walExists := exists(filepath.Join(dir, walDir, metadb.FileName))
-	switch {
-	case want == LogStoreWAL && boltExists:
-		return configErr("LogStore", want.String(), "but %s holds a BoltDB log (%s); "+
-			"keep LogStoreBolt for this directory, or start a new node in an empty one", dir, boltFile)
-	case want == LogStoreBolt && walExists:
-		return configErr("LogStore", want.String(), "but %s holds a raft-wal log (%s/); "+
-			"set LogStoreWAL for this directory, or start a new node in an empty one", dir, walDir)
-	}
-	return nil
-}
-
-func exists(path string) bool {
-	_, err := os.Lstat(path)
-	return err == nil
-}
-
 // walStore is an open raft-wal log with the directory lock raftkit holds
 // for it.
 type walStore struct {
@@ -126,6 +96,9 @@ func openWALLocked(wdir string, metaDB *metadb.BoltMetaDB, snaps raft.SnapshotSt
 	fi, err := os.Stat(meta)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
+		if snaps == nil {
+			return nil, fmt.Errorf("raftkit: open log store %s: %w", meta, err)
+		}
 		if list, lerr := snaps.List(); lerr == nil && len(list) > 0 {
 			return nil, fmt.Errorf("%w: %s is missing but %d snapshot(s) exist: the node's term and vote are lost; "+
 				"restore it, or remove the whole directory to rejoin as a new node", ErrCorruptStore, meta, len(list))
@@ -141,7 +114,7 @@ func openWALLocked(wdir string, metaDB *metadb.BoltMetaDB, snaps raft.SnapshotSt
 		// raft-wal opens this file without a lock timeout; checking it first
 		// turns damage and a foreign holder into errors instead of a panic
 		// or a hang.
-		if err := checkBoltFile(meta); err != nil {
+		if err := checkBoltFile(meta, false); err != nil {
 			return nil, err
 		}
 	}

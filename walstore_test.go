@@ -14,33 +14,17 @@ import (
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
 )
 
-// walNode starts a single-node cluster on dir with the raft-wal store.
-func walNode(t *testing.T, addr, dir string) (*RaftNode, *fsmexample.Store, error) {
-	t.Helper()
-	kv := fsmexample.New()
-	n, err := NewRaftNode(Config{Addr: addr, Dir: dir, Peers: []string{addr}, LogStore: LogStoreWAL, RaftConfig: fastRaft}, kv)
-	return n, kv, err
-}
-
 func TestWALStoreKeepsWritesAcrossRestart(t *testing.T) {
-	dir := t.TempDir()
-	addr := freeAddrs(t, 1)[0]
-	n, _, err := walNode(t, addr, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := n.WaitForLeader(ctxTimeout(t, 10*time.Second)); err != nil {
-		t.Fatal(err)
-	}
+	c := newTCPCluster(t, 1, withLogStore(LogStoreWAL))
+	c.leader()
+	n, dir := c.nodes[0], c.dirs[0]
 	for i := 0; i < 50; i++ {
 		if _, err := n.Apply(ctxTimeout(t, 5*time.Second), fsmexample.Set(fmt.Sprintf("k%d", i), []byte("v"))); err != nil {
 			t.Fatal(err)
 		}
 	}
 	term := n.Raft().CurrentTerm()
-	if err := n.Close(); err != nil {
-		t.Fatal(err)
-	}
+	c.stop(0)
 	if _, err := os.Stat(filepath.Join(dir, boltFile)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("raft-wal node created %s (err %v)", boltFile, err)
 	}
@@ -48,11 +32,8 @@ func TestWALStoreKeepsWritesAcrossRestart(t *testing.T) {
 		t.Fatalf("raft-wal metadata missing: %v", err)
 	}
 
-	n, kv, err := walNode(t, addr, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
+	c.start(0)
+	n, kv := c.nodes[0], c.fsms[0]
 	if got := n.Raft().CurrentTerm(); got < term {
 		t.Fatalf("term went back from %d to %d across restart", term, got)
 	}
@@ -63,16 +44,11 @@ func TestWALStoreKeepsWritesAcrossRestart(t *testing.T) {
 }
 
 func TestWALLockedDirFailsFast(t *testing.T) {
-	dir := t.TempDir()
-	addrs := freeAddrs(t, 2)
-	n, _, err := walNode(t, addrs[0], dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
+	c := newTCPCluster(t, 1, withLogStore(LogStoreWAL))
+	addrs, lns := reservePorts(t, 1)
 	done := make(chan error, 1)
 	go func() {
-		_, err := NewRaftNode(Config{Addr: addrs[1], Dir: dir, LogStore: LogStoreWAL}, fsmexample.New())
+		_, err := NewRaftNode(Config{Addr: addrs[0], listener: lns[0], Dir: c.dirs[0], LogStore: LogStoreWAL}, fsmexample.New())
 		done <- err
 	}()
 	select {
@@ -86,16 +62,10 @@ func TestWALLockedDirFailsFast(t *testing.T) {
 }
 
 func TestWALDamagedMetadataIsRefused(t *testing.T) {
-	good := t.TempDir()
-	addr := freeAddrs(t, 1)[0]
-	n, _, err := walNode(t, addr, good)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := n.WaitForLeader(ctxTimeout(t, 10*time.Second)); err != nil {
-		t.Fatal(err)
-	}
-	n.Close()
+	c := newTCPCluster(t, 1, withLogStore(LogStoreWAL))
+	c.leader()
+	c.stop(0)
+	good := c.dirs[0]
 	meta, err := os.ReadFile(filepath.Join(good, walDir, metadb.FileName))
 	if err != nil {
 		t.Fatal(err)

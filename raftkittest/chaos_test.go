@@ -33,7 +33,9 @@ import (
 //	go test -run TestChaos -count=1 -v -timeout 2h ./raftkittest -args -histories=200
 //
 // prints one line "histories=… ok=… illegal=… unknown=… lost_acks=…".
-// Replay one history with -seed=N -histories=1.
+// Replay one history with -seed=N -histories=1: the seed fixes the
+// nemesis' schedule, the clients' choices and which messages the network
+// drops (the k-th on each link; see raftkit.MemNetwork).
 var (
 	chaosHistories = flag.Int("histories", 3, "chaos: number of histories to run")
 	chaosSeed      = flag.Uint64("seed", 1, "chaos: seed of the first history; history i uses seed+i")
@@ -108,8 +110,9 @@ func TestChaosLinearizable(t *testing.T) {
 // chaosCluster is the cluster the chaos test runs: short ApplyTimeout,
 // frequent snapshots and short trailing logs so that restarts restore
 // snapshots and lagging followers get InstallSnapshot.
-func chaosCluster(t testing.TB, level hclog.Level) *Cluster[*fsmexample.Store] {
+func chaosCluster(t testing.TB, level hclog.Level, seed uint64) *Cluster[*fsmexample.Store] {
 	return NewCluster(t, 3, fsmexample.New,
+		WithSeed(seed),
 		WithState(kvState),
 		WithLogLevel(level),
 		WithConfig(func(cfg *raftkit.Config) {
@@ -129,7 +132,7 @@ func runChaosHistory(t *testing.T, seed uint64) historyResult {
 	if testing.Verbose() && *chaosHistories == 1 {
 		level = hclog.Info
 	}
-	c := chaosCluster(t, level)
+	c := chaosCluster(t, level, seed)
 	c.WaitForLeader()
 	rec := newRecorder()
 	acks := &ackSet{}

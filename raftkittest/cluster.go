@@ -44,6 +44,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/raftkit/raftkit"
+	"github.com/raftkit/raftkit/internal/testhook"
 )
 
 // DefaultTimeout bounds every wait of a Cluster unless WithTimeout says
@@ -86,6 +87,7 @@ type options struct {
 	state    func(raft.FSM) (any, bool)
 	timeout  time.Duration
 	logLevel hclog.Level
+	seed     uint64
 }
 
 // WithConfig lets fn adjust every node's raftkit.Config (snapshot
@@ -112,6 +114,14 @@ func WithState[F raft.FSM](fn func(F) any) Option {
 			return fn(typed), true
 		}
 	}
+}
+
+// WithSeed seeds the cluster's MemNetwork (raftkit.MemNetwork.SetSeed), so
+// that its message drops are the same in every run with the same seed: the
+// k-th message on each link is dropped in all of them or in none. Default:
+// seed 0.
+func WithSeed(seed uint64) Option {
+	return func(o *options) { o.seed = seed }
 }
 
 // WithTimeout bounds each wait of the cluster (leader election, restart,
@@ -158,6 +168,7 @@ func NewCluster[F raft.FSM](tb testing.TB, n int, newFSM func() F, opts ...Optio
 	for _, o := range opts {
 		o(&c.opts)
 	}
+	c.net.SetSeed(c.opts.seed)
 	tb.Cleanup(c.Close)
 	for i := 0; i < n; i++ {
 		c.members = append(c.members, &member[F]{id: fmt.Sprintf("node%d", i), storage: raftkit.NewMemStorage(), initial: true})
@@ -425,7 +436,8 @@ func (c *Cluster[F]) Isolate(node *raftkit.RaftNode) {
 func (c *Cluster[F]) Heal() { c.net.Heal() }
 
 // SetDropRate makes each message lost with probability p; see
-// raftkit.MemNetwork.SetDropRate. 0 turns it off.
+// raftkit.MemNetwork.SetDropRate. 0 turns it off. Which messages are lost
+// follows the cluster's seed (WithSeed).
 func (c *Cluster[F]) SetDropRate(p float64) { c.net.SetDropRate(p) }
 
 // SetDelay delays every message by d; 0 turns it off.
@@ -446,11 +458,10 @@ func (c *Cluster[F]) Crash(node *raftkit.RaftNode) {
 	}
 }
 
-// crash stops n without the leadership handover Close does first: raft is
-// shut down before Close looks at whether n leads.
+// crash stops n without the leadership handover Close does first, through
+// raftkit's own crash path.
 func crash(n *raftkit.RaftNode) {
-	_ = n.Raft().Shutdown().Error()
-	_ = n.Close()
+	_ = testhook.Crash(n)
 }
 
 // Restart starts a crashed member again from its storage, with a new FSM

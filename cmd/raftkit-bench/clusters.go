@@ -18,6 +18,7 @@ import (
 
 	"github.com/raftkit/raftkit"
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
+	"github.com/raftkit/raftkit/internal/testhook"
 )
 
 // cluster is three nodes in this process, built one way or another.
@@ -372,15 +373,14 @@ func (c *kitCluster) read(ctx context.Context, i int) (bool, error) {
 	return true, n.LinearizableRead(ctx)
 }
 
-// crash shuts raft down without a leadership transfer (as a killed
-// process would stop), then releases the port and files.
+// crash stops node i as a killed process would (no leadership transfer),
+// through raftkit's own crash path, then releases the port and files.
 func (c *kitCluster) crash(i int) {
 	n := c.take(i)
 	if n == nil {
 		return
 	}
-	n.Raft().Shutdown().Error()
-	n.Close()
+	_ = testhook.Crash(n)
 }
 
 func (c *kitCluster) stop(i int) {

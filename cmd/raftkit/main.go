@@ -499,8 +499,8 @@ func (c *cli) inspect(ctx context.Context, args []string) error {
 	if info.LastVoteFor != "" {
 		vote = fmt.Sprintf("%s in term %d", info.LastVoteFor, info.LastVoteTerm)
 	}
-	fmt.Fprintf(tw, "Directory\t%s\nCurrent term\t%d\nLast vote\t%s\nFirst index\t%d\nLast index\t%d\nConfiguration index\t%d\n",
-		info.Dir, info.CurrentTerm, vote, info.FirstIndex, info.LastIndex, info.ConfigurationIndex)
+	fmt.Fprintf(tw, "Directory\t%s\nLog store\t%s\nCurrent term\t%d\nLast vote\t%s\nFirst index\t%d\nLast index\t%d (term %d)\nConfiguration index\t%d\n",
+		info.Dir, info.LogStore, info.CurrentTerm, vote, info.FirstIndex, info.LastIndex, info.LastLogTerm, info.ConfigurationIndex)
 	if info.PendingRecovery {
 		fmt.Fprintf(tw, "Pending recovery\t%s will be applied at the next start\n", filepath.Join(info.Dir, raftkit.RecoveryFile))
 	}
