@@ -78,7 +78,7 @@ func (noSnapshot) Release()                          {}
 // application's error and result types.
 func outcomeCluster(t *testing.T) ([]*RaftNode, []*outcomeFSM) {
 	t.Helper()
-	addrs := freeAddrs(t, 3)
+	addrs, lns := reservePorts(t, 3)
 	base := t.TempDir()
 	var nodes []*RaftNode
 	var fsms []*outcomeFSM
@@ -88,6 +88,7 @@ func outcomeCluster(t *testing.T) ([]*RaftNode, []*outcomeFSM) {
 			Addr: a, Dir: filepath.Join(base, fmt.Sprint(i)), Peers: addrs, RaftConfig: fastRaft, Logger: testLogger(t),
 			FSMErrors:   []error{errOutOfStock, (*validationError)(nil)},
 			ResultTypes: []any{receipt{}, (*receipt)(nil)},
+			listener:    lns[i],
 		}, fsm)
 		if err != nil {
 			t.Fatal(err)
