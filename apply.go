@@ -60,9 +60,24 @@ func (n *RaftNode) Apply(ctx context.Context, cmd []byte) (any, error) {
 // Outcomes are otherwise as for Apply.
 func (n *RaftNode) ApplyLocal(ctx context.Context, cmd []byte) (any, error) {
 	start := time.Now()
-	res, err := n.applyOnce(ctx, cmd, false)
+	res, err := n.applyLocal(ctx, cmd)
 	n.metrics.applied(n.id, "local", start, err)
 	return res, err
+}
+
+func (n *RaftNode) applyLocal(ctx context.Context, cmd []byte) (any, error) {
+	if err := n.checkOpen(); err != nil {
+		return nil, err
+	}
+	if err := checkSize(cmd); err != nil {
+		return nil, err
+	}
+	if err := doneErr(ctx, "apply"); err != nil {
+		return nil, err
+	}
+	ctx, cancel := n.bound(ctx)
+	defer cancel()
+	return n.applyHere(ctx, cmd)
 }
 
 func (n *RaftNode) apply(ctx context.Context, cmd []byte) (res any, err error, path string) {
@@ -79,28 +94,22 @@ func (n *RaftNode) apply(ctx context.Context, cmd []byte) (res any, err error, p
 	ctx, cancel := n.bound(ctx)
 	defer cancel()
 	for attempt := 0; ; attempt++ {
-		path = "local"
-		if !n.IsLeader() {
+		if n.IsLeader() {
+			path = "local"
+			res, err = n.applyHere(ctx, cmd)
+		} else {
 			path = "forwarded"
+			res, err = n.forwardApply(ctx, cmd)
 		}
-		res, err = n.applyOnce(ctx, cmd, true)
 		if err == nil || !retryable(err) || !n.backoff(ctx, attempt) {
 			return res, err, path
 		}
 	}
 }
 
-// applyOnce applies cmd here if this node leads, else (if forward) through
-// the leader, once.
-func (n *RaftNode) applyOnce(ctx context.Context, cmd []byte, forward bool) (any, error) {
-	if forward && !n.IsLeader() {
-		return n.forwardApply(ctx, cmd)
-	}
-	if err := checkSize(cmd); err != nil {
-		return nil, err
-	}
-	ctx, cancel := n.bound(ctx)
-	defer cancel()
+// applyHere applies cmd on this node, which should be the leader, within
+// ctx, which bound has limited.
+func (n *RaftNode) applyHere(ctx context.Context, cmd []byte) (any, error) {
 	var out [1]leaderResult
 	n.leaderApply(ctx, [][]byte{cmd}, out[:])
 	return n.localResult(out[0])
