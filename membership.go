@@ -234,9 +234,13 @@ func (n *RaftNode) server(id string) (raft.Server, bool) {
 }
 
 // join asks Config.Join's members, in turn, to add this node as a voter,
-// until one succeeds or the join timeout passes.
+// until one succeeds, the join timeout passes or Config.JoinContext ends.
 func (n *RaftNode) join() error {
-	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.JoinTimeout)
+	parent := n.cfg.JoinContext
+	if parent == nil {
+		parent = context.Background()
+	}
+	ctx, cancel := context.WithTimeout(parent, n.cfg.JoinTimeout)
 	defer cancel()
 	var last error
 	for attempt := 0; ; attempt++ {
@@ -267,6 +271,9 @@ func (n *RaftNode) join() error {
 		}
 		select {
 		case <-ctx.Done():
+			if err := parent.Err(); err != nil {
+				return fmt.Errorf("raftkit: join %v: %w; last error: %w", n.cfg.Join, err, last)
+			}
 			return fmt.Errorf("raftkit: join %v within %s failed; last error %w", n.cfg.Join, n.cfg.JoinTimeout, last)
 		case <-time.After(min(100*time.Millisecond<<attempt, 2*time.Second)):
 		}

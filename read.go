@@ -34,6 +34,9 @@ func (n *RaftNode) LinearizableRead(ctx context.Context) (err error) {
 	if err := n.checkOpen(); err != nil {
 		return err
 	}
+	if err := n.memberErr(); err != nil {
+		return err
+	}
 	defer func(start time.Time) { n.metrics.readBarrierDone(n.id, start, err) }(time.Now())
 	ctx, cancel, _ := n.bound(ctx)
 	defer cancel()

@@ -1,0 +1,132 @@
+package raftkit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/raftkit/raftkit/internal/wire"
+)
+
+// ErrRemoved is returned by a node that has state but is not in its
+// cluster's latest configuration: it was removed (RemoveServer, Leave), or
+// it restarted with state from before its removal. The request was not
+// applied, and the node will not become a member again by itself. To bring
+// it back, start it with Join (or add it from a member with AddVoter), or
+// wipe its Dir and start it as a new node.
+var ErrRemoved = errors.New("raftkit: node is not a member of its cluster")
+
+// readyPoll is how often WaitForLeader rechecks membership and catch-up.
+const readyPoll = 20 * time.Millisecond
+
+// memberErr reports why this node cannot serve as a member: an error
+// matching ErrInvalidConfig (its Peers disagree with its peers') or
+// ErrRemoved; nil otherwise, including while it waits to receive a
+// configuration.
+func (n *RaftNode) memberErr() error {
+	if err := n.gate.err(); err != nil {
+		return err
+	}
+	conf := n.raft.GetConfiguration().Configuration()
+	if len(conf.Servers) == 0 || n.inConfiguration(conf) {
+		return nil
+	}
+	list := serverEntries(conf)
+	n.gate.mu.Lock()
+	n.gate.logOnce("removed", func() {
+		n.logger.Error("this node is not in its cluster's configuration: it was removed; start it with Join, or wipe its Dir, to bring it back",
+			"id", n.id, "configuration", list)
+	})
+	n.gate.mu.Unlock()
+	return fmt.Errorf("%w: %s is not in the latest configuration %v (it was removed); to bring it back, start it with Join or wipe its Dir", ErrRemoved, n.id, list)
+}
+
+func (n *RaftNode) inConfiguration(conf raft.Configuration) bool {
+	for _, s := range conf.Servers {
+		if string(s.ID) == n.id {
+			return true
+		}
+	}
+	return false
+}
+
+// ready reports whether this node is a member that serves: its
+// configuration contains it and, after a join, it has applied the index
+// the leader had committed after adding it.
+func (n *RaftNode) ready() bool {
+	if !n.inConfiguration(n.raft.GetConfiguration().Configuration()) {
+		return false
+	}
+	if !n.joining.Load() {
+		return true
+	}
+	idx := n.joinIndex.Load()
+	if idx == 0 || !n.fsmCaughtUp(idx) {
+		return false
+	}
+	n.joining.Store(false)
+	return true
+}
+
+// waitReadyLeader is WaitForLeader.
+func (n *RaftNode) waitReadyLeader(ctx context.Context) (string, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ch := n.WatchLeadership(ctx)
+	t := time.NewTicker(readyPoll)
+	defer t.Stop()
+	for {
+		if err := n.memberErr(); err != nil {
+			return "", err
+		}
+		if addr := n.GetLeaderAddr(); addr != "" && n.ready() {
+			return addr, nil
+		}
+		select {
+		case _, ok := <-ch:
+			if !ok {
+				if err := n.checkOpen(); err != nil {
+					return "", err
+				}
+				return "", fmt.Errorf("raftkit: wait for leader: %w", ctx.Err())
+			}
+		case <-t.C:
+		}
+	}
+}
+
+// awaitJoinIndex marks a node that has just joined as joining and learns,
+// in the background, the leader's commit index: the node is ready once it
+// has applied that index.
+func (n *RaftNode) awaitJoinIndex() {
+	n.joining.Store(true)
+	g := n.gate
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		for {
+			if addr, _ := n.raft.LeaderWithID(); addr != "" {
+				if string(addr) == n.addr {
+					n.joinIndex.Store(max(n.raft.CommitIndex(), 1))
+					return
+				}
+				ctx, cancel := g.stopContext(agreementProbeTimeout)
+				var resp wire.ReadIndexResponse
+				_, err := n.rpc.call(ctx, string(addr), wire.MethodReadIndex, &wire.ReadIndexRequest{Timeout: int64(agreementProbeTimeout)}, &resp)
+				cancel()
+				if err == nil && resp.Err == nil && resp.Index > 0 {
+					n.joinIndex.Store(resp.Index)
+					return
+				}
+			}
+			select {
+			case <-g.stop:
+				return
+			case <-time.After(readyPoll):
+			}
+		}
+	}()
+}
