@@ -200,7 +200,7 @@ func (g *clusterGate) admit(remote string, d clusterDigest) bool {
 func (g *clusterGate) cluster() (clusterDigest, bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.digest, g.known
+	return g.digest, g.known && !g.pending
 }
 
 // err is the refusal or disagreement this node reports, or nil. It
@@ -307,7 +307,7 @@ func (g *clusterGate) round(n *RaftNode) bool {
 				return g.refuse(a, a.Cluster, "belongs to a cluster bootstrapped with")
 			}
 			existing = a
-		case a.HasState:
+		case a.HasState && len(a.Servers) > 0:
 			// State from before raftkit recorded the list: compare with
 			// its configuration.
 			if !slices.Equal(a.Servers, g.own) {
@@ -370,6 +370,12 @@ func (g *clusterGate) decide(n *RaftNode, local bool, why string, other *wire.Bo
 		g.logger.Error("cannot record the bootstrap list; will retry", "error", err)
 		return false
 	}
+	// From here on this node answers with its list as its cluster's, so
+	// that no peer mistakes its bootstrap in progress for another
+	// cluster; raft traffic stays refused until the bootstrap is done.
+	g.mu.Lock()
+	g.known, g.list, g.digest, g.conflict = true, g.own, g.ownDigest, nil
+	g.mu.Unlock()
 	if local {
 		ctx, cancel := g.stopContext(n.cfg.ApplyTimeout)
 		err := n.waitFuture(ctx, n.raft.BootstrapCluster(configurationOf(g.own)))
@@ -397,12 +403,13 @@ func (g *clusterGate) decide(n *RaftNode, local bool, why string, other *wire.Bo
 // answer fills a node's side of a comparison.
 func (g *clusterGate) answer(n *RaftNode, req *wire.BootstrapRequest, resp *wire.BootstrapResponse) {
 	resp.ID, resp.Addr = n.id, n.addr
-	resp.HasState = n.raft.LastIndex() > 0
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	// An undecided node has no state but its own bootstrap in progress.
+	resp.HasState = n.raft.LastIndex() > 0 && !g.pending
 	if f := n.raft.GetConfiguration(); f.Error() == nil {
 		resp.Servers = serverEntries(f.Configuration())
 	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
 	resp.Peers = g.own
 	resp.Refused = g.refused != nil
 	resp.Support = g.support
