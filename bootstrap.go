@@ -45,7 +45,9 @@ var bootstrapKey = []byte("raftkit.bootstrap_peers")
 const (
 	// agreementProbeTimeout bounds one round of asking the peers.
 	agreementProbeTimeout = time.Second
-	// agreementMaxDelay is the longest pause between rounds.
+	// agreementMinDelay and agreementMaxDelay bound the pause between
+	// rounds.
+	agreementMinDelay = 50 * time.Millisecond
 	agreementMaxDelay = time.Second
 )
 
@@ -100,8 +102,9 @@ type clusterGate struct {
 	stable    raft.StableStore
 
 	mu       sync.Mutex
-	pending  bool // deciding: raft traffic is refused
-	known    bool // list is this node's cluster's bootstrap list
+	pending  bool          // deciding: raft traffic waits
+	decided  chan struct{} // closed when pending ends
+	known    bool          // list is this node's cluster's bootstrap list
 	list     []string
 	digest   clusterDigest
 	refused  error // for good, until restarted with other Peers
@@ -109,6 +112,7 @@ type clusterGate struct {
 	support  int   // nodes holding own, as last seen
 	logged   map[string]bool
 
+	kicks    chan struct{} // a peer asked: ask again now
 	stop     chan struct{}
 	stopOnce sync.Once
 	wg       sync.WaitGroup
@@ -124,7 +128,9 @@ func newClusterGate(s *settled, stable raft.StableStore, logs raft.LogStore, has
 		stable:  stable,
 		support: 1,
 		logged:  map[string]bool{},
+		decided: make(chan struct{}),
 		stop:    make(chan struct{}),
+		kicks:   make(chan struct{}, 1),
 	}
 	if len(s.peers) > 0 {
 		g.own = canonicalPeers(s.peers)
@@ -137,6 +143,9 @@ func newClusterGate(s *settled, stable raft.StableStore, logs raft.LogStore, has
 		}
 	case len(g.own) > 1:
 		g.pending = true
+	}
+	if !g.pending {
+		close(g.decided)
 	}
 	return g
 }
@@ -159,9 +168,18 @@ func recordedCluster(stable raft.StableStore, logs raft.LogStore) []string {
 
 // setKnown makes list this node's cluster's list; g.mu held or unshared.
 func (g *clusterGate) setKnown(list []string) {
-	g.known, g.pending = true, false
+	g.known = true
 	g.list, g.digest = list, digestOf(list)
 	g.conflict = nil
+	g.endPending()
+}
+
+// endPending ends the undecided state; g.mu held or unshared.
+func (g *clusterGate) endPending() {
+	if g.pending {
+		g.pending = false
+		close(g.decided)
+	}
 }
 
 // bootstrapNow bootstraps a one-node list without asking anyone: nobody
@@ -179,11 +197,22 @@ func (g *clusterGate) bootstrapNow(rc *raft.Config, st *nodeStores, trans raft.T
 }
 
 // admit decides whether a raft connection from remote, whose cluster has
-// digest d (zero: not said), may reach raft.
+// digest d (zero: not said), may reach raft. While the node is undecided
+// the connection waits (up to raft's I/O timeout), so that a peer's vote
+// request or heartbeat is not lost to a node about to agree.
 func (g *clusterGate) admit(remote string, d clusterDigest) bool {
+	t := time.NewTimer(raftIOTimeout)
+	defer t.Stop()
+	select {
+	case <-g.decided:
+	case <-g.stop:
+		return false
+	case <-t.C:
+		return false
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.pending || g.refused != nil {
+	if g.refused != nil {
 		return false
 	}
 	if !g.known || d == (clusterDigest{}) || d == g.digest {
@@ -217,6 +246,14 @@ func (g *clusterGate) err() error {
 	return nil
 }
 
+// kick makes an undecided node ask its peers again now.
+func (g *clusterGate) kick() {
+	select {
+	case g.kicks <- struct{}{}:
+	default:
+	}
+}
+
 // logOnce runs log the first time key is seen; g.mu held.
 func (g *clusterGate) logOnce(key string, log func()) {
 	if !g.logged[key] {
@@ -237,14 +274,19 @@ func (g *clusterGate) start(n *RaftNode) {
 	g.wg.Add(1)
 	go func() {
 		defer g.wg.Done()
-		delay := 50 * time.Millisecond
-		for !g.round(n) {
+		// Nodes of a new cluster start within moments of each other:
+		// ask often at first, then back off.
+		delay := agreementMinDelay
+		for i := 0; !g.round(n); i++ {
 			select {
 			case <-g.stop:
 				return
+			case <-g.kicks:
 			case <-time.After(delay):
 			}
-			delay = min(2*delay, agreementMaxDelay)
+			if i >= 40 {
+				delay = min(2*delay, agreementMaxDelay)
+			}
 		}
 	}()
 }
@@ -357,6 +399,7 @@ func (g *clusterGate) refuse(a *wire.BootstrapResponse, theirs []string, how str
 	err := g.disagreement(a, theirs, how)
 	g.mu.Lock()
 	g.refused = err
+	g.endPending()
 	g.mu.Unlock()
 	g.logger.Error("refusing to bootstrap or join: Peers lists disagree", "error", err)
 	return true
@@ -417,6 +460,9 @@ func (g *clusterGate) answer(n *RaftNode, req *wire.BootstrapRequest, resp *wire
 	if g.known {
 		resp.Cluster = g.list
 		mine = g.list
+	}
+	if g.pending {
+		g.kick()
 	}
 	if d := digestOf(req.Peers); d != digestOf(mine) && len(mine) > 0 {
 		g.logOnce("asked "+req.Addr+" "+d.String(), func() {

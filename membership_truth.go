@@ -15,8 +15,9 @@ import (
 // cluster's latest configuration: it was removed (RemoveServer, Leave), or
 // it restarted with state from before its removal. The request was not
 // applied, and the node will not become a member again by itself. To bring
-// it back, start it with Join (or add it from a member with AddVoter), or
-// wipe its Dir and start it as a new node.
+// it back, restart it with Config.Join (it keeps its data and is added back),
+// add it from a member with AddVoter, or wipe its Dir and start it as a new
+// node.
 var ErrRemoved = errors.New("raftkit: node is not a member of its cluster")
 
 // readyPoll is how often WaitForLeader rechecks membership and catch-up.
@@ -30,10 +31,10 @@ func (n *RaftNode) memberErr() error {
 	if err := n.gate.err(); err != nil {
 		return err
 	}
-	conf := n.raft.GetConfiguration().Configuration()
-	if len(conf.Servers) == 0 || n.inConfiguration(conf) {
+	if !n.removedFromConfiguration() || n.joining.Load() {
 		return nil
 	}
+	conf := n.raft.GetConfiguration().Configuration()
 	list := serverEntries(conf)
 	n.gate.mu.Lock()
 	n.gate.logOnce("removed", func() {
@@ -41,7 +42,14 @@ func (n *RaftNode) memberErr() error {
 			"id", n.id, "configuration", list)
 	})
 	n.gate.mu.Unlock()
-	return fmt.Errorf("%w: %s is not in the latest configuration %v (it was removed); to bring it back, start it with Join or wipe its Dir", ErrRemoved, n.id, list)
+	return fmt.Errorf("%w: %s is not in the latest configuration %v (it was removed); to bring it back, restart it with Join (or add it with AddVoter), or wipe its Dir", ErrRemoved, n.id, list)
+}
+
+// removedFromConfiguration reports whether this node has a configuration
+// that does not contain it.
+func (n *RaftNode) removedFromConfiguration() bool {
+	conf := n.raft.GetConfiguration().Configuration()
+	return len(conf.Servers) > 0 && !n.inConfiguration(conf)
 }
 
 func (n *RaftNode) inConfiguration(conf raft.Configuration) bool {

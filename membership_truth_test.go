@@ -290,17 +290,31 @@ func TestRemovedNodeRestartedFromItsDirectoryReportsErrRemoved(t *testing.T) {
 	if time.Since(start) > 5*time.Second {
 		t.Errorf("reporting the removal took %s", time.Since(start))
 	}
-	// The README's way back: wipe the directory and Join.
-	n.Close()
-	c.nodes[victim] = nil
-	fsm := fsmexample.New()
-	back, err := NewRaftNode(Config{Addr: c.addrs[victim], Dir: filepath.Join(t.TempDir(), "fresh"), Join: []string{c.addrs[l]}, RaftConfig: fastRaft, Logger: testLogger(t)}, fsm)
-	if err != nil {
-		t.Fatalf("rejoin: %v", err)
+	// The README's way back: restart it with Join; it keeps its data and
+	// receives what it missed.
+	if _, err := c.nodes[l].Apply(ctxTimeout(t, 5*time.Second), fsmexample.Set("missed", []byte("1"))); err != nil {
+		t.Fatal(err)
 	}
-	defer back.Close()
+	c.stop(victim)
+	cfg := c.config(victim)
+	cfg.Peers, cfg.Join = nil, []string{c.addrs[l]}
+	fsm := fsmexample.New()
+	back, err := NewRaftNode(cfg, fsm)
+	if err != nil {
+		t.Fatalf("rejoin with Join: %v", err)
+	}
+	c.nodes[victim], c.fsms[victim] = back, fsm
 	if _, err := back.WaitForLeader(ctxTimeout(t, 15*time.Second)); err != nil {
 		t.Fatalf("rejoined node: %v", err)
+	}
+	if err := back.LinearizableRead(ctxTimeout(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := fsm.Get("missed"); string(v) != "1" {
+		t.Fatalf("rejoined node has missed=%q", v)
+	}
+	if n := len(back.Status().Servers); n != 3 {
+		t.Fatalf("rejoined node sees %d servers", n)
 	}
 }
 
@@ -431,30 +445,58 @@ func TestStatusAppliedIndexIsTheFSMs(t *testing.T) {
 	}
 }
 
-// Raft traffic from a cluster bootstrapped with another list never
-// reaches raft.
-func TestClusterGateRefusesForeignRaftTraffic(t *testing.T) {
-	g := &clusterGate{logged: map[string]bool{}, logger: hclog.NewNullLogger()}
+// Raft traffic waits while a node is undecided, and traffic from a
+// cluster bootstrapped with another list never reaches raft.
+func TestClusterGateHoldsUndecidedAndRefusesForeignRaftTraffic(t *testing.T) {
+	newGate := func(pending bool) *clusterGate {
+		g := &clusterGate{logged: map[string]bool{}, logger: hclog.NewNullLogger(), decided: make(chan struct{}), stop: make(chan struct{}), pending: pending}
+		if !pending {
+			close(g.decided)
+		}
+		return g
+	}
 	mine := digestOf([]string{"a=1", "b=2"})
 	other := digestOf([]string{"a=1", "c=3"})
-	if !g.admit("x", other) {
+	if g := newGate(false); !g.admit("x", other) {
 		t.Fatal("a node that knows no cluster (Join, old state) refused traffic")
 	}
-	g.pending = true
-	if g.admit("x", mine) || g.admit("x", clusterDigest{}) {
-		t.Fatal("an undecided node admitted raft traffic")
+
+	g := newGate(true)
+	admitted := make(chan bool, 2)
+	go func() { admitted <- g.admit("x", mine) }()
+	go func() { admitted <- g.admit("y", other) }()
+	select {
+	case <-admitted:
+		t.Fatal("an undecided node let raft traffic through")
+	case <-time.After(200 * time.Millisecond):
 	}
 	g.mu.Lock()
 	g.setKnown([]string{"a=1", "b=2"})
 	g.mu.Unlock()
-	if !g.admit("x", mine) || !g.admit("x", clusterDigest{}) {
-		t.Fatal("own cluster's (or an unlabelled) connection refused")
+	got := map[bool]int{}
+	for i := 0; i < 2; i++ {
+		got[<-admitted]++
 	}
-	if g.admit("x", other) {
-		t.Fatal("a foreign cluster's connection admitted")
+	if got[true] != 1 || got[false] != 1 {
+		t.Fatalf("after deciding: %v admitted, want the own cluster's in and the other's out", got)
 	}
+	if !g.admit("x", clusterDigest{}) {
+		t.Fatal("an unlabelled connection (old state, Join) refused")
+	}
+
+	g = newGate(true)
+	go func() { admitted <- g.admit("x", mine) }()
+	g.mu.Lock()
 	g.refused = errors.New("refused")
-	if g.admit("x", mine) {
+	g.endPending()
+	g.mu.Unlock()
+	if <-admitted {
 		t.Fatal("a refused node admitted raft traffic")
+	}
+	g = newGate(true)
+	go func() { admitted <- g.admit("x", mine) }()
+	g.halt()
+	if <-admitted {
+		t.Fatal("a closing node admitted raft traffic")
 	}
 }

@@ -143,6 +143,7 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 		return nil, s.peersErr
 	}
 	gate := newClusterGate(s, stores.stable, stores.log, hasState)
+	undo = append(undo, func() error { gate.halt(); return nil })
 	if !hasState && len(s.peers) == 1 {
 		if err := gate.bootstrapNow(rc, stores, trans); err != nil {
 			return nil, err
@@ -189,7 +190,8 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 		n.notePeersOnRestart(s)
 	}
 	gate.start(n)
-	if !hasState && len(s.Join) > 0 {
+	if len(s.Join) > 0 && (!hasState || n.removedFromConfiguration()) {
+		n.joining.Store(true)
 		if err := n.join(); err != nil {
 			n.Close()
 			return nil, err

@@ -198,8 +198,9 @@ type Config struct {
 	// Join lists addresses of existing cluster members. A node without
 	// state (and without Peers) asks them, in order, to add it as a voter;
 	// any member forwards the request to the leader. A node with state
-	// never joins again: it is already a member. Join and Peers exclude
-	// each other.
+	// joins again only if its configuration no longer contains it (it was
+	// removed, see ErrRemoved); otherwise it is already a member. Join and
+	// Peers exclude each other.
 	Join []string
 
 	// JoinTimeout bounds how long a new node tries Join's members.
