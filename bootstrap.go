@@ -112,7 +112,6 @@ type clusterGate struct {
 	support  int   // nodes holding own, as last seen
 	logged   map[string]bool
 
-	kicks    chan struct{} // a peer asked: ask again now
 	stop     chan struct{}
 	stopOnce sync.Once
 	wg       sync.WaitGroup
@@ -130,7 +129,6 @@ func newClusterGate(s *settled, stable raft.StableStore, logs raft.LogStore, has
 		logged:  map[string]bool{},
 		decided: make(chan struct{}),
 		stop:    make(chan struct{}),
-		kicks:   make(chan struct{}, 1),
 	}
 	if len(s.peers) > 0 {
 		g.own = canonicalPeers(s.peers)
@@ -218,7 +216,7 @@ func (g *clusterGate) admit(remote string, d clusterDigest) bool {
 	if !g.known || d == (clusterDigest{}) || d == g.digest {
 		return true
 	}
-	g.logOnce("foreign "+remote, func() {
+	g.logOnce("foreign "+d.String(), func() {
 		g.logger.Error("refusing raft traffic from a node of another cluster: it was bootstrapped with a different Peers list",
 			"remote", remote, "its_list_digest", d.String(), "this_list", g.list, "this_list_digest", g.digest.String())
 	})
@@ -244,14 +242,6 @@ func (g *clusterGate) err() error {
 		return g.conflict
 	}
 	return nil
-}
-
-// kick makes an undecided node ask its peers again now.
-func (g *clusterGate) kick() {
-	select {
-	case g.kicks <- struct{}{}:
-	default:
-	}
 }
 
 // logOnce runs log the first time key is seen; g.mu held.
@@ -281,7 +271,6 @@ func (g *clusterGate) start(n *RaftNode) {
 			select {
 			case <-g.stop:
 				return
-			case <-g.kicks:
 			case <-time.After(delay):
 			}
 			if i >= 40 {
@@ -415,7 +404,7 @@ func (g *clusterGate) decide(n *RaftNode, local bool, why string, other *wire.Bo
 	}
 	// From here on this node answers with its list as its cluster's, so
 	// that no peer mistakes its bootstrap in progress for another
-	// cluster; raft traffic stays refused until the bootstrap is done.
+	// cluster; raft traffic waits until the bootstrap is done.
 	g.mu.Lock()
 	g.known, g.list, g.digest, g.conflict = true, g.own, g.ownDigest, nil
 	g.mu.Unlock()
@@ -460,9 +449,6 @@ func (g *clusterGate) answer(n *RaftNode, req *wire.BootstrapRequest, resp *wire
 	if g.known {
 		resp.Cluster = g.list
 		mine = g.list
-	}
-	if g.pending {
-		g.kick()
 	}
 	if d := digestOf(req.Peers); d != digestOf(mine) && len(mine) > 0 {
 		g.logOnce("asked "+req.Addr+" "+d.String(), func() {
