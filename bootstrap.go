@@ -364,8 +364,8 @@ func (g *clusterGate) round(n *RaftNode) bool {
 	g.conflict = nil
 	if rival != nil {
 		g.conflict = g.disagreement(rival, rival.Peers, "holds")
-		g.logOnce("rival "+rival.Addr+" "+digestOf(rival.Peers).String(), func() {
-			g.logger.Error("Peers lists disagree; not bootstrapping while they do", "error", g.conflict)
+		g.logOnce("disagree "+digestOf(rival.Peers).String(), func() {
+			g.logger.Error("Peers lists disagree: not bootstrapping", "error", g.conflict)
 		})
 	}
 	g.mu.Unlock()
@@ -387,10 +387,12 @@ func (g *clusterGate) disagreement(a *wire.BootstrapResponse, theirs []string, h
 func (g *clusterGate) refuse(a *wire.BootstrapResponse, theirs []string, how string) bool {
 	err := g.disagreement(a, theirs, how)
 	g.mu.Lock()
+	defer g.mu.Unlock()
 	g.refused = err
 	g.endPending()
-	g.mu.Unlock()
-	g.logger.Error("refusing to bootstrap or join: Peers lists disagree", "error", err)
+	g.logOnce("disagree "+digestOf(theirs).String(), func() {
+		g.logger.Error("Peers lists disagree: not bootstrapping", "error", err)
+	})
 	return true
 }
 

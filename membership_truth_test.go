@@ -45,9 +45,14 @@ func TestNodeWithADifferentPeersListRefusesToJoin(t *testing.T) {
 	lists := [][]string{{a, b, c}, {a, b, c}, {a, c, d}}
 	var nodes []*RaftNode
 	var fsms []*fsmexample.Store
+	var cLog syncBuffer
 	for i, list := range lists {
 		fsm := fsmexample.New()
-		n, err := NewRaftNode(Config{Addr: addrs[i], Dir: filepath.Join(base, fmt.Sprint(i)), Peers: list, RaftConfig: fastRaft, Logger: testLogger(t)}, fsm)
+		logger := testLogger(t)
+		if i == 2 {
+			logger = hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: &cLog})
+		}
+		n, err := NewRaftNode(Config{Addr: addrs[i], Dir: filepath.Join(base, fmt.Sprint(i)), Peers: list, RaftConfig: fastRaft, Logger: logger}, fsm)
 		if err != nil {
 			t.Fatalf("start node %d: %v", i, err)
 		}
@@ -119,6 +124,9 @@ func TestNodeWithADifferentPeersListRefusesToJoin(t *testing.T) {
 			t.Fatalf("a configuration names D (%s)", d)
 		}
 		time.Sleep(20 * time.Millisecond) // sampling, not synchronisation
+	}
+	if n := strings.Count(cLog.String(), "[ERROR] raftkit: Peers lists disagree"); n != 1 {
+		t.Errorf("C logged the disagreement at ERROR %d times, want once; log:\n%s", n, cLog.String())
 	}
 	if st := nodes[l].Status(); len(st.Servers) != 3 || st.MembershipError != "" {
 		t.Fatalf("leader's status: %+v", st)
