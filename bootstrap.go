@@ -110,7 +110,10 @@ type clusterGate struct {
 	refused  error // for good, until restarted with other Peers
 	conflict error // an undecided peer holds another list
 	support  int   // nodes holding own, as last seen
-	logged   map[string]bool
+	// outside is the configuration of the cluster this node found
+	// bootstrapped with its list but not containing it; nil otherwise.
+	outside []string
+	logged  map[string]bool
 
 	stop     chan struct{}
 	stopOnce sync.Once
@@ -214,6 +217,10 @@ func (g *clusterGate) admit(remote string, d clusterDigest) bool {
 		return false
 	}
 	if !g.known || d == (clusterDigest{}) || d == g.digest {
+		if d == g.digest {
+			// Raft traffic from the cluster: it counts this node in again.
+			g.outside = nil
+		}
 		return true
 	}
 	g.logOnce("foreign "+d.String(), func() {
@@ -242,6 +249,14 @@ func (g *clusterGate) err() error {
 		return g.conflict
 	}
 	return nil
+}
+
+// outsideOf returns the configuration of the cluster this node found
+// bootstrapped with its list but without it, or nil.
+func (g *clusterGate) outsideOf() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.outside
 }
 
 // logOnce runs log the first time key is seen; g.mu held.
@@ -357,6 +372,11 @@ func (g *clusterGate) round(n *RaftNode) bool {
 		// Bootstrap the same first entry only if that cluster still counts
 		// this node in; otherwise wait for it to be added.
 		local := slices.Contains(existing.Servers, g.id+"="+g.addr)
+		if !local {
+			g.mu.Lock()
+			g.outside = existing.Servers
+			g.mu.Unlock()
+		}
 		return g.decide(n, local, "found a node of a cluster bootstrapped with the same list", existing)
 	}
 	g.mu.Lock()

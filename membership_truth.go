@@ -13,7 +13,8 @@ import (
 
 // ErrRemoved is returned by a node that has state but is not in its
 // cluster's latest configuration: it was removed (RemoveServer, Leave), or
-// it restarted with state from before its removal. The request was not
+// it restarted with state from before its removal. A new node whose Peers
+// match a cluster that no longer contains it returns it too. The request was not
 // applied, and the node will not become a member again by itself. To bring
 // it back, restart it with Config.Join (it keeps its data and is added back),
 // add it from a member with AddVoter, or wipe its Dir and start it as a new
@@ -31,14 +32,24 @@ func (n *RaftNode) memberErr() error {
 	if err := n.gate.err(); err != nil {
 		return err
 	}
-	if !n.removedFromConfiguration() || n.joining.Load() {
+	if n.joining.Load() {
 		return nil
 	}
 	conf := n.raft.GetConfiguration().Configuration()
-	list := serverEntries(conf)
+	var list []string
+	switch {
+	case len(conf.Servers) > 0 && !n.inConfiguration(conf):
+		list = serverEntries(conf)
+	case len(conf.Servers) == 0 && n.gate.outsideOf() != nil:
+		// A fresh node whose Peers match a cluster that no longer
+		// counts it in: it waits in vain unless it is added.
+		list = n.gate.outsideOf()
+	default:
+		return nil
+	}
 	n.gate.mu.Lock()
 	n.gate.logOnce("removed", func() {
-		n.logger.Error("this node is not in its cluster's configuration: it was removed; start it with Join, or wipe its Dir, to bring it back",
+		n.logger.Error("this node is not in its cluster's configuration: it was removed; restart it with Join (or add it with AddVoter) to bring it back",
 			"id", n.id, "configuration", list)
 	})
 	n.gate.mu.Unlock()

@@ -326,6 +326,41 @@ func TestRemovedNodeRestartedFromItsDirectoryReportsErrRemoved(t *testing.T) {
 	}
 }
 
+// A removed node that lost its data and is started again with its
+// original Peers learns from its peers that their cluster no longer
+// contains it, and says so; adding it back makes it a member again.
+func TestWipedRemovedNodeWithOriginalPeersReportsErrRemoved(t *testing.T) {
+	c := newTCPCluster(t, 3)
+	l := c.leader()
+	victim := (l + 1) % 3
+	if err := c.nodes[l].RemoveServer(ctxTimeout(t, 10*time.Second), c.nodes[victim].ID()); err != nil {
+		t.Fatal(err)
+	}
+	c.stop(victim)
+	c.dirs[victim] = filepath.Join(t.TempDir(), "wiped")
+	c.start(victim)
+	n := c.nodes[victim]
+	start := time.Now()
+	waitFor(t, 5*time.Second, "the wiped node to report ErrRemoved", func() bool {
+		_, err := n.Apply(ctxTimeout(t, 200*time.Millisecond), fsmexample.Set("x", []byte("1")))
+		return errors.Is(err, ErrRemoved)
+	})
+	if n.raft.LastIndex() != 0 {
+		t.Fatalf("the wiped node bootstrapped a configuration that the cluster no longer has (last index %d)", n.raft.LastIndex())
+	}
+	t.Logf("reported after %s", time.Since(start))
+	if err := c.nodes[l].AddVoter(ctxTimeout(t, 10*time.Second), n.ID(), n.Addr()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 15*time.Second, "the node added back to be ready", func() bool {
+		_, err := n.WaitForLeader(ctxTimeout(t, 200*time.Millisecond))
+		return err == nil
+	})
+	if st := n.Status(); st.MembershipError != "" || len(st.Servers) != 3 {
+		t.Fatalf("after AddVoter: %+v", st)
+	}
+}
+
 // A node that joins is ready (health, WaitForLeader) only once it has the
 // configuration that contains it and has applied what the cluster had
 // committed when it joined.
