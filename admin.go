@@ -135,6 +135,8 @@ func checkHealth(st Status, closed bool, maxLag uint64) string {
 	switch {
 	case closed:
 		return "node is closed"
+	case st.MembershipError != "":
+		return st.MembershipError
 	case st.State == "Shutdown":
 		return "raft has shut down (was the node removed from the cluster?)"
 	case !member:
@@ -143,6 +145,8 @@ func checkHealth(st Status, closed bool, maxLag uint64) string {
 		return "no known leader"
 	case st.State != "Leader" && st.State != "Follower":
 		return "node is a " + st.State
+	case st.Joining:
+		return "node has joined but not yet applied what the cluster had committed when it joined"
 	case st.CommitIndex > st.AppliedIndex && st.CommitIndex-st.AppliedIndex > maxLag:
 		return fmt.Sprintf("applied index %d trails commit index %d by more than %d", st.AppliedIndex, st.CommitIndex, maxLag)
 	}

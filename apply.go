@@ -69,6 +69,9 @@ func (n *RaftNode) applyLocal(ctx context.Context, cmd []byte) (any, error) {
 	if err := n.checkOpen(); err != nil {
 		return nil, err
 	}
+	if err := n.memberErr(); err != nil {
+		return nil, notApplied("apply", err)
+	}
 	if err := checkSize(cmd); err != nil {
 		return nil, err
 	}
@@ -84,6 +87,9 @@ func (n *RaftNode) apply(ctx context.Context, cmd []byte) (res any, err error, p
 	path = "local"
 	if err := n.checkOpen(); err != nil {
 		return nil, err, path
+	}
+	if err := n.memberErr(); err != nil {
+		return nil, notApplied("apply", err), path
 	}
 	if err := checkSize(cmd); err != nil {
 		return nil, err, path

@@ -42,6 +42,16 @@ var (
 	// matches ErrNotApplied.
 	ErrTransferInProgress error = &classed{msg: "raftkit: leadership transfer in progress", class: ErrNotApplied}
 
+	// ErrRemoved is returned by a node that has state but is not in its
+	// cluster's latest configuration: it was removed (RemoveServer, Leave),
+	// or it restarted with state from before its removal. A new node whose
+	// Peers match a cluster that no longer contains it returns it too. It
+	// matches ErrNotApplied, but is not retried: the node will not become a
+	// member again by itself. To bring it back, restart it with Config.Join
+	// (it keeps its data and is added back), add it from a member with
+	// AddVoter, or wipe its Dir and start it as a new node.
+	ErrRemoved error = &classed{msg: "raftkit: node is not a member of its cluster", class: ErrNotApplied}
+
 	// ErrUnknownOutcome is matched by errors after which raftkit cannot tell
 	// whether a write (or membership change) was applied: its deadline
 	// passed or its context was cancelled after it was submitted, leadership

@@ -116,3 +116,14 @@ func snapshotIndex(snaps raft.SnapshotStore) uint64 {
 	}
 	return list[0].Index
 }
+
+// appliedIndexes returns raft's applied index (entries handed to the FSM)
+// and the FSM's own: the highest index up to which the FSM has applied
+// every entry it is given, which is raft's once the FSM has caught up.
+func (n *RaftNode) appliedIndexes() (raftApplied, fsmApplied uint64) {
+	raftApplied = n.raft.AppliedIndex()
+	if n.fsmCaughtUp(raftApplied) {
+		return raftApplied, raftApplied
+	}
+	return raftApplied, min(n.fsm.applied.Load(), raftApplied)
+}

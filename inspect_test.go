@@ -174,6 +174,11 @@ func TestRestoreThenWritesThenInspectOnBothLogStores(t *testing.T) {
 			}
 			c.start(0)
 			c.leader()
+			// The restarted node replays its log into the FSM after it
+			// leads: wait for the read barrier, then count.
+			if err := c.nodes[0].LinearizableRead(ctxTimeout(t, 10*time.Second)); err != nil {
+				t.Fatal(err)
+			}
 			if got := c.fsms[0].Len(); got != 6 {
 				t.Fatalf("after restart: %d keys, want 6", got)
 			}

@@ -270,9 +270,13 @@ func (n *RaftNode) server(id string) (raft.Server, bool) {
 }
 
 // join asks Config.Join's members, in turn, to add this node as a voter,
-// until one succeeds or the join timeout passes.
+// until one succeeds, the join timeout passes or Config.JoinContext ends.
 func (n *RaftNode) join() error {
-	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.JoinTimeout)
+	parent := n.cfg.JoinContext
+	if parent == nil {
+		parent = context.Background()
+	}
+	ctx, cancel := context.WithTimeout(parent, n.cfg.JoinTimeout)
 	defer cancel()
 	var last error
 	for attempt := 0; ; attempt++ {
@@ -300,6 +304,9 @@ func (n *RaftNode) join() error {
 		}
 		select {
 		case <-ctx.Done():
+			if err := parent.Err(); err != nil {
+				return wrapErr(ErrNoLeader, fmt.Sprintf("join %v", n.cfg.Join), fmt.Errorf("%w; last error: %s", err, last))
+			}
 			return wrapErr(ErrNoLeader, fmt.Sprintf("join %v within %s", n.cfg.Join, n.cfg.JoinTimeout), last)
 		case <-time.After(min(100*time.Millisecond<<attempt, 2*time.Second)):
 		}

@@ -53,6 +53,14 @@ type RaftNode struct {
 	closeOnce sync.Once
 	closeErr  error
 	closed    chan struct{}
+
+	// gate holds the bootstrap agreement and the cluster's identity.
+	gate *clusterGate
+	// joining is true from a join until this node has the configuration
+	// that contains it and has applied joinIndex, the leader's commit
+	// index after the join (0 until learned).
+	joining   atomic.Bool
+	joinIndex atomic.Uint64
 }
 
 // NewRaftNode opens (or creates) the node's stores, binds its port and
@@ -112,11 +120,17 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: reading existing raft state: %v", ErrCorruptStore, err)
 	}
-	if !hasState {
-		if err := bootstrap(s, rc, stores, trans); err != nil {
+	if !hasState && s.peersErr != nil {
+		return nil, s.peersErr
+	}
+	gate := newClusterGate(s, stores.stable, stores.log, hasState)
+	undo = append(undo, func() error { gate.halt(); return nil })
+	if !hasState && len(s.peers) == 1 {
+		if err := gate.bootstrapNow(rc, stores, trans); err != nil {
 			return nil, err
 		}
 	}
+	mux.gate.Store(gate)
 	tracked := newTrackedFSM(fsm)
 	tracked.restored = func() uint64 { return snapshotIndex(stores.snaps) }
 	r, err := raft.NewRaft(rc, tracked, stores.log, stores.stable, stores.snaps, trans)
@@ -136,6 +150,7 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 		trans:   trans,
 		stores:  stores,
 		metrics: s.Metrics,
+		gate:    gate,
 		closed:  make(chan struct{}),
 	}
 	n.batchApplyCh = rc.BatchApplyCh
@@ -152,11 +167,17 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 	mux.serveRPC(n.serveRPC)
 	n.startMetrics()
 	n.logger.Info("node started", "id", n.id, "addr", n.addr, "in_memory", s.InMemory, "dir", s.Dir, "has_state", hasState)
-	if !hasState && len(s.Join) > 0 {
+	if hasState {
+		n.notePeersOnRestart(s)
+	}
+	gate.start(n)
+	if len(s.Join) > 0 && (!hasState || n.removedFromConfiguration()) {
+		n.joining.Store(true)
 		if err := n.join(); err != nil {
 			n.Close()
 			return nil, err
 		}
+		n.awaitJoinIndex()
 	}
 	return n, nil
 }
@@ -223,20 +244,14 @@ func (n *RaftNode) GetLeaderID() string {
 	return string(id)
 }
 
-// WaitForLeader blocks until the node knows a leader and returns its
-// address, or returns an error matching ErrNoLeader and ctx's error (or
-// ErrClosed).
+// WaitForLeader blocks until the node is a ready member of its cluster and
+// knows a leader, and returns the leader's address. Ready means that the
+// node's configuration contains it and, after a Join, that it has applied
+// what the cluster had committed when it joined. It returns ctx's error,
+// ErrClosed, or at once an error matching ErrInvalidConfig (the node's
+// Peers disagree with its peers') or ErrRemoved.
 func (n *RaftNode) WaitForLeader(ctx context.Context) (string, error) {
-	ch := n.WatchLeadership(ctx)
-	for l := range ch {
-		if l.LeaderAddr != "" {
-			return l.LeaderAddr, nil
-		}
-	}
-	if err := n.checkOpen(); err != nil {
-		return "", err
-	}
-	return "", wrapErr(ErrNoLeader, "wait for leader", ctx.Err())
+	return n.waitReadyLeader(ctx)
 }
 
 func (n *RaftNode) notLeader() error {
@@ -341,13 +356,23 @@ type Status struct {
 	LastLogIndex uint64 `json:"last_log_index"`
 	// CommitIndex is the last entry this node knows to be committed.
 	CommitIndex uint64 `json:"commit_index"`
-	// AppliedIndex is the last entry raft has handed to this node's FSM;
-	// the FSM may still be applying the latest batch (LinearizableRead
-	// waits for the FSM itself).
-	AppliedIndex uint64       `json:"applied_index"`
-	LeaderID     string       `json:"leader_id"`
-	LeaderAddr   string       `json:"leader_addr"`
-	Servers      []ServerInfo `json:"servers"`
+	// AppliedIndex is the last entry this node's FSM has applied: its
+	// state reflects every command up to it.
+	AppliedIndex uint64 `json:"applied_index"`
+	// RaftAppliedIndex is the last entry raft has handed to this node's
+	// FSM, which may still be applying it. It is at least AppliedIndex.
+	RaftAppliedIndex uint64       `json:"raft_applied_index"`
+	LeaderID         string       `json:"leader_id"`
+	LeaderAddr       string       `json:"leader_addr"`
+	Servers          []ServerInfo `json:"servers"`
+	// Joining is true after a Join until the node has the configuration
+	// that contains it and has applied what the cluster had committed
+	// when it joined.
+	Joining bool `json:"joining,omitempty"`
+	// MembershipError says why the node cannot serve as a member: its
+	// Peers disagree with its peers' (an error matching ErrInvalidConfig)
+	// or it was removed (ErrRemoved). Empty otherwise.
+	MembershipError string `json:"membership_error,omitempty"`
 	// LastContact is when this node last heard from a leader; zero on the
 	// leader itself and on a node that never heard from one.
 	LastContact time.Time `json:"last_contact"`
@@ -363,9 +388,13 @@ func (n *RaftNode) Status() Status {
 		Term:         n.raft.CurrentTerm(),
 		LastLogIndex: n.raft.LastIndex(),
 		CommitIndex:  n.raft.CommitIndex(),
-		AppliedIndex: n.raft.AppliedIndex(),
 		LeaderID:     string(id),
 		LeaderAddr:   string(addr),
+		Joining:      n.joining.Load() && !n.ready(),
+	}
+	st.RaftAppliedIndex, st.AppliedIndex = n.appliedIndexes()
+	if err := n.memberErr(); err != nil {
+		st.MembershipError = err.Error()
 	}
 	if n.raft.State() != raft.Leader {
 		st.LastContact = n.raft.LastContact()
@@ -396,6 +425,7 @@ func (n *RaftNode) Close() error {
 			cancel()
 		}
 		close(n.closed)
+		n.gate.halt()
 		n.runners.stopAll()
 		// Let raftkit's own waits on raft futures end while raft still
 		// runs: raft would leave queued ones unresolved at shutdown.

@@ -33,6 +33,7 @@
 package raftkit
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -119,9 +120,15 @@ type Config struct {
 
 	// Peers is the address list of the cluster's initial voters, used to
 	// bootstrap a fresh cluster. Entries are "host:port" (ID = address) or
-	// "id=host:port". Every initial node may be given the same list; it must
-	// contain this node. A node that already has state ignores Peers and
-	// rejoins. Empty Peers means: do not bootstrap.
+	// "id=host:port". Every initial node must be given the same list (in
+	// any order), and it must contain this node. A fresh node bootstraps
+	// only once a majority of the list has the same list, asking them over
+	// the node port in the background (NewRaftNode does not wait); a node
+	// whose list differs from its peers' refuses to bootstrap or to take
+	// their log and reports an error matching ErrInvalidConfig. A node
+	// that already has state ignores Peers (logging at INFO if they differ
+	// from its configuration) and rejoins. Empty Peers means: do not
+	// bootstrap.
 	Peers []string
 
 	// ApplyTimeout bounds Apply when its context has no deadline.
@@ -174,13 +181,22 @@ type Config struct {
 	// Join lists addresses of existing cluster members. A node without
 	// state (and without Peers) asks them, in order, to add it as a voter;
 	// any member forwards the request to the leader. A node with state
-	// never joins again: it is already a member. Join and Peers exclude
-	// each other.
+	// joins again only if its configuration no longer contains it (it was
+	// removed, see ErrRemoved); otherwise it is already a member. Join and
+	// Peers exclude each other.
 	Join []string
 
 	// JoinTimeout bounds how long a new node tries Join's members.
 	// Default: DefaultJoinTimeout.
 	JoinTimeout time.Duration
+
+	// JoinContext, if set, also bounds the join: when it ends, NewRaftNode
+	// stops asking Join's members and returns an error matching its
+	// error. NewRaftNode returns once the node has been added; the node
+	// is ready (WaitForLeader, GET health) once it has also applied what
+	// the cluster had committed when it joined. Default: no bound other
+	// than JoinTimeout.
+	JoinContext context.Context
 
 	// Network connects in-memory nodes to each other. Nodes must share one
 	// Network to form a cluster. Default (InMemory only): a private network,
@@ -241,14 +257,21 @@ type settled struct {
 	advertise string
 	peers     []peer
 	tls       *tlsState
+	// peersErr is Peers' problem for a node without state: the list does
+	// not name this node as it is. A node with state ignores Peers.
+	peersErr error
 }
 
 // Validate reports the first problem in c, as a *ConfigError matching
-// ErrInvalidConfig. It does not touch the network; it reads TLS files if
-// TLS is set.
+// ErrInvalidConfig. It does not touch the network and does not look in
+// Dir, so it checks Peers as for a new node, which must be in the list; it
+// reads TLS files if TLS is set.
 func (c Config) Validate() error {
-	_, err := c.settle()
-	return err
+	s, err := c.settle()
+	if err != nil {
+		return err
+	}
+	return s.peersErr
 }
 
 func (c Config) settle() (*settled, error) {
@@ -368,15 +391,15 @@ func (c Config) settle() (*settled, error) {
 		found := false
 		for _, p := range peers {
 			if p.Addr == s.advertise || (p.ID == s.ID && c.ID != "") {
-				if p.Addr != s.advertise || p.ID != s.ID {
-					return nil, configErr("Peers", strings.Join(c.Peers, ","),
+				if (p.Addr != s.advertise || p.ID != s.ID) && s.peersErr == nil {
+					s.peersErr = configErr("Peers", strings.Join(c.Peers, ","),
 						"lists this node as %s=%s but the node is %s=%s", p.ID, p.Addr, s.ID, s.advertise)
 				}
 				found = true
 			}
 		}
 		if !found {
-			return nil, configErr("Peers", strings.Join(c.Peers, ","), "does not contain this node's address %q", s.advertise)
+			s.peersErr = configErr("Peers", strings.Join(c.Peers, ","), "does not contain this node's address %q", s.advertise)
 		}
 	}
 	s.peers = peers

@@ -36,6 +36,9 @@ func (n *RaftNode) LinearizableRead(ctx context.Context) (err error) {
 	if err := n.checkOpen(); err != nil {
 		return err
 	}
+	if err := n.memberErr(); err != nil {
+		return notApplied("linearizable read", err)
+	}
 	if err := doneErr(ctx, "linearizable read"); err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -18,6 +19,9 @@ import (
 const (
 	tagRaft byte = 0x52 // 'R': hashicorp/raft's NetworkTransport protocol
 	tagRPC  byte = 0x4b // 'K': raftkit's node-to-node requests (net/rpc)
+	// tagRaftCluster is tagRaft followed by the digest of the Peers list
+	// the sender's cluster was bootstrapped with (see clusterGate).
+	tagRaftCluster byte = 0x43 // 'C'
 )
 
 const (
@@ -52,6 +56,9 @@ type portMux struct {
 	tls       *tlsState // nil: plain TCP
 
 	raftConns chan net.Conn
+	// gate decides which raft connections reach raft; nil refuses them
+	// all (the node installs it before raft starts).
+	gate atomic.Pointer[clusterGate]
 
 	mu      sync.Mutex
 	conns   map[net.Conn]struct{}
@@ -165,30 +172,36 @@ func (m *portMux) release(host string) {
 	m.npend--
 }
 
-// handshake runs TLS (if on) and reads the tag byte, all within
-// handshakeTimeout.
-func (m *portMux) handshake(tc *trackedConn) (net.Conn, byte, error) {
+// handshake runs TLS (if on) and reads the tag byte (and the cluster
+// digest after tagRaftCluster), all within handshakeTimeout.
+func (m *portMux) handshake(tc *trackedConn) (net.Conn, byte, clusterDigest, error) {
+	var cluster clusterDigest
 	var conn net.Conn = tc
 	_ = tc.SetDeadline(time.Now().Add(handshakeTimeout))
 	if m.tls != nil {
 		tconn := tls.Server(tc, m.tls.serverConfig())
 		if err := tconn.Handshake(); err != nil {
-			return nil, 0, fmt.Errorf("TLS handshake: %w", err)
+			return nil, 0, cluster, fmt.Errorf("TLS handshake: %w", err)
 		}
 		conn = tconn
 	}
 	var tag [1]byte
 	if _, err := io.ReadFull(conn, tag[:]); err != nil {
-		return nil, 0, fmt.Errorf("read tag: %w", err)
+		return nil, 0, cluster, fmt.Errorf("read tag: %w", err)
+	}
+	if tag[0] == tagRaftCluster {
+		if _, err := io.ReadFull(conn, cluster[:]); err != nil {
+			return nil, 0, cluster, fmt.Errorf("read cluster digest: %w", err)
+		}
 	}
 	_ = tc.SetDeadline(time.Time{})
-	return conn, tag[0], nil
+	return conn, tag[0], cluster, nil
 }
 
 // route finishes the handshake and hands the connection on by its tag.
 func (m *portMux) route(tc *trackedConn, host string) {
 	defer m.wg.Done()
-	conn, tag, err := m.handshake(tc)
+	conn, tag, cluster, err := m.handshake(tc)
 	m.release(host)
 	if err != nil {
 		m.logger.Debug("closing connection that failed its handshake", "remote", tc.RemoteAddr().String(), "error", err)
@@ -196,7 +209,11 @@ func (m *portMux) route(tc *trackedConn, host string) {
 		return
 	}
 	switch tag {
-	case tagRaft:
+	case tagRaft, tagRaftCluster:
+		if g := m.gate.Load(); g == nil || !g.admit(conn.RemoteAddr().String(), cluster) {
+			conn.Close()
+			return
+		}
 		m.raftHandlers.Add(1)
 		tc.onClose = m.raftHandlers.Done
 		select {
@@ -219,8 +236,8 @@ func (m *portMux) route(tc *trackedConn, host string) {
 	}
 }
 
-// dialTagged opens a connection to addr and sends tag.
-func (m *portMux) dialTagged(addr string, timeout time.Duration, tag byte) (net.Conn, error) {
+// dialTagged opens a connection to addr and sends tag, then extra.
+func (m *portMux) dialTagged(addr string, timeout time.Duration, tag byte, extra ...byte) (net.Conn, error) {
 	select {
 	case <-m.done:
 		return nil, ErrClosed
@@ -243,7 +260,7 @@ func (m *portMux) dialTagged(addr string, timeout time.Duration, tag byte) (net.
 		}
 		tracked = tconn
 	}
-	if _, err := tracked.Write([]byte{tag}); err != nil {
+	if _, err := tracked.Write(append([]byte{tag}, extra...)); err != nil {
 		tracked.Close()
 		return nil, err
 	}
@@ -335,6 +352,11 @@ func (s raftStream) Close() error { return nil }
 func (s raftStream) Addr() net.Addr { return strAddr(s.mux.advertise) }
 
 func (s raftStream) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	if g := s.mux.gate.Load(); g != nil {
+		if d, ok := g.cluster(); ok {
+			return s.mux.dialTagged(string(addr), timeout, tagRaftCluster, d[:]...)
+		}
+	}
 	return s.mux.dialTagged(string(addr), timeout, tagRaft)
 }
 

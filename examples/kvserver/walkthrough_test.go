@@ -136,16 +136,26 @@ func TestReadmeWalkthrough(t *testing.T) {
 		return code == 200 && body == "yes"
 	})
 
-	// Join a fourth node through a follower.
+	// Join a fourth node through a follower. Its health never passes
+	// before it is a member that has applied what the cluster had
+	// committed when it joined.
 	start(procs[3], "-join", follower.raft)
-	waitFor(t, 30*time.Second, "the fourth node to have the data", func() bool {
-		code, body := do(t, "GET", procs[3].http, "/kv/k0", "")
-		return code == 200 && body == "v0"
+	waitFor(t, 30*time.Second, "the fourth node to report healthy", func() bool {
+		code, _ := do(t, "GET", procs[3].http, "/raft/health", "")
+		if code != 200 {
+			return false
+		}
+		st, _ := status(procs[3])
+		if len(st.Servers) != 4 {
+			t.Fatalf("fourth node healthy while its status lists %d servers: %+v", len(st.Servers), st.Servers)
+		}
+		for _, k := range []string{"k0", "k4", "after-crash"} {
+			if code, body := do(t, "GET", procs[3].http, "/kv/"+k+"?consistency=stale", ""); code != 200 || body == "" {
+				t.Fatalf("fourth node healthy before applying %s: %d %q", k, code, body)
+			}
+		}
+		return true
 	})
-	st, _ := status(procs[3])
-	if len(st.Servers) != 4 {
-		t.Fatalf("fourth node sees %d servers", len(st.Servers))
-	}
 
 	// SIGTERM closes a node cleanly (exit 0).
 	procs[3].cmd.Process.Signal(os.Interrupt)
