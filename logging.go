@@ -3,13 +3,18 @@ package raftkit
 import (
 	"bufio"
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
+	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
 )
 
 // LevelTrace is the slog level that SlogLogger gives hclog's Trace lines
@@ -152,4 +157,184 @@ func (w *slogLineWriter) Write(p []byte) (int, error) {
 		w.s.Log(level, line)
 	}
 	return len(p), nil
+}
+
+// A node that closes cleanly tells its peers first (closeNotice), and
+// every node's raft and transport lines pass through a quietLogger, so that
+// what a clean shutdown does to the cluster is not reported as a failure:
+//
+//   - read and write errors on a connection this node closed itself
+//     (net.ErrClosed: its own Close) are Debug;
+//   - raft's complaints about a peer that announced a clean close (failed
+//     heartbeats, appends, votes, contact) are Debug until that peer is
+//     heard from again;
+//   - losing quorum, and the elections that follow, are Debug when the
+//     peers that announced a clean close are what took the quorum away;
+//   - raft's first election when no leader was ever known (a fresh or
+//     restarted node) is Info, not Warn.
+//
+// Anything else keeps its level: a peer that vanishes without notice still
+// gives raft's Errors and Warns.
+
+// departures records the peers that announced a clean close.
+type departures struct {
+	mu    sync.Mutex
+	peers map[string]string // ID -> address of each peer that announced a clean close
+	raft  atomic.Pointer[raft.Raft]
+	// handedOver is set when this leader starts a leadership transfer and
+	// cleared when it leads again: the new leader's higher term that its
+	// replication then meets is the transfer working.
+	handedOver atomic.Bool
+}
+
+func newDepartures() *departures { return &departures{peers: map[string]string{}} }
+
+// add records that peer id at addr is closing cleanly.
+func (d *departures) add(id, addr string) {
+	d.mu.Lock()
+	d.peers[id] = addr
+	d.mu.Unlock()
+}
+
+// back forgets id: it was heard from again.
+func (d *departures) back(id string) {
+	d.mu.Lock()
+	delete(d.peers, id)
+	d.mu.Unlock()
+}
+
+// observer clears a departure when raft hears from that peer again (a
+// resumed heartbeat, or the peer leads). It works in raft's filter call and
+// sends nothing, so it needs no goroutine.
+func (d *departures) observer(self raft.ServerID) *raft.Observer {
+	return raft.NewObserver(nil, false, func(o *raft.Observation) bool {
+		switch v := o.Data.(type) {
+		case raft.ResumedHeartbeatObservation:
+			d.back(string(v.PeerID))
+		case raft.LeaderObservation:
+			d.back(string(v.LeaderID))
+			if v.LeaderID == self {
+				d.handedOver.Store(false)
+			}
+		}
+		return false
+	})
+}
+
+// departed reports whether a log argument names a peer that announced a
+// clean close.
+func (d *departures) departed(v any) bool {
+	var id, addr string
+	switch p := v.(type) {
+	case raft.Server:
+		id, addr = string(p.ID), string(p.Address)
+	case raft.ServerID:
+		id = string(p)
+	case raft.ServerAddress:
+		addr = string(p)
+	case string:
+		id, addr = p, p
+	default:
+		return false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for pid, paddr := range d.peers {
+		if (id != "" && id == pid) || (addr != "" && addr == paddr) {
+			return true
+		}
+	}
+	return false
+}
+
+// quorumDeparted reports whether the voters that did not announce a clean
+// close are too few for a quorum: then losing it is what was asked for.
+func (d *departures) quorumDeparted() bool {
+	r := d.raft.Load()
+	if r == nil {
+		return false
+	}
+	f := r.GetConfiguration() // does not block: safe on raft's goroutines
+	if f.Error() != nil {
+		return false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.peers) == 0 {
+		return false
+	}
+	voters, gone := 0, 0
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage != raft.Voter {
+			continue
+		}
+		voters++
+		if _, ok := d.peers[string(s.ID)]; ok {
+			gone++
+		}
+	}
+	return voters-gone < voters/2+1
+}
+
+// level is the level a raft or transport line is logged at.
+func (d *departures) level(level hclog.Level, msg string, args []any) hclog.Level {
+	if level < hclog.Warn {
+		return level
+	}
+	for i := 1; i < len(args); i += 2 {
+		if err, ok := args[i].(error); ok && (errors.Is(err, net.ErrClosed) || errors.Is(err, raft.ErrTransportShutdown) || strings.Contains(err.Error(), "use of closed network connection")) {
+			return hclog.Debug
+		}
+		switch args[i-1] {
+		case "peer", "target", "server-id", "last-leader-id", "last-leader-addr":
+			if d.departed(args[i]) {
+				return hclog.Debug
+			}
+		}
+	}
+	switch msg {
+	case "heartbeat timeout reached, starting election":
+		for i := 1; i < len(args); i += 2 {
+			if args[i-1] == "last-leader-id" && fmt.Sprint(args[i]) == "" {
+				return hclog.Info
+			}
+		}
+		fallthrough
+	case "failed to contact quorum of nodes, stepping down", "Election timeout reached, restarting election":
+		if d.quorumDeparted() {
+			return hclog.Debug
+		}
+	case "peer has newer term, stopping replication":
+		if d.handedOver.Load() {
+			return hclog.Debug
+		}
+	}
+	return level
+}
+
+// quietLogger is an hclog.Logger that logs expected closes below Warn
+// (see departures.level) and passes everything else on unchanged.
+type quietLogger struct {
+	hclog.Logger
+	d *departures
+}
+
+// Log writes msg at the level departures assigns it.
+func (q *quietLogger) Log(level hclog.Level, msg string, args ...any) {
+	q.Logger.Log(q.d.level(level, msg, args), msg, args...)
+}
+
+func (q *quietLogger) Warn(msg string, args ...any)  { q.Log(hclog.Warn, msg, args...) }
+func (q *quietLogger) Error(msg string, args ...any) { q.Log(hclog.Error, msg, args...) }
+
+func (q *quietLogger) With(args ...any) hclog.Logger {
+	return &quietLogger{Logger: q.Logger.With(args...), d: q.d}
+}
+
+func (q *quietLogger) Named(name string) hclog.Logger {
+	return &quietLogger{Logger: q.Logger.Named(name), d: q.d}
+}
+
+func (q *quietLogger) ResetNamed(name string) hclog.Logger {
+	return &quietLogger{Logger: q.Logger.ResetNamed(name), d: q.d}
 }

@@ -3,7 +3,9 @@ package raftkit
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -101,5 +103,59 @@ func TestSlogLoggerLevelsNamesAndArgs(t *testing.T) {
 	}
 	if SlogLogger(nil).IsError() {
 		t.Fatal("SlogLogger(nil) is not silent")
+	}
+}
+
+// TestCleanRunLogsNoErrorsOrWarnings starts a 3-node TCP cluster, writes
+// and reads through every node, and closes them all, followers first or
+// leader first: nothing went wrong, so no node may log at Warn or Error.
+func TestCleanRunLogsNoErrorsOrWarnings(t *testing.T) {
+	t.Run("followers first", func(t *testing.T) { checkCleanRunLogs(t, false) })
+	t.Run("leader first", func(t *testing.T) { checkCleanRunLogs(t, true) })
+}
+
+func checkCleanRunLogs(t *testing.T, leaderFirst bool) {
+	var buf lockedBuffer
+	addrs := freeAddrs(t, 3)
+	base := t.TempDir()
+	nodes := make([]*RaftNode, 3)
+	for i := range nodes {
+		logger := hclog.New(&hclog.LoggerOptions{Name: fmt.Sprintf("n%d", i), Level: hclog.Warn, Output: &buf, JSONFormat: true})
+		n, err := NewRaftNode(Config{Addr: addrs[i], Dir: filepath.Join(base, fmt.Sprint(i)), Peers: addrs, RaftConfig: fastRaft, Logger: logger}, fsmexample.New())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer n.Close()
+		nodes[i] = n
+	}
+	ctx := ctxTimeout(t, 30*time.Second)
+	leaderAddr, err := nodes[0].WaitForLeader(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, n := range nodes {
+		for j := 0; j < 5; j++ {
+			if _, err := n.Apply(ctx, fsmexample.Set(fmt.Sprintf("k%d-%d", i, j), []byte("v"))); err != nil {
+				t.Fatalf("apply through node %d: %v", i, err)
+			}
+		}
+		if err := n.LinearizableRead(ctx); err != nil {
+			t.Fatalf("read on node %d: %v", i, err)
+		}
+	}
+	for _, first := range []bool{true, false} {
+		for _, n := range nodes {
+			if (n.Addr() == leaderAddr) == (leaderFirst == first) {
+				if err := n.Close(); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	if recs := buf.records(t); len(recs) > 0 {
+		for _, r := range recs {
+			t.Errorf("%v %v: %v", r["@level"], r["@module"], r)
+		}
+		t.Fatalf("%d Warn/Error lines in a clean start-use-Close run", len(recs))
 	}
 }

@@ -64,6 +64,7 @@ func (n *RaftNode) TransferLeadership(ctx context.Context, id string) error {
 	defer cancel()
 	n.runners.pause(ctx)
 	defer n.runners.resume()
+	n.departures.handedOver.Store(true)
 	var f raft.Future
 	if id == "" {
 		f = n.raft.LeadershipTransfer()

@@ -40,6 +40,7 @@ type RaftNode struct {
 	readyTerm   atomic.Uint64 // term in which this leader's barrier completed
 	metrics     *Metrics      // nil: none
 	metricsWG   sync.WaitGroup
+	departures  *departures // peers that announced a clean close
 
 	// leaderReads and followerReads share read-index requests among
 	// concurrent LinearizableRead calls; readFetches counts their running
@@ -95,6 +96,8 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 	if err != nil {
 		return nil, err
 	}
+	departed := newDepartures()
+	s.Logger = &quietLogger{Logger: s.Logger, d: departed}
 	var undo []func() error
 	defer func() {
 		if err != nil {
@@ -143,6 +146,8 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 		return nil, fmt.Errorf("raftkit: start raft: %w", err)
 	}
 	undo = append(undo, func() error { return r.Shutdown().Error() })
+	departed.raft.Store(r)
+	r.RegisterObserver(departed.observer(raft.ServerID(s.ID)))
 
 	n := &RaftNode{
 		cfg:     s,
@@ -156,6 +161,8 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 		stores:  stores,
 		metrics: s.Metrics,
 		closed:  make(chan struct{}),
+
+		departures: departed,
 	}
 	n.batchApplyCh = rc.BatchApplyCh
 	n.leadership = newLeaderWatch(r)
@@ -504,7 +511,10 @@ func (n *RaftNode) Status() Status {
 
 // Close stops the node: a leader first hands leadership to another voter
 // (bounded by the election timeout) so the cluster does not wait for an
-// election, then raft shuts down, then the transport, then the stores.
+// election, then it tells the other members that it is closing (bounded
+// by the election timeout; they then log their failures to reach it at
+// Debug, not as errors), then raft shuts down, then the transport, then
+// the stores.
 // Close leaves no goroutine, listener or file lock behind: it first lets
 // calls in flight on raft end (up to two election timeouts), because raft
 // never resolves requests still queued when it shuts down. It is
@@ -519,6 +529,7 @@ func (n *RaftNode) Close() error {
 			}
 			cancel()
 		}
+		n.announceClose()
 		close(n.closed)
 		n.runners.stopAll()
 		// Let raftkit's own waits on raft futures end while raft still
@@ -554,6 +565,33 @@ func (n *RaftNode) Close() error {
 		n.logger.Info("node closed", "id", n.id)
 	})
 	return n.closeErr
+}
+
+// announceClose tells every other member that this node is closing
+// cleanly, so that they log the failures to reach it at Debug. It is best
+// effort and bounded by the election timeout.
+func (n *RaftNode) announceClose() {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), n.raft.ReloadableConfig().ElectionTimeout)
+	defer cancel()
+	req := &wire.ClosingRequest{ID: n.id, Addr: n.addr, Secret: n.cfg.JoinSecret}
+	var wg sync.WaitGroup
+	for _, s := range f.Configuration().Servers {
+		if string(s.ID) == n.id {
+			continue
+		}
+		wg.Add(1)
+		go func(addr string) {
+			defer wg.Done()
+			if _, err := n.rpc.call(ctx, addr, wire.MethodClosing, req, &wire.ClosingResponse{}); err != nil {
+				n.logger.Debug("could not tell a peer that this node is closing", "peer", addr, "error", err)
+			}
+		}(string(s.Address))
+	}
+	wg.Wait()
 }
 
 func (n *RaftNode) hasOtherVoters() bool {
