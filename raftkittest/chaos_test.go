@@ -116,10 +116,7 @@ func chaosCluster(t testing.TB, level hclog.Level) *Cluster[*fsmexample.Store] {
 			cfg.ApplyTimeout = time.Second
 			cfg.SnapshotThreshold = 64
 			cfg.SnapshotInterval = 50 * time.Millisecond
-			cfg.RaftConfig = func(rc *raft.Config) {
-				FastTimeouts(rc)
-				rc.TrailingLogs = 32
-			}
+			cfg.RaftConfig = func(rc *raft.Config) { rc.TrailingLogs = 32 } // after FastTimeouts
 		}))
 }
 
