@@ -3,8 +3,10 @@ package raftkit
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -12,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
 
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
 )
@@ -158,4 +161,85 @@ func checkCleanRunLogs(t *testing.T, leaderFirst bool) {
 		}
 		t.Fatalf("%d Warn/Error lines in a clean start-use-Close run", len(recs))
 	}
+}
+
+func TestQuietLoggerDemotesOnlyExpectedCloses(t *testing.T) {
+	d := newDepartures()
+	peer := raft.Server{ID: "n2", Address: "127.0.0.1:7002"}
+	refused := errors.New("dial tcp 127.0.0.1:7002: connect: connection refused")
+	cases := []struct {
+		name  string
+		setup func()
+		level hclog.Level
+		msg   string
+		args  []any
+		want  hclog.Level
+	}{
+		{"peer failure before any notice", nil, hclog.Error, "failed to heartbeat to", []any{"peer", peer.Address, "error", refused}, hclog.Error},
+		{"vote failure before any notice", nil, hclog.Error, "failed to make requestVote RPC", []any{"target", peer, "error", refused}, hclog.Error},
+		{"own closed connection", nil, hclog.Error, "failed to decode incoming command", []any{"error", fmt.Errorf("read: %w", net.ErrClosed)}, hclog.Debug},
+		{"transport shut down", nil, hclog.Error, "failed to decode incoming command", []any{"error", raft.ErrTransportShutdown}, hclog.Debug},
+		{"first election", nil, hclog.Warn, "heartbeat timeout reached, starting election", []any{"last-leader-addr", raft.ServerAddress(""), "last-leader-id", raft.ServerID("")}, hclog.Info},
+		{"election after losing a leader", nil, hclog.Warn, "heartbeat timeout reached, starting election", []any{"last-leader-addr", raft.ServerAddress("127.0.0.1:7003"), "last-leader-id", raft.ServerID("n3")}, hclog.Warn},
+		{"newer term without a transfer", nil, hclog.Error, "peer has newer term, stopping replication", []any{"peer", peer}, hclog.Error},
+		{"info stays info", nil, hclog.Info, "entering follower state", nil, hclog.Info},
+		{"peer failure after its notice", func() { d.add("n2", "127.0.0.1:7002") }, hclog.Error, "failed to heartbeat to", []any{"peer", peer.Address, "error", refused}, hclog.Debug},
+		{"contact failure after its notice", nil, hclog.Warn, "failed to contact", []any{"server-id", peer.ID, "time", time.Second}, hclog.Debug},
+		{"another peer's failure", nil, hclog.Error, "failed to appendEntries to", []any{"peer", raft.Server{ID: "n3", Address: "127.0.0.1:7003"}, "error", refused}, hclog.Error},
+		{"peer back", func() { d.back("n2") }, hclog.Error, "failed to appendEntries to", []any{"peer", peer, "error", refused}, hclog.Error},
+		{"newer term after a transfer", func() { d.handedOver.Store(true) }, hclog.Error, "peer has newer term, stopping replication", []any{"peer", peer}, hclog.Debug},
+	}
+	for _, c := range cases {
+		if c.setup != nil {
+			c.setup()
+		}
+		if got := d.level(c.level, c.msg, c.args); got != c.want {
+			t.Errorf("%s: %q at %s logged at %s, want %s", c.name, c.msg, c.level, got, c.want)
+		}
+	}
+}
+
+// TestPeerLostWithoutNoticeStillLogsErrors: a follower that stops without
+// Close (its raft shut down first, then its port, as in a crash) gives
+// the leader Warn or Error lines.
+func TestPeerLostWithoutNoticeStillLogsErrors(t *testing.T) {
+	var buf lockedBuffer
+	addrs := freeAddrs(t, 3)
+	base := t.TempDir()
+	nodes := make([]*RaftNode, 3)
+	for i := range nodes {
+		logger := hclog.New(&hclog.LoggerOptions{Name: fmt.Sprintf("n%d", i), Level: hclog.Warn, Output: &buf, JSONFormat: true})
+		n, err := NewRaftNode(Config{Addr: addrs[i], Dir: filepath.Join(base, fmt.Sprint(i)), Peers: addrs, RaftConfig: fastRaft, Logger: logger}, fsmexample.New())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer n.Close()
+		nodes[i] = n
+	}
+	leaderAddr, err := nodes[0].WaitForLeader(ctxTimeout(t, 30*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var leaderName string
+	var lost *RaftNode
+	for i, n := range nodes {
+		switch {
+		case n.Addr() == leaderAddr:
+			leaderName = fmt.Sprintf("n%d.", i)
+		case lost == nil:
+			lost = n
+		}
+	}
+	if err := lost.Raft().Shutdown().Error(); err != nil {
+		t.Fatal(err)
+	}
+	lost.Close()
+	waitFor(t, 20*time.Second, "the leader to log a Warn or Error about the lost follower", func() bool {
+		for _, r := range buf.records(t) {
+			if strings.HasPrefix(fmt.Sprint(r["@module"]), leaderName) {
+				return true
+			}
+		}
+		return false
+	})
 }

@@ -64,9 +64,9 @@ func (n *RaftNode) TransferLeadership(ctx context.Context, id string) error {
 	defer cancel()
 	n.runners.pause(ctx)
 	defer n.runners.resume()
-	n.departures.handedOver.Store(true)
 	var f raft.Future
 	if id == "" {
+		n.departures.handedOver.Store(true)
 		f = n.raft.LeadershipTransfer()
 	} else {
 		srv, ok := n.server(id)
@@ -76,9 +76,13 @@ func (n *RaftNode) TransferLeadership(ctx context.Context, id string) error {
 		if id == n.id {
 			return nil
 		}
+		n.departures.handedOver.Store(true)
 		f = n.raft.LeadershipTransferToServer(srv.ID, srv.Address)
 	}
 	if err := n.waitFuture(ctx, f); err != nil {
+		if n.IsLeader() {
+			n.departures.handedOver.Store(false) // still leading: nothing was handed over
+		}
 		return fmt.Errorf("raftkit: transfer leadership: %w", n.closedOr(err))
 	}
 	return nil

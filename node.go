@@ -569,8 +569,12 @@ func (n *RaftNode) Close() error {
 
 // announceClose tells every other member that this node is closing
 // cleanly, so that they log the failures to reach it at Debug. It is best
-// effort and bounded by the election timeout.
+// effort and bounded by the election timeout. A node whose raft already
+// stopped (removed, or shut down as in a simulated crash) says nothing.
 func (n *RaftNode) announceClose() {
+	if n.raft.State() == raft.Shutdown {
+		return // crashed or removed: nothing clean to announce
+	}
 	f := n.raft.GetConfiguration()
 	if f.Error() != nil {
 		return
