@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
@@ -247,6 +248,28 @@ func (d *departures) departed(v any) bool {
 	return false
 }
 
+// departedReset reports whether err is a connection reset or broken pipe
+// on a connection from the host of a peer that announced a clean close:
+// that peer closing its end (raft's inbound connections name no peer).
+func (d *departures) departedReset(err error) bool {
+	var op *net.OpError
+	if !errors.As(err, &op) || op.Addr == nil || !(errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)) {
+		return false
+	}
+	host, _, splitErr := net.SplitHostPort(op.Addr.String())
+	if splitErr != nil {
+		return false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, addr := range d.peers {
+		if h, _, err := net.SplitHostPort(addr); err == nil && h == host {
+			return true
+		}
+	}
+	return false
+}
+
 // quorumDeparted reports whether the voters that did not announce a clean
 // close are too few for a quorum: then losing it is what was asked for.
 func (d *departures) quorumDeparted() bool {
@@ -282,7 +305,8 @@ func (d *departures) level(level hclog.Level, msg string, args []any) hclog.Leve
 		return level
 	}
 	for i := 1; i < len(args); i += 2 {
-		if err, ok := args[i].(error); ok && (errors.Is(err, net.ErrClosed) || errors.Is(err, raft.ErrTransportShutdown) || strings.Contains(err.Error(), "use of closed network connection")) {
+		if err, ok := args[i].(error); ok && (errors.Is(err, net.ErrClosed) || errors.Is(err, raft.ErrTransportShutdown) ||
+			strings.Contains(err.Error(), "use of closed network connection") || d.departedReset(err)) {
 			return hclog.Debug
 		}
 		switch args[i-1] {

@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -187,6 +189,9 @@ func TestQuietLoggerDemotesOnlyExpectedCloses(t *testing.T) {
 		{"contact failure after its notice", nil, hclog.Warn, "failed to contact", []any{"server-id", peer.ID, "time", time.Second}, hclog.Debug},
 		{"another peer's failure", nil, hclog.Error, "failed to appendEntries to", []any{"peer", raft.Server{ID: "n3", Address: "127.0.0.1:7003"}, "error", refused}, hclog.Error},
 		{"peer back", func() { d.back("n2") }, hclog.Error, "failed to appendEntries to", []any{"peer", peer, "error", refused}, hclog.Error},
+		{"reset from a peer's host before its notice", func() { d.back("n2") }, hclog.Error, "failed to decode incoming command", []any{"error", resetFrom("127.0.0.2:40000")}, hclog.Error},
+		{"reset from a noticed peer's host", func() { d.add("n2", "127.0.0.2:7002") }, hclog.Error, "failed to decode incoming command", []any{"error", resetFrom("127.0.0.2:40000")}, hclog.Debug},
+		{"reset from another host", nil, hclog.Error, "failed to decode incoming command", []any{"error", resetFrom("127.0.0.3:40000")}, hclog.Error},
 		{"newer term after a transfer", func() { d.handedOver.Store(true) }, hclog.Error, "peer has newer term, stopping replication", []any{"peer", peer}, hclog.Debug},
 	}
 	for _, c := range cases {
@@ -242,4 +247,14 @@ func TestPeerLostWithoutNoticeStillLogsErrors(t *testing.T) {
 		}
 		return false
 	})
+}
+
+// resetFrom is the error a read gets when the peer at addr resets the
+// connection.
+func resetFrom(addr string) error {
+	ta, err := net.ResolveTCPAddr("tcp", addr)
+	if err != nil {
+		panic(err)
+	}
+	return &net.OpError{Op: "read", Net: "tcp", Addr: ta, Err: os.NewSyscallError("read", syscall.ECONNRESET)}
 }
