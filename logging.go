@@ -172,7 +172,9 @@ func (w *slogLineWriter) Write(p []byte) (int, error) {
 //   - losing quorum, and the elections that follow, are Debug when the
 //     peers that announced a clean close are what took the quorum away;
 //   - raft's first election when no leader was ever known (a fresh or
-//     restarted node) is Info, not Warn.
+//     restarted node), a split vote before any leader was known, and a
+//     vote this node refuses because it has a leader (raft's guard against
+//     a disruptive candidate, working) are Info, not Warn.
 //
 // Anything else keeps its level: a peer that vanishes without notice still
 // gives raft's Errors and Warns.
@@ -186,6 +188,8 @@ type departures struct {
 	// cleared when it leads again: the new leader's higher term that its
 	// replication then meets is the transfer working.
 	handedOver atomic.Bool
+	// seenLeader is set once this node knows of any leader.
+	seenLeader atomic.Bool
 }
 
 func newDepartures() *departures { return &departures{peers: map[string]string{}} }
@@ -214,6 +218,9 @@ func (d *departures) observer(self raft.ServerID) *raft.Observer {
 			d.back(string(v.PeerID))
 		case raft.LeaderObservation:
 			d.back(string(v.LeaderID))
+			if v.LeaderID != "" {
+				d.seenLeader.Store(true)
+			}
 			if v.LeaderID == self {
 				d.handedOver.Store(false)
 			}
@@ -328,6 +335,13 @@ func (d *departures) level(level hclog.Level, msg string, args []any) hclog.Leve
 		if d.quorumDeparted() {
 			return hclog.Debug
 		}
+		if msg == "Election timeout reached, restarting election" && !d.seenLeader.Load() {
+			return hclog.Info // a split vote in a new cluster's first election
+		}
+	case "rejecting vote request since we have a leader", "rejecting pre-vote request since we have a leader":
+		// Raft's guard against a disruptive candidate working; this node
+		// is fine, and the candidate logs its own side.
+		return hclog.Info
 	case "peer has newer term, stopping replication":
 		if d.handedOver.Load() {
 			return hclog.Debug

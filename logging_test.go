@@ -192,6 +192,10 @@ func TestQuietLoggerDemotesOnlyExpectedCloses(t *testing.T) {
 		{"reset from a peer's host before its notice", func() { d.back("n2") }, hclog.Error, "failed to decode incoming command", []any{"error", resetFrom("127.0.0.2:40000")}, hclog.Error},
 		{"reset from a noticed peer's host", func() { d.add("n2", "127.0.0.2:7002") }, hclog.Error, "failed to decode incoming command", []any{"error", resetFrom("127.0.0.2:40000")}, hclog.Debug},
 		{"reset from another host", nil, hclog.Error, "failed to decode incoming command", []any{"error", resetFrom("127.0.0.3:40000")}, hclog.Error},
+		{"split vote before any leader", nil, hclog.Warn, "Election timeout reached, restarting election", nil, hclog.Info},
+		{"split vote after a leader was known", func() { d.seenLeader.Store(true) }, hclog.Warn, "Election timeout reached, restarting election", nil, hclog.Warn},
+		{"refused vote: we have a leader", nil, hclog.Warn, "rejecting vote request since we have a leader", []any{"from", peer.Address}, hclog.Info},
+		{"refused vote: our log is newer", nil, hclog.Warn, "rejecting vote request since our last index is greater", []any{"candidate", peer.Address}, hclog.Warn},
 		{"newer term after a transfer", func() { d.handedOver.Store(true) }, hclog.Error, "peer has newer term, stopping replication", []any{"peer", peer}, hclog.Debug},
 	}
 	for _, c := range cases {
