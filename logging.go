@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
@@ -160,15 +161,17 @@ func (w *slogLineWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// A node that closes cleanly tells its peers first (closeNotice), and
+// A node that closes cleanly tells its peers first (announceClose), and
 // every node's raft and transport lines pass through a quietLogger, so that
 // what a clean shutdown does to the cluster is not reported as a failure:
 //
 //   - read and write errors on a connection this node closed itself
 //     (net.ErrClosed: its own Close) are Debug;
 //   - raft's complaints about a peer that announced a clean close (failed
-//     heartbeats, appends, votes, contact) are Debug until that peer is
-//     heard from again;
+//     heartbeats, appends, votes, contact, its connections reset) are
+//     Debug for closeQuietPeriod after the notice: long enough for the
+//     close and for a whole cluster's shutdown, short enough that a peer
+//     that stays away is reported again as raft reports any lost peer;
 //   - losing quorum, and the elections that follow, are Debug when the
 //     peers that announced a clean close are what took the quorum away;
 //   - raft's first election when no leader was ever known (a fresh or
@@ -179,10 +182,15 @@ func (w *slogLineWriter) Write(p []byte) (int, error) {
 // Anything else keeps its level: a peer that vanishes without notice still
 // gives raft's Errors and Warns.
 
+// closeQuietPeriod is how long after a peer's clean-close notice raft's
+// complaints about it are logged at Debug: at least this, or ten election
+// timeouts if longer.
+const closeQuietPeriod = 10 * time.Second
+
 // departures records the peers that announced a clean close.
 type departures struct {
 	mu    sync.Mutex
-	peers map[string]string // ID -> address of each peer that announced a clean close
+	peers map[string]departure // by server ID
 	raft  atomic.Pointer[raft.Raft]
 	// handedOver is set when this leader starts a leadership transfer and
 	// cleared when it leads again: the new leader's higher term that its
@@ -192,32 +200,43 @@ type departures struct {
 	seenLeader atomic.Bool
 }
 
-func newDepartures() *departures { return &departures{peers: map[string]string{}} }
+// departure is one peer's clean-close notice.
+type departure struct {
+	addr  string
+	until time.Time // the notice's quiet period ends
+}
+
+func newDepartures() *departures { return &departures{peers: map[string]departure{}} }
 
 // add records that peer id at addr is closing cleanly.
 func (d *departures) add(id, addr string) {
+	quiet := closeQuietPeriod
+	if r := d.raft.Load(); r != nil {
+		quiet = max(quiet, 10*r.ReloadableConfig().ElectionTimeout)
+	}
 	d.mu.Lock()
-	d.peers[id] = addr
+	d.peers[id] = departure{addr: addr, until: time.Now().Add(quiet)}
 	d.mu.Unlock()
 }
 
-// back forgets id: it was heard from again.
-func (d *departures) back(id string) {
-	d.mu.Lock()
-	delete(d.peers, id)
-	d.mu.Unlock()
+// current returns the notices still in their quiet period, forgetting
+// the others. d.mu must be held.
+func (d *departures) current() map[string]departure {
+	now := time.Now()
+	for id, p := range d.peers {
+		if now.After(p.until) {
+			delete(d.peers, id)
+		}
+	}
+	return d.peers
 }
 
-// observer clears a departure when raft hears from that peer again (a
-// resumed heartbeat, or the peer leads). It works in raft's filter call and
-// sends nothing, so it needs no goroutine.
+// observer tracks leadership for level: whether a leader was ever known,
+// and the end of a handover. It works in raft's filter call and sends
+// nothing, so it needs no goroutine.
 func (d *departures) observer(self raft.ServerID) *raft.Observer {
 	return raft.NewObserver(nil, false, func(o *raft.Observation) bool {
-		switch v := o.Data.(type) {
-		case raft.ResumedHeartbeatObservation:
-			d.back(string(v.PeerID))
-		case raft.LeaderObservation:
-			d.back(string(v.LeaderID))
+		if v, ok := o.Data.(raft.LeaderObservation); ok {
 			if v.LeaderID != "" {
 				d.seenLeader.Store(true)
 			}
@@ -247,8 +266,8 @@ func (d *departures) departed(v any) bool {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for pid, paddr := range d.peers {
-		if (id != "" && id == pid) || (addr != "" && addr == paddr) {
+	for pid, p := range d.current() {
+		if (id != "" && id == pid) || (addr != "" && addr == p.addr) {
 			return true
 		}
 	}
@@ -269,8 +288,8 @@ func (d *departures) departedReset(err error) bool {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for _, addr := range d.peers {
-		if h, _, err := net.SplitHostPort(addr); err == nil && h == host {
+	for _, p := range d.current() {
+		if h, _, err := net.SplitHostPort(p.addr); err == nil && h == host {
 			return true
 		}
 	}
@@ -290,7 +309,8 @@ func (d *departures) quorumDeparted() bool {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if len(d.peers) == 0 {
+	peers := d.current()
+	if len(peers) == 0 {
 		return false
 	}
 	voters, gone := 0, 0
@@ -299,7 +319,7 @@ func (d *departures) quorumDeparted() bool {
 			continue
 		}
 		voters++
-		if _, ok := d.peers[string(s.ID)]; ok {
+		if _, ok := peers[string(s.ID)]; ok {
 			gone++
 		}
 	}

@@ -509,12 +509,11 @@ func (n *RaftNode) Status() Status {
 	return st
 }
 
-// Close stops the node: a leader first hands leadership to another voter
+// Close stops the node: it tells the other members that it is closing
+// (bounded by the election timeout; they then log their failures to reach
+// it at Debug, not as errors), a leader hands leadership to another voter
 // (bounded by the election timeout) so the cluster does not wait for an
-// election, then it tells the other members that it is closing (bounded
-// by the election timeout; they then log their failures to reach it at
-// Debug, not as errors), then raft shuts down, then the transport, then
-// the stores.
+// election, then raft shuts down, then the transport, then the stores.
 // Close leaves no goroutine, listener or file lock behind: it first lets
 // calls in flight on raft end (up to two election timeouts), because raft
 // never resolves requests still queued when it shuts down. It is
@@ -522,6 +521,9 @@ func (n *RaftNode) Status() Status {
 // end with ErrUnknownOutcome.
 func (n *RaftNode) Close() error {
 	n.closeOnce.Do(func() {
+		// First, so that the peers also expect what a handover does to
+		// their connections with this node.
+		n.announceClose()
 		if n.IsLeader() && n.hasOtherVoters() {
 			ctx, cancel := context.WithTimeout(context.Background(), n.raft.ReloadableConfig().ElectionTimeout)
 			if err := n.TransferLeadership(ctx, ""); err != nil {
@@ -529,7 +531,6 @@ func (n *RaftNode) Close() error {
 			}
 			cancel()
 		}
-		n.announceClose()
 		close(n.closed)
 		n.runners.stopAll()
 		// Let raftkit's own waits on raft futures end while raft still
