@@ -87,16 +87,6 @@ func (s *rpcService) Membership(req *wire.MembershipRequest, resp *wire.Membersh
 	return nil
 }
 
-// Closing records that a peer is closing cleanly (see departures).
-func (s *rpcService) Closing(req *wire.ClosingRequest, resp *wire.ClosingResponse) error {
-	if want := s.n.cfg.JoinSecret; want != "" && subtle.ConstantTimeCompare([]byte(want), []byte(req.Secret)) != 1 {
-		return nil
-	}
-	s.n.departures.add(req.ID, req.Addr)
-	s.n.logger.Debug("peer announced a clean close; failures to reach it are logged at Debug until it is back", "peer", req.ID, "addr", req.Addr)
-	return nil
-}
-
 var errInvalidRequest = errors.New("raftkit: invalid request")
 
 // toWire turns an error into its wire form. fsm says whether a plain error

@@ -3,6 +3,7 @@ package raftkit
 import (
 	"bufio"
 	"context"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +18,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+
+	"github.com/raftkit/raftkit/internal/wire"
 )
 
 // LevelTrace is the slog level that SlogLogger gives hclog's Trace lines
@@ -229,6 +232,48 @@ func (d *departures) current() map[string]departure {
 		}
 	}
 	return d.peers
+}
+
+// announceClose tells every other member that this node is closing
+// cleanly, so that they log the failures to reach it at Debug. It is best
+// effort and bounded by the election timeout. A node whose raft already
+// stopped (removed, or shut down as in a simulated crash) says nothing.
+func (n *RaftNode) announceClose() {
+	if n.raft.State() == raft.Shutdown {
+		return // crashed or removed: nothing clean to announce
+	}
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), n.raft.ReloadableConfig().ElectionTimeout)
+	defer cancel()
+	req := &wire.ClosingRequest{ID: n.id, Addr: n.addr, Secret: n.cfg.JoinSecret}
+	var wg sync.WaitGroup
+	for _, s := range f.Configuration().Servers {
+		if string(s.ID) == n.id {
+			continue
+		}
+		wg.Add(1)
+		go func(addr string) {
+			defer wg.Done()
+			if _, err := n.rpc.call(ctx, addr, wire.MethodClosing, req, &wire.ClosingResponse{}); err != nil {
+				n.logger.Debug("could not tell a peer that this node is closing", "peer", addr, "error", err)
+			}
+		}(string(s.Address))
+	}
+	wg.Wait()
+}
+
+// Closing is the request service's method that records a peer's
+// clean-close notice (announceClose on the peer).
+func (s *rpcService) Closing(req *wire.ClosingRequest, resp *wire.ClosingResponse) error {
+	if want := s.n.cfg.JoinSecret; want != "" && subtle.ConstantTimeCompare([]byte(want), []byte(req.Secret)) != 1 {
+		return nil
+	}
+	s.n.departures.add(req.ID, req.Addr)
+	s.n.logger.Debug("peer announced a clean close; failures to reach it are logged at Debug for a while", "peer", req.ID, "addr", req.Addr)
+	return nil
 }
 
 // observer tracks leadership for level: whether a leader was ever known,

@@ -126,9 +126,9 @@ func checkCleanRunLogs(t *testing.T, leaderFirst bool) {
 	nodes := make([]*RaftNode, 3)
 	for i := range nodes {
 		logger := hclog.New(&hclog.LoggerOptions{Name: fmt.Sprintf("n%d", i), Level: hclog.Warn, Output: &buf, JSONFormat: true})
-		// raft's default timeouts: the test's own fast ones lose leases
-		// (rightly logged as Warn) on a loaded machine running -race.
-		n, err := NewRaftNode(Config{Addr: addrs[i], Dir: filepath.Join(base, fmt.Sprint(i)), Peers: addrs, Logger: logger}, fsmexample.New())
+		// Long timeouts: shorter ones lose leader leases (rightly logged
+		// as Warn) on a loaded machine running -race.
+		n, err := NewRaftNode(Config{Addr: addrs[i], Dir: filepath.Join(base, fmt.Sprint(i)), Peers: addrs, Timing: TimingWAN, Logger: logger}, fsmexample.New())
 		if err != nil {
 			t.Fatal(err)
 		}

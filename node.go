@@ -568,37 +568,6 @@ func (n *RaftNode) Close() error {
 	return n.closeErr
 }
 
-// announceClose tells every other member that this node is closing
-// cleanly, so that they log the failures to reach it at Debug. It is best
-// effort and bounded by the election timeout. A node whose raft already
-// stopped (removed, or shut down as in a simulated crash) says nothing.
-func (n *RaftNode) announceClose() {
-	if n.raft.State() == raft.Shutdown {
-		return // crashed or removed: nothing clean to announce
-	}
-	f := n.raft.GetConfiguration()
-	if f.Error() != nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), n.raft.ReloadableConfig().ElectionTimeout)
-	defer cancel()
-	req := &wire.ClosingRequest{ID: n.id, Addr: n.addr, Secret: n.cfg.JoinSecret}
-	var wg sync.WaitGroup
-	for _, s := range f.Configuration().Servers {
-		if string(s.ID) == n.id {
-			continue
-		}
-		wg.Add(1)
-		go func(addr string) {
-			defer wg.Done()
-			if _, err := n.rpc.call(ctx, addr, wire.MethodClosing, req, &wire.ClosingResponse{}); err != nil {
-				n.logger.Debug("could not tell a peer that this node is closing", "peer", addr, "error", err)
-			}
-		}(string(s.Address))
-	}
-	wg.Wait()
-}
-
 func (n *RaftNode) hasOtherVoters() bool {
 	f := n.raft.GetConfiguration()
 	if f.Error() != nil {
