@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -100,6 +101,12 @@ type AdminRequest struct {
 // unknown (ErrUnknownOutcome), 500 otherwise. Membership routes work on
 // any node: followers forward them. Each request is bounded by its
 // context, else by Config.ApplyTimeout.
+//
+// Successful POST routes answer with the answering node's Status (its ID
+// and Addr say which node answered) after the change took effect there:
+// join and remove-server once the node's configuration shows the change,
+// transfer-leadership once the node knows the new leader, snapshot and
+// restore once done.
 //
 // The handler does no authentication; that is the application's job.
 func AdminHandler(node *RaftNode, opts AdminOptions) http.Handler {
@@ -238,11 +245,48 @@ func (a *admin) transfer(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	before := a.n.Status().LeaderID
 	if err := a.n.TransferLeadership(r.Context(), req.ID); err != nil {
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, a.n.Status())
+	a.answerWhen(w, r, func(st Status) bool {
+		if req.ID != "" {
+			return st.LeaderID == req.ID
+		}
+		return st.LeaderID != "" && st.LeaderID != before
+	})
+}
+
+// answerWhen answers a committed change with this node's Status once that
+// shows the change (cond), so the answer is never this node's stale view.
+// A follower learns of a committed configuration change, or of a new
+// leader, a heartbeat later. The wait is bounded by the request's context,
+// else Config.ApplyTimeout; after that the node answers with what it sees.
+func (a *admin) answerWhen(w http.ResponseWriter, r *http.Request, cond func(Status) bool) {
+	ctx, cancel := a.n.bound(r.Context())
+	defer cancel()
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	st := a.n.Status()
+	for !cond(st) && st.State != "Shutdown" {
+		select {
+		case <-ctx.Done():
+			writeJSON(w, http.StatusOK, st)
+			return
+		case <-t.C:
+		}
+		st = a.n.Status()
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+// hasServer reports whether st's configuration has id at addr with the
+// given suffrage ("" matches any address).
+func hasServer(st Status, id, addr string, voter bool) bool {
+	return slices.ContainsFunc(st.Servers, func(s ServerInfo) bool {
+		return s.ID == id && (addr == "" || s.Addr == addr) && (s.Voter == voter || (voter && s.Suffrage == "Staging"))
+	})
 }
 
 func (a *admin) remove(w http.ResponseWriter, r *http.Request) {
@@ -258,7 +302,9 @@ func (a *admin) remove(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, a.n.Status())
+	a.answerWhen(w, r, func(st Status) bool {
+		return !slices.ContainsFunc(st.Servers, func(s ServerInfo) bool { return s.ID == req.ID })
+	})
 }
 
 func (a *admin) join(w http.ResponseWriter, r *http.Request) {
@@ -276,7 +322,7 @@ func (a *admin) join(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, a.n.Status())
+	a.answerWhen(w, r, func(st Status) bool { return hasServer(st, req.ID, req.Addr, !req.Nonvoter) })
 }
 
 func (a *admin) restore(w http.ResponseWriter, r *http.Request) {

@@ -371,7 +371,10 @@ func (g *clusterGate) round(n *RaftNode) bool {
 	if existing != nil {
 		// Bootstrap the same first entry only if that cluster still counts
 		// this node in; otherwise wait for it to be added.
-		local := slices.Contains(existing.Servers, g.id+"="+g.addr)
+		// A node whose own bootstrap of the same list is still in
+		// progress has no configuration yet: its first entry will be
+		// this list, which counts this node in.
+		local := len(existing.Servers) == 0 || slices.Contains(existing.Servers, g.id+"="+g.addr)
 		if !local {
 			g.mu.Lock()
 			g.outside = existing.Servers

@@ -3,13 +3,23 @@ package raftkit
 import (
 	"bufio"
 	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
+	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"syscall"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+
+	"github.com/raftkit/raftkit/internal/wire"
 )
 
 // LevelTrace is the slog level that SlogLogger gives hclog's Trace lines
@@ -152,4 +162,282 @@ func (w *slogLineWriter) Write(p []byte) (int, error) {
 		w.s.Log(level, line)
 	}
 	return len(p), nil
+}
+
+// A node that closes cleanly tells its peers first (announceClose), and
+// every node's raft and transport lines pass through a quietLogger, so that
+// what a clean shutdown does to the cluster is not reported as a failure:
+//
+//   - read and write errors on a connection this node closed itself
+//     (net.ErrClosed: its own Close) are Debug;
+//   - raft's complaints about a peer that announced a clean close (failed
+//     heartbeats, appends, votes, contact, its connections reset) are
+//     Debug for closeQuietPeriod after the notice: long enough for the
+//     close and for a whole cluster's shutdown, short enough that a peer
+//     that stays away is reported again as raft reports any lost peer;
+//   - losing quorum, and the elections that follow, are Debug when the
+//     peers that announced a clean close are what took the quorum away;
+//   - raft's first election when no leader was ever known (a fresh or
+//     restarted node), a split vote before any leader was known, and a
+//     vote this node refuses because it has a leader (raft's guard against
+//     a disruptive candidate, working) are Info, not Warn.
+//
+// Anything else keeps its level: a peer that vanishes without notice still
+// gives raft's Errors and Warns.
+
+// closeQuietPeriod is how long after a peer's clean-close notice raft's
+// complaints about it are logged at Debug: at least this, or ten election
+// timeouts if longer.
+const closeQuietPeriod = 10 * time.Second
+
+// departures records the peers that announced a clean close.
+type departures struct {
+	mu    sync.Mutex
+	peers map[string]departure // by server ID
+	raft  atomic.Pointer[raft.Raft]
+	// handedOver is set when this leader starts a leadership transfer and
+	// cleared when it leads again: the new leader's higher term that its
+	// replication then meets is the transfer working.
+	handedOver atomic.Bool
+	// seenLeader is set once this node knows of any leader.
+	seenLeader atomic.Bool
+}
+
+// departure is one peer's clean-close notice.
+type departure struct {
+	addr  string
+	until time.Time // the notice's quiet period ends
+}
+
+func newDepartures() *departures { return &departures{peers: map[string]departure{}} }
+
+// add records that peer id at addr is closing cleanly.
+func (d *departures) add(id, addr string) {
+	quiet := closeQuietPeriod
+	if r := d.raft.Load(); r != nil {
+		quiet = max(quiet, 10*r.ReloadableConfig().ElectionTimeout)
+	}
+	d.mu.Lock()
+	d.peers[id] = departure{addr: addr, until: time.Now().Add(quiet)}
+	d.mu.Unlock()
+}
+
+// current returns the notices still in their quiet period, forgetting
+// the others. d.mu must be held.
+func (d *departures) current() map[string]departure {
+	now := time.Now()
+	for id, p := range d.peers {
+		if now.After(p.until) {
+			delete(d.peers, id)
+		}
+	}
+	return d.peers
+}
+
+// announceClose tells every other member that this node is closing
+// cleanly, so that they log the failures to reach it at Debug. It is best
+// effort and bounded by the election timeout. A node whose raft already
+// stopped (removed, or shut down as in a simulated crash) says nothing.
+func (n *RaftNode) announceClose() {
+	if n.raft.State() == raft.Shutdown {
+		return // crashed or removed: nothing clean to announce
+	}
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), n.raft.ReloadableConfig().ElectionTimeout)
+	defer cancel()
+	req := &wire.ClosingRequest{ID: n.id, Addr: n.addr, Secret: n.cfg.JoinSecret}
+	var wg sync.WaitGroup
+	for _, s := range f.Configuration().Servers {
+		if string(s.ID) == n.id {
+			continue
+		}
+		wg.Add(1)
+		go func(addr string) {
+			defer wg.Done()
+			if _, err := n.rpc.call(ctx, addr, wire.MethodClosing, req, &wire.ClosingResponse{}); err != nil {
+				n.logger.Debug("could not tell a peer that this node is closing", "peer", addr, "error", err)
+			}
+		}(string(s.Address))
+	}
+	wg.Wait()
+}
+
+// Closing is the request service's method that records a peer's
+// clean-close notice (announceClose on the peer).
+func (s *rpcService) Closing(req *wire.ClosingRequest, resp *wire.ClosingResponse) error {
+	if want := s.n.cfg.JoinSecret; want != "" && subtle.ConstantTimeCompare([]byte(want), []byte(req.Secret)) != 1 {
+		return nil
+	}
+	s.n.departures.add(req.ID, req.Addr)
+	s.n.logger.Debug("peer announced a clean close; failures to reach it are logged at Debug for a while", "peer", req.ID, "addr", req.Addr)
+	return nil
+}
+
+// observer tracks leadership for level: whether a leader was ever known,
+// and the end of a handover. It works in raft's filter call and sends
+// nothing, so it needs no goroutine.
+func (d *departures) observer(self raft.ServerID) *raft.Observer {
+	return raft.NewObserver(nil, false, func(o *raft.Observation) bool {
+		if v, ok := o.Data.(raft.LeaderObservation); ok {
+			if v.LeaderID != "" {
+				d.seenLeader.Store(true)
+			}
+			if v.LeaderID == self {
+				d.handedOver.Store(false)
+			}
+		}
+		return false
+	})
+}
+
+// departed reports whether a log argument names a peer that announced a
+// clean close.
+func (d *departures) departed(v any) bool {
+	var id, addr string
+	switch p := v.(type) {
+	case raft.Server:
+		id, addr = string(p.ID), string(p.Address)
+	case raft.ServerID:
+		id = string(p)
+	case raft.ServerAddress:
+		addr = string(p)
+	case string:
+		id, addr = p, p
+	default:
+		return false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for pid, p := range d.current() {
+		if (id != "" && id == pid) || (addr != "" && addr == p.addr) {
+			return true
+		}
+	}
+	return false
+}
+
+// departedReset reports whether err is a connection reset or broken pipe
+// on a connection from the host of a peer that announced a clean close:
+// that peer closing its end (raft's inbound connections name no peer).
+func (d *departures) departedReset(err error) bool {
+	var op *net.OpError
+	if !errors.As(err, &op) || op.Addr == nil || !(errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)) {
+		return false
+	}
+	host, _, splitErr := net.SplitHostPort(op.Addr.String())
+	if splitErr != nil {
+		return false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, p := range d.current() {
+		if h, _, err := net.SplitHostPort(p.addr); err == nil && h == host {
+			return true
+		}
+	}
+	return false
+}
+
+// quorumDeparted reports whether the voters that did not announce a clean
+// close are too few for a quorum: then losing it is what was asked for.
+func (d *departures) quorumDeparted() bool {
+	r := d.raft.Load()
+	if r == nil {
+		return false
+	}
+	f := r.GetConfiguration() // does not block: safe on raft's goroutines
+	if f.Error() != nil {
+		return false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	peers := d.current()
+	if len(peers) == 0 {
+		return false
+	}
+	voters, gone := 0, 0
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage != raft.Voter {
+			continue
+		}
+		voters++
+		if _, ok := peers[string(s.ID)]; ok {
+			gone++
+		}
+	}
+	return voters-gone < voters/2+1
+}
+
+// level is the level a raft or transport line is logged at.
+func (d *departures) level(level hclog.Level, msg string, args []any) hclog.Level {
+	if level < hclog.Warn {
+		return level
+	}
+	for i := 1; i < len(args); i += 2 {
+		if err, ok := args[i].(error); ok && (errors.Is(err, net.ErrClosed) || errors.Is(err, raft.ErrTransportShutdown) ||
+			strings.Contains(err.Error(), "use of closed network connection") || d.departedReset(err)) {
+			return hclog.Debug
+		}
+		switch args[i-1] {
+		case "peer", "target", "server-id", "last-leader-id", "last-leader-addr":
+			if d.departed(args[i]) {
+				return hclog.Debug
+			}
+		}
+	}
+	switch msg {
+	case "heartbeat timeout reached, starting election":
+		for i := 1; i < len(args); i += 2 {
+			if args[i-1] == "last-leader-id" && fmt.Sprint(args[i]) == "" {
+				return hclog.Info
+			}
+		}
+		fallthrough
+	case "failed to contact quorum of nodes, stepping down", "Election timeout reached, restarting election":
+		if d.quorumDeparted() {
+			return hclog.Debug
+		}
+		if msg == "Election timeout reached, restarting election" && !d.seenLeader.Load() {
+			return hclog.Info // a split vote in a new cluster's first election
+		}
+	case "rejecting vote request since we have a leader", "rejecting pre-vote request since we have a leader":
+		// Raft's guard against a disruptive candidate working; this node
+		// is fine, and the candidate logs its own side.
+		return hclog.Info
+	case "peer has newer term, stopping replication":
+		if d.handedOver.Load() {
+			return hclog.Debug
+		}
+	}
+	return level
+}
+
+// quietLogger is an hclog.Logger that logs expected closes below Warn
+// (see departures.level) and passes everything else on unchanged.
+type quietLogger struct {
+	hclog.Logger
+	d *departures
+}
+
+// Log writes msg at the level departures assigns it.
+func (q *quietLogger) Log(level hclog.Level, msg string, args ...any) {
+	q.Logger.Log(q.d.level(level, msg, args), msg, args...)
+}
+
+func (q *quietLogger) Warn(msg string, args ...any)  { q.Log(hclog.Warn, msg, args...) }
+func (q *quietLogger) Error(msg string, args ...any) { q.Log(hclog.Error, msg, args...) }
+
+func (q *quietLogger) With(args ...any) hclog.Logger {
+	return &quietLogger{Logger: q.Logger.With(args...), d: q.d}
+}
+
+func (q *quietLogger) Named(name string) hclog.Logger {
+	return &quietLogger{Logger: q.Logger.Named(name), d: q.d}
+}
+
+func (q *quietLogger) ResetNamed(name string) hclog.Logger {
+	return &quietLogger{Logger: q.Logger.ResetNamed(name), d: q.d}
 }

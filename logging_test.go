@@ -3,13 +3,20 @@ package raftkit
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
 
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
 )
@@ -102,4 +109,158 @@ func TestSlogLoggerLevelsNamesAndArgs(t *testing.T) {
 	if SlogLogger(nil).IsError() {
 		t.Fatal("SlogLogger(nil) is not silent")
 	}
+}
+
+// TestCleanRunLogsNoErrorsOrWarnings starts a 3-node TCP cluster, writes
+// and reads through every node, and closes them all, followers first or
+// leader first: nothing went wrong, so no node may log at Warn or Error.
+func TestCleanRunLogsNoErrorsOrWarnings(t *testing.T) {
+	t.Run("followers first", func(t *testing.T) { checkCleanRunLogs(t, false) })
+	t.Run("leader first", func(t *testing.T) { checkCleanRunLogs(t, true) })
+}
+
+func checkCleanRunLogs(t *testing.T, leaderFirst bool) {
+	var buf lockedBuffer
+	addrs, lns := reservePorts(t, 3)
+	base := t.TempDir()
+	nodes := make([]*RaftNode, 3)
+	for i := range nodes {
+		logger := hclog.New(&hclog.LoggerOptions{Name: fmt.Sprintf("n%d", i), Level: hclog.Warn, Output: &buf, JSONFormat: true})
+		// Long timeouts: shorter ones lose leader leases (rightly logged
+		// as Warn) on a loaded machine running -race.
+		n, err := NewRaftNode(Config{Addr: addrs[i], Dir: filepath.Join(base, fmt.Sprint(i)), Peers: addrs, Timing: TimingWAN, Logger: logger, listener: lns[i]}, fsmexample.New())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer n.Close()
+		nodes[i] = n
+	}
+	ctx := ctxTimeout(t, 30*time.Second)
+	leaderAddr, err := nodes[0].WaitForLeader(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, n := range nodes {
+		for j := 0; j < 5; j++ {
+			if _, err := n.Apply(ctx, fsmexample.Set(fmt.Sprintf("k%d-%d", i, j), []byte("v"))); err != nil {
+				t.Fatalf("apply through node %d: %v", i, err)
+			}
+		}
+		if err := n.LinearizableRead(ctx); err != nil {
+			t.Fatalf("read on node %d: %v", i, err)
+		}
+	}
+	for _, first := range []bool{true, false} {
+		for _, n := range nodes {
+			if (n.Addr() == leaderAddr) == (leaderFirst == first) {
+				if err := n.Close(); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	if recs := buf.records(t); len(recs) > 0 {
+		for _, r := range recs {
+			t.Errorf("%v %v: %v", r["@level"], r["@module"], r)
+		}
+		t.Fatalf("%d Warn/Error lines in a clean start-use-Close run", len(recs))
+	}
+}
+
+func TestQuietLoggerDemotesOnlyExpectedCloses(t *testing.T) {
+	d := newDepartures()
+	peer := raft.Server{ID: "n2", Address: "127.0.0.1:7002"}
+	refused := errors.New("dial tcp 127.0.0.1:7002: connect: connection refused")
+	cases := []struct {
+		name  string
+		setup func()
+		level hclog.Level
+		msg   string
+		args  []any
+		want  hclog.Level
+	}{
+		{"peer failure before any notice", nil, hclog.Error, "failed to heartbeat to", []any{"peer", peer.Address, "error", refused}, hclog.Error},
+		{"vote failure before any notice", nil, hclog.Error, "failed to make requestVote RPC", []any{"target", peer, "error", refused}, hclog.Error},
+		{"own closed connection", nil, hclog.Error, "failed to decode incoming command", []any{"error", fmt.Errorf("read: %w", net.ErrClosed)}, hclog.Debug},
+		{"transport shut down", nil, hclog.Error, "failed to decode incoming command", []any{"error", raft.ErrTransportShutdown}, hclog.Debug},
+		{"first election", nil, hclog.Warn, "heartbeat timeout reached, starting election", []any{"last-leader-addr", raft.ServerAddress(""), "last-leader-id", raft.ServerID("")}, hclog.Info},
+		{"election after losing a leader", nil, hclog.Warn, "heartbeat timeout reached, starting election", []any{"last-leader-addr", raft.ServerAddress("127.0.0.1:7003"), "last-leader-id", raft.ServerID("n3")}, hclog.Warn},
+		{"newer term without a transfer", nil, hclog.Error, "peer has newer term, stopping replication", []any{"peer", peer}, hclog.Error},
+		{"info stays info", nil, hclog.Info, "entering follower state", nil, hclog.Info},
+		{"peer failure after its notice", func() { d.add("n2", "127.0.0.1:7002") }, hclog.Error, "failed to heartbeat to", []any{"peer", peer.Address, "error", refused}, hclog.Debug},
+		{"contact failure after its notice", nil, hclog.Warn, "failed to contact", []any{"server-id", peer.ID, "time", time.Second}, hclog.Debug},
+		{"another peer's failure", nil, hclog.Error, "failed to appendEntries to", []any{"peer", raft.Server{ID: "n3", Address: "127.0.0.1:7003"}, "error", refused}, hclog.Error},
+		{"notice's quiet period over", func() { d.peers["n2"] = departure{addr: "127.0.0.1:7002", until: time.Now().Add(-time.Second)} }, hclog.Error, "failed to appendEntries to", []any{"peer", peer, "error", refused}, hclog.Error},
+		{"reset from a peer's host before its notice", nil, hclog.Error, "failed to decode incoming command", []any{"error", resetFrom("127.0.0.2:40000")}, hclog.Error},
+		{"reset from a noticed peer's host", func() { d.add("n2", "127.0.0.2:7002") }, hclog.Error, "failed to decode incoming command", []any{"error", resetFrom("127.0.0.2:40000")}, hclog.Debug},
+		{"reset from another host", nil, hclog.Error, "failed to decode incoming command", []any{"error", resetFrom("127.0.0.3:40000")}, hclog.Error},
+		{"split vote before any leader", nil, hclog.Warn, "Election timeout reached, restarting election", nil, hclog.Info},
+		{"split vote after a leader was known", func() { d.seenLeader.Store(true) }, hclog.Warn, "Election timeout reached, restarting election", nil, hclog.Warn},
+		{"refused vote: we have a leader", nil, hclog.Warn, "rejecting vote request since we have a leader", []any{"from", peer.Address}, hclog.Info},
+		{"refused vote: our log is newer", nil, hclog.Warn, "rejecting vote request since our last index is greater", []any{"candidate", peer.Address}, hclog.Warn},
+		{"newer term after a transfer", func() { d.handedOver.Store(true) }, hclog.Error, "peer has newer term, stopping replication", []any{"peer", peer}, hclog.Debug},
+	}
+	for _, c := range cases {
+		if c.setup != nil {
+			c.setup()
+		}
+		if got := d.level(c.level, c.msg, c.args); got != c.want {
+			t.Errorf("%s: %q at %s logged at %s, want %s", c.name, c.msg, c.level, got, c.want)
+		}
+	}
+}
+
+// TestPeerLostWithoutNoticeStillLogsErrors: a follower that stops without
+// Close (its raft shut down first, then its port, as in a crash) gives
+// the leader Warn or Error lines.
+func TestPeerLostWithoutNoticeStillLogsErrors(t *testing.T) {
+	var buf lockedBuffer
+	addrs, lns := reservePorts(t, 3)
+	base := t.TempDir()
+	nodes := make([]*RaftNode, 3)
+	for i := range nodes {
+		logger := hclog.New(&hclog.LoggerOptions{Name: fmt.Sprintf("n%d", i), Level: hclog.Warn, Output: &buf, JSONFormat: true})
+		n, err := NewRaftNode(Config{Addr: addrs[i], Dir: filepath.Join(base, fmt.Sprint(i)), Peers: addrs, RaftConfig: fastRaft, Logger: logger, listener: lns[i]}, fsmexample.New())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer n.Close()
+		nodes[i] = n
+	}
+	leaderAddr, err := nodes[0].WaitForLeader(ctxTimeout(t, 30*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var leaderName string
+	var lost *RaftNode
+	for i, n := range nodes {
+		switch {
+		case n.Addr() == leaderAddr:
+			leaderName = fmt.Sprintf("n%d.", i)
+		case lost == nil:
+			lost = n
+		}
+	}
+	if err := lost.Raft().Shutdown().Error(); err != nil {
+		t.Fatal(err)
+	}
+	lost.Close()
+	waitFor(t, 20*time.Second, "the leader to log a Warn or Error about the lost follower", func() bool {
+		for _, r := range buf.records(t) {
+			if strings.HasPrefix(fmt.Sprint(r["@module"]), leaderName) {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// resetFrom is the error a read gets when the peer at addr resets the
+// connection.
+func resetFrom(addr string) error {
+	ta, err := net.ResolveTCPAddr("tcp", addr)
+	if err != nil {
+		panic(err)
+	}
+	return &net.OpError{Op: "read", Net: "tcp", Addr: ta, Err: os.NewSyscallError("read", syscall.ECONNRESET)}
 }

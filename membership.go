@@ -161,11 +161,16 @@ func (n *RaftNode) transferHere(ctx context.Context, id string) error {
 	defer n.runners.resume()
 	var f raft.Future
 	if id == "" {
+		n.departures.handedOver.Store(true)
 		f = n.raft.LeadershipTransfer()
 	} else {
 		f = n.raft.LeadershipTransferToServer(srv.ID, srv.Address)
 	}
-	return n.configError(what, n.waitFuture(ctx, f))
+	err := n.waitFuture(ctx, f)
+	if err != nil && n.IsLeader() {
+		n.departures.handedOver.Store(false) // still leading: nothing was handed over
+	}
+	return n.configError(what, err)
 }
 
 // Leave removes this node from the cluster and closes it: a leader first

@@ -29,7 +29,7 @@ func (n *RaftNode) memberErr() error {
 	switch {
 	case len(conf.Servers) > 0 && !n.inConfiguration(conf):
 		list = serverEntries(conf)
-	case len(conf.Servers) == 0 && n.gate.outsideOf() != nil:
+	case len(conf.Servers) == 0 && len(n.gate.outsideOf()) > 0:
 		// A fresh node whose Peers match a cluster that no longer
 		// counts it in: it waits in vain unless it is added.
 		list = n.gate.outsideOf()

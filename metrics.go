@@ -2,12 +2,11 @@ package raftkit
 
 import (
 	"fmt"
-	"sort"
-	"strings"
 	"sync"
 	"time"
 
 	gometrics "github.com/hashicorp/go-metrics/compat"
+	gmprometheus "github.com/hashicorp/go-metrics/compat/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -34,10 +33,12 @@ import (
 //     after InstallGlobal. They are not labelled by node: with several
 //     nodes in one process they add up.
 //
-// go-metrics counters become Prometheus counters named after the key with
-// "_total" appended, gauges become gauges, and samples (timers, in
-// go-metrics' milliseconds) become summaries with _sum and _count. Dots
-// and other characters Prometheus does not allow become underscores.
+// raft's series go through go-metrics' own Prometheus sink (package
+// github.com/hashicorp/go-metrics/compat/prometheus): go-metrics counters
+// become Prometheus counters and gauges become gauges, both named after the
+// key ("raft.apply" is raft_apply); samples (timers, in go-metrics'
+// milliseconds) become summaries with the 0.5, 0.9 and 0.99 quantiles over
+// the last 10 seconds, plus _sum and _count. Series never expire.
 type Metrics struct {
 	applyDuration *prometheus.HistogramVec
 	readBarrier   *prometheus.HistogramVec
@@ -45,20 +46,11 @@ type Metrics struct {
 	leaderChanges *prometheus.CounterVec
 	fsmErrors     *prometheus.CounterVec
 
-	mu     sync.Mutex
-	nodes  map[*RaftNode]struct{}
-	series map[string]*gmSeries // go-metrics series by kind, key and labels
-}
+	// sink receives go-metrics' series (raft's own) once installed.
+	sink *gmprometheus.PrometheusSink
 
-// gmSeries is one go-metrics series with its latest aggregate.
-type gmSeries struct {
-	kind   string // "counter", "gauge" or "sample"
-	name   string // Prometheus name
-	key    string // go-metrics key, for help text
-	labels map[string]string
-	value  float64 // counter total or gauge value
-	count  uint64  // samples
-	sum    float64 // samples
+	mu    sync.Mutex
+	nodes map[*RaftNode]struct{}
 }
 
 var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
@@ -90,9 +82,26 @@ func NewMetrics() *Metrics {
 			Name: "raftkit_fsm_apply_errors_total",
 			Help: "Commands applied through this node as leader whose FSM response was an error.",
 		}, node),
-		nodes:  map[*RaftNode]struct{}{},
-		series: map[string]*gmSeries{},
+		nodes: map[*RaftNode]struct{}{},
+		sink:  newGoMetricsSink(),
 	}
+}
+
+// newGoMetricsSink returns go-metrics' Prometheus sink for raft's series.
+// The sink registers itself with a registry of its own, used for nothing
+// else: the application registers the Metrics, whose Collect includes the
+// sink's series.
+func newGoMetricsSink() *gmprometheus.PrometheusSink {
+	sink, err := gmprometheus.NewPrometheusSinkFrom(gmprometheus.PrometheusOpts{
+		Registerer: prometheus.NewRegistry(),
+		Name:       "raftkit_gometrics_sink",
+		Expiration: 0, // rare counters (elections) must not vanish between events
+	})
+	if err != nil {
+		// Registering with a fresh, empty registry cannot fail.
+		panic(fmt.Sprintf("raftkit: go-metrics Prometheus sink: %v", err))
+	}
+	return sink
 }
 
 // Describe sends nothing: the set of go-metrics series is only known as
@@ -113,17 +122,12 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	for n := range m.nodes {
 		nodes = append(nodes, n)
 	}
-	series := make([]gmSeries, 0, len(m.series))
-	for _, s := range m.series {
-		c := *s
-		series = append(series, c)
-	}
 	m.mu.Unlock()
 
 	for _, n := range nodes {
 		m.collectNode(ch, n)
 	}
-	m.collectSeries(ch, series)
+	m.sink.Collect(ch)
 }
 
 var nodeGauges = map[string]string{
@@ -162,55 +166,6 @@ func (m *Metrics) collectNode(ch chan<- prometheus.Metric, n *RaftNode) {
 	for name, help := range nodeGauges {
 		desc := prometheus.NewDesc(name, help, []string{"node_id"}, nil)
 		ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, values[name], st.ID)
-	}
-}
-
-// collectSeries turns go-metrics series into Prometheus metrics. Every
-// series of one name gets the union of that name's label names (missing
-// ones empty), since Prometheus wants one label set per family; a name
-// already used by another kind is skipped rather than failing the scrape.
-func (m *Metrics) collectSeries(ch chan<- prometheus.Metric, series []gmSeries) {
-	kinds := map[string]string{}
-	labelNames := map[string]map[string]bool{}
-	sort.Slice(series, func(i, j int) bool { return series[i].kind < series[j].kind })
-	for _, s := range series {
-		if k, ok := kinds[s.name]; ok && k != s.kind {
-			continue
-		}
-		kinds[s.name] = s.kind
-		if labelNames[s.name] == nil {
-			labelNames[s.name] = map[string]bool{}
-		}
-		for l := range s.labels {
-			labelNames[s.name][l] = true
-		}
-	}
-	for _, s := range series {
-		if kinds[s.name] != s.kind {
-			continue
-		}
-		var names, values []string
-		for l := range labelNames[s.name] {
-			names = append(names, l)
-		}
-		sort.Strings(names)
-		for _, l := range names {
-			values = append(values, s.labels[l])
-		}
-		desc := prometheus.NewDesc(s.name, fmt.Sprintf("go-metrics %s %s", s.kind, s.key), names, nil)
-		var metric prometheus.Metric
-		var err error
-		switch s.kind {
-		case "counter":
-			metric, err = prometheus.NewConstMetric(desc, prometheus.CounterValue, s.value, values...)
-		case "gauge":
-			metric, err = prometheus.NewConstMetric(desc, prometheus.GaugeValue, s.value, values...)
-		default:
-			metric, err = prometheus.NewConstSummary(desc, s.count, s.sum, nil, values...)
-		}
-		if err == nil {
-			ch <- metric
-		}
 	}
 }
 
@@ -276,25 +231,30 @@ func (m *Metrics) fsmError(id string) {
 	m.fsmErrors.WithLabelValues(id).Inc()
 }
 
-// InstallGlobal makes m go-metrics' process-wide sink, so that the metrics
-// hashicorp/raft and raft-boltdb emit reach it. This is the one piece of
-// global state raftkit touches, and only when asked: those libraries emit
-// nowhere else. It goes through github.com/hashicorp/go-metrics/compat,
-// the package raft v1.7.3 uses, so it captures raft's metrics whether or
-// not the binary is built with -tags hashicorpmetrics.
+// InstallGlobal makes m's go-metrics sink (GoMetricsSink) go-metrics'
+// process-wide sink, so that the metrics hashicorp/raft and raft-boltdb
+// emit reach m. This is the one piece of global state raftkit touches, and
+// only when asked: those libraries emit nowhere else. It goes through
+// github.com/hashicorp/go-metrics/compat, the package raft v1.7.3 uses, so
+// it captures raft's metrics whether or not the binary is built with
+// -tags hashicorpmetrics.
 //
 // InstallGlobal replaces any sink installed before (to feed several, build
-// a compat.FanoutSink with m as one of them and install that yourself: m
-// implements compat.MetricSink). The returned uninstall function replaces m
-// with a sink that discards everything; call it when the process stops
-// exporting, or at the end of a test. Hostname prefixes and runtime
-// metrics are off.
+// a compat.FanoutSink with GoMetricsSink as one of them and install that
+// yourself). The returned uninstall function replaces it with a sink that
+// discards everything; call it when the process stops exporting, or at the
+// end of a test. Hostname prefixes and runtime metrics are off.
 func (m *Metrics) InstallGlobal() (uninstall func(), err error) {
-	if _, err := gometrics.NewGlobal(globalMetricsConfig(), m); err != nil {
+	if _, err := gometrics.NewGlobal(globalMetricsConfig(), m.sink); err != nil {
 		return nil, fmt.Errorf("raftkit: install go-metrics sink: %w", err)
 	}
 	return func() { _, _ = gometrics.NewGlobal(globalMetricsConfig(), &gometrics.BlackholeSink{}) }, nil
 }
+
+// GoMetricsSink returns the go-metrics sink whose series m exports: go-metrics'
+// own Prometheus sink. InstallGlobal installs it; use it directly to put it
+// into a compat.FanoutSink with sinks of your own.
+func (m *Metrics) GoMetricsSink() gometrics.MetricSink { return m.sink }
 
 func globalMetricsConfig() *gometrics.Config {
 	c := gometrics.DefaultConfig("")
@@ -304,78 +264,4 @@ func globalMetricsConfig() *gometrics.Config {
 	return c
 }
 
-// SetGauge implements compat.MetricSink.
-func (m *Metrics) SetGauge(key []string, val float32) { m.SetGaugeWithLabels(key, val, nil) }
-
-// SetGaugeWithLabels implements compat.MetricSink.
-func (m *Metrics) SetGaugeWithLabels(key []string, val float32, labels []gometrics.Label) {
-	m.record("gauge", key, labels, func(s *gmSeries) { s.value = float64(val) })
-}
-
-// EmitKey implements compat.MetricSink; go-metrics key/value emissions
-// are kept as gauges.
-func (m *Metrics) EmitKey(key []string, val float32) { m.SetGaugeWithLabels(key, val, nil) }
-
-// IncrCounter implements compat.MetricSink.
-func (m *Metrics) IncrCounter(key []string, val float32) { m.IncrCounterWithLabels(key, val, nil) }
-
-// IncrCounterWithLabels implements compat.MetricSink.
-func (m *Metrics) IncrCounterWithLabels(key []string, val float32, labels []gometrics.Label) {
-	m.record("counter", key, labels, func(s *gmSeries) { s.value += float64(val) })
-}
-
-// AddSample implements compat.MetricSink.
-func (m *Metrics) AddSample(key []string, val float32) { m.AddSampleWithLabels(key, val, nil) }
-
-// AddSampleWithLabels implements compat.MetricSink.
-func (m *Metrics) AddSampleWithLabels(key []string, val float32, labels []gometrics.Label) {
-	m.record("sample", key, labels, func(s *gmSeries) { s.count++; s.sum += float64(val) })
-}
-
-func (m *Metrics) record(kind string, key []string, labels []gometrics.Label, update func(*gmSeries)) {
-	name := promName(strings.Join(key, "_"))
-	if kind == "counter" {
-		name += "_total"
-	}
-	id := kind + "\x00" + name
-	lm := make(map[string]string, len(labels))
-	for _, l := range labels {
-		lm[strings.ReplaceAll(promName(l.Name), ":", "_")] = l.Value
-	}
-	lnames := make([]string, 0, len(lm))
-	for l := range lm {
-		lnames = append(lnames, l)
-	}
-	sort.Strings(lnames)
-	for _, l := range lnames {
-		id += "\x00" + l + "=" + lm[l]
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	s := m.series[id]
-	if s == nil {
-		s = &gmSeries{kind: kind, name: name, key: strings.Join(key, "."), labels: lm}
-		m.series[id] = s
-	}
-	update(s)
-}
-
-// promName replaces what Prometheus does not allow in names with '_'.
-func promName(s string) string {
-	var b strings.Builder
-	for i, r := range s {
-		ok := r == '_' || r == ':' || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z') || (i > 0 && r >= '0' && r <= '9')
-		if ok {
-			b.WriteRune(r)
-		} else {
-			b.WriteByte('_')
-		}
-	}
-	if b.Len() == 0 {
-		return "_"
-	}
-	return b.String()
-}
-
-var _ gometrics.MetricSink = (*Metrics)(nil)
 var _ prometheus.Collector = (*Metrics)(nil)

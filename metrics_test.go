@@ -104,10 +104,18 @@ func TestMetricsExposeRaftBoltAndRaftkitSeries(t *testing.T) {
 			t.Errorf("%s = %v, want >= 1", k, got[k])
 		}
 	}
-	// raft's and raft-boltdb's own metrics, through go-metrics' global sink.
-	for _, k := range []string{"raft_apply_total", "raft_commitTime_count", "raft_boltdb_storeLogs_count"} {
+	// raft's and raft-boltdb's own metrics, through go-metrics' global
+	// sink; timers as summaries with quantiles. scrape fails on any
+	// inconsistent series, so this also shows that raft's label sets suit
+	// go-metrics' Prometheus sink.
+	for _, k := range []string{"raft_apply", "raft_commitTime_count", "raft_boltdb_storeLogs_count"} {
 		if got[k] < 1 {
 			t.Errorf("%s = %v, want >= 1 (raft's go-metrics did not arrive)", k, got[k])
+		}
+	}
+	for _, q := range []string{"0.5", "0.9", "0.99"} {
+		if k := fmt.Sprintf(`raft_commitTime{quantile="%s"}`, q); got[k] <= 0 {
+			t.Errorf("%s = %v, want a positive duration", k, got[k])
 		}
 	}
 	if t.Failed() {
@@ -121,26 +129,28 @@ func TestMetricsExposeRaftBoltAndRaftkitSeries(t *testing.T) {
 	}
 }
 
-func TestMetricsSinkKeepsGoMetricsSemantics(t *testing.T) {
+func TestGoMetricsSinkExportsCountersGaugesAndQuantiles(t *testing.T) {
 	m := NewMetrics()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(m)
-	m.IncrCounter([]string{"x", "hits"}, 2)
-	m.IncrCounter([]string{"x", "hits"}, 3)
-	m.SetGauge([]string{"x", "level"}, 7)
-	m.SetGauge([]string{"x", "level"}, 4)
-	m.AddSample([]string{"x", "lat-ms"}, 10)
-	m.AddSample([]string{"x", "lat-ms"}, 30)
-	m.SetGaugeWithLabels([]string{"x", "peer"}, 1, []gometrics.Label{{Name: "peer.id", Value: "n2"}})
-	m.SetGauge([]string{"x", "peer"}, 5) // same name, fewer labels: filled with ""
+	sink := m.GoMetricsSink()
+	sink.IncrCounter([]string{"x", "hits"}, 2)
+	sink.IncrCounter([]string{"x", "hits"}, 3)
+	sink.SetGauge([]string{"x", "level"}, 7)
+	sink.SetGauge([]string{"x", "level"}, 4)
+	for _, v := range []float32{10, 20, 30} {
+		sink.AddSample([]string{"x", "lat-ms"}, v)
+	}
+	sink.SetGaugeWithLabels([]string{"x", "peer"}, 1, []gometrics.Label{{Name: "peer_id", Value: "n2"}})
 	got := scrape(t, reg)
 	want := map[string]float64{
-		"x_hits_total":         5,
-		"x_level":              4,
-		"x_lat_ms_count":       2,
-		"x_lat_ms_sum":         40,
-		`x_peer{peer_id="n2"}`: 1,
-		`x_peer{peer_id=""}`:   5,
+		"x_hits":                    5,
+		"x_level":                   4,
+		"x_lat_ms_count":            3,
+		"x_lat_ms_sum":              60,
+		`x_lat_ms{quantile="0.5"}`:  20,
+		`x_lat_ms{quantile="0.99"}`: 30,
+		`x_peer{peer_id="n2"}`:      1,
 	}
 	for k, v := range want {
 		if got[k] != v {
@@ -162,7 +172,7 @@ func TestInstallGlobalRoutesGoMetricsUntilUninstalled(t *testing.T) {
 	uninstall()
 	gometrics.IncrCounter([]string{"raftkit_test", "probe"}, 1)
 	got := scrape(t, reg)
-	if got["raftkit_test_probe_total"] != 1 || got["raftkit_test_gauge"] != 3 {
-		t.Fatalf("probe_total = %v (want 1: one before uninstall), gauge = %v (want 3)", got["raftkit_test_probe_total"], got["raftkit_test_gauge"])
+	if got["raftkit_test_probe"] != 1 || got["raftkit_test_gauge"] != 3 {
+		t.Fatalf("probe = %v (want 1: one before uninstall), gauge = %v (want 3)", got["raftkit_test_probe"], got["raftkit_test_gauge"])
 	}
 }

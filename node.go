@@ -40,6 +40,7 @@ type RaftNode struct {
 	readyTerm   atomic.Uint64 // term in which this leader's barrier completed
 	metrics     *Metrics      // nil: none
 	metricsWG   sync.WaitGroup
+	departures  *departures // peers that announced a clean close
 
 	// leaderReads and followerReads share read-index requests among
 	// concurrent LinearizableRead calls; readFetches counts their running
@@ -84,6 +85,8 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 	if err != nil {
 		return nil, err
 	}
+	departed := newDepartures()
+	s.Logger = &quietLogger{Logger: s.Logger, d: departed}
 	var undo []func() error
 	defer func() {
 		if err != nil {
@@ -138,6 +141,8 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 		return nil, fmt.Errorf("raftkit: start raft: %w", err)
 	}
 	undo = append(undo, func() error { return r.Shutdown().Error() })
+	departed.raft.Store(r)
+	r.RegisterObserver(departed.observer(raft.ServerID(s.ID)))
 
 	n := &RaftNode{
 		cfg:     s,
@@ -152,6 +157,8 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 		metrics: s.Metrics,
 		gate:    gate,
 		closed:  make(chan struct{}),
+
+		departures: departed,
 	}
 	n.batchApplyCh = rc.BatchApplyCh
 	n.leadership = newLeaderWatch(r)
@@ -407,7 +414,9 @@ func (n *RaftNode) Status() Status {
 	return st
 }
 
-// Close stops the node: a leader first hands leadership to another voter
+// Close stops the node: it tells the other members that it is closing
+// (bounded by the election timeout; they then log their failures to reach
+// it at Debug, not as errors), a leader hands leadership to another voter
 // (bounded by the election timeout) so the cluster does not wait for an
 // election, then raft shuts down, then the transport, then the stores.
 // Close leaves no goroutine, listener or file lock behind: it first lets
@@ -417,6 +426,9 @@ func (n *RaftNode) Status() Status {
 // end with ErrUnknownOutcome.
 func (n *RaftNode) Close() error {
 	n.closeOnce.Do(func() {
+		// First, so that the peers also expect what a handover does to
+		// their connections with this node.
+		n.announceClose()
 		if n.IsLeader() && n.hasOtherVoters() {
 			ctx, cancel := context.WithTimeout(context.Background(), n.raft.ReloadableConfig().ElectionTimeout)
 			if err := n.TransferLeadership(ctx, ""); err != nil {

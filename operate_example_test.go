@@ -95,12 +95,12 @@ func ExampleMetrics() {
 	sc := bufio.NewScanner(rec.Body)
 	for sc.Scan() {
 		line := sc.Text()
-		if strings.HasPrefix(line, "raftkit_is_leader") || strings.HasPrefix(line, "raftkit_apply_duration_seconds_count") || strings.HasPrefix(line, "raft_apply_total") {
+		if strings.HasPrefix(line, "raftkit_is_leader") || strings.HasPrefix(line, "raftkit_apply_duration_seconds_count") || strings.HasPrefix(line, "raft_apply ") {
 			fmt.Println(line)
 		}
 	}
 	// Output:
-	// raft_apply_total 1
+	// raft_apply 1
 	// raftkit_apply_duration_seconds_count{node_id="node1",outcome="ok",path="local"} 1
 	// raftkit_is_leader{node_id="node1"} 1
 }

@@ -119,10 +119,7 @@ func chaosCluster(t testing.TB, level hclog.Level, seed uint64) *Cluster[*fsmexa
 			cfg.ApplyTimeout = time.Second
 			cfg.SnapshotThreshold = 64
 			cfg.SnapshotInterval = 50 * time.Millisecond
-			cfg.RaftConfig = func(rc *raft.Config) {
-				FastTimeouts(rc)
-				rc.TrailingLogs = 32
-			}
+			cfg.RaftConfig = func(rc *raft.Config) { rc.TrailingLogs = 32 } // after FastTimeouts
 		}))
 }
 

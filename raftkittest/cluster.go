@@ -83,7 +83,7 @@ type member[F raft.FSM] struct {
 type Option func(*options)
 
 type options struct {
-	config   func(*raftkit.Config)
+	configs  []func(*raftkit.Config)
 	state    func(raft.FSM) (any, bool)
 	timeout  time.Duration
 	logLevel hclog.Level
@@ -92,10 +92,13 @@ type options struct {
 
 // WithConfig lets fn adjust every node's raftkit.Config (snapshot
 // settings, ApplyTimeout, RaftConfig, ...) after the cluster filled it in.
-// ID, Addr, InMemory, Network, Storage, Peers and Join belong to the
-// cluster: changing them breaks it.
+// A RaftConfig hook that fn sets runs after FastTimeouts, so it changes
+// only the raft settings it sets and the cluster keeps its fast timing
+// otherwise. Several WithConfig options apply in order. ID, Addr,
+// InMemory, Network, Storage, Peers and Join belong to the cluster:
+// changing them breaks it.
 func WithConfig(fn func(*raftkit.Config)) Option {
-	return func(o *options) { o.config = fn }
+	return func(o *options) { o.configs = append(o.configs, fn) }
 }
 
 // WithState gives AssertConsistent a view of an FSM's state to compare
@@ -190,7 +193,6 @@ func (c *Cluster[F]) config(m *member[F]) raftkit.Config {
 		Network:     c.net,
 		Storage:     m.storage,
 		JoinTimeout: c.opts.timeout,
-		RaftConfig:  FastTimeouts,
 		Logger:      c.logger(m.id),
 	}
 	if m.initial && !m.wiped {
@@ -206,8 +208,15 @@ func (c *Cluster[F]) config(m *member[F]) raftkit.Config {
 			}
 		}
 	}
-	if c.opts.config != nil {
-		c.opts.config(&cfg)
+	for _, fn := range c.opts.configs {
+		fn(&cfg)
+	}
+	own := cfg.RaftConfig
+	cfg.RaftConfig = func(rc *raft.Config) {
+		FastTimeouts(rc)
+		if own != nil {
+			own(rc)
+		}
 	}
 	return cfg
 }

@@ -95,7 +95,6 @@ func TestCrashHandsNothingOver(t *testing.T) {
 	// a leader until they time out.
 	slow := WithConfig(func(cfg *raftkit.Config) {
 		cfg.RaftConfig = func(rc *raft.Config) {
-			FastTimeouts(rc)
 			rc.HeartbeatTimeout, rc.ElectionTimeout, rc.LeaderLeaseTimeout = 2*time.Second, 2*time.Second, time.Second
 		}
 	})
@@ -344,5 +343,23 @@ func waitUntil(t testing.TB, limit time.Duration, what string, cond func() bool)
 			t.Fatalf("timed out after %s waiting for %s", limit, what)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestWithConfigComposesWithFastTimeouts(t *testing.T) {
+	c := newKVCluster(t, 1,
+		WithConfig(func(cfg *raftkit.Config) {
+			cfg.RaftConfig = func(rc *raft.Config) { rc.TrailingLogs = 7 }
+		}),
+		WithConfig(func(cfg *raftkit.Config) { cfg.SnapshotThreshold = 99 }))
+	rc := c.WaitForLeader().Raft().ReloadableConfig()
+	var fast raft.Config
+	FastTimeouts(&fast)
+	if rc.HeartbeatTimeout != fast.HeartbeatTimeout || rc.ElectionTimeout != fast.ElectionTimeout {
+		t.Fatalf("timeouts %s/%s: the application's RaftConfig hook replaced the harness's %s/%s",
+			rc.HeartbeatTimeout, rc.ElectionTimeout, fast.HeartbeatTimeout, fast.ElectionTimeout)
+	}
+	if rc.TrailingLogs != 7 || rc.SnapshotThreshold != 99 {
+		t.Fatalf("TrailingLogs %d, SnapshotThreshold %d: want both WithConfig options applied (7, 99)", rc.TrailingLogs, rc.SnapshotThreshold)
 	}
 }

@@ -8,20 +8,27 @@
 //
 // Usage:
 //
-//	raftkit [-admin URL] [-json] [-timeout D] status
-//	raftkit [-admin URL] [-json] peers
-//	raftkit [-admin URL] join [-nonvoter] ID ADDR
-//	raftkit [-admin URL] remove ID
-//	raftkit [-admin URL] transfer [ID]
-//	raftkit [-admin URL] snapshot
-//	raftkit [-admin URL] backup FILE
-//	raftkit [-admin URL] restore [-yes] FILE
-//	raftkit [-json] inspect DIR
-//	raftkit recover [-yes] DIR ID=ADDR[,nonvoter] ...
+//	raftkit [flags] status
+//	raftkit [flags] peers
+//	raftkit [flags] join [-nonvoter] ID ADDR
+//	raftkit [flags] remove ID
+//	raftkit [flags] transfer [ID]
+//	raftkit [flags] snapshot
+//	raftkit [flags] backup FILE
+//	raftkit [flags] restore [-yes] FILE
+//	raftkit [flags] inspect DIR
+//	raftkit [flags] recover [-yes] DIR ID=ADDR[,nonvoter] ...
+//	raftkit -version
 //
-// -admin is the URL the node's admin handler is mounted at (default
-// $RAFTKIT_ADMIN, else http://127.0.0.1:8080). The exit status is 0 on
-// success, 1 when the operation failed and 2 for bad usage.
+// Flags go before or after the command, in any order among its arguments
+// (everything after "--" is an argument): -admin URL, -json, -timeout D,
+// -version. -admin is the URL the node's admin handler is mounted at
+// (default $RAFTKIT_ADMIN, else http://127.0.0.1:8080); -json prints JSON
+// instead of tables, for every command. -version prints the module version
+// the binary was built from.
+//
+// Exit status: 0 on success, 1 when the operation failed (the reason is
+// printed on stderr), 2 for bad usage (nothing was done).
 package main
 
 import (
@@ -36,6 +43,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -43,7 +51,7 @@ import (
 	"github.com/raftkit/raftkit"
 )
 
-const usage = `usage: raftkit [flags] COMMAND [ARGS]
+const usage = `usage: raftkit COMMAND [ARGS] [flags]   (flags may also come first)
 
 Against a running node's admin handler (-admin URL):
   status                     the node's state, term, indexes and leader
@@ -62,7 +70,9 @@ Offline, on a stopped node's data directory:
                              force the cluster configuration after permanent
                              quorum loss; applied at the node's next start
 
-Flags:
+Exit status: 0 done, 1 failed, 2 bad usage.
+
+Flags (every command):
 `
 
 // errUsage marks bad command-line input (exit status 2).
@@ -75,60 +85,142 @@ func main() {
 	os.Exit(code)
 }
 
-// cli holds the global flags of one invocation.
+// cli holds the flags of one invocation.
 type cli struct {
 	admin   string
 	json    bool
 	timeout time.Duration
-	out     io.Writer
-	errOut  io.Writer
+	version bool
+	// Flags of single commands.
+	nonvoter bool // join
+	yes      bool // restore, recover
+	out      io.Writer
+	errOut   io.Writer
+}
+
+// command is one subcommand: its own flags (besides the global ones, which
+// every command accepts too) and what it does with its arguments.
+type command struct {
+	flags func(c *cli, fs *flag.FlagSet)
+	run   func(c *cli, ctx context.Context, args []string) error
+}
+
+var commands = map[string]command{
+	"status": {run: (*cli).status},
+	"peers":  {run: (*cli).peers},
+	"join": {run: (*cli).join, flags: func(c *cli, fs *flag.FlagSet) {
+		fs.BoolVar(&c.nonvoter, "nonvoter", false, "add a non-voting member (read replica)")
+	}},
+	"remove":   {run: (*cli).remove},
+	"transfer": {run: (*cli).transfer},
+	"snapshot": {run: (*cli).snapshot},
+	"backup":   {run: (*cli).backup},
+	"restore": {run: (*cli).restore, flags: func(c *cli, fs *flag.FlagSet) {
+		fs.BoolVar(&c.yes, "yes", false, "confirm: replace the cluster's whole state with the backup")
+	}},
+	"inspect": {run: (*cli).inspect},
+	"recover": {run: (*cli).recover, flags: func(c *cli, fs *flag.FlagSet) {
+		fs.BoolVar(&c.yes, "yes", false, "confirm: I understand the warning and the lost servers are gone for good")
+	}},
+}
+
+// flagSet returns a flag set with the global flags, whose defaults are
+// their current values (so a second set keeps what the first one parsed).
+func (c *cli) flagSet(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(c.errOut)
+	fs.Usage = func() { fmt.Fprint(c.errOut, usage); fs.PrintDefaults() }
+	fs.StringVar(&c.admin, "admin", c.admin, "URL of the node's admin handler (default: $RAFTKIT_ADMIN if set)")
+	fs.BoolVar(&c.json, "json", c.json, "print JSON instead of tables")
+	fs.DurationVar(&c.timeout, "timeout", c.timeout, "bound for the whole operation (0: none)")
+	fs.BoolVar(&c.version, "version", c.version, "print raftkit's version and exit")
+	return fs
+}
+
+// parseInterleaved parses flags anywhere among args and returns the
+// positional arguments in order. Everything after "--" is positional.
+func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
+			return append(pos, rest...), nil
+		}
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		pos, args = append(pos, rest[0]), rest[1:]
+	}
+}
+
+// version is the module version this binary was built from: a release
+// tag for `go install ...@vX.Y.Z`, a pseudo-version or "(devel)" otherwise.
+func version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "raftkit (unknown version: no build information)"
+	}
+	v := "raftkit " + bi.Main.Version
+	for _, s := range bi.Settings {
+		if s.Key == "vcs.revision" {
+			v += " (" + s.Value + ")"
+		}
+	}
+	return v + " " + bi.GoVersion
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	c := &cli{out: stdout, errOut: stderr}
-	fs := flag.NewFlagSet("raftkit", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
-	def := os.Getenv("RAFTKIT_ADMIN")
-	if def == "" {
-		def = "http://127.0.0.1:8080"
+	c := &cli{out: stdout, errOut: stderr, admin: os.Getenv("RAFTKIT_ADMIN"), timeout: time.Minute}
+	if c.admin == "" {
+		c.admin = "http://127.0.0.1:8080"
 	}
-	fs.StringVar(&c.admin, "admin", def, "URL of the node's admin handler")
-	fs.BoolVar(&c.json, "json", false, "print JSON instead of tables")
-	fs.DurationVar(&c.timeout, "timeout", time.Minute, "bound for the whole operation (0: none)")
+	fs := c.flagSet("raftkit")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
 		return 2
+	}
+	if c.version {
+		fmt.Fprintln(stdout, version())
+		return 0
 	}
 	if fs.NArg() == 0 {
 		fs.Usage()
 		return 2
+	}
+	name := fs.Arg(0)
+	cmd, ok := commands[name]
+	if !ok {
+		fmt.Fprintf(stderr, "raftkit: unknown command %q\n", name)
+		fs.Usage()
+		return 2
+	}
+	sub := c.flagSet(name)
+	if cmd.flags != nil {
+		cmd.flags(c, sub)
+	}
+	rest, err := parseInterleaved(sub, fs.Args()[1:])
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if c.version {
+		fmt.Fprintln(stdout, version())
+		return 0
 	}
 	if c.timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.timeout)
 		defer cancel()
 	}
-	cmd, rest := fs.Arg(0), fs.Args()[1:]
-	commands := map[string]func(context.Context, []string) error{
-		"status":   c.status,
-		"peers":    c.peers,
-		"join":     c.join,
-		"remove":   c.remove,
-		"transfer": c.transfer,
-		"snapshot": c.snapshot,
-		"backup":   c.backup,
-		"restore":  c.restore,
-		"inspect":  c.inspect,
-		"recover":  c.recover,
-	}
-	fn, ok := commands[cmd]
-	if !ok {
-		fmt.Fprintf(stderr, "raftkit: unknown command %q\n", cmd)
-		fs.Usage()
-		return 2
-	}
-	if err := fn(ctx, rest); err != nil {
-		fmt.Fprintf(stderr, "raftkit %s: %v\n", cmd, err)
+	if err := cmd.run(c, ctx, rest); err != nil {
+		fmt.Fprintf(stderr, "raftkit %s: %v\n", name, err)
 		if errors.Is(err, errUsage) {
 			return 2
 		}
@@ -279,8 +371,10 @@ func (c *cli) printServers(servers []raftkit.ServerInfo, leaderID string) {
 	tw.Flush()
 }
 
-// membership runs a mutating admin route and prints the resulting servers.
-func (c *cli) membership(ctx context.Context, route string, req any, done string) error {
+// membership runs a mutating admin route and prints the resulting servers
+// as the answering node sees them once the change has taken effect there
+// (the admin handler waits for that), and which node answered.
+func (c *cli) membership(ctx context.Context, route string, req any, done func(raftkit.Status) string) error {
 	var st raftkit.Status
 	if err := c.call(ctx, "POST", route, req, &st); err != nil {
 		return err
@@ -288,30 +382,25 @@ func (c *cli) membership(ctx context.Context, route string, req any, done string
 	if c.json {
 		return c.printJSON(st)
 	}
-	fmt.Fprintln(c.out, done)
+	fmt.Fprintf(c.out, "%s (answered by %s at %s)\n", done(st), st.ID, st.Addr)
 	c.printServers(st.Servers, st.LeaderID)
 	return nil
 }
 
 func (c *cli) join(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("join", flag.ContinueOnError)
-	fs.SetOutput(c.errOut)
-	nonvoter := fs.Bool("nonvoter", false, "add a non-voting member (read replica)")
-	if err := fs.Parse(args); err != nil {
-		return errUsage
-	}
-	if fs.NArg() != 2 {
+	if len(args) != 2 {
 		return fmt.Errorf("%w: join [-nonvoter] ID ADDR", errUsage)
 	}
-	id, addr := fs.Arg(0), fs.Arg(1)
-	return c.membership(ctx, "join", raftkit.AdminRequest{ID: id, Addr: addr, Nonvoter: *nonvoter}, fmt.Sprintf("added %s at %s", id, addr))
+	id, addr := args[0], args[1]
+	msg := fmt.Sprintf("added %s at %s", id, addr)
+	return c.membership(ctx, "join", raftkit.AdminRequest{ID: id, Addr: addr, Nonvoter: c.nonvoter}, func(raftkit.Status) string { return msg })
 }
 
 func (c *cli) remove(ctx context.Context, args []string) error {
 	if len(args) != 1 {
 		return fmt.Errorf("%w: remove ID", errUsage)
 	}
-	return c.membership(ctx, "remove-server", raftkit.AdminRequest{ID: args[0]}, "removed "+args[0])
+	return c.membership(ctx, "remove-server", raftkit.AdminRequest{ID: args[0]}, func(raftkit.Status) string { return "removed " + args[0] })
 }
 
 func (c *cli) transfer(ctx context.Context, args []string) error {
@@ -322,7 +411,9 @@ func (c *cli) transfer(ctx context.Context, args []string) error {
 	if len(args) == 1 {
 		req.ID = args[0]
 	}
-	return c.membership(ctx, "transfer-leadership", req, "leadership transfer started")
+	return c.membership(ctx, "transfer-leadership", req, func(st raftkit.Status) string {
+		return "leadership transferred to " + st.LeaderID
+	})
 }
 
 func (c *cli) snapshot(ctx context.Context, args []string) error {
@@ -386,23 +477,17 @@ func (c *cli) backup(ctx context.Context, args []string) error {
 
 // restore checks FILE, then streams it to the node's restore route.
 func (c *cli) restore(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("restore", flag.ContinueOnError)
-	fs.SetOutput(c.errOut)
-	yes := fs.Bool("yes", false, "confirm: replace the cluster's whole state with the backup")
-	if err := fs.Parse(args); err != nil {
-		return errUsage
-	}
-	if fs.NArg() != 1 {
+	if len(args) != 1 {
 		return fmt.Errorf("%w: restore [-yes] FILE", errUsage)
 	}
-	path := fs.Arg(0)
+	path := args[0]
 	info, err := readInfo(path)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(c.errOut, "WARNING: restore replaces the whole replicated state with %s (index %d from %s, taken %s);\nevery write since then is discarded.\n",
 		path, info.Index, info.NodeID, info.Created.Format(time.RFC3339))
-	if !*yes {
+	if !c.yes {
 		return fmt.Errorf("%w: nothing sent; run again with -yes to confirm", errUsage)
 	}
 	f, err := os.Open(path)
@@ -537,18 +622,12 @@ machine, the next time the node starts (then ` + raftkit.RecoveryFile + ` become
 `
 
 func (c *cli) recover(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("recover", flag.ContinueOnError)
-	fs.SetOutput(c.errOut)
-	yes := fs.Bool("yes", false, "confirm: I understand the warning and the lost servers are gone for good")
-	if err := fs.Parse(args); err != nil {
-		return errUsage
-	}
-	if fs.NArg() < 2 {
+	if len(args) < 2 {
 		return fmt.Errorf("%w: recover [-yes] DIR ID=ADDR[,nonvoter] ...", errUsage)
 	}
-	dir := fs.Arg(0)
+	dir := args[0]
 	var servers []raftkit.ServerInfo
-	for _, a := range fs.Args()[1:] {
+	for _, a := range args[1:] {
 		spec, opt, _ := strings.Cut(a, ",")
 		id, addr, ok := strings.Cut(spec, "=")
 		if !ok || id == "" || addr == "" || (opt != "" && opt != "nonvoter") {
@@ -557,11 +636,17 @@ func (c *cli) recover(ctx context.Context, args []string) error {
 		servers = append(servers, raftkit.ServerInfo{ID: id, Addr: addr, Voter: opt == ""})
 	}
 	fmt.Fprint(c.errOut, recoverWarning)
-	if !*yes {
+	if !c.yes {
 		return fmt.Errorf("%w: nothing written; run again with -yes to confirm", errUsage)
 	}
 	if err := raftkit.WriteRecovery(dir, servers); err != nil {
 		return err
+	}
+	if c.json {
+		return c.printJSON(struct {
+			File    string               `json:"file"`
+			Servers []raftkit.ServerInfo `json:"servers"`
+		}{filepath.Join(dir, raftkit.RecoveryFile), servers})
 	}
 	fmt.Fprintf(c.out, "wrote %s with %d server(s); start the node to apply it\n", filepath.Join(dir, raftkit.RecoveryFile), len(servers))
 	return nil

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http/httptest"
 	"os"
@@ -214,6 +215,11 @@ func TestCLIOperatesLiveCluster(t *testing.T) {
 		if !strings.Contains(out, "Follower") || !strings.Contains(out, c.nodes[l].ID()) {
 			t.Fatalf("status table lacks state or leader:\n%s", out)
 		}
+		// Flags after the command, in any order.
+		st = raftkit.Status{}
+		if err := json.Unmarshal([]byte(must(t, bin, "status", "-json", "-admin", adminF, "-timeout", "30s")), &st); err != nil || st.ID != c.nodes[f].ID() {
+			t.Fatalf("status -json after the command: %v %+v", err, st)
+		}
 	})
 
 	t.Run("peers", func(t *testing.T) {
@@ -230,13 +236,16 @@ func TestCLIOperatesLiveCluster(t *testing.T) {
 			}
 		}
 		var servers []raftkit.ServerInfo
-		if err := json.Unmarshal([]byte(must(t, bin, "-admin", adminF, "-json", "peers")), &servers); err != nil || len(servers) != 3 {
+		if err := json.Unmarshal([]byte(must(t, bin, "peers", "-admin", adminF, "-json")), &servers); err != nil || len(servers) != 3 {
 			t.Fatalf("peers -json: %v %+v", err, servers)
 		}
 	})
 
 	t.Run("snapshot", func(t *testing.T) {
-		must(t, bin, "-admin", adminF, "snapshot")
+		var st raftkit.Status
+		if err := json.Unmarshal([]byte(must(t, bin, "snapshot", "-json", "-admin", adminF)), &st); err != nil || st.ID != c.nodes[f].ID() {
+			t.Fatalf("snapshot -json: %v %+v", err, st)
+		}
 		if idx := c.nodes[f].Raft().Stats()["last_snapshot_index"]; idx == "0" {
 			t.Fatal("no snapshot on the node after `raftkit snapshot`")
 		}
@@ -249,21 +258,32 @@ func TestCLIOperatesLiveCluster(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer extra.Close()
-		must(t, bin, "-admin", adminF, "join", "-nonvoter", "extra", addr)
+		// Through a follower, whose own view lags the leader's: the answer
+		// must show the change all the same, and say who answered.
+		out := must(t, bin, "join", "extra", addr, "-nonvoter", "-admin", adminF)
 		if st := c.nodes[l].Status(); len(st.Servers) != 4 || st.Servers[3].Suffrage != "Nonvoter" {
 			t.Fatalf("after join: %+v", st.Servers)
 		}
+		if !strings.Contains(out, "answered by "+c.nodes[f].ID()) || peerRow(out, "extra") == nil || peerRow(out, "extra")[2] != "Nonvoter" {
+			t.Fatalf("join's table does not show extra as a non-voter answered by %s:\n%s", c.nodes[f].ID(), out)
+		}
 		waitFor(t, "the joined node to replicate the keys", func() bool { return extra.Status().AppliedIndex >= c.nodes[l].Status().CommitIndex })
-		must(t, bin, "-admin", adminF, "remove", "extra")
+		out = must(t, bin, "remove", "-admin", adminF, "extra")
 		if st := c.nodes[l].Status(); len(st.Servers) != 3 {
 			t.Fatalf("after remove: %+v", st.Servers)
+		}
+		if peerRow(out, "extra") != nil || !strings.Contains(out, "answered by "+c.nodes[f].ID()) {
+			t.Fatalf("remove's table still lists extra, or does not say who answered:\n%s", out)
 		}
 	})
 
 	var backup string
 	t.Run("backup and restore", func(t *testing.T) {
 		backup = filepath.Join(t.TempDir(), "state.backup")
-		must(t, bin, "-admin", adminF, "backup", backup)
+		var bi raftkit.BackupInfo
+		if err := json.Unmarshal([]byte(must(t, bin, "backup", backup, "-admin", adminF, "-json")), &bi); err != nil || bi.Index < 20 {
+			t.Fatalf("backup -json: %v %+v", err, bi)
+		}
 		info, err := readInfo(backup)
 		if err != nil || info.Index < 20 {
 			t.Fatalf("backup file: %+v, %v", info, err)
@@ -276,7 +296,7 @@ func TestCLIOperatesLiveCluster(t *testing.T) {
 		if r := runCLI(t, bin, "-admin", adminF, "restore", "-yes", backup); r.code != 1 || !strings.Contains(r.stderr, "the leader is "+c.nodes[l].ID()) {
 			t.Fatalf("restore on a follower: exit %d, stderr %s", r.code, r.stderr)
 		}
-		must(t, bin, "-admin", adminL, "restore", "-yes", backup)
+		must(t, bin, "restore", backup, "-yes", "-admin", adminL)
 		c.waitAllKeys(20)
 		if _, ok := c.fsms[f].Get("k19"); !ok {
 			t.Fatal("k19 missing after restore")
@@ -284,7 +304,7 @@ func TestCLIOperatesLiveCluster(t *testing.T) {
 	})
 
 	t.Run("bad usage", func(t *testing.T) {
-		for _, args := range [][]string{{"remove"}, {"join", "only-id"}, {"frobnicate"}, {"recover", "dir", "no-equals-sign"}} {
+		for _, args := range [][]string{{"remove"}, {"join", "only-id"}, {"frobnicate"}, {"recover", "dir", "no-equals-sign"}, {"status", "-no-such-flag"}, {"status", "extra-arg"}, {"-json"}} {
 			if r := runCLI(t, bin, append([]string{"-admin", adminF}, args...)...); r.code != 2 || r.stderr == "" {
 				t.Fatalf("raftkit %v: exit %d, stderr %q; want exit 2 with a message", args, r.code, r.stderr)
 			}
@@ -295,7 +315,11 @@ func TestCLIOperatesLiveCluster(t *testing.T) {
 	})
 
 	t.Run("transfer", func(t *testing.T) {
-		must(t, bin, "-admin", adminL, "transfer", c.nodes[f].ID())
+		// Answered by the old leader: its table must already mark the new one.
+		out := must(t, bin, "transfer", c.nodes[f].ID(), "-admin", adminL)
+		if row := peerRow(out, c.nodes[f].ID()); row == nil || len(row) != 4 || row[3] != "*" || !strings.Contains(out, "transferred to "+c.nodes[f].ID()) {
+			t.Fatalf("transfer's table does not mark %s as the leader:\n%s", c.nodes[f].ID(), out)
+		}
 		waitFor(t, "the target to lead", c.nodes[f].IsLeader)
 	})
 
@@ -325,7 +349,7 @@ func TestCLIOperatesLiveCluster(t *testing.T) {
 		}
 		c.stop(g)
 		var info raftkit.DirInfo
-		if err := json.Unmarshal([]byte(must(t, bin, "-json", "inspect", c.dirs[g])), &info); err != nil {
+		if err := json.Unmarshal([]byte(must(t, bin, "inspect", c.dirs[g], "-json")), &info); err != nil {
 			t.Fatal(err)
 		}
 		if info.CurrentTerm != st.Term || info.LastIndex != st.LastLogIndex || !reflect.DeepEqual(info.Servers, st.Servers) {
@@ -355,7 +379,13 @@ func TestCLIRecoverBringsSurvivorBack(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(c.dirs[0], raftkit.RecoveryFile)); !os.IsNotExist(err) {
 		t.Fatal("recover without -yes wrote the recovery file")
 	}
-	must(t, bin, "recover", "-yes", c.dirs[0], id+"="+c.addrs[0])
+	var wrote struct {
+		File    string
+		Servers []raftkit.ServerInfo
+	}
+	if err := json.Unmarshal([]byte(must(t, bin, "recover", c.dirs[0], id+"="+c.addrs[0], "-yes", "-json")), &wrote); err != nil || len(wrote.Servers) != 1 {
+		t.Fatalf("recover -json: %v %+v", err, wrote)
+	}
 	c.start(0)
 	waitFor(t, "the survivor to lead", c.nodes[0].IsLeader)
 	if n := c.fsms[0].Len(); n != 30 {
@@ -369,5 +399,43 @@ func TestCLIRecoverBringsSurvivorBack(t *testing.T) {
 	var servers []raftkit.ServerInfo
 	if err := json.Unmarshal([]byte(must(t, bin, "-admin", c.admins[0].URL, "-json", "peers")), &servers); err != nil || len(servers) != 1 || servers[0].ID != id {
 		t.Fatalf("peers after recovery: %+v, %v", servers, err)
+	}
+}
+
+// peerRow returns the fields of the peers-table row for id, or nil.
+func peerRow(out, id string) []string {
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) >= 3 && f[0] == id {
+			return f
+		}
+	}
+	return nil
+}
+
+func TestCLIVersionAndUsage(t *testing.T) {
+	bin := buildCLI(t)
+	for _, args := range [][]string{{"-version"}, {"status", "-version"}} {
+		r := runCLI(t, bin, args...)
+		if r.code != 0 || !strings.HasPrefix(r.stdout, "raftkit ") || !strings.Contains(r.stdout, "go1.") {
+			t.Fatalf("raftkit %v: exit %d, stdout %q", args, r.code, r.stdout)
+		}
+	}
+	r := runCLI(t, bin)
+	if r.code != 2 || !strings.Contains(r.stderr, "Exit status: 0 done, 1 failed, 2 bad usage") {
+		t.Fatalf("no command: exit %d, stderr %s", r.code, r.stderr)
+	}
+	// Nothing listens on port 1: the operation fails (1), usage is fine.
+	if r := runCLI(t, bin, "status", "-admin", "http://127.0.0.1:1", "-timeout", "5s"); r.code != 1 || !strings.Contains(r.stderr, "connection refused") {
+		t.Fatalf("unreachable node: exit %d, stderr %s", r.code, r.stderr)
+	}
+}
+
+func TestParseInterleaved(t *testing.T) {
+	c := &cli{errOut: io.Discard}
+	fs := c.flagSet("x")
+	fs.BoolVar(&c.yes, "yes", false, "")
+	pos, err := parseInterleaved(fs, []string{"a", "-json", "b", "-admin", "http://h", "-yes", "--", "-c", "d"})
+	if err != nil || !reflect.DeepEqual(pos, []string{"a", "b", "-c", "d"}) || !c.json || !c.yes || c.admin != "http://h" {
+		t.Fatalf("got %q, %v; json=%v yes=%v admin=%q", pos, err, c.json, c.yes, c.admin)
 	}
 }

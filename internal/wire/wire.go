@@ -29,6 +29,7 @@ const (
 	MethodApplyBatch = Service + ".ApplyBatch"
 	MethodReadIndex  = Service + ".ReadIndex"
 	MethodMembership = Service + ".Membership"
+	MethodClosing    = Service + ".Closing"
 )
 
 // MaxFrame is the largest message either side accepts.
@@ -133,6 +134,18 @@ type MembershipRequest struct {
 type MembershipResponse struct {
 	Err *Error
 }
+
+// ClosingRequest tells a peer that the sender is closing cleanly, so that
+// the peer logs the connection failures that follow at Debug.
+type ClosingRequest struct {
+	ID   string
+	Addr string
+	// Secret is the sender's Config.JoinSecret.
+	Secret string
+}
+
+// ClosingResponse is empty.
+type ClosingResponse struct{}
 
 // Handle returns the msgpack handle both sides use. Strings stay strings,
 // []byte stays []byte, integers decode as int64 (uint64 beyond its range)
