@@ -66,7 +66,9 @@ type AdminError struct {
 	// Error is the failure's message.
 	Error string `json:"error"`
 	// Code is the failure's outcome class (Outcome.String: "not_applied",
-	// "unknown_outcome", "invalid", ...), or "internal".
+	// "unknown_outcome", "invalid", ...), "not_found" (metrics not
+	// configured), "disabled" (a route AdminOptions leaves
+	// off), or "internal".
 	Code string `json:"code,omitempty"`
 	// LeaderID and LeaderAddr name the leader to ask instead.
 	LeaderID   string `json:"leader_id,omitempty"`
@@ -174,7 +176,7 @@ func (a *admin) health(w http.ResponseWriter, r *http.Request) {
 
 func (a *admin) metrics(w http.ResponseWriter, r *http.Request) {
 	if a.opts.Metrics == nil {
-		writeJSON(w, http.StatusNotFound, AdminError{Error: "raftkit admin: metrics are not configured (AdminOptions.Metrics)"})
+		writeJSON(w, http.StatusNotFound, AdminError{Error: "raftkit admin: metrics are not configured (AdminOptions.Metrics)", Code: "not_found"})
 		return
 	}
 	promhttp.HandlerFor(a.opts.Metrics, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}).ServeHTTP(w, r)
@@ -182,7 +184,7 @@ func (a *admin) metrics(w http.ResponseWriter, r *http.Request) {
 
 func (a *admin) backup(w http.ResponseWriter, r *http.Request) {
 	if !a.opts.AllowBackup {
-		writeJSON(w, http.StatusForbidden, AdminError{Error: "raftkit admin: backup is disabled (AdminOptions.AllowBackup)"})
+		writeJSON(w, http.StatusForbidden, AdminError{Error: "raftkit admin: backup is disabled (AdminOptions.AllowBackup)", Code: "disabled"})
 		return
 	}
 	tw := &trackingWriter{w: w}
@@ -214,7 +216,7 @@ func (t *trackingWriter) Write(p []byte) (int, error) {
 func (a *admin) mutation(h func(http.ResponseWriter, *http.Request)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if !a.opts.AllowMutations {
-			writeJSON(w, http.StatusForbidden, AdminError{Error: "raftkit admin: mutating routes are disabled (AdminOptions.AllowMutations)"})
+			writeJSON(w, http.StatusForbidden, AdminError{Error: "raftkit admin: mutating routes are disabled (AdminOptions.AllowMutations)", Code: "disabled"})
 			return
 		}
 		h(w, r)
@@ -234,7 +236,7 @@ func readRequest(w http.ResponseWriter, r *http.Request) (AdminRequest, bool) {
 	var req AdminRequest
 	err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxAdminBody)).Decode(&req)
 	if err != nil && !errors.Is(err, io.EOF) {
-		writeJSON(w, http.StatusBadRequest, AdminError{Error: fmt.Sprintf("raftkit admin: request body is not JSON like {\"id\": ...}: %v", err)})
+		writeJSON(w, http.StatusBadRequest, AdminError{Error: fmt.Sprintf("raftkit admin: request body is not JSON like {\"id\": ...}: %v", err), Code: "invalid"})
 		return req, false
 	}
 	return req, true
@@ -295,7 +297,7 @@ func (a *admin) remove(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.ID == "" {
-		writeJSON(w, http.StatusBadRequest, AdminError{Error: `raftkit admin: remove-server needs {"id": "..."}`})
+		writeJSON(w, http.StatusBadRequest, AdminError{Error: `raftkit admin: remove-server needs {"id": "..."}`, Code: "invalid"})
 		return
 	}
 	if err := a.n.RemoveServer(r.Context(), req.ID); err != nil {
