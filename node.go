@@ -86,7 +86,7 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 		return nil, err
 	}
 	departed := newDepartures()
-	s.Logger = &quietLogger{Logger: s.Logger, d: departed}
+	s = s.withLogger(&quietLogger{Logger: s.Logger, d: departed})
 	var undo []func() error
 	defer func() {
 		if err != nil {
@@ -102,15 +102,11 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 	}
 	undo = append(undo, stores.Close)
 
-	mux, trans, err := openTransport(s)
+	s, mux, trans, err := openTransport(s)
 	if err != nil {
 		return nil, err
 	}
 	undo = append(undo, mux.Close, trans.Close)
-	if cfg.ID == "" && s.ID == s.advertise {
-		s.ID = mux.advertise // port 0 resolved
-	}
-	s.advertise = mux.advertise
 
 	rc, err := raftConfig(s)
 	if err != nil {
