@@ -109,6 +109,10 @@ type Config struct {
 	// a port between its choice and the node's start.
 	listener net.Listener
 
+	// lifecycle, when set, lets tests watch the node's parts being built
+	// and stopped, and fail the constructor after any of them.
+	lifecycle *lifecycleHooks
+
 	// AdvertiseAddr is the host:port other nodes use to reach this one.
 	// Default: Addr. Required when Addr binds an unspecified host such as
 	// 0.0.0.0 or [::].
