@@ -161,3 +161,45 @@ func TestFailedJoinUnwindsTheWholeNode(t *testing.T) {
 	}
 	p.checkUnwound(t)
 }
+
+func TestFailedInMemoryConstructorUnwindsEveryStep(t *testing.T) {
+	network := NewMemNetwork()
+	config := func(storage *MemStorage, p *partLog) Config {
+		return Config{
+			InMemory:  true,
+			Addr:      "n1",
+			Network:   network,
+			Storage:   storage,
+			Peers:     []string{"n1", "n2"}, // n2 never starts: the agreement keeps running
+			Metrics:   NewMetrics(),
+			Logger:    testLogger(t),
+			lifecycle: p.hooks(),
+		}
+	}
+	all := &partLog{}
+	n, err := NewRaftNode(config(NewMemStorage(), all), fsmexample.New())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Close()
+
+	for k, part := range all.added {
+		t.Run(part, func(t *testing.T) {
+			defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+			storage := NewMemStorage()
+			p := &partLog{failAfter: part}
+			if _, err := NewRaftNode(config(storage, p), fsmexample.New()); !errors.Is(err, errInjected) {
+				t.Fatalf("failing after part %d (%s) gave %v, want the injected failure", k, part, err)
+			}
+			p.checkUnwound(t)
+			// The node's name on the network and its storage are free again.
+			again, err := NewRaftNode(Config{InMemory: true, Addr: "n1", Network: network, Storage: storage}, fsmexample.New())
+			if err != nil {
+				t.Fatalf("reopening after the failure: %v", err)
+			}
+			if err := again.Close(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
