@@ -297,8 +297,14 @@ func (g *clusterGate) start(n *RaftNode) {
 
 // halt stops the agreement and waits for the node's membership goroutines.
 func (g *clusterGate) halt() {
-	g.stopOnce.Do(func() { close(g.stop) })
+	g.release()
 	g.wg.Wait()
+}
+
+// release refuses the raft connections that wait for the gate's decision
+// and tells the membership goroutines to stop, without waiting for them.
+func (g *clusterGate) release() {
+	g.stopOnce.Do(func() { close(g.stop) })
 }
 
 // stopContext returns a context that ends after d or when g halts.

@@ -190,9 +190,11 @@ func (b *applyBatcher) deliver(addr string, batch []*fwdRequest) {
 	}
 }
 
-// stop makes later submits fail with ErrClosed.
+// stop makes later submits fail with ErrClosed and waits for the batches
+// on their way: close the request clients first, so that they end.
 func (b *applyBatcher) stop() {
 	b.mu.Lock()
 	b.stopped = true
 	b.mu.Unlock()
+	b.wg.Wait()
 }

@@ -39,8 +39,7 @@ type RaftNode struct {
 	futureWaits waitGroup
 	readyTerm   atomic.Uint64 // term in which this leader's barrier completed
 	metrics     *Metrics      // nil: none
-	metricsWG   sync.WaitGroup
-	departures  *departures // peers that announced a clean close
+	departures  *departures   // peers that announced a clean close
 
 	// leaderReads and followerReads share read-index requests among
 	// concurrent LinearizableRead calls; readFetches counts their running
@@ -51,6 +50,9 @@ type RaftNode struct {
 	// batchApplyCh is raft.Config.BatchApplyCh as the node started with.
 	batchApplyCh bool
 
+	// life holds the node's parts with their stop functions; Close
+	// stops them in reverse order.
+	life      *lifecycle
 	closeOnce sync.Once
 	closeErr  error
 	closed    chan struct{}
@@ -86,13 +88,14 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 		return nil, err
 	}
 	departed := newDepartures()
-	s.Logger = &quietLogger{Logger: s.Logger, d: departed}
-	var undo []func() error
+	s = s.withLogger(&quietLogger{Logger: s.Logger, d: departed})
+	// Each part is registered with its stop function as soon as it exists;
+	// a failure from here on stops the parts built so far, last first,
+	// exactly as Close does.
+	life := &lifecycle{hooks: s.lifecycle}
 	defer func() {
 		if err != nil {
-			for i := len(undo) - 1; i >= 0; i-- {
-				_ = undo[i]()
-			}
+			_ = life.stop()
 		}
 	}()
 
@@ -100,17 +103,28 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 	if err != nil {
 		return nil, err
 	}
-	undo = append(undo, stores.Close)
+	if err := life.add("stores", stores.Close); err != nil {
+		return nil, err
+	}
 
-	mux, trans, err := openTransport(s)
+	s, mux, trans, err := openTransport(s)
 	if err != nil {
 		return nil, err
 	}
-	undo = append(undo, mux.Close, trans.Close)
-	if cfg.ID == "" && s.ID == s.advertise {
-		s.ID = mux.advertise // port 0 resolved
+	// Raft's transport, then the port under it: its accept loop ends only
+	// once it is closed and the port stops.
+	if err := life.add("transport", func() error {
+		var errs []error
+		if err := trans.Close(); err != nil {
+			errs = append(errs, err)
+		}
+		if err := mux.Close(); err != nil && !errors.Is(err, ErrClosed) {
+			errs = append(errs, fmt.Errorf("listener: %w", err))
+		}
+		return errors.Join(errs...)
+	}); err != nil {
+		return nil, err
 	}
-	s.advertise = mux.advertise
 
 	rc, err := raftConfig(s)
 	if err != nil {
@@ -127,66 +141,121 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 		return nil, s.peersErr
 	}
 	gate := newClusterGate(s, stores.stable, stores.log, hasState)
-	undo = append(undo, func() error { gate.halt(); return nil })
+	// The gate's membership goroutines are a later part ("membership");
+	// this one ends raft connections' waits for the gate's decision.
+	if err := life.add("cluster gate", func() error { gate.release(); return nil }); err != nil {
+		return nil, err
+	}
 	if !hasState && len(s.peers) == 1 {
 		if err := gate.bootstrapNow(rc, stores, trans); err != nil {
 			return nil, err
 		}
 	}
 	mux.gate.Store(gate)
-	tracked := newTrackedFSM(fsm)
-	tracked.restored = func() uint64 { return snapshotIndex(stores.snaps) }
-	r, err := raft.NewRaft(rc, tracked, stores.log, stores.stable, stores.snaps, trans)
-	if err != nil {
-		return nil, fmt.Errorf("raftkit: start raft: %w", err)
-	}
-	undo = append(undo, func() error { return r.Shutdown().Error() })
-	departed.raft.Store(r)
-	r.RegisterObserver(departed.observer(raft.ServerID(s.ID)))
 
 	n := &RaftNode{
 		cfg:     s,
 		id:      s.ID,
 		addr:    s.advertise,
 		logger:  s.Logger.Named("raftkit"),
-		raft:    r,
-		fsm:     tracked,
 		mux:     mux,
 		trans:   trans,
 		stores:  stores,
 		metrics: s.Metrics,
 		gate:    gate,
 		closed:  make(chan struct{}),
+		life:    life,
 
 		departures: departed,
 	}
-	n.batchApplyCh = rc.BatchApplyCh
-	n.leadership = newLeaderWatch(r)
+	// Reads and forwarded writes stop after raft and the request clients
+	// (registered later): their requests in flight end when those do.
 	n.leaderReads = &readBatcher{fetch: n.leaderReadIndex, timeout: s.ApplyTimeout, wg: &n.readFetches}
 	n.followerReads = &readBatcher{fetch: n.remoteReadIndex, timeout: s.ApplyTimeout, wg: &n.readFetches}
-	n.rpc = newRPCPool(mux)
+	if err := life.add("reads", func() error {
+		n.leaderReads.stop()
+		n.followerReads.stop()
+		n.readFetches.Wait()
+		return nil
+	}); err != nil {
+		return nil, err
+	}
 	n.fwd = newApplyBatcher(n)
+	if err := life.add("forwarded writes", func() error { n.fwd.stop(); return nil }); err != nil {
+		return nil, err
+	}
+	n.rpc = newRPCPool(mux)
+	if err := life.add("request clients", func() error { n.rpc.Close(); return nil }); err != nil {
+		return nil, err
+	}
+
+	n.fsm = newTrackedFSM(fsm)
+	n.fsm.restored = func() uint64 { return snapshotIndex(stores.snaps) }
+	r, err := raft.NewRaft(rc, n.fsm, stores.log, stores.stable, stores.snaps, trans)
+	if err != nil {
+		return nil, fmt.Errorf("raftkit: start raft: %w", err)
+	}
+	n.raft = r
+	n.batchApplyCh = rc.BatchApplyCh
+	if err := life.add("raft", n.stopRaft); err != nil {
+		return nil, err
+	}
+	departed.raft.Store(r)
+	r.RegisterObserver(departed.observer(raft.ServerID(s.ID)))
+
+	// The parts from here on use raft: they stop before it does.
+	n.leadership = newLeaderWatch(r)
+	if err := life.add("leadership watch", func() error { n.leadership.close(); return nil }); err != nil {
+		return nil, err
+	}
+	if err := life.add("leadership runners", func() error { n.runners.stopAll(); return nil }); err != nil {
+		return nil, err
+	}
 	n.rpcServer = rpc.NewServer()
 	if err := n.rpcServer.RegisterName(wire.Service, &rpcService{n: n}); err != nil {
-		n.Close()
 		return nil, fmt.Errorf("raftkit: register request service: %w", err)
 	}
 	mux.serveRPC(n.serveRPC)
-	n.startMetrics()
+	// Requests being served end with the listener; the server only stops
+	// taking new request connections.
+	if err := life.add("request server", func() error { mux.serveRPC(nil); return nil }); err != nil {
+		return nil, err
+	}
+	if n.metrics != nil {
+		if err := life.add("metrics", n.startMetrics()); err != nil {
+			return nil, err
+		}
+	}
 	n.logger.Info("node started", "id", n.id, "addr", n.addr, "in_memory", s.InMemory, "dir", s.Dir, "has_state", hasState)
 	if hasState {
 		n.notePeersOnRestart(s)
 	}
+	if err := life.add("membership", func() error { gate.halt(); return nil }); err != nil {
+		return nil, err
+	}
 	gate.start(n)
+	// Stopped first: from then on calls fail with ErrClosed.
+	if err := life.add("calls", func() error { close(n.closed); return nil }); err != nil {
+		return nil, err
+	}
 	if len(s.Join) > 0 && (!hasState || n.removedFromConfiguration()) {
 		n.joining.Store(true)
 		if err := n.join(); err != nil {
-			n.Close()
 			return nil, err
 		}
 		n.awaitJoinIndex()
 	}
 	return n, nil
+}
+
+// stopRaft lets raftkit's own waits on raft futures end while raft still
+// runs (raft would leave queued ones unresolved at shutdown, and their
+// waits would never end), then shuts raft down.
+func (n *RaftNode) stopRaft() error {
+	if !n.futureWaits.drain(2 * n.raft.ReloadableConfig().ElectionTimeout) {
+		n.logger.Debug("raft futures still pending at close; their waits may never end")
+	}
+	return n.raft.Shutdown().Error()
 }
 
 // raftMaxAppendEntries is raft.Config.MaxAppendEntries as raftkit sets
@@ -416,17 +485,21 @@ func (n *RaftNode) Status() Status {
 
 // Close stops the node: it tells the other members that it is closing
 // (bounded by the election timeout; they then log their failures to reach
-// it at Debug, not as errors), a leader hands leadership to another voter
-// (bounded by the election timeout) so the cluster does not wait for an
-// election, then raft shuts down, then the transport, then the stores.
-// Close leaves no goroutine, listener or file lock behind: it first lets
-// calls in flight on raft end (up to two election timeouts), because raft
-// never resolves requests still queued when it shuts down. It is
-// idempotent; later calls return the first call's result. Writes in flight
-// end with ErrUnknownOutcome.
+// it at Debug, not as errors), and a leader hands leadership to another
+// voter (bounded by the election timeout) so the cluster does not wait for
+// an election. Then it stops the node's parts in the reverse order of
+// their construction: new calls fail with ErrClosed, the membership,
+// leadership and metrics goroutines end, raft shuts down, then the request
+// clients, forwarded writes and reads, the transport, the listener and the
+// stores. Close leaves no goroutine, listener or file lock behind: before
+// raft shuts down it lets calls in flight on raft end (up to two election
+// timeouts), because raft never resolves requests still queued when it
+// shuts down. It is idempotent; later calls return the first call's
+// result. Writes in flight end with ErrUnknownOutcome.
 func (n *RaftNode) Close() error {
 	n.closeOnce.Do(func() {
-		// First, so that the peers also expect what a handover does to
+		// These two need the whole node running. The announcement comes
+		// first, so that the peers also expect what a handover does to
 		// their connections with this node.
 		n.announceClose()
 		if n.IsLeader() && n.hasOtherVoters() {
@@ -436,38 +509,8 @@ func (n *RaftNode) Close() error {
 			}
 			cancel()
 		}
-		close(n.closed)
-		n.gate.halt()
-		n.runners.stopAll()
-		// Let raftkit's own waits on raft futures end while raft still
-		// runs: raft would leave queued ones unresolved at shutdown.
-		if !n.futureWaits.drain(2 * n.raft.ReloadableConfig().ElectionTimeout) {
-			n.logger.Debug("raft futures still pending at close; their waits may never end")
-		}
-		var errs []error
-		if err := n.raft.Shutdown().Error(); err != nil {
-			errs = append(errs, fmt.Errorf("raft shutdown: %w", err))
-		}
-		n.leadership.close()
-		n.fwd.stop()
-		n.metricsWG.Wait()
-		n.metrics.removeNode(n)
-		n.rpc.Close()
-		n.fwd.wg.Wait()
-		n.leaderReads.stop()
-		n.followerReads.stop()
-		n.readFetches.Wait()
-		if err := n.trans.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("transport: %w", err))
-		}
-		if err := n.mux.Close(); err != nil && !errors.Is(err, ErrClosed) {
-			errs = append(errs, fmt.Errorf("listener: %w", err))
-		}
-		if err := n.stores.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("stores: %w", err))
-		}
-		if len(errs) > 0 {
-			n.closeErr = fmt.Errorf("raftkit: close: %w", errors.Join(errs...))
+		if err := n.life.stop(); err != nil {
+			n.closeErr = fmt.Errorf("raftkit: close: %w", err)
 		}
 		n.logger.Info("node closed", "id", n.id)
 	})
@@ -505,17 +548,15 @@ func (n *RaftNode) closedOr(err error) error {
 }
 
 // startMetrics registers the node with Config.Metrics and counts the
-// leader changes it sees until the node closes.
-func (n *RaftNode) startMetrics() {
+// leader changes it sees until the returned function stops it.
+func (n *RaftNode) startMetrics() (stop func() error) {
 	m := n.metrics
-	if m == nil {
-		return
-	}
 	m.addNode(n)
-	ch := n.WatchLeadership(context.Background()) // closed by Close
-	n.metricsWG.Add(1)
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := n.WatchLeadership(ctx)
+	done := make(chan struct{})
 	go func() {
-		defer n.metricsWG.Done()
+		defer close(done)
 		last := ""
 		for l := range ch {
 			if l.LeaderID != "" && l.LeaderID != last {
@@ -524,4 +565,10 @@ func (n *RaftNode) startMetrics() {
 			}
 		}
 	}()
+	return func() error {
+		cancel()
+		<-done
+		m.removeNode(n)
+		return nil
+	}
 }

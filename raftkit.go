@@ -109,6 +109,10 @@ type Config struct {
 	// a port between its choice and the node's start.
 	listener net.Listener
 
+	// lifecycle, when set, lets tests watch the node's parts being built
+	// and stopped, and fail the constructor after any of them.
+	lifecycle *lifecycleHooks
+
 	// AdvertiseAddr is the host:port other nodes use to reach this one.
 	// Default: Addr. Required when Addr binds an unspecified host such as
 	// 0.0.0.0 or [::].
@@ -250,7 +254,10 @@ type peer struct {
 	Addr string
 }
 
-// settled is a Config with defaults filled in and addresses parsed.
+// settled is a Config with defaults filled in and addresses parsed. settle
+// builds it from small validators, each checking one concern and returning
+// its resolved value; nothing changes a settled afterwards. What is known
+// only once the node runs makes a new one (bound, withLogger).
 type settled struct {
 	Config
 	codecs    *codecs
@@ -260,6 +267,9 @@ type settled struct {
 	// peersErr is Peers' problem for a node without state: the list does
 	// not name this node as it is. A node with state ignores Peers.
 	peersErr error
+	// idIsAddr is true when ID defaulted to the advertised address, so
+	// that resolving port 0 changes both.
+	idIsAddr bool
 }
 
 // Validate reports the first problem in c, as a *ConfigError matching
@@ -274,156 +284,278 @@ func (c Config) Validate() error {
 	return s.peersErr
 }
 
+// settle validates c and resolves its defaults. Each validator checks the
+// fields of one concern and returns their resolved value; a new setting is
+// one more validator and one more line here.
 func (c Config) settle() (*settled, error) {
-	s := &settled{Config: c}
-	var err error
-	if s.codecs, err = newCodecs(c.ResultTypes, c.FSMErrors); err != nil {
-		return nil, err
-	}
-	if c.ApplyTimeout < 0 {
-		return nil, configErr("ApplyTimeout", c.ApplyTimeout.String(), "must not be negative")
-	}
-	if s.ApplyTimeout == 0 {
-		s.ApplyTimeout = DefaultApplyTimeout
-	}
-	if c.SnapshotRetain < 0 {
-		return nil, configErr("SnapshotRetain", strconv.Itoa(c.SnapshotRetain), "must be at least 1")
-	}
-	if s.SnapshotRetain == 0 {
-		s.SnapshotRetain = DefaultSnapshotRetain
-	}
-	if s.SnapshotThreshold == 0 {
-		s.SnapshotThreshold = DefaultSnapshotThreshold
-	}
-	if c.SnapshotInterval < 0 {
-		return nil, configErr("SnapshotInterval", c.SnapshotInterval.String(), "must not be negative")
-	}
-	if s.SnapshotInterval == 0 {
-		s.SnapshotInterval = DefaultSnapshotInterval
-	}
-	if c.JoinTimeout < 0 {
-		return nil, configErr("JoinTimeout", c.JoinTimeout.String(), "must not be negative")
-	}
-	if s.JoinTimeout == 0 {
-		s.JoinTimeout = DefaultJoinTimeout
-	}
-	if s.Logger == nil {
-		s.Logger = hclog.NewNullLogger()
-	}
-	if err := validateTiming(c.Timing); err != nil {
-		return nil, err
-	}
-	if err := validateLogStore(c.LogStore); err != nil {
-		return nil, err
-	}
-
-	if c.InMemory {
-		if strings.TrimSpace(c.Addr) == "" || strings.ContainsAny(c.Addr, " \t\n=") {
-			return nil, configErr("Addr", c.Addr, "an in-memory node needs a non-empty name without spaces or '='")
-		}
-		s.advertise = c.Addr
-		if c.AdvertiseAddr != "" && c.AdvertiseAddr != c.Addr {
-			return nil, configErr("AdvertiseAddr", c.AdvertiseAddr, "in-memory nodes are reached at Addr; leave AdvertiseAddr empty")
-		}
-		if s.Network == nil {
-			s.Network = NewMemNetwork()
-		}
-		if s.Storage == nil {
-			s.Storage = NewMemStorage()
-		}
-	} else {
-		if c.Network != nil {
-			return nil, configErr("Network", "", "only in-memory nodes use a MemNetwork; set InMemory or leave Network nil")
-		}
-		if c.Storage != nil {
-			return nil, configErr("Storage", "", "only in-memory nodes use a MemStorage; set InMemory or leave Storage nil")
-		}
-		host, port, err := splitHostPort("Addr", c.Addr)
-		if err != nil {
-			return nil, err
-		}
-		s.advertise = c.Addr
-		if c.AdvertiseAddr != "" {
-			ahost, aport, err := splitHostPort("AdvertiseAddr", c.AdvertiseAddr)
-			if err != nil {
-				return nil, err
-			}
-			if isUnspecifiedHost(ahost) {
-				return nil, configErr("AdvertiseAddr", c.AdvertiseAddr, "must be an address other nodes can reach, not a wildcard")
-			}
-			if aport == "0" {
-				return nil, configErr("AdvertiseAddr", c.AdvertiseAddr, "needs an explicit port")
-			}
-			s.advertise = c.AdvertiseAddr
-		} else if isUnspecifiedHost(host) {
-			return nil, configErr("AdvertiseAddr", "", "required when Addr %q binds all interfaces: other nodes need an address they can reach", c.Addr)
-		}
-		if port == "0" && len(c.Peers) > 0 && c.AdvertiseAddr == "" {
-			return nil, configErr("Addr", c.Addr, "port 0 cannot be combined with Peers: the other nodes need to know this node's port in advance")
-		}
-		if strings.TrimSpace(c.Dir) == "" {
-			return nil, configErr("Dir", c.Dir, "required (or set InMemory for a node without disk)")
-		}
-		if fi, err := os.Stat(c.Dir); err == nil && !fi.IsDir() {
-			return nil, configErr("Dir", c.Dir, "is a file, not a directory")
-		}
-		s.Dir = filepath.Clean(c.Dir)
-	}
-	if s.ID == "" {
-		s.ID = s.advertise
-	} else if strings.TrimSpace(s.ID) != s.ID || strings.ContainsAny(s.ID, "=\n") {
-		return nil, configErr("ID", c.ID, "must not contain '=', newlines or surrounding spaces")
-	}
-
-	peers, err := parsePeers(c.Peers, c.InMemory)
+	codecs, err := newCodecs(c.ResultTypes, c.FSMErrors)
 	if err != nil {
 		return nil, err
 	}
-	if len(peers) > 0 {
-		if c.ID == "" {
-			// "id=addr" in Peers names this node when Config.ID is empty.
-			for _, p := range peers {
-				if p.Addr == s.advertise {
-					s.ID = p.ID
-				}
-			}
-		}
-		found := false
-		for _, p := range peers {
-			if p.Addr == s.advertise || (p.ID == s.ID && c.ID != "") {
-				if (p.Addr != s.advertise || p.ID != s.ID) && s.peersErr == nil {
-					s.peersErr = configErr("Peers", strings.Join(c.Peers, ","),
-						"lists this node as %s=%s but the node is %s=%s", p.ID, p.Addr, s.ID, s.advertise)
-				}
-				found = true
-			}
-		}
-		if !found {
-			s.peersErr = configErr("Peers", strings.Join(c.Peers, ","), "does not contain this node's address %q", s.advertise)
-		}
+	if c, err = settleTiming(c); err != nil {
+		return nil, err
 	}
-	s.peers = peers
-	if len(c.Join) > 0 && len(peers) > 0 {
-		return nil, configErr("Join", strings.Join(c.Join, ","), "cannot be combined with Peers: bootstrap a new cluster with Peers, or join an existing one with Join")
+	if c.Logger == nil {
+		c.Logger = hclog.NewNullLogger()
 	}
-	if c.TLS != nil {
-		ts, err := validateTLS(c.TLS)
+	if c, err = settleNetwork(c); err != nil {
+		return nil, err
+	}
+	addr, err := settleAddress(c)
+	if err != nil {
+		return nil, err
+	}
+	if c, err = settleStores(c); err != nil {
+		return nil, err
+	}
+	peers, err := settlePeers(c, addr)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkJoin(c, peers.list); err != nil {
+		return nil, err
+	}
+	ts, err := settleTLS(c.TLS, c.Logger)
+	if err != nil {
+		return nil, err
+	}
+	c.ID = peers.id
+	return &settled{
+		Config:    c,
+		codecs:    codecs,
+		advertise: addr.advertise,
+		peers:     peers.list,
+		peersErr:  peers.err,
+		tls:       ts,
+		idIsAddr:  c.ID == addr.advertise && addr.idIsAddr,
+	}, nil
+}
+
+// bound returns s as it is once its listener is bound at ln: with port 0
+// in Addr and no AdvertiseAddr, the advertised address, and an ID that
+// defaulted to it, take the port the OS chose. s itself is not changed.
+func (s *settled) bound(ln net.Addr) *settled {
+	if s.InMemory || s.AdvertiseAddr != "" {
+		return s
+	}
+	host, port, err := net.SplitHostPort(s.Addr)
+	if err != nil || port != "0" {
+		return s
+	}
+	_, realPort, err := net.SplitHostPort(ln.String())
+	if err != nil {
+		return s
+	}
+	b := *s
+	b.advertise = net.JoinHostPort(host, realPort)
+	if s.idIsAddr {
+		b.ID = b.advertise
+	}
+	return &b
+}
+
+// withLogger returns s with l as its logger.
+func (s *settled) withLogger(l hclog.Logger) *settled {
+	c := *s
+	c.Logger = l
+	return &c
+}
+
+// settleTiming checks the durations and the timing profile and fills in
+// their defaults.
+func settleTiming(c Config) (Config, error) {
+	if c.ApplyTimeout < 0 {
+		return c, configErr("ApplyTimeout", c.ApplyTimeout.String(), "must not be negative")
+	}
+	if c.ApplyTimeout == 0 {
+		c.ApplyTimeout = DefaultApplyTimeout
+	}
+	if c.SnapshotInterval < 0 {
+		return c, configErr("SnapshotInterval", c.SnapshotInterval.String(), "must not be negative")
+	}
+	if c.SnapshotInterval == 0 {
+		c.SnapshotInterval = DefaultSnapshotInterval
+	}
+	if c.JoinTimeout < 0 {
+		return c, configErr("JoinTimeout", c.JoinTimeout.String(), "must not be negative")
+	}
+	if c.JoinTimeout == 0 {
+		c.JoinTimeout = DefaultJoinTimeout
+	}
+	return c, validateTiming(c.Timing)
+}
+
+// settleNetwork checks that only an in-memory node has a MemNetwork and
+// gives it a private one by default.
+func settleNetwork(c Config) (Config, error) {
+	if !c.InMemory {
+		if c.Network != nil {
+			return c, configErr("Network", "", "only in-memory nodes use a MemNetwork; set InMemory or leave Network nil")
+		}
+		return c, nil
+	}
+	if c.Network == nil {
+		c.Network = NewMemNetwork()
+	}
+	return c, nil
+}
+
+// nodeAddress is how the other nodes reach this one, and its ID before
+// Peers may name it.
+type nodeAddress struct {
+	advertise string
+	id        string
+	idIsAddr  bool // id defaulted to advertise
+}
+
+// settleAddress checks Addr, AdvertiseAddr and ID.
+func settleAddress(c Config) (nodeAddress, error) {
+	var a nodeAddress
+	if c.InMemory {
+		if strings.TrimSpace(c.Addr) == "" || strings.ContainsAny(c.Addr, " \t\n=") {
+			return a, configErr("Addr", c.Addr, "an in-memory node needs a non-empty name without spaces or '='")
+		}
+		if c.AdvertiseAddr != "" && c.AdvertiseAddr != c.Addr {
+			return a, configErr("AdvertiseAddr", c.AdvertiseAddr, "in-memory nodes are reached at Addr; leave AdvertiseAddr empty")
+		}
+		a.advertise = c.Addr
+	} else {
+		host, port, err := splitHostPort("Addr", c.Addr)
 		if err != nil {
-			return nil, err
+			return a, err
 		}
-		s.tls = ts
+		a.advertise = c.Addr
+		if c.AdvertiseAddr != "" {
+			ahost, aport, err := splitHostPort("AdvertiseAddr", c.AdvertiseAddr)
+			if err != nil {
+				return a, err
+			}
+			if isUnspecifiedHost(ahost) {
+				return a, configErr("AdvertiseAddr", c.AdvertiseAddr, "must be an address other nodes can reach, not a wildcard")
+			}
+			if aport == "0" {
+				return a, configErr("AdvertiseAddr", c.AdvertiseAddr, "needs an explicit port")
+			}
+			a.advertise = c.AdvertiseAddr
+		} else if isUnspecifiedHost(host) {
+			return a, configErr("AdvertiseAddr", "", "required when Addr %q binds all interfaces: other nodes need an address they can reach", c.Addr)
+		}
+		if port == "0" && len(c.Peers) > 0 && c.AdvertiseAddr == "" {
+			return a, configErr("Addr", c.Addr, "port 0 cannot be combined with Peers: the other nodes need to know this node's port in advance")
+		}
+	}
+	if c.ID == "" {
+		a.id, a.idIsAddr = a.advertise, true
+		return a, nil
+	}
+	if strings.TrimSpace(c.ID) != c.ID || strings.ContainsAny(c.ID, "=\n") {
+		return a, configErr("ID", c.ID, "must not contain '=', newlines or surrounding spaces")
+	}
+	a.id = c.ID
+	return a, nil
+}
+
+// settleStores checks the snapshot settings, the log store and where the
+// node keeps its state: Dir on disk, or a MemStorage in memory.
+func settleStores(c Config) (Config, error) {
+	if c.SnapshotRetain < 0 {
+		return c, configErr("SnapshotRetain", strconv.Itoa(c.SnapshotRetain), "must be at least 1")
+	}
+	if c.SnapshotRetain == 0 {
+		c.SnapshotRetain = DefaultSnapshotRetain
+	}
+	if c.SnapshotThreshold == 0 {
+		c.SnapshotThreshold = DefaultSnapshotThreshold
+	}
+	if err := validateLogStore(c.LogStore); err != nil {
+		return c, err
+	}
+	if c.InMemory {
+		if c.Storage == nil {
+			c.Storage = NewMemStorage()
+		}
+		return c, nil
+	}
+	if c.Storage != nil {
+		return c, configErr("Storage", "", "only in-memory nodes use a MemStorage; set InMemory or leave Storage nil")
+	}
+	if strings.TrimSpace(c.Dir) == "" {
+		return c, configErr("Dir", c.Dir, "required (or set InMemory for a node without disk)")
+	}
+	if fi, err := os.Stat(c.Dir); err == nil && !fi.IsDir() {
+		return c, configErr("Dir", c.Dir, "is a file, not a directory")
+	}
+	c.Dir = filepath.Clean(c.Dir)
+	return c, nil
+}
+
+// peerSet is the parsed bootstrap list as it concerns this node.
+type peerSet struct {
+	list []peer
+	id   string // the node's ID, which an "id=addr" entry may give
+	err  error  // see settled.peersErr
+}
+
+// settlePeers parses Peers and checks that they name this node as it is.
+func settlePeers(c Config, a nodeAddress) (peerSet, error) {
+	ps := peerSet{id: a.id}
+	list, err := parsePeers(c.Peers, c.InMemory)
+	if err != nil || len(list) == 0 {
+		return ps, err
+	}
+	ps.list = list
+	if c.ID == "" {
+		// "id=addr" in Peers names this node when Config.ID is empty.
+		for _, p := range list {
+			if p.Addr == a.advertise {
+				ps.id = p.ID
+			}
+		}
+	}
+	found := false
+	for _, p := range list {
+		if p.Addr == a.advertise || (p.ID == ps.id && c.ID != "") {
+			if (p.Addr != a.advertise || p.ID != ps.id) && ps.err == nil {
+				ps.err = configErr("Peers", strings.Join(c.Peers, ","),
+					"lists this node as %s=%s but the node is %s=%s", p.ID, p.Addr, ps.id, a.advertise)
+			}
+			found = true
+		}
+	}
+	if !found {
+		ps.err = configErr("Peers", strings.Join(c.Peers, ","), "does not contain this node's address %q", a.advertise)
+	}
+	return ps, nil
+}
+
+// checkJoin checks Join's entries and that Join and Peers are not both set.
+func checkJoin(c Config, peers []peer) error {
+	if len(c.Join) > 0 && len(peers) > 0 {
+		return configErr("Join", strings.Join(c.Join, ","), "cannot be combined with Peers: bootstrap a new cluster with Peers, or join an existing one with Join")
 	}
 	for i, a := range c.Join {
 		if strings.TrimSpace(a) == "" {
-			return nil, configErr(fmt.Sprintf("Join[%d]", i), a, "is empty")
+			return configErr(fmt.Sprintf("Join[%d]", i), a, "is empty")
 		}
 		if !c.InMemory {
 			if _, _, err := splitHostPort(fmt.Sprintf("Join[%d]", i), a); err != nil {
-				return nil, err
+				return err
 			}
 		}
 	}
-	return s, nil
+	return nil
+}
+
+// settleTLS checks TLS and loads its files; nil without TLS. Failures to
+// reload the files later are logged to logger.
+func settleTLS(c *TLSConfig, logger hclog.Logger) (*tlsState, error) {
+	if c == nil {
+		return nil, nil
+	}
+	logger = logger.Named("tls")
+	return validateTLS(c, func(err error) {
+		logger.Warn("reloading TLS files failed; keeping the last good ones", "error", err)
+	})
 }
 
 // splitHostPort checks that addr is host:port with a valid port.

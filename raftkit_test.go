@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -517,5 +518,49 @@ func TestLeadershipWatchersStartWithCurrentStateAndSeeChanges(t *testing.T) {
 				return false
 			}
 		})
+	}
+}
+
+func TestPortZeroResolvesToANewValue(t *testing.T) {
+	port0 := Config{Addr: "127.0.0.1:0", Dir: t.TempDir()}
+	s, err := port0.settle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := s.bound(&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 45678})
+	if b.advertise != "127.0.0.1:45678" || b.ID != "127.0.0.1:45678" {
+		t.Fatalf("bound to port 45678: advertise %q, ID %q", b.advertise, b.ID)
+	}
+	if s.advertise != "127.0.0.1:0" || s.ID != "127.0.0.1:0" {
+		t.Fatalf("resolving port 0 changed the settled config: advertise %q, ID %q", s.advertise, s.ID)
+	}
+
+	named := port0
+	named.ID = "n1"
+	s, err = named.settle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := s.bound(&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 45678}); b.ID != "n1" || b.advertise != "127.0.0.1:45678" {
+		t.Fatalf("bound with ID n1: advertise %q, ID %q", b.advertise, b.ID)
+	}
+
+	advertised := port0
+	advertised.AdvertiseAddr = "127.0.0.1:7000"
+	s, err = advertised.settle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := s.bound(&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 45678}); b.advertise != "127.0.0.1:7000" || b.ID != "127.0.0.1:7000" {
+		t.Fatalf("bound with AdvertiseAddr: advertise %q, ID %q", b.advertise, b.ID)
+	}
+
+	n, err := NewRaftNode(port0, fsmexample.New())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	if _, port, _ := net.SplitHostPort(n.Addr()); port == "0" || n.ID() != n.Addr() {
+		t.Fatalf("node on port 0 has ID %q and address %q, want both the chosen port", n.ID(), n.Addr())
 	}
 }

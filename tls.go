@@ -69,7 +69,8 @@ func stamp(file string) (fileStamp, error) {
 }
 
 // validateTLS checks the TLSConfig fields and loads the files once.
-func validateTLS(c *TLSConfig) (*tlsState, error) {
+// onError receives later failures to reload them.
+func validateTLS(c *TLSConfig, onError func(error)) (*tlsState, error) {
 	for _, f := range []struct{ name, value string }{{"TLS.CAFile", c.CAFile}, {"TLS.CertFile", c.CertFile}, {"TLS.KeyFile", c.KeyFile}} {
 		if strings.TrimSpace(f.value) == "" {
 			return nil, configErr(f.name, f.value, "required when TLS is set")
@@ -83,7 +84,7 @@ func validateTLS(c *TLSConfig) (*tlsState, error) {
 			return nil, configErr(fmt.Sprintf("TLS.PeerNames[%d]", i), p, "is not a valid pattern")
 		}
 	}
-	s := &tlsState{cfg: *c, onError: func(error) {}}
+	s := &tlsState{cfg: *c, onError: onError}
 	if err := s.reload(true); err != nil {
 		return nil, err
 	}

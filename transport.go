@@ -367,9 +367,9 @@ func (a strAddr) Network() string { return "tcp" }
 func (a strAddr) String() string  { return string(a) }
 
 // openTransport binds the node's port and builds raft's transport on it.
-// The returned advertise address has a port chosen by the OS when Addr's
-// port was 0 and no AdvertiseAddr was given.
-func openTransport(s *settled) (*portMux, *raft.NetworkTransport, error) {
+// It returns s as bound: with Addr's port 0 and no AdvertiseAddr, the
+// advertised address has the port the OS chose.
+func openTransport(s *settled) (*settled, *portMux, *raft.NetworkTransport, error) {
 	var (
 		ln   net.Listener
 		dial dialFunc
@@ -379,7 +379,7 @@ func openTransport(s *settled) (*portMux, *raft.NetworkTransport, error) {
 	if s.InMemory {
 		ml, err := s.Network.listen(s.advertise)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		ln = ml
 		dial = func(addr string, timeout time.Duration) (net.Conn, error) {
@@ -391,16 +391,9 @@ func openTransport(s *settled) (*portMux, *raft.NetworkTransport, error) {
 			ln, err = net.Listen("tcp", s.Addr)
 		}
 		if err != nil {
-			return nil, nil, fmt.Errorf("raftkit: listen on Addr %q: %w", s.Addr, err)
+			return nil, nil, nil, fmt.Errorf("raftkit: listen on Addr %q: %w", s.Addr, err)
 		}
-		if s.AdvertiseAddr == "" {
-			// Port 0 resolves to the port the OS chose.
-			if _, port, _ := net.SplitHostPort(s.Addr); port == "0" {
-				host, _, _ := net.SplitHostPort(s.Addr)
-				_, realPort, _ := net.SplitHostPort(ln.Addr().String())
-				advertise = net.JoinHostPort(host, realPort)
-			}
-		}
+		s = s.bound(ln.Addr())
 		dialer := &net.Dialer{}
 		dial = func(addr string, timeout time.Duration) (net.Conn, error) {
 			dialer := *dialer
@@ -408,16 +401,12 @@ func openTransport(s *settled) (*portMux, *raft.NetworkTransport, error) {
 			return dialer.Dial("tcp", addr)
 		}
 	}
-	if s.tls != nil {
-		logger := s.Logger.Named("tls")
-		s.tls.onError = func(err error) { logger.Warn("reloading TLS files failed; keeping the last good ones", "error", err) }
-	}
-	mux := newPortMux(ln, advertise, dial, s.tls, s.Logger.Named("mux"))
+	mux := newPortMux(ln, s.advertise, dial, s.tls, s.Logger.Named("mux"))
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  raftStream{mux: mux},
 		MaxPool: raftMaxPool,
 		Timeout: raftIOTimeout,
 		Logger:  s.Logger.Named("transport"),
 	})
-	return mux, trans, nil
+	return s, mux, trans, nil
 }
