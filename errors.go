@@ -106,6 +106,10 @@ var (
 	ErrRecovery = errors.New("raftkit: cannot recover")
 )
 
+// errTransferFailed is a leadership transfer that raft gave up, again and
+// again until the caller's context ended, while this node kept leading.
+var errTransferFailed error = &classed{msg: "raftkit: leadership did not move", class: ErrNotApplied}
+
 // classed is a sentinel that also matches the class it belongs to.
 type classed struct {
 	msg   string

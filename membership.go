@@ -159,18 +159,32 @@ func (n *RaftNode) transferHere(ctx context.Context, id string) error {
 	}
 	n.runners.pause(ctx)
 	defer n.runners.resume()
-	var f raft.Future
-	if id == "" {
-		n.departures.handedOver.Store(true)
-		f = n.raft.LeadershipTransfer()
-	} else {
-		f = n.raft.LeadershipTransferToServer(srv.ID, srv.Address)
+	// Quiets the peers' "newer term" lines that follow a handover (see
+	// departures).
+	n.departures.handedOver.Store(true)
+	for attempt := 0; ; attempt++ {
+		var f raft.Future
+		if id == "" {
+			f = n.raft.LeadershipTransfer()
+		} else {
+			f = n.raft.LeadershipTransferToServer(srv.ID, srv.Address)
+		}
+		err := n.waitFuture(ctx, f)
+		if err == nil || !n.IsLeader() || ctx.Err() != nil {
+			if err != nil && n.IsLeader() {
+				n.departures.handedOver.Store(false) // still leading: nothing was handed over
+			}
+			return n.configError(what, err)
+		}
+		// raft gave the transfer up (it could not reach the target, say
+		// over a pooled connection to a restarted peer, or the target did
+		// not take over in time) and this node leads on: leadership did
+		// not move. Try again within ctx.
+		if !n.backoff(ctx, attempt) {
+			n.departures.handedOver.Store(false)
+			return wrapErr(errTransferFailed, what, err)
+		}
 	}
-	err := n.waitFuture(ctx, f)
-	if err != nil && n.IsLeader() {
-		n.departures.handedOver.Store(false) // still leading: nothing was handed over
-	}
-	return n.configError(what, err)
 }
 
 // Leave removes this node from the cluster and closes it: a leader first
