@@ -138,7 +138,8 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 	}
 	tracked := newTrackedFSM(fsm)
 	tracked.restored = func() uint64 { return snapshotIndex(stores.snaps) }
-	r, err := raft.NewRaft(rc, tracked, stores.log, stores.stable, stores.snaps, trans)
+	guarded, stable := guardTerms(trans, stores.stable, mux.done, &mux.wg, s.Logger.Named("transport"))
+	r, err := raft.NewRaft(rc, tracked, stores.log, stable, stores.snaps, guarded)
 	if err != nil {
 		return nil, fmt.Errorf("raftkit: start raft: %w", err)
 	}
