@@ -144,6 +144,7 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 		return nil, fmt.Errorf("raftkit: start raft: %w", err)
 	}
 	undo = append(undo, func() error { return r.Shutdown().Error() })
+	mux.followConfiguration(r)
 
 	n := &RaftNode{
 		cfg:     s,

@@ -7,10 +7,13 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+
+	"github.com/raftkit/raftkit/internal/wire"
 )
 
 // Every connection to a node's port starts with one tag byte that says who
@@ -20,23 +23,57 @@ const (
 	tagRPC  byte = 0x4b // 'K': raftkit's node-to-node requests (net/rpc)
 )
 
+// Admission. A connection comes from a member or from a stranger. Members
+// are hosts of the node's configured Peers and Join addresses and of the
+// servers in raft's latest configuration (refreshed every second) and,
+// with TLS, every connection that passed the mutual TLS handshake.
+// Strangers get short deadlines and small caps of their own, so that no
+// number of them can take the room reserved for members: a flood of silent
+// or half-open connections from other hosts never locks out a peer or a
+// restarting member.
 const (
-	// handshakeTimeout bounds how long an accepted connection may take to
-	// send its tag byte before it is closed.
-	handshakeTimeout = 5 * time.Second
+	// handshakeTimeout bounds how long an accepted connection from a
+	// member's host may take for its TLS handshake and tag byte;
+	// strangerHandshakeTimeout is the same for other hosts.
+	handshakeTimeout         = 5 * time.Second
+	strangerHandshakeTimeout = 2 * time.Second
 	// raftIOTimeout is raft's NetworkTransport I/O deadline.
 	raftIOTimeout = 10 * time.Second
 	// raftMaxPool is how many idle raft connections are kept per peer.
 	raftMaxPool = 3
-	// maxPendingPerHost and maxPendingTotal cap accepted connections that
+	// maxPendingPerHost and maxPendingTotal cap strangers' connections that
 	// have not finished their handshake (TLS and tag byte), per remote host
-	// and in all, so a flood of idle or garbage connections cannot exhaust
-	// a node. Connections over the cap are closed at once.
-	maxPendingPerHost = 64
-	maxPendingTotal   = 512
-	// maxConns caps all open connections of a node.
-	maxConns = 4096
+	// and in all; maxPendingMemberHost caps those of one member host.
+	// Connections over a cap are closed at once.
+	maxPendingPerHost    = 16
+	maxPendingTotal      = 256
+	maxPendingMemberHost = 256
+	// maxStrangerConnsPerHost and maxStrangerConns cap strangers'
+	// connections past their handshake (without TLS, strangers can speak
+	// raft and send requests); each such connection is closed after
+	// strangerIdleTimeout without a byte.
+	maxStrangerConnsPerHost = 8
+	maxStrangerConns        = 64
+	strangerIdleTimeout     = 15 * time.Second
+	// maxConns caps all open connections of a node; strangers may hold at
+	// most maxConns-memberReserve of them.
+	maxConns      = 4096
+	memberReserve = 1024
+	// strangerMaxFrame caps one request message from a stranger: a join
+	// request is a few hundred bytes; only members forward commands.
+	strangerMaxFrame = 64 << 10
 )
+
+// rpcLimits bound the request connections of members and of strangers.
+var (
+	memberRPCLimits   = wire.Limits{Deadlines: rpcDeadlines}
+	strangerRPCLimits = wire.Limits{Deadlines: wire.Deadlines{Idle: strangerIdleTimeout, Message: 5 * time.Second}, MaxFrame: strangerMaxFrame}
+)
+
+// requestBudget is how many bytes of request messages a node reads at a
+// time, over all its connections: two of the largest messages, and never
+// less than 32 MiB.
+func requestBudget(maxFrame int) int { return max(2*maxFrame, 32<<20) }
 
 // dialFunc opens a connection to addr.
 type dialFunc func(addr string, timeout time.Duration) (net.Conn, error)
@@ -52,13 +89,21 @@ type portMux struct {
 	tls       *tlsState // nil: plain TCP
 
 	raftConns chan net.Conn
+	budget    *wire.Budget
 
-	mu      sync.Mutex
-	conns   map[net.Conn]struct{}
-	handler func(net.Conn) // serves tagRPC connections; nil refuses them
-	closed  bool
-	pending map[string]int // handshakes under way, by remote host
-	npend   int
+	// members holds the member hosts (see Admission); staticMembers are
+	// those from the Config.
+	members       atomic.Pointer[map[string]bool]
+	staticMembers []string
+
+	mu        sync.Mutex
+	conns     map[net.Conn]struct{}
+	handler   func(net.Conn, wire.Limits) // serves tagRPC connections; nil refuses them
+	closed    bool
+	pending   map[string]int // handshakes under way, by remote host
+	npend     int            // strangers' handshakes under way
+	strangers map[string]int // strangers' connections past the handshake, by host
+	nstranger int
 
 	done chan struct{}
 	wg   sync.WaitGroup
@@ -70,7 +115,10 @@ type portMux struct {
 	raftHandlers sync.WaitGroup
 }
 
-func newPortMux(ln net.Listener, advertise string, dial dialFunc, ts *tlsState, logger hclog.Logger) *portMux {
+// newPortMux serves ln. members lists addresses (host:port) whose hosts are
+// members from the start; maxFrame is the largest request message a member
+// may send.
+func newPortMux(ln net.Listener, advertise string, dial dialFunc, ts *tlsState, logger hclog.Logger, members []string, maxFrame int) *portMux {
 	m := &portMux{
 		ln:        ln,
 		advertise: advertise,
@@ -78,17 +126,71 @@ func newPortMux(ln net.Listener, advertise string, dial dialFunc, ts *tlsState, 
 		tls:       ts,
 		logger:    logger,
 		raftConns: make(chan net.Conn),
+		budget:    wire.NewBudget(requestBudget(maxFrame)),
 		conns:     map[net.Conn]struct{}{},
 		pending:   map[string]int{},
+		strangers: map[string]int{},
 		done:      make(chan struct{}),
 	}
+	for _, a := range members {
+		m.staticMembers = append(m.staticMembers, hostOf(a))
+	}
+	m.setMembers(nil)
 	m.wg.Add(1)
 	go m.acceptLoop()
 	return m
 }
 
+func hostOf(addr string) string {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	return host
+}
+
+// setMembers makes the hosts of addrs, and the static ones, the members.
+func (m *portMux) setMembers(addrs []string) {
+	set := map[string]bool{}
+	for _, h := range m.staticMembers {
+		set[h] = true
+	}
+	for _, a := range addrs {
+		set[hostOf(a)] = true
+	}
+	m.members.Store(&set)
+}
+
+func (m *portMux) isMember(host string) bool { return (*m.members.Load())[host] }
+
+// followConfiguration keeps the member hosts in step with r's latest
+// configuration until the mux closes.
+func (m *portMux) followConfiguration(r *raft.Raft) {
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			f := r.GetConfiguration()
+			if f.Error() == nil {
+				var addrs []string
+				for _, srv := range f.Configuration().Servers {
+					addrs = append(addrs, string(srv.Address))
+				}
+				m.setMembers(addrs)
+			}
+			select {
+			case <-m.done:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+}
+
 // serveRPC sets the handler for raftkit request connections.
-func (m *portMux) serveRPC(h func(net.Conn)) {
+func (m *portMux) serveRPC(h func(net.Conn, wire.Limits)) {
 	m.mu.Lock()
 	m.handler = h
 	m.mu.Unlock()
@@ -121,18 +223,19 @@ func (m *portMux) acceptLoop() {
 		}
 		delay = 0
 		host := remoteHost(conn)
-		if !m.admit(host) {
-			m.logger.Debug("refusing connection over the handshake limit", "remote", conn.RemoteAddr().String())
+		member := m.isMember(host)
+		if !m.admit(host, member) {
+			m.logger.Debug("refusing connection over the handshake limit", "remote", conn.RemoteAddr().String(), "member_host", member)
 			conn.Close()
 			continue
 		}
 		tracked, ok := m.track(conn)
 		if !ok {
-			m.release(host)
+			m.release(host, member)
 			return
 		}
 		m.wg.Add(1)
-		go m.route(tracked.(*trackedConn), host)
+		go m.route(tracked.(*trackedConn), host, member)
 	}
 }
 
@@ -145,10 +248,17 @@ func remoteHost(c net.Conn) string {
 }
 
 // admit counts a connection that starts its handshake, unless a cap is hit.
-func (m *portMux) admit(host string) bool {
+func (m *portMux) admit(host string, member bool) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.npend >= maxPendingTotal || m.pending[host] >= maxPendingPerHost || len(m.conns) >= maxConns {
+	if member {
+		if m.pending[host] >= maxPendingMemberHost || len(m.conns) >= maxConns {
+			return false
+		}
+		m.pending[host]++
+		return true
+	}
+	if m.npend >= maxPendingTotal || m.pending[host] >= maxPendingPerHost || len(m.conns) >= maxConns-memberReserve {
 		return false
 	}
 	m.pending[host]++
@@ -156,20 +266,26 @@ func (m *portMux) admit(host string) bool {
 	return true
 }
 
-func (m *portMux) release(host string) {
+func (m *portMux) release(host string, member bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.pending[host]--; m.pending[host] <= 0 {
 		delete(m.pending, host)
 	}
-	m.npend--
+	if !member {
+		m.npend--
+	}
 }
 
-// handshake runs TLS (if on) and reads the tag byte, all within
-// handshakeTimeout.
-func (m *portMux) handshake(tc *trackedConn) (net.Conn, byte, error) {
+// handshake runs TLS (if on) and reads the tag byte, all within the
+// handshake timeout.
+func (m *portMux) handshake(tc *trackedConn, member bool) (net.Conn, byte, error) {
 	var conn net.Conn = tc
-	_ = tc.SetDeadline(time.Now().Add(handshakeTimeout))
+	timeout := handshakeTimeout
+	if !member {
+		timeout = strangerHandshakeTimeout
+	}
+	_ = tc.SetDeadline(time.Now().Add(timeout))
 	if m.tls != nil {
 		tconn := tls.Server(tc, m.tls.serverConfig())
 		if err := tconn.Handshake(); err != nil {
@@ -186,19 +302,29 @@ func (m *portMux) handshake(tc *trackedConn) (net.Conn, byte, error) {
 }
 
 // route finishes the handshake and hands the connection on by its tag.
-func (m *portMux) route(tc *trackedConn, host string) {
+func (m *portMux) route(tc *trackedConn, host string, member bool) {
 	defer m.wg.Done()
-	conn, tag, err := m.handshake(tc)
-	m.release(host)
+	conn, tag, err := m.handshake(tc, member)
+	m.release(host, member)
 	if err != nil {
 		m.logger.Debug("closing connection that failed its handshake", "remote", tc.RemoteAddr().String(), "error", err)
 		tc.Close()
 		return
 	}
+	// With TLS, a completed handshake proves membership.
+	stranger := m.tls == nil && !member && !m.isMember(host)
+	if stranger {
+		if !m.admitStranger(tc, host) {
+			m.logger.Debug("closing connection over the limit for hosts outside the cluster", "remote", tc.RemoteAddr().String())
+			tc.Close()
+			return
+		}
+		conn = &idleConn{Conn: conn, mux: m, host: host}
+	}
 	switch tag {
 	case tagRaft:
 		m.raftHandlers.Add(1)
-		tc.onClose = m.raftHandlers.Done
+		tc.addOnClose(m.raftHandlers.Done)
 		select {
 		case m.raftConns <- conn:
 		case <-m.done:
@@ -212,10 +338,62 @@ func (m *portMux) route(tc *trackedConn, host string) {
 			conn.Close()
 			return
 		}
-		h(conn)
+		limits := memberRPCLimits
+		if stranger {
+			limits = strangerRPCLimits
+		}
+		limits.Budget = m.budget
+		h(conn, limits)
 	default:
 		m.logger.Debug("closing connection with unknown tag", "remote", conn.RemoteAddr().String(), "tag", tag)
 		conn.Close()
+	}
+}
+
+// admitStranger counts a stranger's connection past its handshake, unless
+// a cap is hit; closing tc gives its place back.
+func (m *portMux) admitStranger(tc *trackedConn, host string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.nstranger >= maxStrangerConns || m.strangers[host] >= maxStrangerConnsPerHost {
+		return false
+	}
+	m.strangers[host]++
+	m.nstranger++
+	tc.addOnClose(func() {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if m.strangers[host]--; m.strangers[host] <= 0 {
+			delete(m.strangers, host)
+		}
+		m.nstranger--
+	})
+	return true
+}
+
+// idleConn is a stranger's connection: a read that waits longer than
+// strangerIdleTimeout for its first byte fails, unless the host has become
+// a member meanwhile (a node that was just added), which lifts the limit.
+type idleConn struct {
+	net.Conn
+	mux    *portMux
+	host   string
+	member bool
+}
+
+func (c *idleConn) Read(p []byte) (int, error) {
+	for {
+		if !c.member {
+			_ = c.Conn.SetReadDeadline(time.Now().Add(strangerIdleTimeout))
+		}
+		n, err := c.Conn.Read(p)
+		var ne net.Error
+		if n == 0 && errors.As(err, &ne) && ne.Timeout() && !c.member && c.mux.isMember(c.host) {
+			c.member = true
+			_ = c.Conn.SetReadDeadline(time.Time{})
+			continue
+		}
+		return n, err
 	}
 }
 
@@ -297,8 +475,10 @@ type trackedConn struct {
 	net.Conn
 	mux     *portMux
 	once    sync.Once
-	onClose func() // set before the conn is shared
+	onClose []func() // added to before the conn is shared
 }
+
+func (t *trackedConn) addOnClose(f func()) { t.onClose = append(t.onClose, f) }
 
 func (t *trackedConn) Close() error {
 	err := t.Conn.Close()
@@ -308,8 +488,8 @@ func (t *trackedConn) Close() error {
 			delete(t.mux.conns, t)
 		}
 		t.mux.mu.Unlock()
-		if t.onClose != nil {
-			t.onClose()
+		for _, f := range t.onClose {
+			f()
 		}
 	})
 	return err
@@ -387,7 +567,12 @@ func openTransport(s *settled) (*portMux, *raft.NetworkTransport, error) {
 		logger := s.Logger.Named("tls")
 		s.tls.onError = func(err error) { logger.Warn("reloading TLS files failed; keeping the last good ones", "error", err) }
 	}
-	mux := newPortMux(ln, advertise, dial, s.tls, s.Logger.Named("mux"))
+	var members []string
+	for _, p := range s.peers {
+		members = append(members, p.Addr)
+	}
+	members = append(members, s.Join...)
+	mux := newPortMux(ln, advertise, dial, s.tls, s.Logger.Named("mux"), members, wire.MaxFrame)
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  raftStream{mux: mux},
 		MaxPool: raftMaxPool,

@@ -132,30 +132,54 @@ type Deadlines struct {
 	Message time.Duration
 }
 
+// Limits bound what one server connection can make its node hold.
+type Limits struct {
+	Deadlines
+	// MaxFrame is the largest frame the connection may send; 0 means
+	// MaxFrame.
+	MaxFrame int
+	// Budget, if set, is shared by the node's connections: a frame's
+	// buffer (beyond a first small chunk) is reserved from it as it grows
+	// with the bytes that arrive, and given back once the frame is
+	// decoded, so frames being read never hold more than the budget in
+	// all. A frame that cannot get budget within its message deadline
+	// fails with ErrBusy.
+	Budget *Budget
+}
+
 // frameConn reads and writes length-prefixed frames.
 type frameConn struct {
-	conn      net.Conn
-	r         *bufio.Reader
-	w         *bufio.Writer
-	h         *codec.MsgpackHandle
-	deadlines Deadlines
-	buf       []byte
-	wmu       sync.Mutex
+	conn   net.Conn
+	r      *bufio.Reader
+	w      *bufio.Writer
+	h      *codec.MsgpackHandle
+	limits Limits
+	buf    []byte
+	wmu    sync.Mutex
 }
 
-func newFrameConn(conn net.Conn, d Deadlines) *frameConn {
-	return &frameConn{conn: conn, r: bufio.NewReader(conn), w: bufio.NewWriter(conn), h: Handle(), deadlines: d}
+func newFrameConn(conn net.Conn, l Limits) *frameConn {
+	if l.MaxFrame <= 0 || l.MaxFrame > MaxFrame {
+		l.MaxFrame = MaxFrame
+	}
+	return &frameConn{conn: conn, r: bufio.NewReaderSize(conn, readChunk), w: bufio.NewWriter(conn), h: Handle(), limits: l}
 }
 
-// ErrFrameTooLarge is returned for a message over MaxFrame.
+// readChunk is how much of a frame is read before its buffer grows; a
+// connection keeps a buffer of at most this size between frames.
+const readChunk = 16 << 10
+
+// ErrFrameTooLarge is returned for a message over the connection's limit.
 var ErrFrameTooLarge = errors.New("raftkit wire: message exceeds size limit")
 
 // readFrame reads one frame and decodes it into v (nil discards it). idle
-// says whether this frame starts a new message.
+// says whether this frame starts a new message. Memory grows with the
+// bytes that arrive, never ahead of them: a length prefix alone costs
+// nothing.
 func (c *frameConn) readFrame(v any, idle bool) error {
-	d := c.deadlines.Message
+	d := c.limits.Message
 	if idle {
-		d = c.deadlines.Idle
+		d = c.limits.Idle
 	}
 	if d > 0 {
 		_ = c.conn.SetReadDeadline(time.Now().Add(d))
@@ -164,27 +188,134 @@ func (c *frameConn) readFrame(v any, idle bool) error {
 	if _, err := io.ReadFull(c.r, hdr[:]); err != nil {
 		return err
 	}
-	if idle && c.deadlines.Message > 0 {
-		_ = c.conn.SetReadDeadline(time.Now().Add(c.deadlines.Message))
+	var deadline time.Time
+	if c.limits.Message > 0 {
+		deadline = time.Now().Add(c.limits.Message)
+		if idle {
+			_ = c.conn.SetReadDeadline(deadline)
+		}
 	}
-	n := binary.BigEndian.Uint32(hdr[:])
-	if n > MaxFrame {
-		return fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, n, MaxFrame)
+	n := int(binary.BigEndian.Uint32(hdr[:]))
+	if n > c.limits.MaxFrame {
+		return fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, n, c.limits.MaxFrame)
 	}
-	if cap(c.buf) < int(n) {
-		c.buf = make([]byte, n)
+	// Budget is reserved for buffer growth beyond the first chunk, as the
+	// bytes arrive; a sender that stops half-way holds only what it sent.
+	reserved := 0
+	if b := c.limits.Budget; b != nil {
+		defer func() { b.release(reserved) }()
 	}
-	b := c.buf[:n]
-	if _, err := io.ReadFull(c.r, b); err != nil {
-		return err
+	buf := c.buf[:0]
+	for len(buf) < n {
+		if len(buf) == cap(buf) {
+			size := min(n, max(2*cap(buf), readChunk))
+			if b := c.limits.Budget; b != nil && size > readChunk {
+				more := size - max(cap(buf), readChunk)
+				if err := b.acquire(more, deadline); err != nil {
+					return err
+				}
+				reserved += more
+			}
+			grown := make([]byte, len(buf), size)
+			copy(grown, buf)
+			buf = grown
+		}
+		m, err := c.r.Read(buf[len(buf):min(n, cap(buf))])
+		buf = buf[:len(buf)+m]
+		if err != nil && len(buf) < n {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
+	}
+	if cap(buf) <= readChunk {
+		c.buf = buf
+	} else {
+		c.buf = nil
 	}
 	if v == nil {
 		return nil
 	}
-	if err := codec.NewDecoderBytes(b, c.h).Decode(v); err != nil {
+	if err := codec.NewDecoderBytes(buf, c.h).Decode(v); err != nil {
 		return fmt.Errorf("raftkit wire: decode: %w", err)
 	}
 	return nil
+}
+
+// ErrBusy is returned when a frame waited for the node's in-flight byte
+// budget longer than its message deadline.
+var ErrBusy = errors.New("raftkit wire: node busy: in-flight request bytes at their limit")
+
+// Budget is a count of bytes that frames being read may hold, shared by a
+// node's connections.
+type Budget struct {
+	mu    sync.Mutex
+	free  int
+	total int
+	wake  chan struct{} // closed and replaced when bytes are released
+}
+
+// NewBudget returns a budget of total bytes.
+func NewBudget(total int) *Budget {
+	return &Budget{free: total, total: total, wake: make(chan struct{})}
+}
+
+// acquire reserves n bytes, waiting until deadline (zero: forever) for
+// them. More than the whole budget waits for all of it.
+func (b *Budget) acquire(n int, deadline time.Time) error {
+	n = min(n, b.total)
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		b.mu.Lock()
+		if b.free >= n {
+			b.free -= n
+			b.mu.Unlock()
+			return nil
+		}
+		wake := b.wake
+		b.mu.Unlock()
+		var expired <-chan time.Time
+		if !deadline.IsZero() {
+			wait := time.Until(deadline)
+			if wait <= 0 {
+				return fmt.Errorf("%w: %d bytes wanted", ErrBusy, n)
+			}
+			if timer == nil {
+				timer = time.NewTimer(wait)
+			}
+			expired = timer.C
+		}
+		select {
+		case <-wake:
+		case <-expired:
+			return fmt.Errorf("%w: %d bytes wanted", ErrBusy, n)
+		}
+	}
+}
+
+func (b *Budget) release(n int) {
+	n = min(n, b.total)
+	if n <= 0 {
+		return
+	}
+	b.mu.Lock()
+	b.free += n
+	close(b.wake)
+	b.wake = make(chan struct{})
+	b.mu.Unlock()
+}
+
+// InUse returns how many bytes are reserved.
+func (b *Budget) InUse() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.total - b.free
 }
 
 // writeFrames encodes each value as a frame and flushes them together.
@@ -196,8 +327,8 @@ func (c *frameConn) writeFrames(vs ...any) error {
 		if err := codec.NewEncoderBytes(&frames[i], c.h).Encode(v); err != nil {
 			return fmt.Errorf("raftkit wire: encode: %w", err)
 		}
-		if len(frames[i]) > MaxFrame {
-			return fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, len(frames[i]), MaxFrame)
+		if len(frames[i]) > c.limits.MaxFrame {
+			return fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, len(frames[i]), c.limits.MaxFrame)
 		}
 	}
 	c.wmu.Lock()
@@ -229,9 +360,9 @@ type serverCodec struct {
 	inFlight chan struct{}
 }
 
-// NewServerCodec returns a net/rpc server codec on conn.
-func NewServerCodec(conn net.Conn, d Deadlines) rpc.ServerCodec {
-	return serverCodec{newFrameConn(conn, d), make(chan struct{}, MaxInFlight)}
+// NewServerCodec returns a net/rpc server codec on conn, bounded by l.
+func NewServerCodec(conn net.Conn, l Limits) rpc.ServerCodec {
+	return serverCodec{newFrameConn(conn, l), make(chan struct{}, MaxInFlight)}
 }
 
 func (c serverCodec) ReadRequestHeader(r *rpc.Request) error {
@@ -266,7 +397,7 @@ type ClientCodec struct {
 // idle deadline (responses may take as long as the call's own timeout) but
 // each message must arrive within d.Message once started.
 func NewClientCodec(conn net.Conn, d Deadlines) *ClientCodec {
-	return &ClientCodec{frameConn: newFrameConn(conn, Deadlines{Message: d.Message})}
+	return &ClientCodec{frameConn: newFrameConn(conn, Limits{Deadlines: Deadlines{Message: d.Message}})}
 }
 
 // Broken reports whether reading or writing on the connection has failed;

@@ -24,7 +24,7 @@ func serve(t *testing.T, d Deadlines) (client net.Conn, done chan struct{}) {
 	}
 	c, s := net.Pipe()
 	done = make(chan struct{})
-	go func() { srv.ServeCodec(NewServerCodec(s, d)); close(done) }()
+	go func() { srv.ServeCodec(NewServerCodec(s, Limits{Deadlines: d})); close(done) }()
 	t.Cleanup(func() { c.Close(); <-done })
 	return c, done
 }
@@ -90,9 +90,51 @@ func TestEncodeRefusesOversizedMessages(t *testing.T) {
 	a, b := net.Pipe()
 	defer a.Close()
 	defer b.Close()
-	fc := newFrameConn(a, Deadlines{})
+	fc := newFrameConn(a, Limits{})
 	err := fc.writeFrames(&ApplyRequest{Command: make([]byte, MaxFrame+1)})
 	if !errors.Is(err, ErrFrameTooLarge) {
 		t.Fatalf("got %v, want ErrFrameTooLarge", err)
+	}
+}
+
+func TestBudgetBoundsFramesInFlight(t *testing.T) {
+	b := NewBudget(256 << 10)
+	// A sender that stops half-way holds the budget for what it sent, not
+	// for what it claimed.
+	a, peer := net.Pipe()
+	defer a.Close()
+	defer peer.Close()
+	stalled := newFrameConn(a, Limits{Deadlines: Deadlines{Message: time.Minute}, Budget: b})
+	go func() {
+		var hdr [4]byte
+		binary.BigEndian.PutUint32(hdr[:], 60<<20)
+		peer.Write(hdr[:])
+		peer.Write(make([]byte, 100<<10))
+	}()
+	go stalled.readFrame(nil, true)
+	deadline := time.Now().Add(5 * time.Second)
+	for b.InUse() == 0 || b.InUse() > 256<<10 {
+		if time.Now().After(deadline) {
+			t.Fatalf("budget in use %d after 100 KiB of a 60 MiB claim", b.InUse())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if got := b.InUse(); got > 128<<10 {
+		t.Fatalf("100 KiB received reserved %d bytes", got)
+	}
+	// Another frame that needs more than is left waits, then gives up at
+	// its deadline with ErrBusy.
+	c, peer2 := net.Pipe()
+	defer c.Close()
+	defer peer2.Close()
+	waiting := newFrameConn(c, Limits{Deadlines: Deadlines{Message: 200 * time.Millisecond}, Budget: b})
+	go func() {
+		var hdr [4]byte
+		binary.BigEndian.PutUint32(hdr[:], 300<<10)
+		peer2.Write(hdr[:])
+		peer2.Write(make([]byte, 300<<10))
+	}()
+	if err := waiting.readFrame(nil, true); !errors.Is(err, ErrBusy) {
+		t.Fatalf("frame over the remaining budget: %v, want ErrBusy", err)
 	}
 }
