@@ -288,8 +288,8 @@ func (n *RaftNode) Apply(ctx context.Context, cmd []byte) (any, error) {
 	if err := n.checkOpen(); err != nil {
 		return nil, err
 	}
-	if len(cmd) > MaxCommandSize {
-		return nil, fmt.Errorf("%w: %d bytes, limit MaxCommandSize = %d", ErrTooLarge, len(cmd), MaxCommandSize)
+	if len(cmd) > n.cfg.MaxCommandSize {
+		return nil, fmt.Errorf("%w: %d bytes, limit Config.MaxCommandSize = %d", ErrTooLarge, len(cmd), n.cfg.MaxCommandSize)
 	}
 	start := time.Now()
 	if n.IsLeader() {
@@ -331,8 +331,8 @@ func (n *RaftNode) applyRaw(ctx context.Context, cmd []byte) (res any, err error
 	if err := n.checkOpen(); err != nil {
 		return nil, err
 	}
-	if len(cmd) > MaxCommandSize {
-		return nil, fmt.Errorf("%w: %d bytes, limit MaxCommandSize = %d", ErrTooLarge, len(cmd), MaxCommandSize)
+	if len(cmd) > n.cfg.MaxCommandSize {
+		return nil, fmt.Errorf("%w: %d bytes, limit Config.MaxCommandSize = %d", ErrTooLarge, len(cmd), n.cfg.MaxCommandSize)
 	}
 	if n.raft.State() != raft.Leader {
 		return nil, n.notLeader()

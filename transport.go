@@ -71,9 +71,14 @@ var (
 )
 
 // requestBudget is how many bytes of request messages a node reads at a
-// time, over all its connections: two of the largest messages, and never
-// less than 32 MiB.
-func requestBudget(maxFrame int) int { return max(2*maxFrame, 32<<20) }
+// time, over all its connections: two of the largest messages its
+// followers send (one command of maxCommand bytes, or a batch of smaller
+// ones), and never less than 32 MiB. A single larger message (from a node
+// configured with a larger MaxCommandSize) is still read when it is the
+// only one in flight.
+func requestBudget(maxCommand int) int {
+	return max(2*(max(maxCommand, maxBatchBytes)+64<<10), 32<<20)
+}
 
 // dialFunc opens a connection to addr.
 type dialFunc func(addr string, timeout time.Duration) (net.Conn, error)
@@ -116,9 +121,9 @@ type portMux struct {
 }
 
 // newPortMux serves ln. members lists addresses (host:port) whose hosts are
-// members from the start; maxFrame is the largest request message a member
-// may send.
-func newPortMux(ln net.Listener, advertise string, dial dialFunc, ts *tlsState, logger hclog.Logger, members []string, maxFrame int) *portMux {
+// members from the start; budget is the bytes of request messages the node
+// reads at a time.
+func newPortMux(ln net.Listener, advertise string, dial dialFunc, ts *tlsState, logger hclog.Logger, members []string, budget int) *portMux {
 	m := &portMux{
 		ln:        ln,
 		advertise: advertise,
@@ -126,7 +131,7 @@ func newPortMux(ln net.Listener, advertise string, dial dialFunc, ts *tlsState, 
 		tls:       ts,
 		logger:    logger,
 		raftConns: make(chan net.Conn),
-		budget:    wire.NewBudget(requestBudget(maxFrame)),
+		budget:    wire.NewBudget(budget),
 		conns:     map[net.Conn]struct{}{},
 		pending:   map[string]int{},
 		strangers: map[string]int{},
@@ -572,7 +577,7 @@ func openTransport(s *settled) (*portMux, *raft.NetworkTransport, error) {
 		members = append(members, p.Addr)
 	}
 	members = append(members, s.Join...)
-	mux := newPortMux(ln, advertise, dial, s.tls, s.Logger.Named("mux"), members, wire.MaxFrame)
+	mux := newPortMux(ln, advertise, dial, s.tls, s.Logger.Named("mux"), members, requestBudget(s.MaxCommandSize))
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  raftStream{mux: mux},
 		MaxPool: raftMaxPool,

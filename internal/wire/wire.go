@@ -211,7 +211,7 @@ func (c *frameConn) readFrame(v any, idle bool) error {
 			size := min(n, max(2*cap(buf), readChunk))
 			if b := c.limits.Budget; b != nil && size > readChunk {
 				more := size - max(cap(buf), readChunk)
-				if err := b.acquire(more, deadline); err != nil {
+				if err := b.acquire(more, reserved, deadline); err != nil {
 					return err
 				}
 				reserved += more
@@ -261,10 +261,11 @@ func NewBudget(total int) *Budget {
 	return &Budget{free: total, total: total, wake: make(chan struct{})}
 }
 
-// acquire reserves n bytes, waiting until deadline (zero: forever) for
-// them. More than the whole budget waits for all of it.
-func (b *Budget) acquire(n int, deadline time.Time) error {
-	n = min(n, b.total)
+// acquire reserves n more bytes for a frame that holds held bytes already,
+// waiting until deadline (zero: forever) for them. A frame that is alone in
+// holding budget may take more than the whole budget, so that one message
+// larger than the budget is still read.
+func (b *Budget) acquire(n, held int, deadline time.Time) error {
 	var timer *time.Timer
 	defer func() {
 		if timer != nil {
@@ -273,7 +274,7 @@ func (b *Budget) acquire(n int, deadline time.Time) error {
 	}()
 	for {
 		b.mu.Lock()
-		if b.free >= n {
+		if b.free >= n || b.total-b.free == held {
 			b.free -= n
 			b.mu.Unlock()
 			return nil
@@ -300,7 +301,6 @@ func (b *Budget) acquire(n int, deadline time.Time) error {
 }
 
 func (b *Budget) release(n int) {
-	n = min(n, b.total)
 	if n <= 0 {
 		return
 	}

@@ -138,3 +138,23 @@ func TestBudgetBoundsFramesInFlight(t *testing.T) {
 		t.Fatalf("frame over the remaining budget: %v, want ErrBusy", err)
 	}
 }
+
+func TestLoneFrameLargerThanBudgetIsRead(t *testing.T) {
+	b := NewBudget(64 << 10)
+	a, peer := net.Pipe()
+	defer a.Close()
+	defer peer.Close()
+	fc := newFrameConn(a, Limits{Deadlines: Deadlines{Message: 5 * time.Second}, Budget: b})
+	go func() {
+		var hdr [4]byte
+		binary.BigEndian.PutUint32(hdr[:], 1<<20)
+		peer.Write(hdr[:])
+		peer.Write(make([]byte, 1<<20))
+	}()
+	if err := fc.readFrame(nil, true); err != nil {
+		t.Fatalf("a 1 MiB frame alone with a 64 KiB budget: %v", err)
+	}
+	if b.InUse() != 0 {
+		t.Fatalf("budget in use after the frame: %d", b.InUse())
+	}
+}
