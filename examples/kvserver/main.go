@@ -30,7 +30,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"log"
 	"net/http"
 	"os"
@@ -63,6 +62,7 @@ func main() {
 		secret   = flag.String("join-secret", "", "shared secret that membership requests must carry (for clusters without TLS)")
 		joinWait = flag.Duration("join-timeout", raftkit.DefaultJoinTimeout, "how long to keep trying -join")
 		mutate   = flag.Bool("admin-mutations", false, "enable the admin handler's POST routes under /raft/ (snapshot, transfer, join, remove, restore)")
+		maxCmd   = flag.Int("max-command-size", raftkit.DefaultMaxCommandSize, "largest command in bytes (a PUT's key and value, encoded); every node should use the same value")
 	)
 	flag.Parse()
 	if *dir == "" {
@@ -86,26 +86,27 @@ func main() {
 	registry.MustRegister(metrics)
 	kv := fsmexample.New()
 	node, err := raftkit.NewRaftNode(raftkit.Config{
-		Metrics:     metrics,
-		ID:          *id,
-		Addr:        *addr,
-		Dir:         *dir,
-		Peers:       split(*peers),
-		Join:        split(*join),
-		Logger:      logger,
-		TLS:         tlsConfig,
-		JoinSecret:  *secret,
-		JoinTimeout: *joinWait,
+		Metrics:        metrics,
+		ID:             *id,
+		Addr:           *addr,
+		Dir:            *dir,
+		Peers:          split(*peers),
+		Join:           split(*join),
+		Logger:         logger,
+		TLS:            tlsConfig,
+		JoinSecret:     *secret,
+		JoinTimeout:    *joinWait,
+		MaxCommandSize: *maxCmd,
 	}, kv)
 	if err != nil {
 		log.Fatalf("kvserver: %v", err)
 	}
-	handler := newHandler(node, kv)
+	handler := newHandler(node, kv, *maxCmd)
 	// The raftkit admin handler (status, health, metrics, and with
 	// -admin-mutations the POST routes) is mounted under /raft/, where the
 	// raftkit CLI can reach it: raftkit -admin http://HOST/raft status
 	handler.Handle("/raft/", http.StripPrefix("/raft", raftkit.AdminHandler(node, raftkit.AdminOptions{AllowMutations: *mutate, Metrics: registry})))
-	srv := &http.Server{Addr: *httpAddr, Handler: handler, ReadHeaderTimeout: 5 * time.Second}
+	srv := newHTTPServer(*httpAddr, handler)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	go func() {
@@ -131,12 +132,21 @@ func split(s string) []string {
 	return strings.Split(s, ",")
 }
 
-func newHandler(node *raftkit.RaftNode, kv *fsmexample.Store) *http.ServeMux {
+func newHandler(node *raftkit.RaftNode, kv *fsmexample.Store, maxCommand int) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("PUT /kv/{key}", func(w http.ResponseWriter, r *http.Request) {
-		value, err := io.ReadAll(io.LimitReader(r.Body, fsmexample.MaxValueLen+1))
-		if err != nil || len(value) > fsmexample.MaxValueLen {
-			http.Error(w, "value unreadable or larger than 16 MiB", http.StatusBadRequest)
+		limit := min(fsmexample.MaxValueLen, maxCommand-len(fsmexample.Set(r.PathValue("key"), nil)))
+		value, release, err := readBody(r, limit)
+		defer release()
+		switch {
+		case errors.Is(err, errBodyTooLarge):
+			http.Error(w, fmt.Sprintf("value larger than %d bytes", max(limit, 0)), http.StatusRequestEntityTooLarge)
+			return
+		case errors.Is(err, errServerBusy):
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		case err != nil:
+			http.Error(w, "value unreadable: "+err.Error(), http.StatusBadRequest)
 			return
 		}
 		if _, err := node.Apply(r.Context(), fsmexample.Set(r.PathValue("key"), value)); err != nil {
