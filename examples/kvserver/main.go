@@ -41,6 +41,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/raftkit/raftkit"
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
@@ -83,7 +84,7 @@ func main() {
 	}
 	defer uninstall()
 	registry := prometheus.NewRegistry()
-	registry.MustRegister(metrics)
+	registry.MustRegister(metrics, collectors.NewGoCollector())
 	kv := fsmexample.New()
 	node, err := raftkit.NewRaftNode(raftkit.Config{
 		Metrics:        metrics,
