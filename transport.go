@@ -324,10 +324,13 @@ func (m *portMux) route(tc *trackedConn, host string, member bool) {
 			tc.Close()
 			return
 		}
-		conn = &idleConn{Conn: conn, mux: m, host: host}
 	}
 	switch tag {
 	case tagRaft:
+		if stranger {
+			// raft's reads have no deadline of their own.
+			conn = &idleConn{Conn: conn, mux: m, host: host}
+		}
 		m.raftHandlers.Add(1)
 		tc.addOnClose(m.raftHandlers.Done)
 		select {
@@ -376,7 +379,7 @@ func (m *portMux) admitStranger(tc *trackedConn, host string) bool {
 	return true
 }
 
-// idleConn is a stranger's connection: a read that waits longer than
+// idleConn is a stranger's raft connection: a read that waits longer than
 // strangerIdleTimeout for its first byte fails, unless the host has become
 // a member meanwhile (a node that was just added), which lifts the limit.
 type idleConn struct {

@@ -22,6 +22,7 @@ import (
 type node struct {
 	id, raft, http string
 	dir            string
+	args           []string
 	cmd            *exec.Cmd
 	stderr         bytes.Buffer
 }
@@ -92,9 +93,8 @@ func startCluster(bin, gencerts, dir string, extra []string) (*cluster, error) {
 			args = append(args, "-tls-ca", filepath.Join(c.certs, "ca.pem"),
 				"-tls-cert", filepath.Join(c.certs, n.id, "cert.pem"), "-tls-key", filepath.Join(c.certs, n.id, "key.pem"))
 		}
-		n.cmd = exec.Command(bin, append(args, extra...)...)
-		n.cmd.Stderr = &n.stderr
-		if err := n.cmd.Start(); err != nil {
+		n.args = append(args, extra...)
+		if err := c.start(n); err != nil {
 			c.stop()
 			return nil, err
 		}
@@ -104,6 +104,20 @@ func startCluster(bin, gencerts, dir string, extra []string) (*cluster, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// start (re)starts n's process with its arguments.
+func (c *cluster) start(n *node) error {
+	n.cmd = exec.Command(c.bin, n.args...)
+	n.stderr.Reset()
+	n.cmd.Stderr = &n.stderr
+	return n.cmd.Start()
+}
+
+// kill stops n's process with SIGKILL.
+func (c *cluster) kill(n *node) {
+	n.cmd.Process.Kill()
+	n.cmd.Wait()
 }
 
 func (c *cluster) stop() {
@@ -118,8 +132,10 @@ func (c *cluster) stop() {
 
 // status is the part of kvserver's /status this program reads.
 type status struct {
-	State string `json:"state"`
-	Term  uint64 `json:"term"`
+	State        string `json:"state"`
+	Term         uint64 `json:"term"`
+	CommitIndex  uint64 `json:"commit_index"`
+	AppliedIndex uint64 `json:"applied_index"`
 }
 
 func (c *cluster) status(n *node) (status, error) {

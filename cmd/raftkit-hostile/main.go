@@ -8,6 +8,7 @@
 //
 //	go run ./cmd/raftkit-hostile            # full sizes, about 3 minutes
 //	go run ./cmd/raftkit-hostile -scale 0.1 -during 2s -before 1s -after 1s
+//	go run ./cmd/raftkit-hostile -stress 5m -stress-timing auto,lan -failovers 10
 //
 // The attacks are those of issue 13: RequestVote/pre-vote/heartbeat with
 // term 2^64-1 to every node; 32 connections announcing 64 MiB requests and
@@ -20,6 +21,14 @@
 // memory growth at most 64 MiB, every member connection answered, writes
 // during an attack at least 80 % of before, no election on the mTLS
 // cluster.
+//
+// With -stress D the program runs the stress scenario instead: the machine
+// is saturated (a busy loop per CPU and a goroutine churning 4 MiB
+// allocations) while four clients write values from 1 KiB to the largest
+// kvserver accepts through every node for D; it reports the elections in
+// that time (none is caused by a fault) and then kills the leader with
+// SIGKILL -failovers times, reporting how long until a survivor leads and
+// until a write succeeds again.
 package main
 
 import (
@@ -62,6 +71,9 @@ func main() {
 	check := flag.Bool("check", false, "exit 1 if a target is missed")
 	flag.BoolVar(&redial, "redial", false, "open again, after a second, every attacking connection the node closes (connection churn)")
 	flag.StringVar(&o.kvserver, "kvserver", "", "kvserver binary to attack (default: build this module's)")
+	stressFor := flag.Duration("stress", 0, "instead of the attacks: saturate the machine, write 1 KiB to the largest values for this long counting elections, then time leader crashes")
+	stressTimings := flag.String("stress-timing", "auto", "comma-separated kvserver -timing values to stress")
+	failovers := flag.Int("failovers", 5, "leader crashes in the stress run")
 	flag.Parse()
 	o.clusters = strings.Split(*clusters, ",")
 	if *only != "" {
@@ -76,6 +88,18 @@ func main() {
 	}
 	defer os.RemoveAll(dir)
 	o.dir = dir
+	if *stressFor > 0 {
+		for _, tm := range strings.Split(*stressTimings, ",") {
+			r, err := stress(o, tm, *stressFor, *failovers, os.Stdout)
+			if err != nil {
+				log.Fatal(err)
+			}
+			if *check && (r.unplannedChanges > 0 || r.medianFailover > time.Second) {
+				os.Exit(1)
+			}
+		}
+		return
+	}
 	results, err := run(o, os.Stdout)
 	if err != nil {
 		log.Fatal(err)

@@ -63,6 +63,7 @@ func main() {
 		secret   = flag.String("join-secret", "", "shared secret that membership requests must carry (for clusters without TLS)")
 		joinWait = flag.Duration("join-timeout", raftkit.DefaultJoinTimeout, "how long to keep trying -join")
 		mutate   = flag.Bool("admin-mutations", false, "enable the admin handler's POST routes under /raft/ (snapshot, transfer, join, remove, restore)")
+		timing   = flag.String("timing", "auto", "raft timeouts: auto, lan, local, default or wan (see raftkit.Timing)")
 		maxCmd   = flag.Int("max-command-size", raftkit.DefaultMaxCommandSize, "largest command in bytes (a PUT's key and value, encoded); every node should use the same value")
 	)
 	flag.Parse()
@@ -85,6 +86,11 @@ func main() {
 	defer uninstall()
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(metrics, collectors.NewGoCollector())
+	profiles := map[string]raftkit.Timing{"auto": raftkit.TimingAuto, "lan": raftkit.TimingLAN, "local": raftkit.TimingLocal, "default": raftkit.TimingDefault, "wan": raftkit.TimingWAN}
+	profile, ok := profiles[*timing]
+	if !ok {
+		log.Fatalf("kvserver: -timing %q: want auto, lan, local, default or wan", *timing)
+	}
 	kv := fsmexample.New()
 	node, err := raftkit.NewRaftNode(raftkit.Config{
 		Metrics:        metrics,
@@ -98,6 +104,7 @@ func main() {
 		JoinSecret:     *secret,
 		JoinTimeout:    *joinWait,
 		MaxCommandSize: *maxCmd,
+		Timing:         profile,
 	}, kv)
 	if err != nil {
 		log.Fatalf("kvserver: %v", err)
