@@ -166,3 +166,29 @@ func TestMemberHostsKeepRoomDuringHandshakeFlood(t *testing.T) {
 		}
 	}
 }
+
+func TestJoinedNodeForwardsLargeCommandsAtOnce(t *testing.T) {
+	// The leader may see the new node's first connections before its
+	// configuration names it (it is then a stranger, with 64 KiB request
+	// messages); those connections must carry large commands once it is a
+	// member, without being replaced.
+	net := NewMemNetwork()
+	nodes, _ := newMemCluster(t, net, 3)
+	l := memLeader(t, nodes)
+	leader := nodes[l]
+	n, err := NewRaftNode(Config{InMemory: true, Network: net, Addr: "newcomer", Join: []string{leader.Addr()}, RaftConfig: fastRaft}, fsmexample.New())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	waitFor(t, 10*time.Second, "the newcomer to know the leader", func() bool { return n.GetLeaderAddr() != "" })
+	// A small forwarded write opens the newcomer's request connection at
+	// once, likely while the leader still counts it a stranger.
+	if _, err := n.Apply(ctxTimeout(t, 5*time.Second), fsmexample.Set("small", []byte("v"))); err != nil {
+		t.Fatalf("small forwarded write: %v", err)
+	}
+	waitFor(t, 5*time.Second, "the leader to count the newcomer a member", func() bool { return leader.mux.isMember("newcomer") })
+	if _, err := n.Apply(ctxTimeout(t, 10*time.Second), fsmexample.Set("big", make([]byte, 512<<10))); err != nil {
+		t.Fatalf("512 KiB forwarded write on the same connection: %v", err)
+	}
+}

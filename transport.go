@@ -348,7 +348,16 @@ func (m *portMux) route(tc *trackedConn, host string, member bool) {
 		}
 		limits := memberRPCLimits
 		if stranger {
+			// A node that joins through this one is a stranger until the
+			// configuration names it; its connection then carries
+			// forwarded commands of any size.
 			limits = strangerRPCLimits
+			limits.FrameLimit = func() int {
+				if m.isMember(host) {
+					return wire.MaxFrame
+				}
+				return strangerMaxFrame
+			}
 		}
 		limits.Budget = m.budget
 		h(conn, limits)

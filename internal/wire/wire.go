@@ -138,6 +138,11 @@ type Limits struct {
 	// MaxFrame is the largest frame the connection may send; 0 means
 	// MaxFrame.
 	MaxFrame int
+	// FrameLimit, if set, is asked for the largest frame at the start of
+	// each one instead, so a connection's limit can change while it lives
+	// (a stranger that became a member). Values over MaxFrame count as
+	// MaxFrame.
+	FrameLimit func() int
 	// Budget, if set, is shared by the node's connections: a frame's
 	// buffer (beyond a first small chunk) is reserved from it as it grows
 	// with the bytes that arrive, and given back once the frame is
@@ -196,8 +201,12 @@ func (c *frameConn) readFrame(v any, idle bool) error {
 		}
 	}
 	n := int(binary.BigEndian.Uint32(hdr[:]))
-	if n > c.limits.MaxFrame {
-		return fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, n, c.limits.MaxFrame)
+	limit := c.limits.MaxFrame
+	if c.limits.FrameLimit != nil {
+		limit = min(c.limits.FrameLimit(), MaxFrame)
+	}
+	if n > limit {
+		return fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, n, limit)
 	}
 	// Budget is reserved for buffer growth beyond the first chunk, as the
 	// bytes arrive; a sender that stops half-way holds only what it sent.
@@ -327,8 +336,8 @@ func (c *frameConn) writeFrames(vs ...any) error {
 		if err := codec.NewEncoderBytes(&frames[i], c.h).Encode(v); err != nil {
 			return fmt.Errorf("raftkit wire: encode: %w", err)
 		}
-		if len(frames[i]) > c.limits.MaxFrame {
-			return fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, len(frames[i]), c.limits.MaxFrame)
+		if len(frames[i]) > MaxFrame {
+			return fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, len(frames[i]), MaxFrame)
 		}
 	}
 	c.wmu.Lock()
