@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
 )
 
@@ -190,5 +192,74 @@ func TestJoinedNodeForwardsLargeCommandsAtOnce(t *testing.T) {
 	waitFor(t, 5*time.Second, "the leader to count the newcomer a member", func() bool { return leader.mux.isMember("newcomer") })
 	if _, err := n.Apply(ctxTimeout(t, 10*time.Second), fsmexample.Set("big", make([]byte, 512<<10))); err != nil {
 		t.Fatalf("512 KiB forwarded write on the same connection: %v", err)
+	}
+}
+
+func TestNodesDialFromTheirAdvertisedAddress(t *testing.T) {
+	// A cluster on 127.0.0.3 and a node on 127.0.0.4 that joins it: the
+	// kernel would send the newcomer's connections from 127.0.0.1, a host
+	// the cluster does not know; leaving from its advertised address makes
+	// it a member, whose forwarded commands may be large.
+	var addrs []string
+	for i := 0; i < 4; i++ {
+		host := "127.0.0.3"
+		if i == 3 {
+			host = "127.0.0.4"
+		}
+		ln, err := net.Listen("tcp", host+":0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs = append(addrs, ln.Addr().String())
+		ln.Close()
+	}
+	var nodes []*RaftNode
+	for i := 0; i < 3; i++ {
+		n, err := NewRaftNode(Config{Addr: addrs[i], Dir: t.TempDir(), Peers: addrs[:3], RaftConfig: fastRaft}, fsmexample.New())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { n.Close() })
+		nodes = append(nodes, n)
+	}
+	if _, err := nodes[0].WaitForLeader(ctxTimeout(t, 15*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	n, err := NewRaftNode(Config{Addr: addrs[3], Dir: t.TempDir(), Join: addrs[:1], RaftConfig: fastRaft}, fsmexample.New())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	waitFor(t, 10*time.Second, "every node to count 127.0.0.4 a member", func() bool {
+		for _, m := range nodes {
+			if !m.mux.isMember("127.0.0.4") {
+				return false
+			}
+		}
+		return true
+	})
+	if _, err := n.Apply(ctxTimeout(t, 10*time.Second), fsmexample.Set("big", make([]byte, 512<<10))); err != nil {
+		t.Fatalf("512 KiB forwarded write from the newcomer: %v", err)
+	}
+}
+
+func TestMemberHostNamesCountAsTheirAddresses(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := newPortMux(ln, ln.Addr().String(), nil, nil, hclog.NewNullLogger(), []string{"localhost:7000", "10.1.2.3:7000"}, true, 32<<20)
+	defer m.Close()
+	for _, host := range []string{"127.0.0.1", "10.1.2.3", "localhost"} {
+		if !m.isMember(host) {
+			t.Errorf("%s is not a member", host)
+		}
+	}
+	if m.isMember("127.0.0.2") {
+		t.Error("127.0.0.2 counts as a member")
+	}
+	m.setMembers([]string{"127.0.0.9:7000"})
+	if !m.isMember("127.0.0.9") || !m.isMember("127.0.0.1") {
+		t.Error("configuration members do not add to the Config's")
 	}
 }

@@ -26,7 +26,7 @@ func FuzzPortMuxHandshake(f *testing.F) {
 	}
 	m := newPortMux(ln, "fuzz", func(addr string, timeout time.Duration) (net.Conn, error) {
 		return netw.dial("fuzz", addr, timeout)
-	}, nil, hclog.NewNullLogger(), nil, 32<<20)
+	}, nil, hclog.NewNullLogger(), nil, false, 32<<20)
 	m.serveRPC(func(c net.Conn, _ wire.Limits) { c.Close() })
 	go func() {
 		for {

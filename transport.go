@@ -1,6 +1,7 @@
 package raftkit
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -96,10 +98,15 @@ type portMux struct {
 	raftConns chan net.Conn
 	budget    *wire.Budget
 
-	// members holds the member hosts (see Admission); staticMembers are
-	// those from the Config.
+	// members holds the member hosts (see Admission) as connections show
+	// them (IP addresses, or in-memory names); staticMembers are those from
+	// the Config. With resolve, host names are looked up, and the answers
+	// kept for memberNameTTL in resolved.
 	members       atomic.Pointer[map[string]bool]
 	staticMembers []string
+	resolve       bool
+	resolved      map[string]resolvedName
+	resolveMu     sync.Mutex
 
 	mu        sync.Mutex
 	conns     map[net.Conn]struct{}
@@ -121,9 +128,9 @@ type portMux struct {
 }
 
 // newPortMux serves ln. members lists addresses (host:port) whose hosts are
-// members from the start; budget is the bytes of request messages the node
-// reads at a time.
-func newPortMux(ln net.Listener, advertise string, dial dialFunc, ts *tlsState, logger hclog.Logger, members []string, budget int) *portMux {
+// members from the start, with host names looked up if resolve is set;
+// budget is the bytes of request messages the node reads at a time.
+func newPortMux(ln net.Listener, advertise string, dial dialFunc, ts *tlsState, logger hclog.Logger, members []string, resolve bool, budget int) *portMux {
 	m := &portMux{
 		ln:        ln,
 		advertise: advertise,
@@ -135,6 +142,8 @@ func newPortMux(ln net.Listener, advertise string, dial dialFunc, ts *tlsState, 
 		conns:     map[net.Conn]struct{}{},
 		pending:   map[string]int{},
 		strangers: map[string]int{},
+		resolve:   resolve,
+		resolved:  map[string]resolvedName{},
 		done:      make(chan struct{}),
 	}
 	for _, a := range members {
@@ -154,16 +163,63 @@ func hostOf(addr string) string {
 	return host
 }
 
+// memberNameTTL is how long the addresses of a member's host name are
+// trusted before they are looked up again; memberLookupTimeout bounds one
+// lookup.
+const (
+	memberNameTTL       = 30 * time.Second
+	memberLookupTimeout = time.Second
+)
+
+type resolvedName struct {
+	addrs []string
+	at    time.Time
+}
+
 // setMembers makes the hosts of addrs, and the static ones, the members.
+// A host name counts as every address it resolves to.
 func (m *portMux) setMembers(addrs []string) {
 	set := map[string]bool{}
-	for _, h := range m.staticMembers {
-		set[h] = true
-	}
+	hosts := append([]string(nil), m.staticMembers...)
 	for _, a := range addrs {
-		set[hostOf(a)] = true
+		hosts = append(hosts, hostOf(a))
+	}
+	for _, h := range hosts {
+		set[h] = true
+		if m.resolve && net.ParseIP(h) == nil {
+			for _, ip := range m.lookup(h) {
+				set[ip] = true
+			}
+		}
 	}
 	m.members.Store(&set)
+}
+
+// lookup returns name's addresses, from the cache while they are fresh. A
+// failed lookup keeps the last answer.
+func (m *portMux) lookup(name string) []string {
+	m.resolveMu.Lock()
+	defer m.resolveMu.Unlock()
+	r, ok := m.resolved[name]
+	if ok && time.Since(r.at) < memberNameTTL {
+		return r.addrs
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), memberLookupTimeout)
+	defer cancel()
+	addrs, err := net.DefaultResolver.LookupHost(ctx, name)
+	if err != nil {
+		m.logger.Debug("cannot resolve a member's host name", "host", name, "error", err)
+		r.at = time.Now()
+		m.resolved[name] = r
+		return r.addrs
+	}
+	for i, a := range addrs {
+		if ip := net.ParseIP(a); ip != nil {
+			addrs[i] = ip.String()
+		}
+	}
+	m.resolved[name] = resolvedName{addrs: addrs, at: time.Now()}
+	return addrs
 }
 
 func (m *portMux) isMember(host string) bool { return (*m.members.Load())[host] }
@@ -535,6 +591,35 @@ func (s raftStream) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Co
 	return s.mux.dialTagged(string(addr), timeout, tagRaft)
 }
 
+// localIP returns host as a source address to dial from, if it is an IP
+// address of one of this machine's interfaces.
+func localIP(host string) *net.TCPAddr {
+	ip := net.ParseIP(host)
+	if ip == nil || ip.IsUnspecified() {
+		return nil
+	}
+	if ip.IsLoopback() {
+		return &net.TCPAddr{IP: ip}
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && n.IP.Equal(ip) {
+			return &net.TCPAddr{IP: ip}
+		}
+	}
+	return nil
+}
+
+// sameFamily reports whether host is not an IP address of the other family
+// than ip (a name may resolve to either).
+func sameFamily(ip net.IP, host string) bool {
+	other := net.ParseIP(host)
+	return other == nil || (ip.To4() == nil) == (other.To4() == nil)
+}
+
 // strAddr is a net.Addr for an advertised address.
 type strAddr string
 
@@ -573,11 +658,21 @@ func openTransport(s *settled) (*portMux, *raft.NetworkTransport, error) {
 				advertise = net.JoinHostPort(host, realPort)
 			}
 		}
-		dialer := &net.Dialer{}
+		// Connections leave from the advertised address when it is one of
+		// this machine's, so that peers recognise this node as a member.
+		local := localIP(hostOf(advertise))
 		dial = func(addr string, timeout time.Duration) (net.Conn, error) {
-			dialer := *dialer
-			dialer.Timeout = timeout
-			return dialer.Dial("tcp", addr)
+			dialer := net.Dialer{Timeout: timeout}
+			if local != nil && sameFamily(local.IP, hostOf(addr)) {
+				dialer.LocalAddr = local
+			}
+			conn, err := dialer.Dial("tcp", addr)
+			var ae *net.AddrError
+			if err != nil && dialer.LocalAddr != nil && (errors.As(err, &ae) || errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.EINVAL)) {
+				dialer.LocalAddr = nil
+				return dialer.Dial("tcp", addr)
+			}
+			return conn, err
 		}
 	}
 	if s.tls != nil {
@@ -589,7 +684,7 @@ func openTransport(s *settled) (*portMux, *raft.NetworkTransport, error) {
 		members = append(members, p.Addr)
 	}
 	members = append(members, s.Join...)
-	mux := newPortMux(ln, advertise, dial, s.tls, s.Logger.Named("mux"), members, requestBudget(s.MaxCommandSize))
+	mux := newPortMux(ln, advertise, dial, s.tls, s.Logger.Named("mux"), members, !s.InMemory, requestBudget(s.MaxCommandSize))
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  raftStream{mux: mux},
 		MaxPool: raftMaxPool,
