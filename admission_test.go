@@ -263,3 +263,28 @@ func TestMemberHostNamesCountAsTheirAddresses(t *testing.T) {
 		t.Error("configuration members do not add to the Config's")
 	}
 }
+
+func TestRaftConnectionsFromOneMemberHostAreCapped(t *testing.T) {
+	c := newTCPCluster(t, 3)
+	l := c.leader()
+	var conns []net.Conn
+	defer func() {
+		for _, conn := range conns {
+			conn.Close()
+		}
+	}()
+	for i := 0; i < maxRaftConnsPerHost+50; i++ {
+		conn := dialFrom(t, "127.0.0.1", c.addrs[l])
+		conn.Write([]byte{tagRaft})
+		conns = append(conns, conn)
+	}
+	waitFor(t, 10*time.Second, "the node to settle its raft connections", func() bool {
+		m := c.nodes[l].mux
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return m.raftHosts["127.0.0.1"] == maxRaftConnsPerHost
+	})
+	if _, err := c.nodes[(l+1)%3].Apply(ctxTimeout(t, 5*time.Second), fsmexample.Set("k", []byte("v"))); err != nil {
+		t.Fatalf("write with the member host at its raft connection cap: %v", err)
+	}
+}

@@ -57,6 +57,9 @@ const (
 	maxStrangerConnsPerHost = 8
 	maxStrangerConns        = 64
 	strangerIdleTimeout     = 15 * time.Second
+	// maxRaftConnsPerHost caps the raft connections from one member host
+	// (raft gives each a 256 KiB read buffer; a peer uses about six).
+	maxRaftConnsPerHost = 256
 	// maxConns caps all open connections of a node; strangers may hold at
 	// most maxConns-memberReserve of them.
 	maxConns      = 4096
@@ -116,6 +119,7 @@ type portMux struct {
 	npend     int            // strangers' handshakes under way
 	strangers map[string]int // strangers' connections past the handshake, by host
 	nstranger int
+	raftHosts map[string]int // members' raft connections, by host
 
 	done chan struct{}
 	wg   sync.WaitGroup
@@ -142,6 +146,7 @@ func newPortMux(ln net.Listener, advertise string, dial dialFunc, ts *tlsState, 
 		conns:     map[net.Conn]struct{}{},
 		pending:   map[string]int{},
 		strangers: map[string]int{},
+		raftHosts: map[string]int{},
 		resolve:   resolve,
 		resolved:  map[string]resolvedName{},
 		done:      make(chan struct{}),
@@ -386,6 +391,10 @@ func (m *portMux) route(tc *trackedConn, host string, member bool) {
 		if stranger {
 			// raft's reads have no deadline of their own.
 			conn = &idleConn{Conn: conn, mux: m, host: host}
+		} else if !m.admitRaft(tc, host) {
+			m.logger.Debug("closing raft connection over the limit for one host", "remote", tc.RemoteAddr().String(), "limit", maxRaftConnsPerHost)
+			tc.Close()
+			return
 		}
 		m.raftHandlers.Add(1)
 		tc.addOnClose(m.raftHandlers.Done)
@@ -440,6 +449,25 @@ func (m *portMux) admitStranger(tc *trackedConn, host string) bool {
 			delete(m.strangers, host)
 		}
 		m.nstranger--
+	})
+	return true
+}
+
+// admitRaft counts a member's raft connection, unless its host has
+// maxRaftConnsPerHost already; closing tc gives its place back.
+func (m *portMux) admitRaft(tc *trackedConn, host string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.raftHosts[host] >= maxRaftConnsPerHost {
+		return false
+	}
+	m.raftHosts[host]++
+	tc.addOnClose(func() {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if m.raftHosts[host]--; m.raftHosts[host] <= 0 {
+			delete(m.raftHosts, host)
+		}
 	})
 	return true
 }
