@@ -69,7 +69,8 @@ const (
 	strangerMaxFrame = 64 << 10
 )
 
-// rpcLimits bound the request connections of members and of strangers.
+// memberRPCLimits and strangerRPCLimits bound the request connections of
+// members and of strangers.
 var (
 	memberRPCLimits   = wire.Limits{Deadlines: rpcDeadlines}
 	strangerRPCLimits = wire.Limits{Deadlines: wire.Deadlines{Idle: strangerIdleTimeout, Message: 5 * time.Second}, MaxFrame: strangerMaxFrame}
@@ -412,19 +413,16 @@ func (m *portMux) route(tc *trackedConn, host string, member bool) {
 			return
 		}
 		limits := memberRPCLimits
+		limits.Budget = m.budget
 		if stranger {
 			// A node that joins through this one is a stranger until the
-			// configuration names it; its connection then carries
-			// forwarded commands of any size.
+			// configuration names it; its connection then gets a member's
+			// limits.
+			member := limits
 			limits = strangerRPCLimits
-			limits.FrameLimit = func() int {
-				if m.isMember(host) {
-					return wire.MaxFrame
-				}
-				return strangerMaxFrame
-			}
+			limits.Budget = m.budget
+			limits.Upgrade = func() (wire.Limits, bool) { return member, m.isMember(host) }
 		}
-		limits.Budget = m.budget
 		h(conn, limits)
 	default:
 		m.logger.Debug("closing connection with unknown tag", "remote", conn.RemoteAddr().String(), "tag", tag)

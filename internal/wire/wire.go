@@ -138,11 +138,11 @@ type Limits struct {
 	// MaxFrame is the largest frame the connection may send; 0 means
 	// MaxFrame.
 	MaxFrame int
-	// FrameLimit, if set, is asked for the largest frame at the start of
-	// each one instead, so a connection's limit can change while it lives
-	// (a stranger that became a member). Values over MaxFrame count as
-	// MaxFrame.
-	FrameLimit func() int
+	// Upgrade, if set, is asked before each message whether the
+	// connection has earned other limits (a stranger that became a
+	// member); once it answers true, the limits it returned apply for the
+	// rest of the connection.
+	Upgrade func() (Limits, bool)
 	// Budget, if set, is shared by the node's connections: a frame's
 	// buffer (beyond a first small chunk) is reserved from it as it grows
 	// with the bytes that arrive, and given back once the frame is
@@ -182,15 +182,26 @@ var ErrFrameTooLarge = errors.New("raftkit wire: message exceeds size limit")
 // bytes that arrive, never ahead of them: a length prefix alone costs
 // nothing.
 func (c *frameConn) readFrame(v any, idle bool) error {
-	d := c.limits.Message
-	if idle {
-		d = c.limits.Idle
-	}
-	if d > 0 {
-		_ = c.conn.SetReadDeadline(time.Now().Add(d))
-	}
 	var hdr [4]byte
-	if _, err := io.ReadFull(c.r, hdr[:]); err != nil {
+	for {
+		c.upgrade()
+		d := c.limits.Message
+		if idle {
+			d = c.limits.Idle
+		}
+		if d > 0 {
+			_ = c.conn.SetReadDeadline(time.Now().Add(d))
+		}
+		n, err := io.ReadFull(c.r, hdr[:])
+		if err == nil {
+			break
+		}
+		// An idle wait that timed out starts again if the connection
+		// has earned other limits meanwhile.
+		var ne net.Error
+		if n == 0 && idle && errors.As(err, &ne) && ne.Timeout() && c.upgrade() {
+			continue
+		}
 		return err
 	}
 	var deadline time.Time
@@ -201,12 +212,8 @@ func (c *frameConn) readFrame(v any, idle bool) error {
 		}
 	}
 	n := int(binary.BigEndian.Uint32(hdr[:]))
-	limit := c.limits.MaxFrame
-	if c.limits.FrameLimit != nil {
-		limit = min(c.limits.FrameLimit(), MaxFrame)
-	}
-	if n > limit {
-		return fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, n, limit)
+	if n > c.limits.MaxFrame {
+		return fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, n, c.limits.MaxFrame)
 	}
 	// Budget is reserved for buffer growth beyond the first chunk, as the
 	// bytes arrive; a sender that stops half-way holds only what it sent.
@@ -250,6 +257,19 @@ func (c *frameConn) readFrame(v any, idle bool) error {
 		return fmt.Errorf("raftkit wire: decode: %w", err)
 	}
 	return nil
+}
+
+// upgrade applies the limits that Limits.Upgrade offers, if any, and
+// reports whether it did.
+func (c *frameConn) upgrade() bool {
+	if c.limits.Upgrade == nil {
+		return false
+	}
+	l, ok := c.limits.Upgrade()
+	if ok {
+		c.limits = newFrameConn(nil, l).limits
+	}
+	return ok
 }
 
 // ErrBusy is returned when a frame waited for the node's in-flight byte

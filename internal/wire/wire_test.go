@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/rpc"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -156,5 +157,38 @@ func TestLoneFrameLargerThanBudgetIsRead(t *testing.T) {
 	}
 	if b.InUse() != 0 {
 		t.Fatalf("budget in use after the frame: %d", b.InUse())
+	}
+}
+
+func TestUpgradedConnectionKeepsWaitingAndTakesLargerFrames(t *testing.T) {
+	var member atomic.Bool
+	l := Limits{Deadlines: Deadlines{Idle: 100 * time.Millisecond, Message: time.Second}, MaxFrame: 16}
+	l.Upgrade = func() (Limits, bool) {
+		return Limits{Deadlines: Deadlines{Idle: time.Minute, Message: time.Second}}, member.Load()
+	}
+	a, peer := net.Pipe()
+	defer a.Close()
+	defer peer.Close()
+	fc := newFrameConn(a, l)
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		member.Store(true)
+		// Past the stranger's idle deadline, then a frame over its limit.
+		time.Sleep(200 * time.Millisecond)
+		var hdr [4]byte
+		binary.BigEndian.PutUint32(hdr[:], 1000)
+		peer.Write(hdr[:])
+		peer.Write(make([]byte, 1000))
+	}()
+	if err := fc.readFrame(nil, true); err != nil {
+		t.Fatalf("connection that became a member: %v", err)
+	}
+	// Without the upgrade, the same wait ends at the idle deadline.
+	b, peer2 := net.Pipe()
+	defer b.Close()
+	defer peer2.Close()
+	l.Upgrade = nil
+	if err := newFrameConn(b, l).readFrame(nil, true); err == nil {
+		t.Fatal("a stranger's idle wait did not end")
 	}
 }
