@@ -68,7 +68,42 @@ func attacks() []attack {
 			flood(ctx, c.nodes[t].raft, 16, scaled(120, s), first, 0)
 		}},
 		{"large-commands", true, true, largeCommands},
+		{"slow-http-bodies", true, false, slowBodies},
 	}
+}
+
+// slowBodies opens 500 HTTP connections from 16 addresses to the leader's
+// kvserver, each starting a PUT that announces a 1 MB body and then sends
+// 1 KiB of it a second.
+func slowBodies(ctx context.Context, c *cluster, target int, s float64) {
+	addr := c.nodes[target].http
+	var wg sync.WaitGroup
+	for i := 0; i < scaled(500, s); i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(2+i%16))}, Timeout: time.Second}
+			conn, err := d.DialContext(ctx, "tcp", addr)
+			if err != nil {
+				return
+			}
+			stop := context.AfterFunc(ctx, func() { conn.Close() })
+			defer stop()
+			defer conn.Close()
+			fmt.Fprintf(conn, "PUT /kv/slow-%d HTTP/1.1\r\nHost: kv\r\nContent-Length: 1000000\r\n\r\n", i)
+			chunk := make([]byte, 1024)
+			for ctx.Err() == nil {
+				if _, err := conn.Write(chunk); err != nil {
+					return
+				}
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Second):
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }
 
 func scaled(n int, s float64) int { return max(1, int(math.Round(float64(n)*s))) }

@@ -17,7 +17,7 @@ func TestHostileShort(t *testing.T) {
 	o := options{
 		before: 500 * time.Millisecond, during: 2 * time.Second, after: 500 * time.Millisecond,
 		scale: 0.1, clusters: []string{"plain", "mtls"}, maxCommand: 1 << 20, dir: t.TempDir(),
-		only: map[string]bool{"term-overflow": true, "claim-64MiB": true, "frames-64MiB": true, "raft-tag-silent": true, "silent": true, "tls-stall": true, "large-commands": true},
+		only: map[string]bool{"term-overflow": true, "claim-64MiB": true, "frames-64MiB": true, "raft-tag-silent": true, "silent": true, "tls-stall": true, "large-commands": true, "slow-http-bodies": true},
 	}
 	var out bytes.Buffer
 	results, err := run(o, &out)
@@ -25,8 +25,8 @@ func TestHostileShort(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(results) != 12 {
-		t.Fatalf("%d attacks ran, want 12 (6 on each cluster)", len(results))
+	if len(results) != 13 {
+		t.Fatalf("%d attacks ran, want 13 (7 plain, 6 mTLS)", len(results))
 	}
 	for _, r := range results {
 		if !r.leaderAfter || r.finalTerm >= 1<<63 {

@@ -19,9 +19,10 @@ const (
 	idleTimeout    = 60 * time.Second
 	maxHeaderBytes = 64 << 10
 	// bodyBudget is how many bytes of request bodies the server holds while
-	// reading them, over all requests; bodyChunk is the unit it is taken in.
+	// reading them, over all requests; a body's buffer starts at bodyChunk
+	// and doubles as bytes arrive.
 	bodyBudget = 64 << 20
-	bodyChunk  = 64 << 10
+	bodyChunk  = 4 << 10
 )
 
 // newHTTPServer returns kvserver's HTTP server with its timeouts.
