@@ -79,9 +79,9 @@ var (
 // requestBudget is how many bytes of request messages a node reads at a
 // time, over all its connections: two of the largest messages its
 // followers send (one command of maxCommand bytes, or a batch of smaller
-// ones), and never less than 32 MiB. A single larger message (from a node
-// configured with a larger MaxCommandSize) is still read when it is the
-// only one in flight.
+// ones), and never less than 32 MiB. The oldest message being read may
+// overdraw it (see wire.Budget), so a larger message (from a node
+// configured with a larger MaxCommandSize) is still read.
 func requestBudget(maxCommand int) int {
 	return max(2*(max(maxCommand, maxBatchBytes)+64<<10), 32<<20)
 }

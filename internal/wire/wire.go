@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/rpc"
 	"reflect"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -217,17 +218,23 @@ func (c *frameConn) readFrame(v any, idle bool) error {
 	}
 	// Budget is reserved for buffer growth beyond the first chunk, as the
 	// bytes arrive; a sender that stops half-way holds only what it sent.
-	reserved := 0
-	if b := c.limits.Budget; b != nil {
-		defer func() { b.release(reserved) }()
-	}
+	b := c.limits.Budget
+	reserved, ticket, drawing := 0, uint64(0), false
+	defer func() {
+		if drawing {
+			b.end(ticket, reserved)
+		}
+	}()
 	buf := c.buf[:0]
 	for len(buf) < n {
 		if len(buf) == cap(buf) {
 			size := min(n, max(2*cap(buf), readChunk))
-			if b := c.limits.Budget; b != nil && size > readChunk {
+			if b != nil && size > readChunk {
 				more := size - max(cap(buf), readChunk)
-				if err := b.acquire(more, reserved, deadline); err != nil {
+				if !drawing {
+					ticket, drawing = b.begin(), true
+				}
+				if err := b.acquire(ticket, more, deadline); err != nil {
 					return err
 				}
 				reserved += more
@@ -277,12 +284,18 @@ func (c *frameConn) upgrade() bool {
 var ErrBusy = errors.New("raftkit wire: node busy: in-flight request bytes at their limit")
 
 // Budget is a count of bytes that frames being read may hold, shared by a
-// node's connections.
+// node's connections. The frame that started drawing on it first may always
+// draw more, even past the total, so frames that each hold part of the
+// budget and wait for more never wait on each other for good: the oldest
+// finishes and gives its bytes back. The budget can thus be exceeded by at
+// most one frame.
 type Budget struct {
-	mu    sync.Mutex
-	free  int
-	total int
-	wake  chan struct{} // closed and replaced when bytes are released
+	mu     sync.Mutex
+	free   int
+	total  int
+	wake   chan struct{} // closed and replaced when bytes are released
+	next   uint64        // the next frame's ticket
+	active []uint64      // tickets of frames holding budget, oldest first
 }
 
 // NewBudget returns a budget of total bytes.
@@ -290,11 +303,31 @@ func NewBudget(total int) *Budget {
 	return &Budget{free: total, total: total, wake: make(chan struct{})}
 }
 
-// acquire reserves n more bytes for a frame that holds held bytes already,
-// waiting until deadline (zero: forever) for them. A frame that is alone in
-// holding budget may take more than the whole budget, so that one message
-// larger than the budget is still read.
-func (b *Budget) acquire(n, held int, deadline time.Time) error {
+// begin gives a frame its ticket.
+func (b *Budget) begin() uint64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	t := b.next
+	b.next++
+	b.active = append(b.active, t)
+	return t
+}
+
+// end gives back the held bytes of frame t and retires its ticket.
+func (b *Budget) end(t uint64, held int) {
+	b.mu.Lock()
+	b.free += held
+	if i := slices.Index(b.active, t); i >= 0 {
+		b.active = slices.Delete(b.active, i, i+1)
+	}
+	close(b.wake)
+	b.wake = make(chan struct{})
+	b.mu.Unlock()
+}
+
+// acquire reserves n more bytes for frame t, waiting until deadline (zero:
+// forever) for them unless t is the oldest frame holding budget.
+func (b *Budget) acquire(t uint64, n int, deadline time.Time) error {
 	var timer *time.Timer
 	defer func() {
 		if timer != nil {
@@ -303,7 +336,7 @@ func (b *Budget) acquire(n, held int, deadline time.Time) error {
 	}()
 	for {
 		b.mu.Lock()
-		if b.free >= n || b.total-b.free == held {
+		if b.free >= n || b.active[0] == t {
 			b.free -= n
 			b.mu.Unlock()
 			return nil
@@ -327,17 +360,6 @@ func (b *Budget) acquire(n, held int, deadline time.Time) error {
 			return fmt.Errorf("%w: %d bytes wanted", ErrBusy, n)
 		}
 	}
-}
-
-func (b *Budget) release(n int) {
-	if n <= 0 {
-		return
-	}
-	b.mu.Lock()
-	b.free += n
-	close(b.wake)
-	b.wake = make(chan struct{})
-	b.mu.Unlock()
 }
 
 // InUse returns how many bytes are reserved.

@@ -192,3 +192,33 @@ func TestUpgradedConnectionKeepsWaitingAndTakesLargerFrames(t *testing.T) {
 		t.Fatal("a stranger's idle wait did not end")
 	}
 }
+
+func TestFramesThatEachHoldPartOfTheBudgetAllFinish(t *testing.T) {
+	// Four 300 KiB frames arrive at once on a 256 KiB budget: each could
+	// hold part of it and wait for the rest; the oldest always proceeds.
+	b := NewBudget(256 << 10)
+	errs := make(chan error, 4)
+	for i := 0; i < 4; i++ {
+		a, peer := net.Pipe()
+		defer a.Close()
+		defer peer.Close()
+		fc := newFrameConn(a, Limits{Deadlines: Deadlines{Message: 5 * time.Second}, Budget: b})
+		go func() {
+			var hdr [4]byte
+			binary.BigEndian.PutUint32(hdr[:], 300<<10)
+			peer.Write(hdr[:])
+			for sent := 0; sent < 300<<10; sent += 10 << 10 {
+				peer.Write(make([]byte, 10<<10))
+			}
+		}()
+		go func() { errs <- fc.readFrame(nil, true) }()
+	}
+	for i := 0; i < 4; i++ {
+		if err := <-errs; err != nil {
+			t.Fatalf("frame %d: %v", i, err)
+		}
+	}
+	if b.InUse() != 0 {
+		t.Fatalf("budget in use after all frames: %d", b.InUse())
+	}
+}
