@@ -72,7 +72,7 @@ func (n *RaftNode) applyLocal(ctx context.Context, cmd []byte) (any, error) {
 	if err := n.memberErr(); err != nil {
 		return nil, notApplied("apply", err)
 	}
-	if err := checkSize(cmd); err != nil {
+	if err := n.checkSize(cmd); err != nil {
 		return nil, err
 	}
 	if err := doneErr(ctx, "apply"); err != nil {
@@ -91,7 +91,7 @@ func (n *RaftNode) apply(ctx context.Context, cmd []byte) (res any, err error, p
 	if err := n.memberErr(); err != nil {
 		return nil, notApplied("apply", err), path
 	}
-	if err := checkSize(cmd); err != nil {
+	if err := n.checkSize(cmd); err != nil {
 		return nil, err, path
 	}
 	if err := doneErr(ctx, "apply"); err != nil {
@@ -121,9 +121,9 @@ func (n *RaftNode) applyHere(ctx context.Context, cmd []byte) (any, error) {
 	return n.localResult(out[0])
 }
 
-func checkSize(cmd []byte) error {
-	if len(cmd) > MaxCommandSize {
-		return wrapErr(ErrTooLarge, "apply", fmt.Errorf("%d bytes, limit MaxCommandSize = %d", len(cmd), MaxCommandSize))
+func (n *RaftNode) checkSize(cmd []byte) error {
+	if len(cmd) > n.cfg.MaxCommandSize {
+		return wrapErr(ErrTooLarge, "apply", fmt.Errorf("%d bytes, limit Config.MaxCommandSize = %d", len(cmd), n.cfg.MaxCommandSize))
 	}
 	return nil
 }
@@ -307,7 +307,7 @@ func (n *RaftNode) serveApply(timeout int64, cmds [][]byte) []wire.ApplyResponse
 	out := make([]leaderResult, len(cmds))
 	valid := cmds
 	for i, c := range cmds {
-		if err := checkSize(c); err != nil {
+		if err := n.checkSize(c); err != nil {
 			out[i].err = err
 			valid = nil
 		}
@@ -317,7 +317,7 @@ func (n *RaftNode) serveApply(timeout int64, cmds [][]byte) []wire.ApplyResponse
 	}
 	for i := range out {
 		if valid == nil && out[i].err == nil {
-			out[i].err = invalidRequest("another command of its batch is over MaxCommandSize")
+			out[i].err = invalidRequest("another command of its batch is over Config.MaxCommandSize")
 		}
 		resps[i] = n.wireResult(out[i])
 	}

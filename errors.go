@@ -63,10 +63,11 @@ var (
 
 	// ErrInvalidRequest is matched by errors for requests that can never
 	// succeed as given (an empty server ID, a transfer to a non-voter, a
-	// command over MaxCommandSize). Nothing was applied.
+	// command over Config.MaxCommandSize). Nothing was applied.
 	ErrInvalidRequest = errors.New("raftkit: invalid request")
 
-	// ErrTooLarge is returned for a command larger than MaxCommandSize; it
+	// ErrTooLarge is returned for a command larger than
+	// Config.MaxCommandSize (the leader's, for a forwarded command); it
 	// matches ErrInvalidRequest and was not applied.
 	ErrTooLarge error = &classed{msg: "raftkit: command too large", class: ErrInvalidRequest}
 

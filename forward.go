@@ -117,8 +117,8 @@ func (n *RaftNode) fromWire(addr string, e *wire.Error) error {
 }
 
 // serveRPC serves one tagged request connection until it closes.
-func (n *RaftNode) serveRPC(conn net.Conn) {
-	n.rpcServer.ServeCodec(wire.NewServerCodec(conn, rpcDeadlines))
+func (n *RaftNode) serveRPC(conn net.Conn, l wire.Limits) {
+	n.rpcServer.ServeCodec(wire.NewServerCodec(conn, l))
 }
 
 // rpcPool keeps one net/rpc client per peer address.

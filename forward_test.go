@@ -57,12 +57,25 @@ func TestOversizedCommandIsRefusedBeforeSending(t *testing.T) {
 	net := NewMemNetwork()
 	nodes, _ := newMemCluster(t, net, 3)
 	l := memLeader(t, nodes)
-	big := make([]byte, MaxCommandSize+1)
+	big := make([]byte, DefaultMaxCommandSize+1)
 	for _, n := range []*RaftNode{nodes[l], nodes[(l+1)%3]} {
 		_, err := n.Apply(ctxTimeout(t, 5*time.Second), big)
 		if !errors.Is(err, ErrTooLarge) || errors.Is(err, ErrUnknownOutcome) {
 			t.Fatalf("oversized command on %s: %v, want ErrTooLarge (not applied)", n.ID(), err)
 		}
+	}
+}
+
+func TestMaxCommandSizeIsConfigurable(t *testing.T) {
+	net := NewMemNetwork()
+	nodes, _ := newMemCluster(t, net, 3, func(c *Config) { c.MaxCommandSize = 4 << 20 })
+	l := memLeader(t, nodes)
+	f := nodes[(l+1)%3]
+	if _, err := f.Apply(ctxTimeout(t, 10*time.Second), fsmexample.Set("big", make([]byte, 3<<20))); err != nil {
+		t.Fatalf("3 MiB value under a 4 MiB limit, forwarded: %v", err)
+	}
+	if _, err := f.Apply(ctxTimeout(t, 5*time.Second), make([]byte, 4<<20+1)); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("command over the configured limit: %v, want ErrTooLarge", err)
 	}
 }
 

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/raftkit/raftkit/internal/wire"
 )
 
 // FuzzPortMuxHandshake sends arbitrary first bytes to a node's port: the
@@ -24,8 +26,8 @@ func FuzzPortMuxHandshake(f *testing.F) {
 	}
 	m := newPortMux(ln, "fuzz", func(addr string, timeout time.Duration) (net.Conn, error) {
 		return netw.dial("fuzz", addr, timeout)
-	}, nil, hclog.NewNullLogger())
-	m.serveRPC(func(c net.Conn) { c.Close() })
+	}, nil, hclog.NewNullLogger(), nil, false, 32<<20)
+	m.serveRPC(func(c net.Conn, _ wire.Limits) { c.Close() })
 	go func() {
 		for {
 			select {

@@ -191,7 +191,10 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 
 	n.fsm = newTrackedFSM(fsm)
 	n.fsm.restored = func() uint64 { return snapshotIndex(stores.snaps) }
-	r, err := raft.NewRaft(rc, n.fsm, stores.log, stores.stable, stores.snaps, trans)
+	// Raft sees its transport and stable store through the term guard,
+	// which refuses requests with impossible terms (see termguard.go).
+	guarded, stable := guardTerms(trans, stores.stable, mux.done, &mux.wg, s.Logger.Named("transport"))
+	r, err := raft.NewRaft(rc, n.fsm, stores.log, stable, stores.snaps, guarded)
 	if err != nil {
 		return nil, fmt.Errorf("raftkit: start raft: %w", err)
 	}
@@ -202,6 +205,9 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 	}
 	departed.raft.Store(r)
 	r.RegisterObserver(departed.observer(raft.ServerID(s.ID)))
+	// The port learns the configuration's hosts (its members) from raft;
+	// the transport part waits for that goroutine.
+	mux.followConfiguration(r)
 
 	// The parts from here on use raft: they stop before it does.
 	n.leadership = newLeaderWatch(r)

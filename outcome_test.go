@@ -211,7 +211,7 @@ func TestApplyFailuresAreClassedAlikeOnLeaderAndFollower(t *testing.T) {
 	}{
 		{"cancelled context", cancelled, []byte("int"), NotApplied, []error{ErrNotApplied, context.Canceled}},
 		{"expired context", expired, []byte("int"), NotApplied, []error{ErrNotApplied, context.DeadlineExceeded}},
-		{"oversized command", context.Background(), make([]byte, MaxCommandSize+1), Invalid, []error{ErrTooLarge, ErrInvalidRequest}},
+		{"oversized command", context.Background(), make([]byte, DefaultMaxCommandSize+1), Invalid, []error{ErrTooLarge, ErrInvalidRequest}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -58,6 +58,8 @@ func TestConfigValidation(t *testing.T) {
 		{"peer list names node with other ID", Config{ID: "me", Addr: "127.0.0.1:7000", Dir: dir, Peers: []string{"other=127.0.0.1:7000"}}, "Peers"},
 		{"port 0 with peers", Config{Addr: "127.0.0.1:0", Dir: dir, Peers: []string{"127.0.0.1:7001"}}, "Addr"},
 		{"negative apply timeout", Config{Addr: "127.0.0.1:7000", Dir: dir, ApplyTimeout: -time.Second}, "ApplyTimeout"},
+		{"negative max command size", Config{Addr: "127.0.0.1:7000", Dir: dir, MaxCommandSize: -1}, "MaxCommandSize"},
+		{"max command size over the limit", Config{Addr: "127.0.0.1:7000", Dir: dir, MaxCommandSize: MaxCommandSizeLimit + 1}, "MaxCommandSize"},
 		{"negative snapshot retain", Config{Addr: "127.0.0.1:7000", Dir: dir, SnapshotRetain: -1}, "SnapshotRetain"},
 		{"ID with equals sign", Config{ID: "a=b", Addr: "127.0.0.1:7000", Dir: dir}, "ID"},
 		{"network without in-memory", Config{Addr: "127.0.0.1:7000", Dir: dir, Network: NewMemNetwork()}, "Network"},

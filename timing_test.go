@@ -18,12 +18,13 @@ func TestTimingProfilesSetRaftTimeouts(t *testing.T) {
 		heartbeat, election, lease, commit time.Duration
 	}{
 		{"auto in memory is LAN", Config{InMemory: true, Addr: "a"}, 200 * time.Millisecond, 200 * time.Millisecond, 100 * time.Millisecond, 5 * time.Millisecond},
-		{"auto on loopback is LAN", Config{Addr: "127.0.0.1:7000", Dir: dir, Peers: []string{"127.0.0.1:7000", "localhost:7001"}}, 200 * time.Millisecond, 200 * time.Millisecond, 100 * time.Millisecond, 5 * time.Millisecond},
+		{"auto on loopback is Local", Config{Addr: "127.0.0.1:7000", Dir: dir, Peers: []string{"127.0.0.1:7000", "localhost:7001"}}, 300 * time.Millisecond, 300 * time.Millisecond, 300 * time.Millisecond, 5 * time.Millisecond},
 		{"auto on a real network is raft's default", Config{Addr: "10.0.0.1:7000", Dir: dir, Peers: []string{"10.0.0.1:7000", "10.0.0.2:7000"}}, time.Second, time.Second, 500 * time.Millisecond, 50 * time.Millisecond},
 		{"auto with one remote peer is raft's default", Config{Addr: "127.0.0.1:7000", Dir: dir, Peers: []string{"127.0.0.1:7000", "10.0.0.2:7000"}}, time.Second, time.Second, 500 * time.Millisecond, 50 * time.Millisecond},
 		{"LAN on a real network", Config{Addr: "10.0.0.1:7000", Dir: dir, Timing: TimingLAN}, 200 * time.Millisecond, 200 * time.Millisecond, 100 * time.Millisecond, 5 * time.Millisecond},
 		{"default in memory", Config{InMemory: true, Addr: "a", Timing: TimingDefault}, time.Second, time.Second, 500 * time.Millisecond, 50 * time.Millisecond},
 		{"WAN", Config{Addr: "10.0.0.1:7000", Dir: dir, Timing: TimingWAN}, 3 * time.Second, 3 * time.Second, 1500 * time.Millisecond, 50 * time.Millisecond},
+		{"Local", Config{InMemory: true, Addr: "a", Timing: TimingLocal}, 300 * time.Millisecond, 300 * time.Millisecond, 300 * time.Millisecond, 5 * time.Millisecond},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -95,7 +96,7 @@ func TestUnknownTimingAndLogStoreAreConfigErrors(t *testing.T) {
 }
 
 func TestTimingNames(t *testing.T) {
-	for tm, want := range map[Timing]string{TimingAuto: "TimingAuto", TimingLAN: "TimingLAN", TimingDefault: "TimingDefault", TimingWAN: "TimingWAN", Timing(9): "Timing(9)"} {
+	for tm, want := range map[Timing]string{TimingAuto: "TimingAuto", TimingLAN: "TimingLAN", TimingDefault: "TimingDefault", TimingWAN: "TimingWAN", TimingLocal: "TimingLocal", Timing(9): "Timing(9)"} {
 		if got := tm.String(); got != want {
 			t.Errorf("%d.String() = %q, want %q", int(tm), got, want)
 		}

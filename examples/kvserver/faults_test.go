@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/raftkit/raftkit"
 )
 
 // TestNoServerErrorDuringFaults writes and reads through every node of a
@@ -192,7 +194,7 @@ func doWith(client *http.Client, method, host, path, body string) (int, string) 
 // TestErrorAnswersCarryStableCodes checks the error bodies that tell a
 // missing key from a missing route.
 func TestErrorAnswersCarryStableCodes(t *testing.T) {
-	h := newHandler(nil, nil)
+	h := newHandler(nil, nil, raftkit.DefaultMaxCommandSize)
 	for _, tc := range []struct {
 		method, path string
 		code         int

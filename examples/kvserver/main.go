@@ -40,7 +40,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"log"
 	"net/http"
 	"os"
@@ -51,6 +50,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/raftkit/raftkit"
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
@@ -72,6 +72,8 @@ func main() {
 		secret   = flag.String("join-secret", "", "shared secret that membership requests must carry (for clusters without TLS)")
 		joinWait = flag.Duration("join-timeout", raftkit.DefaultJoinTimeout, "how long to keep trying -join")
 		mutate   = flag.Bool("admin-mutations", false, "enable the admin handler's POST routes under /raft/ (snapshot, transfer, join, remove, restore)")
+		timing   = flag.String("timing", "auto", "raft timeouts: auto, lan, local, default or wan (see raftkit.Timing)")
+		maxCmd   = flag.Int("max-command-size", raftkit.DefaultMaxCommandSize, "largest command in bytes (a PUT's key and value, encoded); every node should use the same value")
 	)
 	flag.Parse()
 	if *dir == "" {
@@ -92,30 +94,37 @@ func main() {
 	}
 	defer uninstall()
 	registry := prometheus.NewRegistry()
-	registry.MustRegister(metrics)
+	registry.MustRegister(metrics, collectors.NewGoCollector())
+	profiles := map[string]raftkit.Timing{"auto": raftkit.TimingAuto, "lan": raftkit.TimingLAN, "local": raftkit.TimingLocal, "default": raftkit.TimingDefault, "wan": raftkit.TimingWAN}
+	profile, ok := profiles[*timing]
+	if !ok {
+		log.Fatalf("kvserver: -timing %q: want auto, lan, local, default or wan", *timing)
+	}
 	kv := fsmexample.New()
 	node, err := raftkit.NewRaftNode(raftkit.Config{
-		Metrics:     metrics,
-		ID:          *id,
-		Addr:        *addr,
-		Dir:         *dir,
-		Peers:       split(*peers),
-		Join:        split(*join),
-		Logger:      logger,
-		TLS:         tlsConfig,
-		JoinSecret:  *secret,
-		JoinTimeout: *joinWait,
-		FSMErrors:   fsmexample.Errors,
+		Metrics:        metrics,
+		ID:             *id,
+		Addr:           *addr,
+		Dir:            *dir,
+		Peers:          split(*peers),
+		Join:           split(*join),
+		Logger:         logger,
+		TLS:            tlsConfig,
+		JoinSecret:     *secret,
+		JoinTimeout:    *joinWait,
+		MaxCommandSize: *maxCmd,
+		Timing:         profile,
+		FSMErrors:      fsmexample.Errors,
 	}, kv)
 	if err != nil {
 		log.Fatalf("kvserver: %v", err)
 	}
-	handler := newHandler(node, kv)
+	handler := newHandler(node, kv, *maxCmd)
 	// The raftkit admin handler (status, health, metrics, and with
 	// -admin-mutations the POST routes) is mounted under /raft/, where the
 	// raftkit CLI can reach it: raftkit -admin http://HOST/raft status
 	handler.Handle("/raft/", http.StripPrefix("/raft", raftkit.AdminHandler(node, raftkit.AdminOptions{AllowMutations: *mutate, Metrics: registry})))
-	srv := &http.Server{Addr: *httpAddr, Handler: handler, ReadHeaderTimeout: 5 * time.Second}
+	srv := newHTTPServer(*httpAddr, handler)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	go func() {
@@ -141,12 +150,22 @@ func split(s string) []string {
 	return strings.Split(s, ",")
 }
 
-func newHandler(node *raftkit.RaftNode, kv *fsmexample.Store) *http.ServeMux {
+func newHandler(node *raftkit.RaftNode, kv *fsmexample.Store, maxCommand int) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("PUT /kv/{key}", func(w http.ResponseWriter, r *http.Request) {
-		value, err := io.ReadAll(io.LimitReader(r.Body, fsmexample.MaxValueLen+1))
-		if err != nil || len(value) > fsmexample.MaxValueLen {
-			writeJSONError(w, http.StatusBadRequest, "invalid", "value unreadable or larger than 16 MiB")
+		limit := min(fsmexample.MaxValueLen, maxCommand-len(fsmexample.Set(r.PathValue("key"), nil)))
+		value, release, err := readBody(r, limit)
+		defer release()
+		switch {
+		case errors.Is(err, errBodyTooLarge):
+			writeJSONError(w, http.StatusRequestEntityTooLarge, "invalid", fmt.Sprintf("value larger than %d bytes", max(limit, 0)))
+			return
+		case errors.Is(err, errServerBusy):
+			w.Header().Set("Retry-After", "1")
+			writeJSONError(w, http.StatusServiceUnavailable, "not_applied", err.Error())
+			return
+		case err != nil:
+			writeJSONError(w, http.StatusBadRequest, "invalid", "value unreadable: "+err.Error())
 			return
 		}
 		if _, err := node.Apply(r.Context(), fsmexample.Set(r.PathValue("key"), value)); err != nil {

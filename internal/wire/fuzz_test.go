@@ -23,7 +23,7 @@ func FuzzServerDecoding(f *testing.F) {
 		c, s := net.Pipe()
 		done := make(chan struct{})
 		go func() {
-			srv.ServeCodec(NewServerCodec(s, Deadlines{Idle: time.Second, Message: time.Second}))
+			srv.ServeCodec(NewServerCodec(s, Limits{Deadlines: Deadlines{Idle: time.Second, Message: time.Second}}))
 			close(done)
 		}()
 		go func() {

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/rpc"
 	"reflect"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -165,59 +166,240 @@ type Deadlines struct {
 	Message time.Duration
 }
 
+// Limits bound what one server connection can make its node hold.
+type Limits struct {
+	Deadlines
+	// MaxFrame is the largest frame the connection may send; 0 means
+	// MaxFrame.
+	MaxFrame int
+	// Upgrade, if set, is asked before each message whether the
+	// connection has earned other limits (a stranger that became a
+	// member); once it answers true, the limits it returned apply for the
+	// rest of the connection.
+	Upgrade func() (Limits, bool)
+	// Budget, if set, is shared by the node's connections: a frame's
+	// buffer (beyond a first small chunk) is reserved from it as it grows
+	// with the bytes that arrive, and given back once the frame is
+	// decoded, so frames being read never hold more than the budget in
+	// all. A frame that cannot get budget within its message deadline
+	// fails with ErrBusy.
+	Budget *Budget
+}
+
 // frameConn reads and writes length-prefixed frames.
 type frameConn struct {
-	conn      net.Conn
-	r         *bufio.Reader
-	w         *bufio.Writer
-	h         *codec.MsgpackHandle
-	deadlines Deadlines
-	buf       []byte
-	wmu       sync.Mutex
+	conn   net.Conn
+	r      *bufio.Reader
+	w      *bufio.Writer
+	h      *codec.MsgpackHandle
+	limits Limits
+	buf    []byte
+	wmu    sync.Mutex
 }
 
-func newFrameConn(conn net.Conn, d Deadlines) *frameConn {
-	return &frameConn{conn: conn, r: bufio.NewReader(conn), w: bufio.NewWriter(conn), h: Handle(), deadlines: d}
+func newFrameConn(conn net.Conn, l Limits) *frameConn {
+	if l.MaxFrame <= 0 || l.MaxFrame > MaxFrame {
+		l.MaxFrame = MaxFrame
+	}
+	return &frameConn{conn: conn, r: bufio.NewReaderSize(conn, readChunk), w: bufio.NewWriter(conn), h: Handle(), limits: l}
 }
 
-// ErrFrameTooLarge is returned for a message over MaxFrame.
+// readChunk is how much of a frame is read before its buffer grows; a
+// connection keeps a buffer of at most this size between frames.
+const readChunk = 16 << 10
+
+// ErrFrameTooLarge is returned for a message over the connection's limit.
 var ErrFrameTooLarge = errors.New("raftkit wire: message exceeds size limit")
 
 // readFrame reads one frame and decodes it into v (nil discards it). idle
-// says whether this frame starts a new message.
+// says whether this frame starts a new message. Memory grows with the
+// bytes that arrive, never ahead of them: a length prefix alone costs
+// nothing.
 func (c *frameConn) readFrame(v any, idle bool) error {
-	d := c.deadlines.Message
-	if idle {
-		d = c.deadlines.Idle
-	}
-	if d > 0 {
-		_ = c.conn.SetReadDeadline(time.Now().Add(d))
-	}
 	var hdr [4]byte
-	if _, err := io.ReadFull(c.r, hdr[:]); err != nil {
+	for {
+		c.upgrade()
+		d := c.limits.Message
+		if idle {
+			d = c.limits.Idle
+		}
+		if d > 0 {
+			_ = c.conn.SetReadDeadline(time.Now().Add(d))
+		}
+		n, err := io.ReadFull(c.r, hdr[:])
+		if err == nil {
+			break
+		}
+		// An idle wait that timed out starts again if the connection
+		// has earned other limits meanwhile.
+		var ne net.Error
+		if n == 0 && idle && errors.As(err, &ne) && ne.Timeout() && c.upgrade() {
+			continue
+		}
 		return err
 	}
-	if idle && c.deadlines.Message > 0 {
-		_ = c.conn.SetReadDeadline(time.Now().Add(c.deadlines.Message))
+	var deadline time.Time
+	if c.limits.Message > 0 {
+		deadline = time.Now().Add(c.limits.Message)
+		if idle {
+			_ = c.conn.SetReadDeadline(deadline)
+		}
 	}
-	n := binary.BigEndian.Uint32(hdr[:])
-	if n > MaxFrame {
-		return fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, n, MaxFrame)
+	n := int(binary.BigEndian.Uint32(hdr[:]))
+	if n > c.limits.MaxFrame {
+		return fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, n, c.limits.MaxFrame)
 	}
-	if cap(c.buf) < int(n) {
-		c.buf = make([]byte, n)
+	// Budget is reserved for buffer growth beyond the first chunk, as the
+	// bytes arrive; a sender that stops half-way holds only what it sent.
+	b := c.limits.Budget
+	reserved, ticket, drawing := 0, uint64(0), false
+	defer func() {
+		if drawing {
+			b.end(ticket, reserved)
+		}
+	}()
+	buf := c.buf[:0]
+	for len(buf) < n {
+		if len(buf) == cap(buf) {
+			size := min(n, max(2*cap(buf), readChunk))
+			if b != nil && size > readChunk {
+				more := size - max(cap(buf), readChunk)
+				if !drawing {
+					ticket, drawing = b.begin(), true
+				}
+				if err := b.acquire(ticket, more, deadline); err != nil {
+					return err
+				}
+				reserved += more
+			}
+			grown := make([]byte, len(buf), size)
+			copy(grown, buf)
+			buf = grown
+		}
+		m, err := c.r.Read(buf[len(buf):min(n, cap(buf))])
+		buf = buf[:len(buf)+m]
+		if err != nil && len(buf) < n {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
 	}
-	b := c.buf[:n]
-	if _, err := io.ReadFull(c.r, b); err != nil {
-		return err
+	if cap(buf) <= readChunk {
+		c.buf = buf
+	} else {
+		c.buf = nil
 	}
 	if v == nil {
 		return nil
 	}
-	if err := codec.NewDecoderBytes(b, c.h).Decode(v); err != nil {
+	if err := codec.NewDecoderBytes(buf, c.h).Decode(v); err != nil {
 		return fmt.Errorf("raftkit wire: decode: %w", err)
 	}
 	return nil
+}
+
+// upgrade applies the limits that Limits.Upgrade offers, if any, and
+// reports whether it did.
+func (c *frameConn) upgrade() bool {
+	if c.limits.Upgrade == nil {
+		return false
+	}
+	l, ok := c.limits.Upgrade()
+	if ok {
+		c.limits = newFrameConn(nil, l).limits
+	}
+	return ok
+}
+
+// ErrBusy is returned when a frame waited for the node's in-flight byte
+// budget longer than its message deadline.
+var ErrBusy = errors.New("raftkit wire: node busy: in-flight request bytes at their limit")
+
+// Budget is a count of bytes that frames being read may hold, shared by a
+// node's connections. The frame that started drawing on it first may always
+// draw more, even past the total, so frames that each hold part of the
+// budget and wait for more never wait on each other for good: the oldest
+// finishes and gives its bytes back. The budget can thus be exceeded by at
+// most one frame.
+type Budget struct {
+	mu     sync.Mutex
+	free   int
+	total  int
+	wake   chan struct{} // closed and replaced when bytes are released
+	next   uint64        // the next frame's ticket
+	active []uint64      // tickets of frames holding budget, oldest first
+}
+
+// NewBudget returns a budget of total bytes.
+func NewBudget(total int) *Budget {
+	return &Budget{free: total, total: total, wake: make(chan struct{})}
+}
+
+// begin gives a frame its ticket.
+func (b *Budget) begin() uint64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	t := b.next
+	b.next++
+	b.active = append(b.active, t)
+	return t
+}
+
+// end gives back the held bytes of frame t and retires its ticket.
+func (b *Budget) end(t uint64, held int) {
+	b.mu.Lock()
+	b.free += held
+	if i := slices.Index(b.active, t); i >= 0 {
+		b.active = slices.Delete(b.active, i, i+1)
+	}
+	close(b.wake)
+	b.wake = make(chan struct{})
+	b.mu.Unlock()
+}
+
+// acquire reserves n more bytes for frame t, waiting until deadline (zero:
+// forever) for them unless t is the oldest frame holding budget.
+func (b *Budget) acquire(t uint64, n int, deadline time.Time) error {
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		b.mu.Lock()
+		if b.free >= n || b.active[0] == t {
+			b.free -= n
+			b.mu.Unlock()
+			return nil
+		}
+		wake := b.wake
+		b.mu.Unlock()
+		var expired <-chan time.Time
+		if !deadline.IsZero() {
+			wait := time.Until(deadline)
+			if wait <= 0 {
+				return fmt.Errorf("%w: %d bytes wanted", ErrBusy, n)
+			}
+			if timer == nil {
+				timer = time.NewTimer(wait)
+			}
+			expired = timer.C
+		}
+		select {
+		case <-wake:
+		case <-expired:
+			return fmt.Errorf("%w: %d bytes wanted", ErrBusy, n)
+		}
+	}
+}
+
+// InUse returns how many bytes are reserved.
+func (b *Budget) InUse() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.total - b.free
 }
 
 // writeFrames encodes each value as a frame and flushes them together.
@@ -262,9 +444,9 @@ type serverCodec struct {
 	inFlight chan struct{}
 }
 
-// NewServerCodec returns a net/rpc server codec on conn.
-func NewServerCodec(conn net.Conn, d Deadlines) rpc.ServerCodec {
-	return serverCodec{newFrameConn(conn, d), make(chan struct{}, MaxInFlight)}
+// NewServerCodec returns a net/rpc server codec on conn, bounded by l.
+func NewServerCodec(conn net.Conn, l Limits) rpc.ServerCodec {
+	return serverCodec{newFrameConn(conn, l), make(chan struct{}, MaxInFlight)}
 }
 
 func (c serverCodec) ReadRequestHeader(r *rpc.Request) error {
@@ -299,7 +481,7 @@ type ClientCodec struct {
 // idle deadline (responses may take as long as the call's own timeout) but
 // each message must arrive within d.Message once started.
 func NewClientCodec(conn net.Conn, d Deadlines) *ClientCodec {
-	return &ClientCodec{frameConn: newFrameConn(conn, Deadlines{Message: d.Message})}
+	return &ClientCodec{frameConn: newFrameConn(conn, Limits{Deadlines: Deadlines{Message: d.Message}})}
 }
 
 // Broken reports whether reading or writing on the connection has failed;

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/rpc"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -24,7 +25,7 @@ func serve(t *testing.T, d Deadlines) (client net.Conn, done chan struct{}) {
 	}
 	c, s := net.Pipe()
 	done = make(chan struct{})
-	go func() { srv.ServeCodec(NewServerCodec(s, d)); close(done) }()
+	go func() { srv.ServeCodec(NewServerCodec(s, Limits{Deadlines: d})); close(done) }()
 	t.Cleanup(func() { c.Close(); <-done })
 	return c, done
 }
@@ -90,9 +91,134 @@ func TestEncodeRefusesOversizedMessages(t *testing.T) {
 	a, b := net.Pipe()
 	defer a.Close()
 	defer b.Close()
-	fc := newFrameConn(a, Deadlines{})
+	fc := newFrameConn(a, Limits{})
 	err := fc.writeFrames(&ApplyRequest{Command: make([]byte, MaxFrame+1)})
 	if !errors.Is(err, ErrFrameTooLarge) {
 		t.Fatalf("got %v, want ErrFrameTooLarge", err)
+	}
+}
+
+func TestBudgetBoundsFramesInFlight(t *testing.T) {
+	b := NewBudget(256 << 10)
+	// A sender that stops half-way holds the budget for what it sent, not
+	// for what it claimed.
+	a, peer := net.Pipe()
+	defer a.Close()
+	defer peer.Close()
+	stalled := newFrameConn(a, Limits{Deadlines: Deadlines{Message: time.Minute}, Budget: b})
+	go func() {
+		var hdr [4]byte
+		binary.BigEndian.PutUint32(hdr[:], 60<<20)
+		peer.Write(hdr[:])
+		peer.Write(make([]byte, 100<<10))
+	}()
+	go stalled.readFrame(nil, true)
+	deadline := time.Now().Add(5 * time.Second)
+	for b.InUse() == 0 || b.InUse() > 256<<10 {
+		if time.Now().After(deadline) {
+			t.Fatalf("budget in use %d after 100 KiB of a 60 MiB claim", b.InUse())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if got := b.InUse(); got > 128<<10 {
+		t.Fatalf("100 KiB received reserved %d bytes", got)
+	}
+	// Another frame that needs more than is left waits, then gives up at
+	// its deadline with ErrBusy.
+	c, peer2 := net.Pipe()
+	defer c.Close()
+	defer peer2.Close()
+	waiting := newFrameConn(c, Limits{Deadlines: Deadlines{Message: 200 * time.Millisecond}, Budget: b})
+	go func() {
+		var hdr [4]byte
+		binary.BigEndian.PutUint32(hdr[:], 300<<10)
+		peer2.Write(hdr[:])
+		peer2.Write(make([]byte, 300<<10))
+	}()
+	if err := waiting.readFrame(nil, true); !errors.Is(err, ErrBusy) {
+		t.Fatalf("frame over the remaining budget: %v, want ErrBusy", err)
+	}
+}
+
+func TestLoneFrameLargerThanBudgetIsRead(t *testing.T) {
+	b := NewBudget(64 << 10)
+	a, peer := net.Pipe()
+	defer a.Close()
+	defer peer.Close()
+	fc := newFrameConn(a, Limits{Deadlines: Deadlines{Message: 5 * time.Second}, Budget: b})
+	go func() {
+		var hdr [4]byte
+		binary.BigEndian.PutUint32(hdr[:], 1<<20)
+		peer.Write(hdr[:])
+		peer.Write(make([]byte, 1<<20))
+	}()
+	if err := fc.readFrame(nil, true); err != nil {
+		t.Fatalf("a 1 MiB frame alone with a 64 KiB budget: %v", err)
+	}
+	if b.InUse() != 0 {
+		t.Fatalf("budget in use after the frame: %d", b.InUse())
+	}
+}
+
+func TestUpgradedConnectionKeepsWaitingAndTakesLargerFrames(t *testing.T) {
+	var member atomic.Bool
+	l := Limits{Deadlines: Deadlines{Idle: 100 * time.Millisecond, Message: time.Second}, MaxFrame: 16}
+	l.Upgrade = func() (Limits, bool) {
+		return Limits{Deadlines: Deadlines{Idle: time.Minute, Message: time.Second}}, member.Load()
+	}
+	a, peer := net.Pipe()
+	defer a.Close()
+	defer peer.Close()
+	fc := newFrameConn(a, l)
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		member.Store(true)
+		// Past the stranger's idle deadline, then a frame over its limit.
+		time.Sleep(200 * time.Millisecond)
+		var hdr [4]byte
+		binary.BigEndian.PutUint32(hdr[:], 1000)
+		peer.Write(hdr[:])
+		peer.Write(make([]byte, 1000))
+	}()
+	if err := fc.readFrame(nil, true); err != nil {
+		t.Fatalf("connection that became a member: %v", err)
+	}
+	// Without the upgrade, the same wait ends at the idle deadline.
+	b, peer2 := net.Pipe()
+	defer b.Close()
+	defer peer2.Close()
+	l.Upgrade = nil
+	if err := newFrameConn(b, l).readFrame(nil, true); err == nil {
+		t.Fatal("a stranger's idle wait did not end")
+	}
+}
+
+func TestFramesThatEachHoldPartOfTheBudgetAllFinish(t *testing.T) {
+	// Four 300 KiB frames arrive at once on a 256 KiB budget: each could
+	// hold part of it and wait for the rest; the oldest always proceeds.
+	b := NewBudget(256 << 10)
+	errs := make(chan error, 4)
+	for i := 0; i < 4; i++ {
+		a, peer := net.Pipe()
+		defer a.Close()
+		defer peer.Close()
+		fc := newFrameConn(a, Limits{Deadlines: Deadlines{Message: 5 * time.Second}, Budget: b})
+		go func() {
+			var hdr [4]byte
+			binary.BigEndian.PutUint32(hdr[:], 300<<10)
+			peer.Write(hdr[:])
+			for sent := 0; sent < 300<<10; sent += 10 << 10 {
+				peer.Write(make([]byte, 10<<10))
+			}
+		}()
+		go func() { errs <- fc.readFrame(nil, true) }()
+	}
+	for i := 0; i < 4; i++ {
+		if err := <-errs; err != nil {
+			t.Fatalf("frame %d: %v", i, err)
+		}
+	}
+	if b.InUse() != 0 {
+		t.Fatalf("budget in use after all frames: %d", b.InUse())
 	}
 }
