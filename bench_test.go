@@ -69,6 +69,33 @@ func BenchmarkApplyLeader(b *testing.B) {
 	}
 }
 
+// BenchmarkApplyRaftDirect is BenchmarkApplyLeader's load through
+// hashicorp/raft's own Apply on the same kind of cluster: the floor that
+// raftkit's leader path adds its cost to.
+func BenchmarkApplyRaftDirect(b *testing.B) {
+	for _, clients := range []int{1, 64} {
+		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
+			nodes, l := benchCluster(b)
+			r := nodes[l].raft
+			var worker atomic.Int64
+			val := make([]byte, 100)
+			b.SetParallelism(max(1, clients/max(1, testingProcs())))
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				w := int(worker.Add(1))
+				for i := 0; pb.Next(); i++ {
+					f := r.Apply(fsmexample.Set(fmt.Sprintf("w%d-%d", w, i%256), val), 0)
+					if err := f.Error(); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
+}
+
 func BenchmarkApplyForwarded(b *testing.B) {
 	for _, clients := range []int{1, 64} {
 		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {

@@ -17,7 +17,9 @@ import (
 	"fmt"
 	"log"
 	"os"
+	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"strings"
 	"time"
@@ -36,6 +38,9 @@ type options struct {
 	loadConns int
 	dir       string
 	markdown  bool
+	// memProfile, when set, names the heap profiles written at the
+	// memory measurement: memProfile.<variant>.<round>.
+	memProfile string
 }
 
 const allScenarios = "seq,c64,c256,fwd1,fwd64,read-leader,read-follower,startup,memory,failover,handover"
@@ -54,6 +59,7 @@ func main() {
 	dir := flag.String("dir", "", "where the nodes' files go (default: a temporary directory, removed at exit)")
 	markdown := flag.Bool("markdown", true, "print the table as Markdown")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	memProfile := flag.String("memprofile", "", "write a heap profile of each cluster at the memory measurement to this file name plus .<variant>.<n>")
 	flag.Parse()
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
@@ -70,6 +76,7 @@ func main() {
 		scenarios: map[string]bool{},
 		duration:  *duration, warmup: *warmup, size: *size, rounds: max(*rounds, 1),
 		failovers: *failovers, every: *every, loadConns: *loadConns, markdown: *markdown,
+		memProfile: *memProfile,
 	}
 	for _, s := range strings.Split(*scen, ",") {
 		s = strings.TrimSpace(s)
@@ -125,6 +132,37 @@ func main() {
 	}
 }
 
+// residentBytes is the process's resident set size (VmRSS), or 0 where
+// /proc does not tell it.
+func residentBytes() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			var kb int64
+			if _, err := fmt.Sscanf(strings.TrimSpace(rest), "%d kB", &kb); err == nil {
+				return kb << 10
+			}
+		}
+	}
+	return 0
+}
+
+// writeHeapProfile writes the heap profile of what is live now.
+func writeHeapProfile(name string) error {
+	f, err := os.Create(name)
+	if err != nil {
+		return err
+	}
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
 func printMachine() {
 	host, _ := os.Hostname()
 	fmt.Printf("raftkit-bench: %s, %s/%s, GOMAXPROCS=%d, NumCPU=%d, host %s, %s\n",
@@ -173,9 +211,10 @@ func runAll(o options, store string, t *table) error {
 // throughputRound builds one cluster of kind v and runs the throughput
 // scenarios on it, then measures its memory.
 func throughputRound(o options, v clusterSpec, dir string, t *table) error {
-	runtime.GC()
+	debug.FreeOSMemory()
 	var before runtime.MemStats
 	runtime.ReadMemStats(&before)
+	rssBefore := residentBytes()
 	goroutinesBefore := runtime.NumGoroutine()
 
 	c, err := newCluster(v, dir)
@@ -246,11 +285,22 @@ func throughputRound(o options, v clusterSpec, dir string, t *table) error {
 		}
 	}
 	if o.scenarios["memory"] {
-		runtime.GC()
+		// FreeOSMemory collects and returns free pages to the system,
+		// so that the resident set counts what the nodes hold, not what
+		// the load left behind for reuse.
+		debug.FreeOSMemory()
 		var after runtime.MemStats
 		runtime.ReadMemStats(&after)
 		perNode := (float64(after.HeapInuse) - float64(before.HeapInuse)) / 3
 		t.addNum("memory", "Go heap per node (MiB)", v.name, perNode/(1<<20), lowerBetterNum)
+		if rss := residentBytes(); rss > 0 && rssBefore > 0 {
+			t.addNum("memory", "RSS per node (MiB)", v.name, float64(rss-rssBefore)/3/(1<<20), lowerBetterNum)
+		}
+		if o.memProfile != "" {
+			if err := writeHeapProfile(fmt.Sprintf("%s.%s.%s", o.memProfile, v.kind+map[bool]string{true: "-same"}[v.same], filepath.Base(dir))); err != nil {
+				return err
+			}
+		}
 		t.addNum("memory", "goroutines per node", v.name, float64(runtime.NumGoroutine()-goroutinesBefore)/3, lowerBetterNum)
 	}
 	return nil
