@@ -35,8 +35,9 @@ type RaftNode struct {
 	rpc        *rpcPool
 	fwd        *applyBatcher // forwarded writes
 	runners    runnerSet
-	// futureWaits counts goroutines waiting on raft futures (waitFuture).
+	// futureWaits counts waits on raft futures (waitFuture, applyWaits).
 	futureWaits waitGroup
+	applyWaits  *applyWaiter
 	readyTerm   atomic.Uint64 // term in which this leader's barrier completed
 	metrics     *Metrics      // nil: none
 	metricsWG   sync.WaitGroup
@@ -144,6 +145,7 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 	n.followerReads = &readBatcher{fetch: n.remoteReadIndex, timeout: s.ApplyTimeout, wg: &n.readFetches}
 	n.rpc = newRPCPool(mux)
 	n.fwd = newApplyBatcher(n)
+	n.applyWaits = newApplyWaiter(n)
 	n.rpcServer = rpc.NewServer()
 	if err := n.rpcServer.RegisterName(wire.Service, &rpcService{n: n}); err != nil {
 		n.Close()
