@@ -1,12 +1,17 @@
 package raftkit
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/go-msgpack/v2/codec"
+	"github.com/hashicorp/raft"
 
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
 )
@@ -125,5 +130,40 @@ func BenchmarkLinearizableRead(b *testing.B) {
 				}
 			})
 		})
+	}
+}
+
+// BenchmarkDecodeAppendEntries decodes an AppendEntries request carrying
+// one entry of each size the way a follower's raft.NetworkTransport does
+// (a 256 KiB bufio.Reader and a zero msgpack handle, as handleConn builds
+// them), and with the handle's MaxInitLen raised, which raft does not
+// expose. go-msgpack grows a []byte longer than MaxInitLen (256 KiB when
+// unset) one 256 KiB step at a time, copying what it has read at each
+// step: B/op grows with the square of the entry's size.
+func BenchmarkDecodeAppendEntries(b *testing.B) {
+	for _, size := range []int{64 << 10, 1 << 20, 4 << 20, 16 << 20} {
+		var buf bytes.Buffer
+		req := raft.AppendEntriesRequest{Term: 2, Entries: []*raft.Log{{Index: 1, Term: 2, Type: raft.LogCommand, Data: make([]byte, size)}}}
+		if err := codec.NewEncoder(&buf, &codec.MsgpackHandle{}).Encode(&req); err != nil {
+			b.Fatal(err)
+		}
+		for _, h := range []struct {
+			name       string
+			maxInitLen int
+		}{{"raft", 0}, {"maxinitlen", 64 << 20}} {
+			b.Run(fmt.Sprintf("%dKiB/%s", size>>10, h.name), func(b *testing.B) {
+				b.ReportAllocs()
+				b.SetBytes(int64(size))
+				for i := 0; i < b.N; i++ {
+					var got raft.AppendEntriesRequest
+					mh := &codec.MsgpackHandle{}
+					mh.MaxInitLen = h.maxInitLen
+					dec := codec.NewDecoder(bufio.NewReaderSize(bytes.NewReader(buf.Bytes()), 256<<10), mh)
+					if err := dec.Decode(&got); err != nil || len(got.Entries[0].Data) != size {
+						b.Fatalf("decode: %v", err)
+					}
+				}
+			})
+		}
 	}
 }

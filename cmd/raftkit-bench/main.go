@@ -43,7 +43,7 @@ type options struct {
 	memProfile string
 }
 
-const allScenarios = "seq,c64,c256,fwd1,fwd64,read-leader,read-follower,startup,memory,failover,handover"
+const allScenarios = "seq,c64,c256,fwd1,fwd64,read-leader,read-follower,startup,memory,large,failover,handover"
 
 func main() {
 	scen := flag.String("scenarios", allScenarios, "comma-separated scenarios to run: "+allScenarios)
@@ -190,6 +190,15 @@ func runAll(o options, store string, t *table) error {
 				if err := throughputRound(o, v, fmt.Sprintf("%s/t%d", o.dir, n), t); err != nil {
 					return fmt.Errorf("%s: %w", v.name, err)
 				}
+			}
+		}
+	}
+	if o.scenarios["large"] {
+		for _, v := range o.variants {
+			v.store = store
+			n++
+			if err := largeRun(o, v, fmt.Sprintf("%s/l%d", o.dir, n), t); err != nil {
+				return fmt.Errorf("%s large: %w", v.name, err)
 			}
 		}
 	}
