@@ -152,16 +152,31 @@ type Deadlines struct {
 	Message time.Duration
 }
 
-// frameConn reads and writes length-prefixed frames.
+// frameConn reads and writes length-prefixed frames. One goroutine reads
+// (net/rpc's input loop); writers take wmu. Each side keeps its codec and
+// buffers between messages, buffers only up to keepBuffer: a larger frame
+// gets its own, which it does not keep.
 type frameConn struct {
 	conn      net.Conn
 	r         *bufio.Reader
 	w         *bufio.Writer
 	h         *codec.MsgpackHandle
 	deadlines Deadlines
-	buf       []byte
-	wmu       sync.Mutex
+
+	buf  []byte // the reader's
+	dec  *codec.Decoder
+	rhdr [4]byte
+
+	wmu    sync.Mutex
+	enc    *codec.Encoder
+	frames [][]byte // encoded frames of one message, storage kept
+	whdr   [4]byte
 }
+
+// keepBuffer is the largest buffer a connection keeps for its next
+// message: a forwarded command of many MiB should not stay in memory for
+// the connection's life.
+const keepBuffer = 64 << 10
 
 func newFrameConn(conn net.Conn, d Deadlines) *frameConn {
 	return &frameConn{conn: conn, r: bufio.NewReader(conn), w: bufio.NewWriter(conn), h: Handle(), deadlines: d}
@@ -180,28 +195,42 @@ func (c *frameConn) readFrame(v any, idle bool) error {
 	if d > 0 {
 		_ = c.conn.SetReadDeadline(time.Now().Add(d))
 	}
-	var hdr [4]byte
-	if _, err := io.ReadFull(c.r, hdr[:]); err != nil {
+	if _, err := io.ReadFull(c.r, c.rhdr[:]); err != nil {
 		return err
 	}
 	if idle && c.deadlines.Message > 0 {
 		_ = c.conn.SetReadDeadline(time.Now().Add(c.deadlines.Message))
 	}
-	n := binary.BigEndian.Uint32(hdr[:])
+	n := int(binary.BigEndian.Uint32(c.rhdr[:]))
 	if n > MaxFrame {
 		return fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, n, MaxFrame)
 	}
-	if cap(c.buf) < int(n) {
-		c.buf = make([]byte, n)
+	var b []byte
+	if n <= keepBuffer {
+		if cap(c.buf) < n {
+			c.buf = make([]byte, n)
+		}
+		b = c.buf[:n]
+	} else {
+		b = make([]byte, n)
 	}
-	b := c.buf[:n]
 	if _, err := io.ReadFull(c.r, b); err != nil {
 		return err
 	}
 	if v == nil {
 		return nil
 	}
-	if err := codec.NewDecoderBytes(b, c.h).Decode(v); err != nil {
+	// Decoded values never share b (the handle is not ZeroCopy).
+	if c.dec == nil {
+		c.dec = codec.NewDecoderBytes(b, c.h)
+	} else {
+		c.dec.ResetBytes(b)
+	}
+	err := c.dec.Decode(v)
+	if n > keepBuffer {
+		c.dec = nil // it refers to b
+	}
+	if err != nil {
 		return fmt.Errorf("raftkit wire: decode: %w", err)
 	}
 	return nil
@@ -211,21 +240,37 @@ func (c *frameConn) readFrame(v any, idle bool) error {
 // Nothing is written unless every value encodes within the size limit, so
 // a refused message never leaves half a request on the stream.
 func (c *frameConn) writeFrames(vs ...any) error {
-	frames := make([][]byte, len(vs))
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	for len(c.frames) < len(vs) {
+		c.frames = append(c.frames, nil)
+	}
+	frames := c.frames[:len(vs)]
+	defer func() {
+		for i, b := range frames {
+			if cap(b) > keepBuffer {
+				frames[i] = nil
+				c.enc = nil // it refers to b too
+			}
+		}
+	}()
 	for i, v := range vs {
-		if err := codec.NewEncoderBytes(&frames[i], c.h).Encode(v); err != nil {
+		frames[i] = frames[i][:0]
+		if c.enc == nil {
+			c.enc = codec.NewEncoderBytes(&frames[i], c.h)
+		} else {
+			c.enc.ResetBytes(&frames[i])
+		}
+		if err := c.enc.Encode(v); err != nil {
 			return fmt.Errorf("raftkit wire: encode: %w", err)
 		}
 		if len(frames[i]) > MaxFrame {
 			return fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, len(frames[i]), MaxFrame)
 		}
 	}
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
 	for _, b := range frames {
-		var hdr [4]byte
-		binary.BigEndian.PutUint32(hdr[:], uint32(len(b)))
-		if _, err := c.w.Write(hdr[:]); err != nil {
+		binary.BigEndian.PutUint32(c.whdr[:], uint32(len(b)))
+		if _, err := c.w.Write(c.whdr[:]); err != nil {
 			return err
 		}
 		if _, err := c.w.Write(b); err != nil {
