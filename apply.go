@@ -48,7 +48,7 @@ import (
 // Apply is bounded by ctx's deadline, or by Config.ApplyTimeout when ctx
 // has none. Use ApplyLocal to refuse forwarding.
 func (n *RaftNode) Apply(ctx context.Context, cmd []byte) (any, error) {
-	start := time.Now()
+	start := n.metrics.now()
 	res, err, path := n.apply(ctx, cmd)
 	n.metrics.applied(n.id, path, start, err)
 	return res, err
@@ -59,7 +59,7 @@ func (n *RaftNode) Apply(ctx context.Context, cmd []byte) (any, error) {
 // ErrNotApplied) naming the leader, and the command was not applied.
 // Outcomes are otherwise as for Apply.
 func (n *RaftNode) ApplyLocal(ctx context.Context, cmd []byte) (any, error) {
-	start := time.Now()
+	start := n.metrics.now()
 	res, err := n.applyLocal(ctx, cmd)
 	n.metrics.applied(n.id, "local", start, err)
 	return res, err
