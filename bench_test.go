@@ -167,3 +167,26 @@ func BenchmarkDecodeAppendEntries(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkApplyLeaderWithDeadline is BenchmarkApplyLeader/clients=64 with
+// a caller's context that has its own deadline, as most callers' have.
+func BenchmarkApplyLeaderWithDeadline(b *testing.B) {
+	nodes, l := benchCluster(b)
+	n := nodes[l]
+	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+	defer cancel()
+	var worker atomic.Int64
+	val := make([]byte, 100)
+	b.SetParallelism(max(1, 64/max(1, testingProcs())))
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		w := int(worker.Add(1))
+		for i := 0; pb.Next(); i++ {
+			if _, err := n.Apply(ctx, fsmexample.Set(fmt.Sprintf("w%d-%d", w, i%256), val)); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}

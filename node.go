@@ -247,10 +247,12 @@ func (n *RaftNode) notLeader() error {
 }
 
 // bound returns ctx limited to its own deadline or, if it has none,
-// ApplyTimeout.
+// ApplyTimeout. A ctx that has a deadline is returned as it is: nothing
+// raftkit starts under it outlives the call, so a derived context to
+// cancel would only cost allocations.
 func (n *RaftNode) bound(ctx context.Context) (context.Context, context.CancelFunc) {
 	if _, ok := ctx.Deadline(); ok {
-		return context.WithCancel(ctx)
+		return ctx, func() {}
 	}
 	return context.WithTimeout(ctx, n.cfg.ApplyTimeout)
 }
