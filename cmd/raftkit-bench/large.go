@@ -46,9 +46,13 @@ func largeRun(o options, v clusterSpec, dir string, t *table) error {
 	if err != nil {
 		return err
 	}
-	for _, size := range largeSizes {
+	sizes := o.largeSizes
+	if sizes == nil {
+		sizes = largeSizes
+	}
+	for _, size := range sizes {
 		name := sizeName(size)
-		disk, err := diskSpeed(dir, size, largeWrites(size))
+		disk, err := diskSpeed(dir, size, largeWrites(o, size))
 		if err != nil {
 			return err
 		}
@@ -58,7 +62,7 @@ func largeRun(o options, v clusterSpec, dir string, t *table) error {
 		var lat []time.Duration
 		start := time.Now()
 		var bytes int
-		for i := 0; i < largeWrites(size); i++ {
+		for i := 0; i < largeWrites(o, size); i++ {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			t0 := time.Now()
 			err := c.applyLeader(ctx, l, cmd)
@@ -95,7 +99,13 @@ func largeRun(o options, v clusterSpec, dir string, t *table) error {
 	return nil
 }
 
-func largeWrites(size int) int { return max(largeMinWrites, largeBytes/size) }
+func largeWrites(o options, size int) int {
+	total := o.largeBytes
+	if total == 0 {
+		total = largeBytes
+	}
+	return max(largeMinWrites, total/size)
+}
 
 func sizeName(size int) string {
 	if size >= 1<<20 {

@@ -41,6 +41,10 @@ type options struct {
 	// memProfile, when set, names the heap profiles written at the
 	// memory measurement: memProfile.<variant>.<round>.
 	memProfile string
+	// largeSizes are the large scenario's command sizes (nil: largeSizes),
+	// largeBytes about how much it writes per size (0: largeBytes).
+	largeSizes []int
+	largeBytes int
 }
 
 const allScenarios = "seq,c64,c256,fwd1,fwd64,read-leader,read-follower,startup,memory,large,failover,handover"
