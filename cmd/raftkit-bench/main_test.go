@@ -45,7 +45,7 @@ func TestBenchSmoke(t *testing.T) {
 	}
 	// Heap and RSS differences may be anything, even below zero, in a
 	// short run; the rows must be there.
-	for _, metric := range []string{"Go heap per node", "RSS per node"} {
+	for _, metric := range []string{"Go heap per node", "anonymous RSS per node"} {
 		if tb.find("memory", metric) == nil {
 			t.Errorf("no memory %s row", metric)
 		}
