@@ -14,18 +14,23 @@ import (
 // entries leave the cache once their bytes pass the budget, and an entry
 // larger than the whole budget is not cached. Entries that left are read
 // from the store, as raft.LogCache reads a miss.
+//
+// The ring holds copies of the entries, not the pointers raft stores: on
+// the leader those point into raft's apply futures, on followers into the
+// decoded request, and a cached pointer kept the whole of either alive.
+// An empty slot has Index 0 (raft's indexes start at 1).
 type logCache struct {
 	store    raft.LogStore
 	maxBytes int
 
 	mu    sync.RWMutex
-	ring  []*raft.Log
+	ring  []raft.Log
 	bytes int    // cached entries' size
 	first uint64 // no entry below this index is cached (0: none is)
 }
 
 func newLogCache(store raft.LogStore, entries, maxBytes int) *logCache {
-	return &logCache{store: store, maxBytes: maxBytes, ring: make([]*raft.Log, entries)}
+	return &logCache{store: store, maxBytes: maxBytes, ring: make([]raft.Log, entries)}
 }
 
 func entrySize(l *raft.Log) int { return len(l.Data) + len(l.Extensions) }
@@ -40,12 +45,13 @@ func (c *logCache) IsMonotonic() bool {
 
 func (c *logCache) GetLog(idx uint64, l *raft.Log) error {
 	c.mu.RLock()
-	e := c.ring[idx%uint64(len(c.ring))]
-	c.mu.RUnlock()
-	if e != nil && e.Index == idx {
+	e := &c.ring[idx%uint64(len(c.ring))]
+	if idx != 0 && e.Index == idx {
 		*l = *e
+		c.mu.RUnlock()
 		return nil
 	}
+	c.mu.RUnlock()
 	return c.store.GetLog(idx, l)
 }
 
@@ -68,15 +74,15 @@ func (c *logCache) StoreLogs(logs []*raft.Log) error {
 func (c *logCache) put(l *raft.Log) {
 	n := uint64(len(c.ring))
 	slot := &c.ring[l.Index%n]
-	if old := *slot; old != nil {
-		c.bytes -= entrySize(old)
-		*slot = nil
+	if slot.Index != 0 {
+		c.bytes -= entrySize(slot)
+		*slot = raft.Log{}
 	}
 	size := entrySize(l)
-	if size > c.maxBytes {
+	if size > c.maxBytes || l.Index == 0 {
 		return
 	}
-	*slot = l
+	*slot = *l
 	c.bytes += size
 	switch {
 	case c.first == 0 || l.Index < c.first:
@@ -84,19 +90,18 @@ func (c *logCache) put(l *raft.Log) {
 	case l.Index-c.first >= n:
 		// The index jumped past the ring: drop whatever it left behind.
 		lowest := l.Index - n + 1
-		for i, e := range c.ring {
-			if e != nil && e.Index < lowest {
+		for i := range c.ring {
+			if e := &c.ring[i]; e.Index != 0 && e.Index < lowest {
 				c.bytes -= entrySize(e)
-				c.ring[i] = nil
+				*e = raft.Log{}
 			}
 		}
 		c.first = lowest
 	}
 	for c.bytes > c.maxBytes && c.first < l.Index {
-		s := &c.ring[c.first%n]
-		if e := *s; e != nil && e.Index == c.first {
+		if e := &c.ring[c.first%n]; e.Index == c.first {
 			c.bytes -= entrySize(e)
-			*s = nil
+			*e = raft.Log{}
 		}
 		c.first++
 	}

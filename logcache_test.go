@@ -115,3 +115,22 @@ func TestLogCacheTellsRaftWhetherItsStoreIsMonotonic(t *testing.T) {
 		t.Fatal("a monotonic store (as raft-wal's) reported not monotonic")
 	}
 }
+
+// The cache keeps copies of the entries, so that it does not keep alive
+// what raft's pointers point into (the leader's apply futures).
+func TestLogCacheKeepsCopiesNotRaftsPointers(t *testing.T) {
+	s := &countingStore{InmemStore: raft.NewInmemStore()}
+	c := newLogCache(s, 8, 1<<20)
+	l := &raft.Log{Index: 1, Term: 1, Data: []byte("a")}
+	if err := c.StoreLogs([]*raft.Log{l}); err != nil {
+		t.Fatal(err)
+	}
+	l.Term, l.Data = 9, []byte("changed")
+	var got raft.Log
+	if err := c.GetLog(1, &got); err != nil {
+		t.Fatal(err)
+	}
+	if s.reads != 0 || got.Term != 1 || string(got.Data) != "a" {
+		t.Fatalf("cached entry = term %d %q (%d store reads), want term 1 %q from the cache", got.Term, got.Data, s.reads, "a")
+	}
+}
