@@ -48,7 +48,7 @@ import (
 // Apply is bounded by ctx's deadline, or by Config.ApplyTimeout when ctx
 // has none. Use ApplyLocal to refuse forwarding.
 func (n *RaftNode) Apply(ctx context.Context, cmd []byte) (any, error) {
-	start := time.Now()
+	start := n.metrics.now()
 	res, err, path := n.apply(ctx, cmd)
 	n.metrics.applied(n.id, path, start, err)
 	return res, err
@@ -59,7 +59,7 @@ func (n *RaftNode) Apply(ctx context.Context, cmd []byte) (any, error) {
 // ErrNotApplied) naming the leader, and the command was not applied.
 // Outcomes are otherwise as for Apply.
 func (n *RaftNode) ApplyLocal(ctx context.Context, cmd []byte) (any, error) {
-	start := time.Now()
+	start := n.metrics.now()
 	res, err := n.applyLocal(ctx, cmd)
 	n.metrics.applied(n.id, "local", start, err)
 	return res, err
@@ -159,33 +159,34 @@ type leaderResult struct {
 // they share the leader's group commit), waits for them within ctx, and
 // puts each command's outcome in out. FSM errors are counted here.
 func (n *RaftNode) leaderApply(ctx context.Context, cmds [][]byte, out []leaderResult) {
-	fail := func(err error) {
-		for i := range out {
-			out[i] = leaderResult{err: err}
-		}
+	err := n.checkOpen()
+	if err == nil && n.raft.State() != raft.Leader {
+		err = n.notLeader()
 	}
-	if err := n.checkOpen(); err != nil {
-		fail(err)
-		return
-	}
-	if n.raft.State() != raft.Leader {
-		fail(n.notLeader())
-		return
-	}
-	if err := doneErr(ctx, "apply"); err != nil {
-		fail(err)
-		return
+	if err == nil {
+		err = doneErr(ctx, "apply")
 	}
 	dl, _ := ctx.Deadline() // bound gave it one
 	timeout := time.Until(dl)
-	if timeout <= 0 {
-		fail(doneErr(ctx, "apply"))
+	if err == nil && timeout <= 0 {
+		err = doneErr(ctx, "apply")
+	}
+	if err != nil {
+		for i := range out {
+			out[i] = leaderResult{err: err}
+		}
 		return
 	}
-	futures := make([]raft.ApplyFuture, len(cmds))
-	if n.batchApplyCh || len(cmds) == 1 {
+	// w keeps its own results, so that out stays on the caller's stack
+	// for one command.
+	w := &applyWait{done: make(chan struct{})}
+	if len(cmds) == 1 {
+		w.one[0] = n.raft.Apply(cmds[0], timeout)
+		w.futures, w.out = w.one[:], w.oneOut[:]
+	} else if n.batchApplyCh {
+		w.futures, w.out = make([]raft.ApplyFuture, len(cmds)), make([]leaderResult, len(cmds))
 		for i, c := range cmds {
-			futures[i] = n.raft.Apply(c, timeout)
+			w.futures[i] = n.raft.Apply(c, timeout)
 		}
 	} else {
 		// Without raft's BatchApplyCh, raft.Apply waits until the leader
@@ -194,58 +195,138 @@ func (n *RaftNode) leaderApply(ctx context.Context, cmds [][]byte, out []leaderR
 		// commands. Sent together, they share one turn, as concurrent
 		// local callers do. They came from concurrent callers, so their
 		// order among themselves is free.
+		w.futures, w.out = make([]raft.ApplyFuture, len(cmds)), make([]leaderResult, len(cmds))
 		var wg sync.WaitGroup
 		for i, c := range cmds {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				futures[i] = n.raft.Apply(c, timeout)
+				w.futures[i] = n.raft.Apply(c, timeout)
 			}()
 		}
 		wg.Wait()
 	}
-	// raft resolves the futures in log order; one goroutine waits for
-	// them so that ctx can cut the wait short. Close lets such waits end
-	// before it shuts raft down (see futureWaits).
-	var (
-		mu       sync.Mutex
-		resolved int
-		gaveUp   bool
-		done     = make(chan struct{})
-	)
-	n.futureWaits.add()
-	go func() {
-		defer n.futureWaits.done()
-		defer close(done)
-		for i, f := range futures {
-			var r leaderResult
-			if err := f.Error(); err != nil {
-				r.err = classifyRaft("apply", err, n.notLeader)
-			} else {
-				r.res = f.Response()
-				if _, r.fsm = r.res.(error); r.fsm {
-					n.metrics.fsmError(n.id)
-				}
-			}
-			mu.Lock()
-			if gaveUp {
-				mu.Unlock()
-				return
-			}
-			out[i] = r
-			resolved = i + 1
-			mu.Unlock()
-		}
-	}()
+	n.applyWaits.add(w)
 	select {
-	case <-done:
+	case <-w.done:
 	case <-ctx.Done():
-		mu.Lock()
-		gaveUp = true
-		for i := resolved; i < len(out); i++ {
-			out[i] = leaderResult{err: unknownOutcome("apply", ctx.Err())}
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.gaveUp = true
+	copy(out, w.out[:w.resolved])
+	for i := w.resolved; i < len(out); i++ {
+		out[i] = leaderResult{err: unknownOutcome("apply", ctx.Err())}
+	}
+}
+
+// applyWait is one leaderApply call's futures, waited for by the node's
+// applyWaiter while the caller watches its context.
+type applyWait struct {
+	futures []raft.ApplyFuture
+	one     [1]raft.ApplyFuture // futures' storage for one command
+	out     []leaderResult
+	oneOut  [1]leaderResult // out's storage for one command
+	done    chan struct{}   // closed when all futures resolved
+
+	mu       sync.Mutex
+	resolved int  // out[:resolved] hold the futures' outcomes
+	gaveUp   bool // the caller's context ended; out is the caller's
+}
+
+// applyWaiter waits on the leader's apply futures in one goroutine per
+// node, rather than one per call: raft resolves them in log order, so
+// waiting on them in turn costs nothing but a wake-up per future, and
+// each caller selects on its applyWait's done channel against its own
+// context. The goroutine runs while there is work or until Close; each
+// queued wait is counted in futureWaits, which Close drains.
+type applyWaiter struct {
+	n    *RaftNode
+	wake chan struct{} // capacity 1: work was queued
+
+	mu      sync.Mutex
+	queue   []*applyWait
+	spare   []*applyWait // the previous queue's storage, for reuse
+	running bool
+}
+
+func newApplyWaiter(n *RaftNode) *applyWaiter {
+	return &applyWaiter{n: n, wake: make(chan struct{}, 1)}
+}
+
+// add queues w, starting the waiting goroutine if none runs.
+func (q *applyWaiter) add(w *applyWait) {
+	q.n.futureWaits.add()
+	q.mu.Lock()
+	q.queue = append(q.queue, w)
+	start := !q.running
+	q.running = true
+	q.mu.Unlock()
+	if start {
+		go q.run()
+		return
+	}
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run waits on queued futures until the queue is empty after Close.
+func (q *applyWaiter) run() {
+	for {
+		q.mu.Lock()
+		for len(q.queue) == 0 {
+			select {
+			case <-q.n.closed:
+				q.running = false
+				q.mu.Unlock()
+				return
+			default:
+			}
+			q.mu.Unlock()
+			select {
+			case <-q.wake:
+			case <-q.n.closed:
+			}
+			q.mu.Lock()
 		}
-		mu.Unlock()
+		batch := q.queue
+		q.queue = q.spare[:0]
+		q.mu.Unlock()
+		for i, w := range batch {
+			q.n.resolve(w)
+			q.n.futureWaits.done()
+			batch[i] = nil
+		}
+		q.mu.Lock()
+		q.spare = batch
+		q.mu.Unlock()
+	}
+}
+
+// resolve waits for w's futures in turn and records their outcomes,
+// unless w's caller gave up first.
+func (n *RaftNode) resolve(w *applyWait) {
+	defer close(w.done)
+	for i, f := range w.futures {
+		var r leaderResult
+		if err := f.Error(); err != nil {
+			r.err = classifyRaft("apply", err, n.notLeader)
+		} else {
+			r.res = f.Response()
+			if _, r.fsm = r.res.(error); r.fsm {
+				n.metrics.fsmError(n.id)
+			}
+		}
+		w.mu.Lock()
+		if w.gaveUp {
+			w.mu.Unlock()
+			return
+		}
+		w.out[i] = r
+		w.resolved = i + 1
+		w.mu.Unlock()
 	}
 }
 

@@ -1,12 +1,17 @@
 package raftkit
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/go-msgpack/v2/codec"
+	"github.com/hashicorp/raft"
 
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
 )
@@ -69,6 +74,33 @@ func BenchmarkApplyLeader(b *testing.B) {
 	}
 }
 
+// BenchmarkApplyRaftDirect is BenchmarkApplyLeader's load through
+// hashicorp/raft's own Apply on the same kind of cluster: the floor that
+// raftkit's leader path adds its cost to.
+func BenchmarkApplyRaftDirect(b *testing.B) {
+	for _, clients := range []int{1, 64} {
+		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
+			nodes, l := benchCluster(b)
+			r := nodes[l].raft
+			var worker atomic.Int64
+			val := make([]byte, 100)
+			b.SetParallelism(max(1, clients/max(1, testingProcs())))
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				w := int(worker.Add(1))
+				for i := 0; pb.Next(); i++ {
+					f := r.Apply(fsmexample.Set(fmt.Sprintf("w%d-%d", w, i%256), val), 0)
+					if err := f.Error(); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
+}
+
 func BenchmarkApplyForwarded(b *testing.B) {
 	for _, clients := range []int{1, 64} {
 		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
@@ -99,4 +131,62 @@ func BenchmarkLinearizableRead(b *testing.B) {
 			})
 		})
 	}
+}
+
+// BenchmarkDecodeAppendEntries decodes an AppendEntries request carrying
+// one entry of each size the way a follower's raft.NetworkTransport does
+// (a 256 KiB bufio.Reader and a zero msgpack handle, as handleConn builds
+// them), and with the handle's MaxInitLen raised, which raft does not
+// expose. go-msgpack grows a []byte longer than MaxInitLen (256 KiB when
+// unset) one 256 KiB step at a time, copying what it has read at each
+// step: B/op grows with the square of the entry's size.
+func BenchmarkDecodeAppendEntries(b *testing.B) {
+	for _, size := range []int{64 << 10, 1 << 20, 4 << 20, 16 << 20} {
+		var buf bytes.Buffer
+		req := raft.AppendEntriesRequest{Term: 2, Entries: []*raft.Log{{Index: 1, Term: 2, Type: raft.LogCommand, Data: make([]byte, size)}}}
+		if err := codec.NewEncoder(&buf, &codec.MsgpackHandle{}).Encode(&req); err != nil {
+			b.Fatal(err)
+		}
+		for _, h := range []struct {
+			name       string
+			maxInitLen int
+		}{{"raft", 0}, {"maxinitlen", 64 << 20}} {
+			b.Run(fmt.Sprintf("%dKiB/%s", size>>10, h.name), func(b *testing.B) {
+				b.ReportAllocs()
+				b.SetBytes(int64(size))
+				for i := 0; i < b.N; i++ {
+					var got raft.AppendEntriesRequest
+					mh := &codec.MsgpackHandle{}
+					mh.MaxInitLen = h.maxInitLen
+					dec := codec.NewDecoder(bufio.NewReaderSize(bytes.NewReader(buf.Bytes()), 256<<10), mh)
+					if err := dec.Decode(&got); err != nil || len(got.Entries[0].Data) != size {
+						b.Fatalf("decode: %v", err)
+					}
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkApplyLeaderWithDeadline is BenchmarkApplyLeader/clients=64 with
+// a caller's context that has its own deadline, as most callers' have.
+func BenchmarkApplyLeaderWithDeadline(b *testing.B) {
+	nodes, l := benchCluster(b)
+	n := nodes[l]
+	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+	defer cancel()
+	var worker atomic.Int64
+	val := make([]byte, 100)
+	b.SetParallelism(max(1, 64/max(1, testingProcs())))
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		w := int(worker.Add(1))
+		for i := 0; pb.Next(); i++ {
+			if _, err := n.Apply(ctx, fsmexample.Set(fmt.Sprintf("w%d-%d", w, i%256), val)); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
 }

@@ -198,6 +198,15 @@ func outcome(err error) string {
 }
 
 // applied records one Apply on node id. path is "local" or "forwarded".
+// now is the start of a timed call: the zero time when there is no
+// registry, so that calls do not read the clock for nothing.
+func (m *Metrics) now() time.Time {
+	if m == nil {
+		return time.Time{}
+	}
+	return time.Now()
+}
+
 func (m *Metrics) applied(id, path string, start time.Time, err error) {
 	if m == nil {
 		return

@@ -35,8 +35,9 @@ type RaftNode struct {
 	rpc        *rpcPool
 	fwd        *applyBatcher // forwarded writes
 	runners    runnerSet
-	// futureWaits counts goroutines waiting on raft futures (waitFuture).
+	// futureWaits counts waits on raft futures (waitFuture, applyWaits).
 	futureWaits waitGroup
+	applyWaits  *applyWaiter
 	readyTerm   atomic.Uint64 // term in which this leader's barrier completed
 	metrics     *Metrics      // nil: none
 	departures  *departures   // peers that announced a clean close
@@ -188,6 +189,10 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 	if err := life.add("request clients", func() error { n.rpc.Close(); return nil }); err != nil {
 		return nil, err
 	}
+
+	// The leader's apply waiter ends by itself once the node is closed
+	// and its queue is empty; raft's part drains what it waits on.
+	n.applyWaits = newApplyWaiter(n)
 
 	n.fsm = newTrackedFSM(fsm)
 	n.fsm.restored = func() uint64 { return snapshotIndex(stores.snaps) }
@@ -342,10 +347,12 @@ func (n *RaftNode) notLeader() error {
 }
 
 // bound returns ctx limited to its own deadline or, if it has none,
-// ApplyTimeout.
+// ApplyTimeout. A ctx that has a deadline is returned as it is: nothing
+// raftkit starts under it outlives the call, so a derived context to
+// cancel would only cost allocations.
 func (n *RaftNode) bound(ctx context.Context) (context.Context, context.CancelFunc) {
 	if _, ok := ctx.Deadline(); ok {
-		return context.WithCancel(ctx)
+		return ctx, func() {}
 	}
 	return context.WithTimeout(ctx, n.cfg.ApplyTimeout)
 }

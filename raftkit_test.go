@@ -257,6 +257,52 @@ func TestApplyTimeoutOnIsolatedLeaderIsUnknownOutcome(t *testing.T) {
 	}
 }
 
+// The leader's writes are waited on by one goroutine per node; writes
+// that gave up on their context are still waited on, and Close lets those
+// waits end and the goroutine stop.
+func TestCloseAfterAbandonedWritesLeavesNoWaits(t *testing.T) {
+	net := NewMemNetwork()
+	nodes, _ := newMemCluster(t, net, 3)
+	l := memLeader(t, nodes)
+	net.Isolate(nodes[l].Addr())
+	var wg sync.WaitGroup
+	errs := make(chan error, 20)
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+			defer cancel()
+			_, err := nodes[l].ApplyLocal(ctx, fsmexample.Set(fmt.Sprintf("k%d", i), []byte("v")))
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		// Submitted writes that were cut short have an unknown outcome;
+		// later ones may find the node no longer leads.
+		if !errors.Is(err, ErrUnknownOutcome) && !errors.Is(err, ErrNotApplied) {
+			t.Fatalf("abandoned write: %v, want ErrUnknownOutcome or ErrNotApplied", err)
+		}
+	}
+	if err := nodes[l].Close(); err != nil {
+		t.Fatal(err)
+	}
+	nodes[l].futureWaits.mu.Lock()
+	n := nodes[l].futureWaits.n
+	nodes[l].futureWaits.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d waits on raft futures remain after Close", n)
+	}
+	w := nodes[l].applyWaits
+	waitFor(t, 5*time.Second, "the apply waiter to stop after Close", func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return !w.running
+	})
+}
+
 func TestApplyTimeoutDefaultsToConfig(t *testing.T) {
 	net := NewMemNetwork()
 	nodes, _ := newMemCluster(t, net, 3, func(c *Config) { c.ApplyTimeout = 200 * time.Millisecond })

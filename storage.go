@@ -45,6 +45,9 @@ const (
 	// that replication to followers a few batches behind reads no disk. It
 	// covers two full AppendEntries batches (raftMaxAppendEntries).
 	logCacheSize = 1024
+	// logCacheBytes bounds the cached entries' bytes: 1,024 commands of
+	// up to 8 KiB, or fewer larger ones (see logCache).
+	logCacheBytes = 8 << 20
 )
 
 // Keys of raft's stable store (hashicorp/raft's raft.go).
@@ -134,12 +137,7 @@ func openStores(s *settled) (*nodeStores, error) {
 		closer()
 		return nil, err
 	}
-	cache, err := raft.NewLogCache(logCacheSize, logs)
-	if err != nil {
-		closer()
-		return nil, fmt.Errorf("raftkit: log cache: %w", err)
-	}
-	return &nodeStores{log: cache, stable: stable, snaps: snaps, close: closer}, nil
+	return &nodeStores{log: newLogCache(logs, logCacheSize, logCacheBytes), stable: stable, snaps: snaps, close: closer}, nil
 }
 
 // openLogStore locks dir and opens its log and stable store of the given

@@ -27,10 +27,15 @@ func (r loadResult) opsPerSec() float64 {
 	return float64(r.ops) / r.elapsed.Seconds()
 }
 
-// command builds a write of about size bytes; keys repeat so the FSM's
-// map stays small.
+// commandKeys is how many keys each worker writes in turn.
+const commandKeys = 16
+
+// command builds a write of about size bytes. Each worker cycles through
+// commandKeys keys, which the warmup fills, so that the FSM's map holds
+// the same keys in every column whatever its throughput: the memory
+// scenario then compares the nodes, not how many writes each made.
 func command(worker, seq, size int) []byte {
-	key := fmt.Sprintf("w%03d-%03d", worker, seq%512)
+	key := fmt.Sprintf("w%03d-%03d", worker, seq%commandKeys)
 	return fsmexample.Set(key, make([]byte, max(size-len(key)-4, 1)))
 }
 

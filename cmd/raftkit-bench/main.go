@@ -17,7 +17,9 @@ import (
 	"fmt"
 	"log"
 	"os"
+	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"strings"
 	"time"
@@ -36,9 +38,16 @@ type options struct {
 	loadConns int
 	dir       string
 	markdown  bool
+	// memProfile, when set, names the heap profiles written at the
+	// memory measurement: memProfile.<variant>.<round>.
+	memProfile string
+	// largeSizes are the large scenario's command sizes (nil: largeSizes),
+	// largeBytes about how much it writes per size (0: largeBytes).
+	largeSizes []int
+	largeBytes int
 }
 
-const allScenarios = "seq,c64,c256,fwd1,fwd64,read-leader,read-follower,startup,memory,failover,handover"
+const allScenarios = "seq,c64,c256,fwd1,fwd64,read-leader,read-follower,startup,memory,large,failover,handover"
 
 func main() {
 	scen := flag.String("scenarios", allScenarios, "comma-separated scenarios to run: "+allScenarios)
@@ -54,7 +63,12 @@ func main() {
 	dir := flag.String("dir", "", "where the nodes' files go (default: a temporary directory, removed at exit)")
 	markdown := flag.Bool("markdown", true, "print the table as Markdown")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	memProfile := flag.String("memprofile", "", "write a heap profile of each cluster at the memory measurement to this file name plus .<variant>.<n>")
+	memProfileRate := flag.Int("memprofilerate", 0, "runtime.MemProfileRate for -memprofile (0: Go's default, one sample per 512 KiB)")
 	flag.Parse()
+	if *memProfileRate > 0 {
+		runtime.MemProfileRate = *memProfileRate
+	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err != nil {
@@ -70,6 +84,7 @@ func main() {
 		scenarios: map[string]bool{},
 		duration:  *duration, warmup: *warmup, size: *size, rounds: max(*rounds, 1),
 		failovers: *failovers, every: *every, loadConns: *loadConns, markdown: *markdown,
+		memProfile: *memProfile,
 	}
 	for _, s := range strings.Split(*scen, ",") {
 		s = strings.TrimSpace(s)
@@ -125,6 +140,39 @@ func main() {
 	}
 }
 
+// residentBytes is the process's anonymous resident memory (RssAnon:
+// heap, stacks, runtime), or 0 where /proc does not tell it. File-backed
+// pages are left out: bbolt maps raft.db, and a column that wrote more has
+// a larger file mapped, which says nothing about the nodes' own memory.
+func residentBytes() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "RssAnon:"); ok {
+			var kb int64
+			if _, err := fmt.Sscanf(strings.TrimSpace(rest), "%d kB", &kb); err == nil {
+				return kb << 10
+			}
+		}
+	}
+	return 0
+}
+
+// writeHeapProfile writes the heap profile of what is live now.
+func writeHeapProfile(name string) error {
+	f, err := os.Create(name)
+	if err != nil {
+		return err
+	}
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
 func printMachine() {
 	host, _ := os.Hostname()
 	fmt.Printf("raftkit-bench: %s, %s/%s, GOMAXPROCS=%d, NumCPU=%d, host %s, %s\n",
@@ -155,6 +203,15 @@ func runAll(o options, store string, t *table) error {
 			}
 		}
 	}
+	if o.scenarios["large"] {
+		for _, v := range o.variants {
+			v.store = store
+			n++
+			if err := largeRun(o, v, fmt.Sprintf("%s/l%d", o.dir, n), t); err != nil {
+				return fmt.Errorf("%s large: %w", v.name, err)
+			}
+		}
+	}
 	for _, sc := range []string{"failover", "handover"} {
 		if !o.scenarios[sc] {
 			continue
@@ -173,9 +230,10 @@ func runAll(o options, store string, t *table) error {
 // throughputRound builds one cluster of kind v and runs the throughput
 // scenarios on it, then measures its memory.
 func throughputRound(o options, v clusterSpec, dir string, t *table) error {
-	runtime.GC()
+	debug.FreeOSMemory()
 	var before runtime.MemStats
 	runtime.ReadMemStats(&before)
+	rssBefore := residentBytes()
 	goroutinesBefore := runtime.NumGoroutine()
 
 	c, err := newCluster(v, dir)
@@ -246,11 +304,22 @@ func throughputRound(o options, v clusterSpec, dir string, t *table) error {
 		}
 	}
 	if o.scenarios["memory"] {
-		runtime.GC()
+		// FreeOSMemory collects and returns free pages to the system,
+		// so that the resident set counts what the nodes hold, not what
+		// the load left behind for reuse.
+		debug.FreeOSMemory()
 		var after runtime.MemStats
 		runtime.ReadMemStats(&after)
 		perNode := (float64(after.HeapInuse) - float64(before.HeapInuse)) / 3
 		t.addNum("memory", "Go heap per node (MiB)", v.name, perNode/(1<<20), lowerBetterNum)
+		if rss := residentBytes(); rss > 0 && rssBefore > 0 {
+			t.addNum("memory", "anonymous RSS per node (MiB)", v.name, float64(rss-rssBefore)/3/(1<<20), lowerBetterNum)
+		}
+		if o.memProfile != "" {
+			if err := writeHeapProfile(fmt.Sprintf("%s.%s.%s", o.memProfile, v.kind+map[bool]string{true: "-same"}[v.same], filepath.Base(dir))); err != nil {
+				return err
+			}
+		}
 		t.addNum("memory", "goroutines per node", v.name, float64(runtime.NumGoroutine()-goroutinesBefore)/3, lowerBetterNum)
 	}
 	return nil

@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/raftkit/raftkit"
 )
 
 // TestBenchSmoke runs a few scenarios for a moment on both kinds of
@@ -13,10 +15,14 @@ func TestBenchSmoke(t *testing.T) {
 		t.Skip("builds clusters over TCP")
 	}
 	o := options{
-		scenarios: map[string]bool{"seq": true, "fwd1": true, "read-leader": true, "startup": true, "handover": true},
+		scenarios:  map[string]bool{"seq": true, "fwd1": true, "read-leader": true, "startup": true, "memory": true, "large": true, "handover": true},
+		largeSizes: []int{64 << 10}, largeBytes: 256 << 10,
 		variants: []clusterSpec{
 			{kind: "plain", name: "plain raft"},
-			{kind: "raftkit", name: "raftkit defaults"},
+			// raft's own timeouts: on a busy machine (and under -race)
+			// TimingLAN's 200 ms leases were lost often enough to leave a
+			// 100 ms scenario without one successful call.
+			{kind: "raftkit", name: "raftkit defaults", timing: raftkit.TimingDefault},
 		},
 		duration: 100 * time.Millisecond, warmup: 20 * time.Millisecond, size: 64, rounds: 1,
 		failovers: 1, every: 200 * time.Millisecond, loadConns: 2, dir: t.TempDir(),
@@ -27,6 +33,7 @@ func TestBenchSmoke(t *testing.T) {
 	}
 	for _, want := range []struct{ sc, metric string }{
 		{"seq", "ops/s"}, {"fwd1", "ops/s"}, {"read-leader", "ops/s"}, {"startup", "start"}, {"handover", "leader Close"},
+		{"memory", "goroutines per node"}, {"large", "64 KiB: MB/s"}, {"large", "64 KiB: disk write+fsync MB/s"},
 	} {
 		r := tb.find(want.sc, want.metric)
 		if r == nil {
@@ -34,6 +41,13 @@ func TestBenchSmoke(t *testing.T) {
 		}
 		if v, ok := r.value("raftkit defaults"); !ok || v <= 0 {
 			t.Errorf("%s %s: raftkit figure %v, %v", want.sc, want.metric, v, ok)
+		}
+	}
+	// Heap and RSS differences may be anything, even below zero, in a
+	// short run; the rows must be there.
+	for _, metric := range []string{"Go heap per node", "anonymous RSS per node"} {
+		if tb.find("memory", metric) == nil {
+			t.Errorf("no memory %s row", metric)
 		}
 	}
 	for _, n := range tb.notes {

@@ -193,9 +193,18 @@ type frameConn struct {
 	w      *bufio.Writer
 	h      *codec.MsgpackHandle
 	limits Limits
-	buf    []byte
+	buf    []byte // the reader's, kept only up to readChunk
+
 	wmu    sync.Mutex
+	enc    *codec.Encoder
+	frames [][]byte // encoded frames of one message, storage kept
+	whdr   [4]byte
 }
+
+// keepBuffer is the largest frame buffer the writer keeps for its next
+// message: a forwarded command of many MiB should not stay in memory for
+// the connection's life.
+const keepBuffer = 64 << 10
 
 func newFrameConn(conn net.Conn, l Limits) *frameConn {
 	if l.MaxFrame <= 0 || l.MaxFrame > MaxFrame {
@@ -406,21 +415,37 @@ func (b *Budget) InUse() int {
 // Nothing is written unless every value encodes within the size limit, so
 // a refused message never leaves half a request on the stream.
 func (c *frameConn) writeFrames(vs ...any) error {
-	frames := make([][]byte, len(vs))
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	for len(c.frames) < len(vs) {
+		c.frames = append(c.frames, nil)
+	}
+	frames := c.frames[:len(vs)]
+	defer func() {
+		for i, b := range frames {
+			if cap(b) > keepBuffer {
+				frames[i] = nil
+				c.enc = nil // it refers to b too
+			}
+		}
+	}()
 	for i, v := range vs {
-		if err := codec.NewEncoderBytes(&frames[i], c.h).Encode(v); err != nil {
+		frames[i] = frames[i][:0]
+		if c.enc == nil {
+			c.enc = codec.NewEncoderBytes(&frames[i], c.h)
+		} else {
+			c.enc.ResetBytes(&frames[i])
+		}
+		if err := c.enc.Encode(v); err != nil {
 			return fmt.Errorf("raftkit wire: encode: %w", err)
 		}
 		if len(frames[i]) > MaxFrame {
 			return fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, len(frames[i]), MaxFrame)
 		}
 	}
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
 	for _, b := range frames {
-		var hdr [4]byte
-		binary.BigEndian.PutUint32(hdr[:], uint32(len(b)))
-		if _, err := c.w.Write(hdr[:]); err != nil {
+		binary.BigEndian.PutUint32(c.whdr[:], uint32(len(b)))
+		if _, err := c.w.Write(c.whdr[:]); err != nil {
 			return err
 		}
 		if _, err := c.w.Write(b); err != nil {

@@ -222,3 +222,50 @@ func TestFramesThatEachHoldPartOfTheBudgetAllFinish(t *testing.T) {
 		t.Fatalf("budget in use after all frames: %d", b.InUse())
 	}
 }
+
+// A connection reuses its codec and buffers between messages, but keeps
+// none larger than keepBuffer after a large message, and what it decoded
+// earlier is never overwritten by later messages.
+func TestLargeMessagesLeaveNoBuffersAndSmallOnesStayIntact(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	w, r := newFrameConn(a, Limits{}), newFrameConn(b, Limits{})
+	big := make([]byte, 4*keepBuffer)
+	for i := range big {
+		big[i] = byte(i)
+	}
+	msgs := []*ApplyRequest{{Command: []byte("one")}, {Command: big}, {Command: []byte("two")}, {Command: []byte("three")}}
+	errc := make(chan error, 1)
+	go func() {
+		for _, m := range msgs {
+			if err := w.writeFrames(m); err != nil {
+				errc <- err
+				return
+			}
+		}
+		errc <- nil
+	}()
+	got := make([]ApplyRequest, len(msgs))
+	for i := range msgs {
+		if err := r.readFrame(&got[i], true); err != nil {
+			t.Fatal(err)
+		}
+		if i == 1 && cap(r.buf) > readChunk {
+			t.Fatalf("reader kept a %d-byte buffer after a large message", cap(r.buf))
+		}
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	for i, m := range msgs {
+		if string(got[i].Command) != string(m.Command) {
+			t.Fatalf("message %d decoded as %d bytes %.10q, sent %d bytes", i, len(got[i].Command), got[i].Command, len(m.Command))
+		}
+	}
+	for _, f := range w.frames {
+		if cap(f) > keepBuffer {
+			t.Fatalf("writer kept a %d-byte frame buffer", cap(f))
+		}
+	}
+}

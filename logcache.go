@@ -1,0 +1,120 @@
+package raftkit
+
+import (
+	"fmt"
+	"sync"
+
+	"github.com/hashicorp/raft"
+)
+
+// logCache keeps the most recent log entries in memory, as raft.LogCache
+// does, within a count (its ring's slots) and a byte budget (the entries'
+// Data and Extensions). raft.LogCache bounds only the count, so that 1,024
+// entries of a few MiB each would keep GiBs on every node; here the oldest
+// entries leave the cache once their bytes pass the budget, and an entry
+// larger than the whole budget is not cached. Entries that left are read
+// from the store, as raft.LogCache reads a miss.
+//
+// The ring holds copies of the entries, not the pointers raft stores: on
+// the leader those point into raft's apply futures, on followers into the
+// decoded request, and a cached pointer kept the whole of either alive.
+// An empty slot has Index 0 (raft's indexes start at 1).
+type logCache struct {
+	store    raft.LogStore
+	maxBytes int
+
+	mu    sync.RWMutex
+	ring  []raft.Log
+	bytes int    // cached entries' size
+	first uint64 // no entry below this index is cached (0: none is)
+}
+
+func newLogCache(store raft.LogStore, entries, maxBytes int) *logCache {
+	return &logCache{store: store, maxBytes: maxBytes, ring: make([]raft.Log, entries)}
+}
+
+func entrySize(l *raft.Log) int { return len(l.Data) + len(l.Extensions) }
+
+// IsMonotonic passes the store's raft.MonotonicLogStore answer through, as
+// raft.LogCache does: raft-wal's log must be emptied, not truncated, when a
+// snapshot is installed.
+func (c *logCache) IsMonotonic() bool {
+	m, ok := c.store.(raft.MonotonicLogStore)
+	return ok && m.IsMonotonic()
+}
+
+func (c *logCache) GetLog(idx uint64, l *raft.Log) error {
+	c.mu.RLock()
+	e := &c.ring[idx%uint64(len(c.ring))]
+	if idx != 0 && e.Index == idx {
+		*l = *e
+		c.mu.RUnlock()
+		return nil
+	}
+	c.mu.RUnlock()
+	return c.store.GetLog(idx, l)
+}
+
+func (c *logCache) StoreLog(l *raft.Log) error { return c.StoreLogs([]*raft.Log{l}) }
+
+func (c *logCache) StoreLogs(logs []*raft.Log) error {
+	if err := c.store.StoreLogs(logs); err != nil {
+		return fmt.Errorf("unable to store logs within log store: %w", err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, l := range logs {
+		c.put(l)
+	}
+	return nil
+}
+
+// put caches l, then evicts the oldest entries while the cache holds more
+// than maxBytes.
+func (c *logCache) put(l *raft.Log) {
+	n := uint64(len(c.ring))
+	slot := &c.ring[l.Index%n]
+	if slot.Index != 0 {
+		c.bytes -= entrySize(slot)
+		*slot = raft.Log{}
+	}
+	size := entrySize(l)
+	if size > c.maxBytes || l.Index == 0 {
+		return
+	}
+	*slot = *l
+	c.bytes += size
+	switch {
+	case c.first == 0 || l.Index < c.first:
+		c.first = l.Index
+	case l.Index-c.first >= n:
+		// The index jumped past the ring: drop whatever it left behind.
+		lowest := l.Index - n + 1
+		for i := range c.ring {
+			if e := &c.ring[i]; e.Index != 0 && e.Index < lowest {
+				c.bytes -= entrySize(e)
+				*e = raft.Log{}
+			}
+		}
+		c.first = lowest
+	}
+	for c.bytes > c.maxBytes && c.first < l.Index {
+		if e := &c.ring[c.first%n]; e.Index == c.first {
+			c.bytes -= entrySize(e)
+			*e = raft.Log{}
+		}
+		c.first++
+	}
+}
+
+func (c *logCache) FirstIndex() (uint64, error) { return c.store.FirstIndex() }
+
+func (c *logCache) LastIndex() (uint64, error) { return c.store.LastIndex() }
+
+func (c *logCache) DeleteRange(lo, hi uint64) error {
+	c.mu.Lock()
+	clear(c.ring)
+	c.bytes, c.first = 0, 0
+	c.mu.Unlock()
+	return c.store.DeleteRange(lo, hi)
+}

@@ -1,0 +1,136 @@
+package raftkit
+
+import (
+	"bytes"
+	"testing"
+
+	"github.com/hashicorp/raft"
+)
+
+// countingStore counts the reads that reach the store behind a cache.
+type countingStore struct {
+	*raft.InmemStore
+	reads int
+}
+
+func (s *countingStore) GetLog(idx uint64, l *raft.Log) error {
+	s.reads++
+	return s.InmemStore.GetLog(idx, l)
+}
+
+func storeEntries(t *testing.T, c *logCache, from, to uint64, size int) {
+	t.Helper()
+	for i := from; i <= to; i++ {
+		if err := c.StoreLogs([]*raft.Log{{Index: i, Term: 1, Data: bytes.Repeat([]byte{byte(i)}, size)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// readAll reads entries from..to through c and returns how many reached
+// the store; each must come back whole.
+func readAll(t *testing.T, c *logCache, s *countingStore, from, to uint64, size int) int {
+	t.Helper()
+	before := s.reads
+	for i := from; i <= to; i++ {
+		var l raft.Log
+		if err := c.GetLog(i, &l); err != nil {
+			t.Fatalf("GetLog(%d): %v", i, err)
+		}
+		if l.Index != i || len(l.Data) != size || l.Data[0] != byte(i) {
+			t.Fatalf("GetLog(%d) = index %d, %d bytes", i, l.Index, len(l.Data))
+		}
+	}
+	return s.reads - before
+}
+
+func TestLogCacheKeepsSmallEntriesUpToItsCount(t *testing.T) {
+	s := &countingStore{InmemStore: raft.NewInmemStore()}
+	c := newLogCache(s, 16, 1<<20)
+	storeEntries(t, c, 1, 40, 100)
+	if n := readAll(t, c, s, 25, 40, 100); n != 0 {
+		t.Fatalf("%d of the last 16 entries were read from the store", n)
+	}
+	if n := readAll(t, c, s, 1, 24, 100); n != 24 {
+		t.Fatalf("%d of 24 entries older than the ring came from the store", n)
+	}
+}
+
+func TestLogCacheKeepsLargeEntriesWithinItsBytes(t *testing.T) {
+	s := &countingStore{InmemStore: raft.NewInmemStore()}
+	c := newLogCache(s, 1024, 10<<10)
+	storeEntries(t, c, 1, 100, 4<<10)
+	if c.bytes > 10<<10 {
+		t.Fatalf("cache holds %d bytes, budget %d", c.bytes, 10<<10)
+	}
+	// The two newest 4 KiB entries fit the 10 KiB budget.
+	if n := readAll(t, c, s, 99, 100, 4<<10); n != 0 {
+		t.Fatalf("%d of the newest entries were read from the store", n)
+	}
+	if n := readAll(t, c, s, 1, 98, 4<<10); n != 98 {
+		t.Fatalf("%d of 98 evicted entries came from the store", n)
+	}
+	// An entry larger than the budget is stored, not cached.
+	storeEntries(t, c, 101, 101, 20<<10)
+	if n := readAll(t, c, s, 101, 101, 20<<10); n != 1 {
+		t.Fatal("an entry over the budget was served from the cache")
+	}
+	if c.bytes > 10<<10 {
+		t.Fatalf("cache holds %d bytes, budget %d", c.bytes, 10<<10)
+	}
+}
+
+func TestLogCacheForgetsDeletedAndSkippedEntries(t *testing.T) {
+	s := &countingStore{InmemStore: raft.NewInmemStore()}
+	c := newLogCache(s, 8, 1<<20)
+	storeEntries(t, c, 1, 8, 100)
+	if err := c.DeleteRange(5, 8); err != nil {
+		t.Fatal(err)
+	}
+	if c.bytes != 0 {
+		t.Fatalf("cache holds %d bytes after DeleteRange", c.bytes)
+	}
+	var l raft.Log
+	if err := c.GetLog(6, &l); err != raft.ErrLogNotFound {
+		t.Fatalf("GetLog of a deleted entry: %v, want ErrLogNotFound", err)
+	}
+	// An index far past the ring (after a snapshot install) drops what
+	// the ring held, from its byte count too.
+	storeEntries(t, c, 5, 8, 100)
+	storeEntries(t, c, 1000, 1000, 100)
+	if c.bytes != 100 {
+		t.Fatalf("cache counts %d bytes, holds one 100-byte entry", c.bytes)
+	}
+}
+
+type monotonicStore struct{ *raft.InmemStore }
+
+func (monotonicStore) IsMonotonic() bool { return true }
+
+func TestLogCacheTellsRaftWhetherItsStoreIsMonotonic(t *testing.T) {
+	if newLogCache(raft.NewInmemStore(), 8, 1<<20).IsMonotonic() {
+		t.Fatal("InmemStore reported monotonic")
+	}
+	if !newLogCache(monotonicStore{raft.NewInmemStore()}, 8, 1<<20).IsMonotonic() {
+		t.Fatal("a monotonic store (as raft-wal's) reported not monotonic")
+	}
+}
+
+// The cache keeps copies of the entries, so that it does not keep alive
+// what raft's pointers point into (the leader's apply futures).
+func TestLogCacheKeepsCopiesNotRaftsPointers(t *testing.T) {
+	s := &countingStore{InmemStore: raft.NewInmemStore()}
+	c := newLogCache(s, 8, 1<<20)
+	l := &raft.Log{Index: 1, Term: 1, Data: []byte("a")}
+	if err := c.StoreLogs([]*raft.Log{l}); err != nil {
+		t.Fatal(err)
+	}
+	l.Term, l.Data = 9, []byte("changed")
+	var got raft.Log
+	if err := c.GetLog(1, &got); err != nil {
+		t.Fatal(err)
+	}
+	if s.reads != 0 || got.Term != 1 || string(got.Data) != "a" {
+		t.Fatalf("cached entry = term %d %q (%d store reads), want term 1 %q from the cache", got.Term, got.Data, s.reads, "a")
+	}
+}
