@@ -61,7 +61,7 @@ type Health struct {
 
 // AdminError is the JSON body of every failed admin request. The CLI
 // reads it back; LeaderID and LeaderAddr are set when the request must go
-// to the leader (HTTP 409).
+// to the leader (restore on a follower: HTTP 503, code "not_applied").
 type AdminError struct {
 	// Error is the failure's message.
 	Error string `json:"error"`
@@ -98,9 +98,11 @@ type AdminRequest struct {
 //	POST restore              body: a Backup stream; leader only (opts.AllowMutations)
 //
 // Disabled routes answer 403, wrong methods 405. Errors are AdminError
-// JSON: 400 for bad input, 409 when the request must be sent to the leader
-// (restore), 503 without a leader or after Close, 504 when the outcome is
-// unknown (ErrUnknownOutcome), 500 otherwise. Membership routes work on
+// JSON with the outcome class's status and code (see Classify and
+// Outcome.HTTPStatus): 400 invalid, 403 not authorized, 503 not applied
+// (with Retry-After; restore on a follower names the leader) or closed,
+// 504 unknown outcome; 500 only for a failure of the admin operation
+// itself. Membership routes work on
 // any node: followers forward them. Each request is bounded by its
 // context, else by Config.ApplyTimeout.
 //

@@ -60,6 +60,8 @@ type clusterSpec struct {
 	same bool
 	// timing overrides raftkit's Timing (raftkit defaults only).
 	timing raftkit.Timing
+	// maxCommand overrides raftkit's MaxCommandSize (0: the default).
+	maxCommand int
 }
 
 func newCluster(spec clusterSpec, base string) (cluster, error) {
@@ -321,6 +323,8 @@ func (c *kitCluster) start(i int) error {
 		Dir:    c.dirs[i],
 		Peers:  c.addrs,
 		Timing: c.spec.timing,
+
+		MaxCommandSize: c.spec.maxCommand,
 	}
 	if c.spec.store == "wal" {
 		cfg.LogStore = raftkit.LogStoreWAL

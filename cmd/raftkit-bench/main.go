@@ -189,6 +189,9 @@ func runAll(o options, store string, t *table) error {
 	for _, s := range throughputScenarios {
 		wantThroughput = wantThroughput || o.scenarios[s]
 	}
+	// Each store's clusters get directories of their own: a directory
+	// holds one kind of log store.
+	o.dir = filepath.Join(o.dir, store)
 	n := 0
 	if wantThroughput {
 		for round := 0; round < o.rounds; round++ {
