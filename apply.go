@@ -206,7 +206,16 @@ func (n *RaftNode) leaderApply(ctx context.Context, cmds [][]byte, out []leaderR
 		}
 		wg.Wait()
 	}
-	n.applyWaits.add(w)
+	// raft resolves the futures in log order; a goroutine waits for them
+	// so that ctx can cut the wait short. (One waiter per node for all
+	// calls measured 30-40 % fewer writes per second at 64 and 256
+	// concurrent writers: callers waited on each other's wake-ups.) Close
+	// lets such waits end before it shuts raft down (see futureWaits).
+	n.futureWaits.add()
+	go func() {
+		defer n.futureWaits.done()
+		n.resolve(w)
+	}()
 	select {
 	case <-w.done:
 	case <-ctx.Done():
@@ -220,8 +229,8 @@ func (n *RaftNode) leaderApply(ctx context.Context, cmds [][]byte, out []leaderR
 	}
 }
 
-// applyWait is one leaderApply call's futures, waited for by the node's
-// applyWaiter while the caller watches its context.
+// applyWait is one leaderApply call's futures, waited for by a goroutine
+// of its own while the caller watches its context.
 type applyWait struct {
 	futures []raft.ApplyFuture
 	one     [1]raft.ApplyFuture // futures' storage for one command
@@ -232,77 +241,6 @@ type applyWait struct {
 	mu       sync.Mutex
 	resolved int  // out[:resolved] hold the futures' outcomes
 	gaveUp   bool // the caller's context ended; out is the caller's
-}
-
-// applyWaiter waits on the leader's apply futures in one goroutine per
-// node, rather than one per call: raft resolves them in log order, so
-// waiting on them in turn costs nothing but a wake-up per future, and
-// each caller selects on its applyWait's done channel against its own
-// context. The goroutine runs while there is work or until Close; each
-// queued wait is counted in futureWaits, which Close drains.
-type applyWaiter struct {
-	n    *RaftNode
-	wake chan struct{} // capacity 1: work was queued
-
-	mu      sync.Mutex
-	queue   []*applyWait
-	spare   []*applyWait // the previous queue's storage, for reuse
-	running bool
-}
-
-func newApplyWaiter(n *RaftNode) *applyWaiter {
-	return &applyWaiter{n: n, wake: make(chan struct{}, 1)}
-}
-
-// add queues w, starting the waiting goroutine if none runs.
-func (q *applyWaiter) add(w *applyWait) {
-	q.n.futureWaits.add()
-	q.mu.Lock()
-	q.queue = append(q.queue, w)
-	start := !q.running
-	q.running = true
-	q.mu.Unlock()
-	if start {
-		go q.run()
-		return
-	}
-	select {
-	case q.wake <- struct{}{}:
-	default:
-	}
-}
-
-// run waits on queued futures until the queue is empty after Close.
-func (q *applyWaiter) run() {
-	for {
-		q.mu.Lock()
-		for len(q.queue) == 0 {
-			select {
-			case <-q.n.closed:
-				q.running = false
-				q.mu.Unlock()
-				return
-			default:
-			}
-			q.mu.Unlock()
-			select {
-			case <-q.wake:
-			case <-q.n.closed:
-			}
-			q.mu.Lock()
-		}
-		batch := q.queue
-		q.queue = q.spare[:0]
-		q.mu.Unlock()
-		for i, w := range batch {
-			q.n.resolve(w)
-			q.n.futureWaits.done()
-			batch[i] = nil
-		}
-		q.mu.Lock()
-		q.spare = batch
-		q.mu.Unlock()
-	}
 }
 
 // resolve waits for w's futures in turn and records their outcomes,

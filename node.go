@@ -35,9 +35,8 @@ type RaftNode struct {
 	rpc        *rpcPool
 	fwd        *applyBatcher // forwarded writes
 	runners    runnerSet
-	// futureWaits counts waits on raft futures (waitFuture, applyWaits).
+	// futureWaits counts waits on raft futures (waitFuture, leaderApply).
 	futureWaits waitGroup
-	applyWaits  *applyWaiter
 	readyTerm   atomic.Uint64 // term in which this leader's barrier completed
 	metrics     *Metrics      // nil: none
 	departures  *departures   // peers that announced a clean close
@@ -189,10 +188,6 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 	if err := life.add("request clients", func() error { n.rpc.Close(); return nil }); err != nil {
 		return nil, err
 	}
-
-	// The leader's apply waiter ends by itself once the node is closed
-	// and its queue is empty; raft's part drains what it waits on.
-	n.applyWaits = newApplyWaiter(n)
 
 	n.fsm = newTrackedFSM(fsm)
 	n.fsm.restored = func() uint64 { return snapshotIndex(stores.snaps) }
