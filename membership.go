@@ -297,7 +297,7 @@ func (n *RaftNode) join() error {
 	}
 	ctx, cancel := context.WithTimeout(parent, n.cfg.JoinTimeout)
 	defer cancel()
-	var last error
+	last := errors.New("no member other than this node to ask")
 	for attempt := 0; ; attempt++ {
 		for _, addr := range n.cfg.Join {
 			if addr == n.addr {
