@@ -54,6 +54,12 @@ func TestRestartedMemberNeverJoinsAgain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A member: it has the configuration that contains it (a node stopped
+	// before it received that has no proof of membership, and would ask
+	// Join's members again).
+	if _, err := n4.WaitForLeader(ctxTimeout(t, 15*time.Second)); err != nil {
+		t.Fatal(err)
+	}
 	n4.Close()
 	cfg.listener = nil // closed with n4: the restart listens anew
 	// A join attempt would fail: the only Join address is dead and the
