@@ -210,9 +210,11 @@ type Config struct {
 
 	// Join lists addresses of existing cluster members. A node without
 	// state (and without Peers) asks them, in order, to add it as a voter;
-	// any member forwards the request to the leader. A node with state
-	// joins again only if its configuration no longer contains it (it was
-	// removed, see ErrRemoved); otherwise it is already a member. Join and
+	// a member that does not lead names the leader, and the node asks it.
+	// A node with state joins again only if its configuration does not
+	// contain it (it was removed, see ErrRemoved, or it stopped before it
+	// received the configuration that added it); otherwise it is already a
+	// member. Join and
 	// Peers exclude each other.
 	Join []string
 
