@@ -84,16 +84,26 @@ func (c *logCache) put(l *raft.Log) {
 	}
 	*slot = *l
 	c.bytes += size
-	switch {
-	case c.first == 0 || l.Index < c.first:
+	if c.first == 0 || l.Index < c.first {
 		c.first = l.Index
-	case l.Index-c.first >= n:
-		// The index jumped past the ring: drop whatever it left behind.
+	} else if l.Index >= n && c.first <= l.Index-n {
+		// The ring holds indexes from lowest up: drop what is below. When
+		// the log grows by one entry, that is the slot just overwritten,
+		// so the loop runs once; only a jump past the whole ring scans it.
 		lowest := l.Index - n + 1
-		for i := range c.ring {
-			if e := &c.ring[i]; e.Index != 0 && e.Index < lowest {
-				c.bytes -= entrySize(e)
-				*e = raft.Log{}
+		if lowest-c.first >= n {
+			for i := range c.ring {
+				if e := &c.ring[i]; e.Index != 0 && e.Index < lowest {
+					c.bytes -= entrySize(e)
+					*e = raft.Log{}
+				}
+			}
+		} else {
+			for i := c.first; i < lowest; i++ {
+				if e := &c.ring[i%n]; e.Index == i {
+					c.bytes -= entrySize(e)
+					*e = raft.Log{}
+				}
 			}
 		}
 		c.first = lowest

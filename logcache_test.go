@@ -134,3 +134,24 @@ func TestLogCacheKeepsCopiesNotRaftsPointers(t *testing.T) {
 		t.Fatalf("cached entry = term %d %q (%d store reads), want term 1 %q from the cache", got.Term, got.Data, s.reads, "a")
 	}
 }
+
+func TestLogCacheCountsBytesOfWhatItHolds(t *testing.T) {
+	s := &countingStore{InmemStore: raft.NewInmemStore()}
+	c := newLogCache(s, 16, 1<<20)
+	storeEntries(t, c, 1, 100, 100)
+	if c.bytes != 16*100 || c.first != 85 {
+		t.Fatalf("after 100 entries through a 16-slot ring: %d bytes from index %d, want 1600 from 85", c.bytes, c.first)
+	}
+	// A gap shorter than the ring drops the entries it pushed out of the
+	// ring's range and keeps the rest.
+	storeEntries(t, c, 105, 105, 100)
+	if c.bytes != 12*100 || c.first != 90 {
+		t.Fatalf("after a gap: %d bytes from index %d, want 1200 from 90", c.bytes, c.first)
+	}
+	if n := readAll(t, c, s, 90, 100, 100); n != 0 {
+		t.Fatalf("%d of the entries within the ring's range came from the store", n)
+	}
+	if n := readAll(t, c, s, 85, 89, 100); n != 5 {
+		t.Fatalf("%d of 5 dropped entries came from the store", n)
+	}
+}
