@@ -24,7 +24,7 @@ import (
 //
 // A data directory holds
 //
-//	raft.db                 LogStoreBolt: log and stable store (raft-boltdb)
+//	raft.db                 LogStoreBolt: log and stable store (raft-boltdb v2's format)
 //	wal/, wal.lock          LogStoreWAL: segments and wal-meta.db (raft-wal), raftkit's lock
 //	snapshots/              raft's file snapshot store
 //	peers.json[.applied]    a recovery configuration (recover.go)

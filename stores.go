@@ -11,7 +11,6 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
-	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 )
@@ -25,7 +24,7 @@ import (
 // (a lost log would forget the node's term and vote, and a node that forgets
 // its vote can vote twice in one term). readOnly opens it without write
 // access and under a shared lock, for offline tools.
-func openBolt(path string, snaps raft.SnapshotStore, readOnly bool) (*raftboltdb.BoltStore, error) {
+func openBolt(path string, snaps raft.SnapshotStore, readOnly bool) (*boltStore, error) {
 	fi, err := os.Stat(path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
@@ -48,13 +47,10 @@ func openBolt(path string, snaps raft.SnapshotStore, readOnly bool) (*raftboltdb
 			return nil, err
 		}
 	}
-	var store *raftboltdb.BoltStore
+	var store *boltStore
 	err = safely(func() error {
 		var err error
-		store, err = raftboltdb.New(raftboltdb.Options{
-			Path:        path,
-			BoltOptions: &bbolt.Options{Timeout: lockTimeout, ReadOnly: readOnly},
-		})
+		store, err = newBoltStore(path, &bbolt.Options{Timeout: lockTimeout, ReadOnly: readOnly})
 		return err
 	})
 	if err != nil {

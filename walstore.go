@@ -19,7 +19,8 @@ type LogStoreKind int
 
 const (
 	// LogStoreBolt keeps the log and stable state in one BoltDB file,
-	// Dir/raft.db (hashicorp/raft-boltdb/v2). It is the default: one file,
+	// Dir/raft.db, in hashicorp/raft-boltdb/v2's file format (raftkit
+	// writes it with its own encoder; see boltstore.go). It is the default: one file,
 	// inspectable with bbolt's tools, checked page by page at start. Every
 	// commit costs two fsyncs (BoltDB's data and meta pages), and the file
 	// does not shrink after snapshots truncate the log.
