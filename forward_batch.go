@@ -18,8 +18,12 @@ import (
 const (
 	// maxBatchesInFlight is how many batches a follower may have in
 	// progress at the leader at once; further commands gather for the
-	// next batch.
-	maxBatchesInFlight = 4
+	// next batch. Fewer, larger batches cost less CPU per command on both
+	// ends and land in fewer of the leader's disk writes: on a 2-core
+	// machine with 64 forwarding writers, 2 gave 0.84-0.96x of the
+	// leader's own writes per second with BoltDB (4: 0.74x, 8: 0.67x;
+	// 1: 0.82x) and 0.80x with raft-wal (4: 0.69x).
+	maxBatchesInFlight = 2
 	// maxBatchCommands and maxBatchBytes bound one batch.
 	maxBatchCommands = 512
 	maxBatchBytes    = 4 << 20
