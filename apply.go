@@ -181,12 +181,12 @@ func (n *RaftNode) leaderApply(ctx context.Context, cmds [][]byte, out []leaderR
 	// for one command.
 	w := &applyWait{done: make(chan struct{})}
 	if len(cmds) == 1 {
-		w.one[0] = n.raft.Apply(cmds[0], timeout)
+		w.one[0] = n.submit(cmds[0], timeout)
 		w.futures, w.out = w.one[:], w.oneOut[:]
 	} else if n.batchApplyCh {
 		w.futures, w.out = make([]raft.ApplyFuture, len(cmds)), make([]leaderResult, len(cmds))
 		for i, c := range cmds {
-			w.futures[i] = n.raft.Apply(c, timeout)
+			w.futures[i] = n.submit(c, timeout)
 		}
 	} else {
 		// Without raft's BatchApplyCh, raft.Apply waits until the leader
@@ -201,7 +201,7 @@ func (n *RaftNode) leaderApply(ctx context.Context, cmds [][]byte, out []leaderR
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				w.futures[i] = n.raft.Apply(c, timeout)
+				w.futures[i] = n.submit(c, timeout)
 			}()
 		}
 		wg.Wait()
