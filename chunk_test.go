@@ -2,14 +2,19 @@ package raftkit
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/raft"
+
+	fsmexample "github.com/raftkit/raftkit/fsm_example"
 )
 
 func TestChunkHeaderRoundTrip(t *testing.T) {
@@ -322,5 +327,303 @@ func TestTrackedFSMHandsBatchingFSMOneBatch(t *testing.T) {
 	out := tf.ApplyBatch(logs)
 	if rec.batches != 1 || len(rec.cmds) != 2 || fmt.Sprint(out) != fmt.Sprint([]any{"applied 1", nil, nil, "applied 4"}) {
 		t.Fatalf("%d batches, %d commands, responses %v", rec.batches, len(rec.cmds), out)
+	}
+}
+
+// casCommand is a compare-and-set command of key to a value of its own
+// (absent before), exactly size bytes long: its FSM result is true the
+// first time, false after.
+func casCommand(key string, size int, seed byte) (cmd, value []byte) {
+	overhead := len(fsmexample.CompareAndSet(key, nil, make([]byte, size))) - size
+	value = command(size-overhead, seed)
+	return fsmexample.CompareAndSet(key, nil, value), value
+}
+
+// chunksIn returns the chunk entries in n's log store in [from, to], and
+// fails the test on any entry there longer than chunkSize.
+func chunksIn(t *testing.T, n *RaftNode, from, to uint64) []chunkHeader {
+	t.Helper()
+	var hs []chunkHeader
+	for i := from; i <= to; i++ {
+		var l raft.Log
+		if err := n.stores.log.GetLog(i, &l); err != nil {
+			t.Fatalf("%s: log entry %d: %v", n.ID(), i, err)
+		}
+		if len(l.Data) > chunkSize {
+			t.Fatalf("%s: log entry %d holds %d bytes, more than a chunk", n.ID(), i, len(l.Data))
+		}
+		if isChunk(l.Extensions) {
+			h, err := parseChunkHeader(l.Extensions)
+			if err != nil {
+				t.Fatalf("%s: log entry %d: %v", n.ID(), i, err)
+			}
+			hs = append(hs, h)
+		}
+	}
+	return hs
+}
+
+func withMaxCommandSize(size int) func(*Config) {
+	return func(c *Config) { c.MaxCommandSize = size; c.FSMErrors = fsmexample.Errors }
+}
+
+func TestLargeCommandsAreChunkedAndAppliedWhole(t *testing.T) {
+	c := newTCPCluster(t, 3, withMaxCommandSize(4<<20))
+	l := c.leader()
+	f := (l + 1) % 3
+	leader := c.nodes[l]
+	for _, size := range []int{300 << 10, 1 << 20, 4 << 20} {
+		for _, via := range []int{l, f} {
+			name := fmt.Sprintf("%dKiB via %s", size>>10, map[bool]string{true: "leader", false: "follower"}[via == l])
+			key := "large-" + name
+			cmd, value := casCommand(key, size, byte(size>>10)+byte(via))
+			if len(cmd) != size {
+				t.Fatalf("%s: command is %d bytes", name, len(cmd))
+			}
+			before := leader.raft.LastIndex()
+			res, err := c.nodes[via].Apply(ctxTimeout(t, 20*time.Second), cmd)
+			if err != nil || res != true {
+				t.Fatalf("%s: Apply = %v, %v; want true", name, res, err)
+			}
+			after := leader.raft.LastIndex()
+			hs := chunksIn(t, leader, before+1, after)
+			if want := chunkCount(size); len(hs) != want {
+				t.Fatalf("%s: %d chunk entries in the leader's log, want %d", name, len(hs), want)
+			}
+			for i, h := range hs {
+				if h.id != hs[0].id || h.index != uint32(i) || h.count != uint32(len(hs)) || h.total != uint64(size) {
+					t.Fatalf("%s: chunk %d has header %+v", name, i, h)
+				}
+			}
+			// The same command again: applied again, with the FSM's other answer.
+			if res, err := c.nodes[via].Apply(ctxTimeout(t, 20*time.Second), cmd); err != nil || res != false {
+				t.Fatalf("%s: second Apply = %v, %v; want false", name, res, err)
+			}
+			waitFor(t, 20*time.Second, name+" on every node", func() bool {
+				for _, s := range c.fsms {
+					if v, ok := s.Get(key); !ok || !bytes.Equal(v, value) {
+						return false
+					}
+				}
+				return true
+			})
+			// Followers store the chunks as the leader does.
+			if hs := chunksIn(t, c.nodes[f], before+1, after); len(hs) != chunkCount(size) {
+				t.Fatalf("%s: %d chunk entries in a follower's log, want %d", name, len(hs), chunkCount(size))
+			}
+		}
+	}
+	// An FSM error travels back as for any command.
+	bad := append([]byte{99}, command(300<<10, 9)...)
+	if _, err := c.nodes[f].Apply(ctxTimeout(t, 20*time.Second), bad); !errors.Is(err, fsmexample.ErrBadCommand) {
+		t.Fatalf("bad large command: %v, want ErrBadCommand", err)
+	}
+	for i, n := range c.nodes {
+		if n.fsm.pendingTerm.Load() != 0 {
+			t.Fatalf("node %d still holds a pending sequence", i)
+		}
+	}
+}
+
+func TestConcurrentSmallAndLargeWritersAgree(t *testing.T) {
+	c := newTCPCluster(t, 3)
+	l := c.leader()
+	const writers, writes = 6, 6
+	want := map[string][]byte{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	errs := make(chan error, writers*writes)
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n := c.nodes[(l+w)%3] // two writers each on the leader and on both followers
+			for i := 0; i < writes; i++ {
+				key := fmt.Sprintf("w%d-%d", w, i)
+				size := 100
+				if i%2 == 1 {
+					size = (256 << 10) + (i*w*97)%(DefaultMaxCommandSize-(256<<10)-64) // more than one chunk, within the limit
+				}
+				value := command(size, byte(w*writes+i))
+				if _, err := n.Apply(ctxTimeout(t, 30*time.Second), fsmexample.Set(key, value)); err != nil {
+					errs <- fmt.Errorf("writer %d, write %d (%d bytes) on %s: %w", w, i, size, n.ID(), err)
+					return
+				}
+				mu.Lock()
+				want[key] = value
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if t.Failed() {
+		return
+	}
+	c.waitApplied(c.nodes[l].raft.LastIndex())
+	for i, s := range c.fsms {
+		waitFor(t, 20*time.Second, fmt.Sprintf("node %d's FSM to hold every write", i), func() bool {
+			got := s.All()
+			if len(got) != len(want) {
+				return false
+			}
+			for k, v := range want {
+				if !bytes.Equal(got[k], v) {
+					return false
+				}
+			}
+			return true
+		})
+	}
+}
+
+func TestFollowerRestartAfterSnapshotKeepsLargeCommands(t *testing.T) {
+	// Few trailing logs, so that the leader's snapshot compacts what the
+	// stopped follower lacks and it must install the snapshot.
+	c := newTCPCluster(t, 3, withMaxCommandSize(2<<20), func(cfg *Config) {
+		cfg.RaftConfig = func(rc *raft.Config) { fastRaft(rc); rc.TrailingLogs = 4 }
+	})
+	l := c.leader()
+	f := (l + 1) % 3
+	write := func(key string, size int) {
+		t.Helper()
+		if _, err := c.nodes[c.leader()].Apply(ctxTimeout(t, 20*time.Second), fsmexample.Set(key, command(size, byte(len(key))))); err != nil {
+			t.Fatalf("write %s: %v", key, err)
+		}
+	}
+	for i := 0; i < 4; i++ {
+		write(fmt.Sprintf("before-%d", i), 1<<20+i)
+		write(fmt.Sprintf("small-before-%d", i), 10)
+	}
+	c.waitApplied(c.nodes[l].raft.LastIndex())
+	if err := c.nodes[f].Snapshot(ctxTimeout(t, 20*time.Second)); err != nil {
+		t.Fatalf("follower snapshot: %v", err)
+	}
+	c.stop(f)
+	for i := 0; i < 3; i++ {
+		write(fmt.Sprintf("while-down-%d", i), 700<<10+i)
+	}
+	if err := c.nodes[c.leader()].Snapshot(ctxTimeout(t, 20*time.Second)); err != nil {
+		t.Fatalf("leader snapshot: %v", err)
+	}
+	c.start(f)
+	write("after", 600<<10)
+	lead := c.fsms[c.leader()]
+	waitFor(t, 30*time.Second, "the restarted follower to hold the leader's state", func() bool {
+		got, want := c.fsms[f].All(), lead.All()
+		if len(got) != len(want) || len(want) != 4+4+3+1 {
+			return false
+		}
+		for k, v := range want {
+			if !bytes.Equal(got[k], v) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// submitChunk submits one chunk of a command (or an abort entry) on the
+// leader n directly, as submitChunked does, and waits for it.
+func submitChunk(t *testing.T, n *RaftNode, h chunkHeader, cmd []byte) raft.ApplyFuture {
+	t.Helper()
+	var part []byte
+	if !h.abort {
+		part = cmd[int(h.index)*chunkSize : min(len(cmd), int(h.index+1)*chunkSize)]
+	}
+	n.submitMu.Lock()
+	fut := n.raft.ApplyLog(raft.Log{Data: part, Extensions: h.encode()}, 10*time.Second)
+	n.submitMu.Unlock()
+	if err := fut.Error(); err != nil {
+		t.Fatalf("submit chunk %+v: %v", h, err)
+	}
+	return fut
+}
+
+func waitPending(t *testing.T, c *testCluster, pending bool) {
+	t.Helper()
+	waitFor(t, 15*time.Second, fmt.Sprintf("every FSM to hold a pending sequence: %v", pending), func() bool {
+		for _, n := range c.nodes {
+			if (n.fsm.pendingTerm.Load() != 0) != pending {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+func TestSnapshotWaitsForChunkedCommand(t *testing.T) {
+	c := newTCPCluster(t, 3)
+	l := c.leader()
+	leader, follower := c.nodes[l], c.nodes[(l+1)%3]
+	cmd, value := casCommand("k", chunkSize+100, 1)
+	h := chunkHeader{id: 77, count: 2, total: uint64(len(cmd))}
+	submitChunk(t, leader, h, cmd)
+	waitPending(t, c, true)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if err := follower.Snapshot(ctx); !errors.Is(err, context.DeadlineExceeded) || !isChunkInProgress(err) {
+		t.Fatalf("Snapshot while a chunked command is half applied: %v; want it deferred until ctx ends", err)
+	}
+	snapDone := make(chan error, 1)
+	go func() { snapDone <- follower.Snapshot(ctxTimeout(t, 20*time.Second)) }()
+	var backup bytes.Buffer
+	backupDone := make(chan error, 1)
+	go func() { backupDone <- leader.Backup(ctxTimeout(t, 20*time.Second), &backup) }()
+
+	h.index = 1
+	if res := submitChunk(t, leader, h, cmd).Response(); res != true {
+		t.Fatalf("final chunk's response %v, want the FSM's true", res)
+	}
+	if err := <-snapDone; err != nil {
+		t.Fatalf("Snapshot once the command completed: %v", err)
+	}
+	if err := <-backupDone; err != nil {
+		t.Fatalf("Backup once the command completed: %v", err)
+	}
+	if info, err := ReadBackupInfo(bytes.NewReader(backup.Bytes())); err != nil {
+		t.Fatalf("backup: %+v, %v", info, err)
+	}
+	waitPending(t, c, false)
+	for i, s := range c.fsms {
+		if v, _ := s.Get("k"); !bytes.Equal(v, value) {
+			t.Fatalf("node %d's FSM lacks the command", i)
+		}
+	}
+}
+
+func TestNewLeaderAbortsAbandonedChunkedCommand(t *testing.T) {
+	c := newTCPCluster(t, 3)
+	l := c.leader()
+	cmd, _ := casCommand("abandoned", 3*chunkSize, 2)
+	h := chunkHeader{id: 5, count: 3, total: uint64(len(cmd))}
+	submitChunk(t, c.nodes[l], h, cmd)
+	h.index = 1
+	submitChunk(t, c.nodes[l], h, cmd)
+	waitPending(t, c, true)
+	// The leader dies between chunks, as far as the log can tell: another
+	// node leads, and no one ever sends the last chunk.
+	target := c.nodes[(l+1)%3]
+	if err := c.nodes[l].TransferLeadership(ctxTimeout(t, 10*time.Second), target.ID()); err != nil {
+		t.Fatal(err)
+	}
+	waitPending(t, c, false)
+	for i, n := range c.nodes {
+		if err := n.Snapshot(ctxTimeout(t, 10*time.Second)); err != nil {
+			t.Fatalf("node %d: Snapshot after the abort: %v", i, err)
+		}
+	}
+	if _, ok := c.fsms[l].Get("abandoned"); ok {
+		t.Fatal("the abandoned command was applied")
+	}
+	// The old leader's last chunk, were it to arrive now, completes nothing.
+	nl := c.leader()
+	h.index = 2
+	if res := submitChunk(t, c.nodes[nl], h, cmd).Response(); res != errChunkIncomplete {
+		t.Fatalf("late final chunk's response %v, want errChunkIncomplete", res)
 	}
 }
