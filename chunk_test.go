@@ -627,3 +627,41 @@ func TestNewLeaderAbortsAbandonedChunkedCommand(t *testing.T) {
 		t.Fatalf("late final chunk's response %v, want errChunkIncomplete", res)
 	}
 }
+
+// fakeFuture is a resolved raft.ApplyFuture.
+type fakeFuture struct {
+	err error
+	res any
+}
+
+func (f fakeFuture) Error() error  { return f.err }
+func (f fakeFuture) Response() any { return f.res }
+func (f fakeFuture) Index() uint64 { return 1 }
+
+func TestChunkedFutureOutcome(t *testing.T) {
+	fsmErr := errors.New("the FSM's own")
+	for _, tc := range []struct {
+		in      fakeFuture
+		err     error
+		res     any
+		class   Outcome
+		retried bool
+	}{
+		{fakeFuture{res: "ok"}, nil, "ok", Applied, false},
+		{fakeFuture{res: fsmErr}, nil, fsmErr, Applied, false},
+		{fakeFuture{res: errChunkIncomplete}, errChunkIncomplete, nil, NotApplied, true},
+		{fakeFuture{err: raft.ErrLeadershipLost}, raft.ErrLeadershipLost, nil, Unknown, false},
+	} {
+		f := chunkedFuture{tc.in}
+		if f.Error() != tc.err || f.Response() != tc.res {
+			t.Errorf("%+v: Error %v, Response %v; want %v, %v", tc.in, f.Error(), f.Response(), tc.err, tc.res)
+		}
+		if tc.err == nil {
+			continue
+		}
+		err := classifyRaft("apply", f.Error(), func() error { return &NotLeaderError{} })
+		if Classify(err) != tc.class || retryable(err) != tc.retried {
+			t.Errorf("%+v: %v has class %v, retryable %v; want %v, %v", tc.in, err, Classify(err), retryable(err), tc.class, tc.retried)
+		}
+	}
+}
