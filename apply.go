@@ -33,9 +33,10 @@ import (
 //
 //   - ErrNotApplied: the command is certainly not in the log. Apply has
 //     already retried, following the new leader, while leadership moved, a
-//     transfer was in progress, no leader was known or the connection to
-//     the leader failed before sending, until its context ended. A context
-//     that has already ended submits nothing.
+//     transfer was in progress, no leader was known, the connection to
+//     the leader failed before sending, or a membership change came
+//     between the chunks of a command over 256 KiB, until its context
+//     ended. A context that has already ended submits nothing.
 //   - ErrUnknownOutcome: the deadline passed or the context was cancelled
 //     after submission, leadership was lost, the connection broke after
 //     sending, or the node closed mid-write. The command may or may not
