@@ -665,3 +665,50 @@ func TestChunkedFutureOutcome(t *testing.T) {
 		}
 	}
 }
+
+func TestRecoveryAppliesChunkedCommandsByTheSameRule(t *testing.T) {
+	c := newTCPCluster(t, 3, withMaxCommandSize(2<<20))
+	l := c.leader()
+	leader := c.nodes[l]
+	whole, wholeValue := casCommand("whole", 600<<10, 1)
+	if res, err := leader.Apply(ctxTimeout(t, 10*time.Second), whole); err != nil || res != true {
+		t.Fatalf("Apply = %v, %v", res, err)
+	}
+	// A membership change between two chunks: not applied.
+	cut, _ := casCommand("cut", 2*chunkSize, 2)
+	h := chunkHeader{id: 1, count: 2, total: uint64(len(cut))}
+	submitChunk(t, leader, h, cut)
+	if err := leader.raft.AddNonvoter("ghost", raft.ServerAddress(unusedAddr(t)), 0, 10*time.Second).Error(); err != nil {
+		t.Fatal(err)
+	}
+	h.index = 1
+	if res := submitChunk(t, leader, h, cut).Response(); res != errChunkIncomplete {
+		t.Fatalf("final chunk after a configuration entry: %v, want errChunkIncomplete", res)
+	}
+	// A command whose last chunk never came.
+	left, _ := casCommand("left", 2*chunkSize, 3)
+	submitChunk(t, leader, chunkHeader{id: 2, count: 2, total: uint64(len(left))}, left)
+	c.waitApplied(leader.raft.LastIndex())
+	for i := range c.nodes {
+		c.stop(i)
+	}
+	if err := WriteRecovery(c.dirs[0], []ServerInfo{{ID: c.nodes[0].ID(), Addr: c.addrs[0], Voter: true}}); err != nil {
+		t.Fatal(err)
+	}
+	c.start(0)
+	waitFor(t, 15*time.Second, "the survivor to lead", c.nodes[0].IsLeader)
+	if err := c.nodes[0].LinearizableRead(ctxTimeout(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	got := c.fsms[0].All()
+	if len(got) != 1 || !bytes.Equal(got["whole"], wholeValue) {
+		keys := make([]string, 0, len(got))
+		for k := range got {
+			keys = append(keys, k)
+		}
+		t.Fatalf("recovered state holds %q, want only the whole command", keys)
+	}
+	if err := c.nodes[0].Snapshot(ctxTimeout(t, 10*time.Second)); err != nil {
+		t.Fatalf("Snapshot after recovery: %v", err)
+	}
+}
