@@ -712,3 +712,32 @@ func TestRecoveryAppliesChunkedCommandsByTheSameRule(t *testing.T) {
 		t.Fatalf("Snapshot after recovery: %v", err)
 	}
 }
+
+func TestChunkedCommandsSurviveRestartOnRaftWAL(t *testing.T) {
+	c := newTCPCluster(t, 3, withLogStore(LogStoreWAL))
+	l := c.leader()
+	f := (l + 1) % 3
+	var values [][]byte
+	for i := 0; i < 3; i++ {
+		cmd, value := casCommand(fmt.Sprintf("k%d", i), 700<<10, byte(i))
+		if res, err := c.nodes[f].Apply(ctxTimeout(t, 10*time.Second), cmd); err != nil || res != true {
+			t.Fatalf("Apply %d = %v, %v", i, res, err)
+		}
+		values = append(values, value)
+	}
+	c.waitApplied(c.nodes[l].raft.LastIndex())
+	// The follower's FSM is rebuilt from its raft-wal log alone.
+	c.stop(f)
+	c.start(f)
+	waitFor(t, 15*time.Second, "the restarted follower to replay its log", func() bool {
+		for i, v := range values {
+			if got, _ := c.fsms[f].Get(fmt.Sprintf("k%d", i)); !bytes.Equal(got, v) {
+				return false
+			}
+		}
+		return true
+	})
+	if hs := chunksIn(t, c.nodes[f], 1, c.nodes[f].raft.LastIndex()); len(hs) != 3*chunkCount(700<<10) {
+		t.Fatalf("%d chunk entries in the follower's raft-wal log, want %d", len(hs), 3*chunkCount(700<<10))
+	}
+}
