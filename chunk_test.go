@@ -741,3 +741,75 @@ func TestChunkedCommandsSurviveRestartOnRaftWAL(t *testing.T) {
 		t.Fatalf("%d chunk entries in the follower's raft-wal log, want %d", len(hs), 3*chunkCount(700<<10))
 	}
 }
+
+// Membership changes may land between a large command's chunks; Apply then
+// submits the command again, and every command is applied exactly once: a
+// compare-and-set of a new key answers true only the first time.
+func TestLargeCommandsAppliedOnceWhileMembershipChanges(t *testing.T) {
+	// Without BatchApplyCh raft's leader loop takes one chunk per turn, so
+	// that a membership change often comes between two of them.
+	c := newTCPCluster(t, 3, func(cfg *Config) {
+		cfg.RaftConfig = func(rc *raft.Config) { fastRaft(rc); rc.BatchApplyCh = false }
+	})
+	l := c.leader()
+	leader := c.nodes[l]
+	first := leader.raft.LastIndex()
+	stop := make(chan struct{})
+	changes := make(chan int, 1)
+	go func() {
+		n := 0
+		defer func() { changes <- n }()
+		ghost := raft.ServerAddress(unusedAddr(t))
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if leader.raft.AddNonvoter("ghost", ghost, 0, time.Second).Error() == nil {
+				n++
+			}
+			if leader.raft.RemoveServer("ghost", 0, time.Second).Error() == nil {
+				n++
+			}
+		}
+	}()
+	for i := 0; i < 20; i++ {
+		cmd, _ := casCommand(fmt.Sprintf("k%d", i), 1<<20-i, byte(i))
+		res, err := c.nodes[(l+i)%3].Apply(ctxTimeout(t, 20*time.Second), cmd)
+		if err != nil || res != true {
+			close(stop)
+			t.Fatalf("command %d: Apply = %v, %v; want true (applied once)", i, res, err)
+		}
+	}
+	close(stop)
+	t.Logf("%d membership changes; %d sequences cut by one", <-changes, cutSequences(t, leader, first+1, leader.raft.LastIndex()))
+	c.waitApplied(leader.raft.LastIndex())
+	for i, s := range c.fsms {
+		if s.Len() != 20 {
+			t.Fatalf("node %d holds %d keys, want 20", i, s.Len())
+		}
+	}
+}
+
+// cutSequences counts chunk sequences in n's log in [from, to] that an
+// entry of another kind interrupted.
+func cutSequences(t *testing.T, n *RaftNode, from, to uint64) int {
+	cut, open := 0, false
+	for i := from; i <= to; i++ {
+		var l raft.Log
+		if err := n.stores.log.GetLog(i, &l); err != nil {
+			t.Fatalf("log entry %d: %v", i, err)
+		}
+		switch h, err := parseChunkHeader(l.Extensions); {
+		case err == nil && !h.abort:
+			open = h.index+1 < h.count
+		case l.Type == raft.LogConfiguration || l.Type == raft.LogCommand:
+			if open {
+				cut++
+			}
+			open = false
+		}
+	}
+	return cut
+}
