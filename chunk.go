@@ -176,13 +176,28 @@ func (n *RaftNode) submitChunked(cmd []byte, timeout time.Duration) raft.ApplyFu
 	for i := 0; i < int(h.count); i++ {
 		left := time.Until(deadline)
 		if left <= 0 {
+			if i > 0 {
+				n.noteChunkCut()
+			}
 			return failedFuture{raft.ErrEnqueueTimeout}
 		}
 		h.index = uint32(i)
 		part := cmd[i*chunkSize : min(len(cmd), (i+1)*chunkSize)]
 		f = n.raft.ApplyLog(raft.Log{Data: part, Extensions: h.encode()}, left)
 	}
+	if !time.Now().Before(deadline) {
+		// raft may have refused the last chunks (ErrEnqueueTimeout).
+		n.noteChunkCut()
+	}
 	return chunkedFuture{f}
+}
+
+// noteChunkCut records that this node may have left a sequence unfinished
+// in its own term, where no later leader will abort it: the abort loop
+// then aborts the sequence the FSM holds.
+func (n *RaftNode) noteChunkCut() {
+	n.chunkCut.Store(true)
+	poke(n.fsm.checkChunks)
 }
 
 // chunkedFuture is a chunked command's outcome: its final chunk's future,
@@ -215,11 +230,13 @@ func (f failedFuture) Index() uint64 { return 0 }
 
 // abortAbandonedChunks runs while the node is open. Whenever this node
 // leads and its FSM holds a sequence of an earlier term (a leader that
-// died between chunks), it submits an abort entry: no one can finish that
+// died between chunks), or one of its own submissions stopped between
+// chunks (noteChunkCut), it submits an abort entry: no one can finish that
 // sequence, and until an entry drops it the FSM refuses snapshots. The
 // abort is submitted like a chunked command, never between another
 // command's chunks, so an abort that turns out not to be needed (the
-// sequence was dropped by an entry the FSM had yet to apply) is harmless.
+// sequence was dropped or completed by entries the FSM had yet to apply)
+// is harmless.
 func (n *RaftNode) abortAbandonedChunks(ctx context.Context) {
 	watch := n.leadership.subscribe(ctx)
 	leading := false
@@ -231,21 +248,26 @@ func (n *RaftNode) abortAbandonedChunks(ctx context.Context) {
 				return
 			}
 			leading = l.IsLeader
-		case <-n.fsm.chunkStarted:
+		case <-n.fsm.checkChunks:
 		case <-retry:
 		case <-ctx.Done():
 			return
 		}
 		retry = nil
 		term := n.fsm.pendingTerm.Load()
-		if !leading || term == 0 || term >= n.raft.CurrentTerm() {
+		if !leading || term == 0 || (term >= n.raft.CurrentTerm() && !n.chunkCut.Load()) {
 			continue
 		}
+		n.logger.Info("dropping a chunked command left unfinished in the log", "term", term)
 		n.submitMu.Lock()
+		cut := n.chunkCut.Swap(false)
 		f := n.raft.ApplyLog(raft.Log{Extensions: chunkHeader{abort: true}.encode()}, n.cfg.ApplyTimeout)
 		n.submitMu.Unlock()
-		if err := n.waitFuture(ctx, f); err != nil || n.fsm.pendingTerm.Load() == term {
-			n.logger.Debug("abort of an abandoned chunked command did not take effect; retrying", "error", err)
+		if err := n.waitFuture(ctx, f); err != nil {
+			n.logger.Debug("abort of an unfinished chunked command failed; retrying", "error", err)
+			if cut {
+				n.chunkCut.Store(true)
+			}
 			retry = time.After(100 * time.Millisecond)
 		}
 	}

@@ -813,3 +813,20 @@ func cutSequences(t *testing.T, n *RaftNode, from, to uint64) int {
 	}
 	return cut
 }
+
+func TestLeaderAbortsItsOwnCutChunkedCommand(t *testing.T) {
+	c := newTCPCluster(t, 3)
+	l := c.leader()
+	cmd, _ := casCommand("cut", 3*chunkSize, 4)
+	// A submission that stopped after its first chunk, in the leader's
+	// own term: no later leader will abort it.
+	submitChunk(t, c.nodes[l], chunkHeader{id: 9, count: 3, total: uint64(len(cmd))}, cmd)
+	waitPending(t, c, true)
+	c.nodes[l].noteChunkCut()
+	waitPending(t, c, false)
+	for i, n := range c.nodes {
+		if err := n.Snapshot(ctxTimeout(t, 10*time.Second)); err != nil {
+			t.Fatalf("node %d: Snapshot after the abort: %v", i, err)
+		}
+	}
+}

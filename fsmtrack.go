@@ -36,13 +36,14 @@ type trackedFSM struct {
 	// pendingTerm is pending's term, 0 when none is pending: for the
 	// leader's check for a sequence an earlier leader abandoned.
 	pendingTerm atomic.Uint64
-	// chunkStarted receives a value (without blocking) whenever a
-	// sequence starts.
-	chunkStarted chan struct{}
+	// checkChunks receives a value (without blocking) whenever a
+	// sequence starts: the leader then checks whether it must abort one
+	// (see abortAbandonedChunks).
+	checkChunks chan struct{}
 }
 
 func newTrackedFSM(fsm raft.FSM) *trackedFSM {
-	t := &trackedFSM{fsm: fsm, chunkStarted: make(chan struct{}, 1)}
+	t := &trackedFSM{fsm: fsm, checkChunks: make(chan struct{}, 1)}
 	t.batching, _ = fsm.(raft.BatchingFSM)
 	t.configs, _ = fsm.(raft.ConfigurationStore)
 	return t
@@ -145,10 +146,7 @@ func (t *trackedFSM) chunk(l *raft.Log) (*raft.Log, any) {
 		p = &chunkSeq{id: h.id, term: l.Term, count: h.count, buf: make([]byte, 0, h.total)}
 		t.pending = p
 		t.pendingTerm.Store(l.Term)
-		select {
-		case t.chunkStarted <- struct{}{}:
-		default:
-		}
+		poke(t.checkChunks)
 	} else if p == nil || p.id != h.id || p.term != l.Term || p.next != h.index ||
 		p.count != h.count || uint64(cap(p.buf)) != h.total {
 		t.drop()
@@ -161,6 +159,14 @@ func (t *trackedFSM) chunk(l *raft.Log) (*raft.Log, any) {
 	}
 	t.drop()
 	return &raft.Log{Index: l.Index, Term: l.Term, Type: raft.LogCommand, Data: p.buf, AppendedAt: l.AppendedAt}, nil
+}
+
+// poke sends on ch, a channel of capacity 1, unless a value waits there.
+func poke(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
 }
 
 // drop forgets the pending sequence.

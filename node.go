@@ -56,6 +56,9 @@ type RaftNode struct {
 	submitMu sync.RWMutex
 	// chunkIDs numbers chunked commands' sequences, from a random start.
 	chunkIDs atomic.Uint64
+	// chunkCut is set when a chunked submission may have stopped between
+	// chunks (see noteChunkCut).
+	chunkCut atomic.Bool
 
 	// life holds the node's parts with their stop functions; Close
 	// stops them in reverse order.

@@ -31,22 +31,25 @@ func (n *RaftNode) Snapshot(ctx context.Context) error {
 
 // userSnapshot takes a user snapshot and waits for it within ctx, trying
 // again while the FSM defers it because a chunked command is half applied
-// (errChunkInProgress).
+// (errChunkInProgress). If ctx ends after such a refusal, the error says so
+// and wraps ctx's.
 func (n *RaftNode) userSnapshot(ctx context.Context) (raft.SnapshotFuture, error) {
+	var deferred error
 	for attempt := 0; ; attempt++ {
 		f := n.raft.Snapshot()
 		err := n.waitFuture(ctx, f)
-		if !isChunkInProgress(err) {
+		if isChunkInProgress(err) {
+			deferred = err
+		} else if deferred != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+			return f, fmt.Errorf("%v: %w", deferred, err)
+		} else {
 			return f, err
 		}
 		if !n.backoff(ctx, attempt) {
-			if cerr := ctx.Err(); cerr != nil {
-				return f, fmt.Errorf("%v: %w", err, cerr)
+			if err := n.checkOpen(); err != nil {
+				return f, err
 			}
-			if cerr := n.checkOpen(); cerr != nil {
-				return f, cerr
-			}
-			return f, err
+			return f, fmt.Errorf("%v: %w", deferred, ctx.Err())
 		}
 	}
 }
