@@ -830,3 +830,20 @@ func TestLeaderAbortsItsOwnCutChunkedCommand(t *testing.T) {
 		}
 	}
 }
+
+func TestLargeCommandOnInMemoryCluster(t *testing.T) {
+	nodes, fsms := newMemCluster(t, NewMemNetwork(), 3)
+	l := memLeader(t, nodes)
+	value := command(DefaultMaxCommandSize-100, 8)
+	if _, err := nodes[(l+1)%3].Apply(ctxTimeout(t, 10*time.Second), fsmexample.Set("k", value)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "every node to hold the command", func() bool {
+		for _, s := range fsms {
+			if v, _ := s.Get("k"); !bytes.Equal(v, value) {
+				return false
+			}
+		}
+		return true
+	})
+}
