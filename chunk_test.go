@@ -847,3 +847,27 @@ func TestLargeCommandOnInMemoryCluster(t *testing.T) {
 		return true
 	})
 }
+
+// FuzzChunkEntry feeds arbitrary headers and data to the FSM's chunk rule:
+// it must never panic, and only well-formed chunks may reach the FSM.
+func FuzzChunkEntry(f *testing.F) {
+	f.Add(chunkHeader{id: 1, count: 2, total: chunkSize + 1}.encode(), 0)
+	f.Add(chunkHeader{id: 1, index: 1, count: 2, total: chunkSize + 1}.encode(), 1)
+	f.Add(chunkHeader{abort: true}.encode(), 0)
+	f.Add([]byte("rkc1"), 3)
+	f.Fuzz(func(t *testing.T, ext []byte, size int) {
+		size = max(0, size) % (chunkSize + 2)
+		rec := &recordingFSM{}
+		tf := newTrackedFSM(rec)
+		first := chunkEntries(1, 1, 1, command(chunkSize+1, 1))[0]
+		l := &raft.Log{Index: 2, Term: 1, Type: raft.LogCommand, Data: make([]byte, size), Extensions: ext}
+		tf.ApplyBatch([]*raft.Log{first, l})
+		h, err := parseChunkHeader(ext)
+		if err != nil && isChunk(ext) && len(rec.cmds) != 0 {
+			t.Fatalf("malformed header %x reached the FSM", ext)
+		}
+		if len(rec.cmds) == 1 && isChunk(ext) && (h.total != uint64(len(rec.cmds[0].Data))) {
+			t.Fatalf("FSM got %d bytes for a command of %d", len(rec.cmds[0].Data), h.total)
+		}
+	})
+}
