@@ -33,9 +33,10 @@ import (
 //
 //   - ErrNotApplied: the command is certainly not in the log. Apply has
 //     already retried, following the new leader, while leadership moved, a
-//     transfer was in progress, no leader was known or the connection to
-//     the leader failed before sending, until its context ended. A context
-//     that has already ended submits nothing.
+//     transfer was in progress, no leader was known, the connection to
+//     the leader failed before sending, or a membership change came
+//     between the chunks of a command over 256 KiB, until its context
+//     ended. A context that has already ended submits nothing.
 //   - ErrUnknownOutcome: the deadline passed or the context was cancelled
 //     after submission, leadership was lost, the connection broke after
 //     sending, or the node closed mid-write. The command may or may not
@@ -181,12 +182,12 @@ func (n *RaftNode) leaderApply(ctx context.Context, cmds [][]byte, out []leaderR
 	// for one command.
 	w := &applyWait{done: make(chan struct{})}
 	if len(cmds) == 1 {
-		w.one[0] = n.raft.Apply(cmds[0], timeout)
+		w.one[0] = n.submit(cmds[0], timeout)
 		w.futures, w.out = w.one[:], w.oneOut[:]
 	} else if n.batchApplyCh {
 		w.futures, w.out = make([]raft.ApplyFuture, len(cmds)), make([]leaderResult, len(cmds))
 		for i, c := range cmds {
-			w.futures[i] = n.raft.Apply(c, timeout)
+			w.futures[i] = n.submit(c, timeout)
 		}
 	} else {
 		// Without raft's BatchApplyCh, raft.Apply waits until the leader
@@ -201,7 +202,7 @@ func (n *RaftNode) leaderApply(ctx context.Context, cmds [][]byte, out []leaderR
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				w.futures[i] = n.raft.Apply(c, timeout)
+				w.futures[i] = n.submit(c, timeout)
 			}()
 		}
 		wg.Wait()

@@ -142,8 +142,7 @@ func (n *RaftNode) onlyNoopsBetween(from, to uint64) bool {
 // openSnapshot takes a user snapshot and opens it; when raft has nothing
 // new to snapshot it opens the latest stored one.
 func (n *RaftNode) openSnapshot(ctx context.Context) (*raft.SnapshotMeta, io.ReadCloser, error) {
-	f := n.raft.Snapshot()
-	err := n.waitFuture(ctx, f)
+	f, err := n.userSnapshot(ctx)
 	if err == nil {
 		return f.Open()
 	}

@@ -340,7 +340,8 @@ func invalidRequest(format string, args ...any) error {
 // one a moment later, can lift.
 func retryable(err error) bool {
 	var nle *NotLeaderError
-	return errors.As(err, &nle) || errors.Is(err, ErrNoLeader) || errors.Is(err, ErrTransferInProgress)
+	return errors.As(err, &nle) || errors.Is(err, ErrNoLeader) || errors.Is(err, ErrTransferInProgress) ||
+		errors.Is(err, errChunkIncomplete)
 }
 
 // doneErr returns a not-applied error if ctx has ended or its deadline
@@ -369,6 +370,9 @@ func classifyRaft(what string, err error, notLeader func() error) error {
 		return wrapErr(ErrTransferInProgress, what, nil)
 	case errors.Is(err, raft.ErrEnqueueTimeout):
 		// Never entered the log.
+		return notApplied(what, err)
+	case errors.Is(err, errChunkIncomplete):
+		// The FSM dropped the command's chunks (see chunk.go).
 		return notApplied(what, err)
 	case errors.Is(err, raft.ErrRaftShutdown):
 		return wrapErr(ErrUnknownOutcome, what, ErrClosed)

@@ -77,6 +77,8 @@ func toWire(err error) *wire.Error {
 	case errors.Is(err, ErrNoLeader), errors.Is(err, ErrClosed):
 		// A closing leader did not take the request; the next one will.
 		return &wire.Error{Kind: wire.KindNoLeader, Message: msg}
+	case errors.Is(err, errChunkIncomplete):
+		return &wire.Error{Kind: wire.KindInterrupted, Message: msg}
 	case errors.Is(err, ErrNotApplied):
 		return &wire.Error{Kind: wire.KindNotApplied, Message: msg}
 	case errors.Is(err, ErrNotAuthorized):
@@ -106,6 +108,8 @@ func (n *RaftNode) fromWire(addr string, e *wire.Error) error {
 		return wrapErr(ErrTransferInProgress, what, nil)
 	case wire.KindNotApplied:
 		return wrapErr(ErrNotApplied, what, cause)
+	case wire.KindInterrupted:
+		return wrapErr(ErrNotApplied, what, errChunkIncomplete)
 	case wire.KindInvalid:
 		return wrapErr(ErrInvalidRequest, what, cause)
 	case wire.KindDenied:

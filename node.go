@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/rpc"
 	"sync"
 	"sync/atomic"
@@ -49,6 +50,15 @@ type RaftNode struct {
 
 	// batchApplyCh is raft.Config.BatchApplyCh as the node started with.
 	batchApplyCh bool
+	// submitMu keeps a chunked command's chunks together in the log: held
+	// exclusively while they are submitted, shared while other commands
+	// are (see submit).
+	submitMu sync.RWMutex
+	// chunkIDs numbers chunked commands' sequences, from a random start.
+	chunkIDs atomic.Uint64
+	// chunkCut is set when a chunked submission may have stopped between
+	// chunks (see noteChunkCut).
+	chunkCut atomic.Bool
 
 	// life holds the node's parts with their stop functions; Close
 	// stops them in reverse order.
@@ -215,6 +225,16 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 		return nil, err
 	}
 	if err := life.add("leadership runners", func() error { n.runners.stopAll(); return nil }); err != nil {
+		return nil, err
+	}
+	n.chunkIDs.Store(rand.Uint64())
+	abortCtx, stopAborts := context.WithCancel(context.Background())
+	abortsDone := make(chan struct{})
+	go func() {
+		defer close(abortsDone)
+		n.abortAbandonedChunks(abortCtx)
+	}()
+	if err := life.add("abandoned chunk aborts", func() error { stopAborts(); <-abortsDone; return nil }); err != nil {
 		return nil, err
 	}
 	n.rpcServer = rpc.NewServer()

@@ -172,7 +172,7 @@ func applyRecovery(s *settled, rc *raft.Config, fsm raft.FSM, st *nodeStores, tr
 	}
 	logger := s.Logger.Named("raftkit")
 	logger.Warn("applying recovery configuration: forcing the cluster configuration", "file", path, "servers", len(conf.Servers))
-	if err := raft.RecoverCluster(rc, fsm, st.log, st.stable, st.snaps, trans, conf); err != nil {
+	if err := raft.RecoverCluster(rc, newRecoveryFSM(fsm, st.log), st.log, st.stable, st.snaps, trans, conf); err != nil {
 		return fmt.Errorf("%w: apply %s: %v", ErrRecovery, path, err)
 	}
 	if err := os.Rename(path, path+".applied"); err != nil {
@@ -180,4 +180,41 @@ func applyRecovery(s *settled, rc *raft.Config, fsm raft.FSM, st *nodeStores, tr
 	}
 	logger.Warn("recovery configuration applied", "file", path+".applied")
 	return nil
+}
+
+// recoveryFSM is the FSM that raft.RecoverCluster replays the log into: the
+// node's FSM behind a trackedFSM, so that chunked commands reach it whole
+// and by the same rule as in a running node (chunk.go). RecoverCluster
+// hands over only command entries, so recoveryFSM looks up what lies
+// between two chunks itself: a configuration entry drops the sequence, as
+// a running node's FSM sees it do. A sequence still incomplete at the end
+// of the log can never be finished (RecoverCluster then compacts the log):
+// Snapshot drops it, and the command is not applied.
+type recoveryFSM struct {
+	*trackedFSM
+	logs raft.LogStore
+	last uint64 // index of the last command entry applied
+}
+
+func newRecoveryFSM(fsm raft.FSM, logs raft.LogStore) *recoveryFSM {
+	return &recoveryFSM{trackedFSM: newTrackedFSM(fsm), logs: logs}
+}
+
+func (r *recoveryFSM) Apply(l *raft.Log) any {
+	if r.pending != nil {
+		for i := r.last + 1; i < l.Index; i++ {
+			var e raft.Log
+			if err := r.logs.GetLog(i, &e); err != nil || e.Type == raft.LogConfiguration {
+				r.drop()
+				break
+			}
+		}
+	}
+	r.last = l.Index
+	return r.trackedFSM.Apply(l)
+}
+
+func (r *recoveryFSM) Snapshot() (raft.FSMSnapshot, error) {
+	r.drop()
+	return r.trackedFSM.Snapshot()
 }

@@ -11,11 +11,15 @@ import (
 // Snapshot asks raft to snapshot the FSM now and compact the log, and waits
 // for it or for ctx. A node with nothing new since its last snapshot returns
 // nil. If ctx ends first, the snapshot still completes in the background.
+// While the node's FSM holds part of a command larger than 256 KiB (its
+// chunks are applied one by one, the command once the last arrives), a
+// snapshot would cut through it: Snapshot then tries again until the
+// command is complete or ctx ends.
 func (n *RaftNode) Snapshot(ctx context.Context) error {
 	if err := n.checkOpen(); err != nil {
 		return err
 	}
-	err := n.waitFuture(ctx, n.raft.Snapshot())
+	_, err := n.userSnapshot(ctx)
 	if errors.Is(err, raft.ErrNothingNewToSnapshot) {
 		return nil
 	}
@@ -23,4 +27,29 @@ func (n *RaftNode) Snapshot(ctx context.Context) error {
 		return fmt.Errorf("raftkit: snapshot: %w", n.closedOr(err))
 	}
 	return nil
+}
+
+// userSnapshot takes a user snapshot and waits for it within ctx, trying
+// again while the FSM defers it because a chunked command is half applied
+// (errChunkInProgress). If ctx ends after such a refusal, the error says so
+// and wraps ctx's.
+func (n *RaftNode) userSnapshot(ctx context.Context) (raft.SnapshotFuture, error) {
+	var deferred error
+	for attempt := 0; ; attempt++ {
+		f := n.raft.Snapshot()
+		err := n.waitFuture(ctx, f)
+		if isChunkInProgress(err) {
+			deferred = err
+		} else if deferred != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+			return f, fmt.Errorf("%v: %w", deferred, err)
+		} else {
+			return f, err
+		}
+		if !n.backoff(ctx, attempt) {
+			if err := n.checkOpen(); err != nil {
+				return f, err
+			}
+			return f, fmt.Errorf("%v: %w", deferred, ctx.Err())
+		}
+	}
 }

@@ -38,15 +38,16 @@ const MaxFrame = 64 << 20
 
 // Error kinds carried in Error.Kind.
 const (
-	KindNotLeader  = "not_leader"  // not applied; Leader* name the leader
-	KindNoLeader   = "no_leader"   // not applied; retry when a leader is known
-	KindTransfer   = "transfer"    // not applied; a leadership transfer is in progress
-	KindNotApplied = "not_applied" // not applied; retrying cannot help
-	KindUnknown    = "unknown"     // outcome unknown
-	KindFSM        = "fsm"         // the FSM returned an error
-	KindInvalid    = "invalid"     // bad request, not applied
-	KindDenied     = "denied"      // missing or wrong credentials
-	KindOther      = "other"
+	KindNotLeader   = "not_leader"  // not applied; Leader* name the leader
+	KindNoLeader    = "no_leader"   // not applied; retry when a leader is known
+	KindTransfer    = "transfer"    // not applied; a leadership transfer is in progress
+	KindNotApplied  = "not_applied" // not applied; retrying cannot help
+	KindInterrupted = "interrupted" // not applied; a chunked command was cut by another entry, retry
+	KindUnknown     = "unknown"     // outcome unknown
+	KindFSM         = "fsm"         // the FSM returned an error
+	KindInvalid     = "invalid"     // bad request, not applied
+	KindDenied      = "denied"      // missing or wrong credentials
+	KindOther       = "other"
 )
 
 // Error is an error that crosses the wire.
