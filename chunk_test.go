@@ -363,8 +363,19 @@ func chunksIn(t *testing.T, n *RaftNode, from, to uint64) []chunkHeader {
 	return hs
 }
 
+// withMaxCommandSize raises MaxCommandSize, and gives raft the timeouts of
+// TimingDefault: a node that writes and decodes MiBs under -race on a
+// loaded 2-core machine can stall past fastRaft's 200 ms lease, and a
+// lost lease turns a write's outcome unknown.
 func withMaxCommandSize(size int) func(*Config) {
-	return func(c *Config) { c.MaxCommandSize = size; c.FSMErrors = fsmexample.Errors }
+	return func(c *Config) {
+		c.MaxCommandSize = size
+		c.FSMErrors = fsmexample.Errors
+		c.RaftConfig = func(rc *raft.Config) {
+			fastRaft(rc)
+			rc.HeartbeatTimeout, rc.ElectionTimeout, rc.LeaderLeaseTimeout = time.Second, time.Second, 500*time.Millisecond
+		}
+	}
 }
 
 func TestLargeCommandsAreChunkedAndAppliedWhole(t *testing.T) {

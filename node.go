@@ -264,11 +264,18 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 	if err := life.add("calls", func() error { close(n.closed); return nil }); err != nil {
 		return nil, err
 	}
-	if len(s.Join) > 0 && (!hasState || n.removedFromConfiguration()) {
+	switch {
+	case len(s.Join) > 0 && (!hasState || n.removedFromConfiguration()):
 		n.joining.Store(true)
 		if err := n.join(); err != nil {
 			return nil, err
 		}
+		n.awaitJoinIndex()
+	case !hasState && len(s.Peers) == 0:
+		// A fresh node that waits to be added from elsewhere (AddVoter,
+		// AddNonvoter) joins as one that asked: while it catches up it
+		// receives the configurations from before its addition, which do
+		// not list it, and it is not a removed node for that.
 		n.awaitJoinIndex()
 	}
 	return n, nil
