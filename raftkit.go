@@ -145,7 +145,9 @@ type Config struct {
 	// their log and reports an error matching ErrInvalidConfig. A node
 	// that already has state ignores Peers (logging at INFO if they differ
 	// from its configuration) and rejoins. Empty Peers means: do not
-	// bootstrap.
+	// bootstrap; a fresh node then waits to be added (AddVoter or
+	// AddNonvoter on a member) and, like a node that joined, is ready
+	// once its configuration lists it and it has caught up.
 	Peers []string
 
 	// ApplyTimeout bounds Apply when its context has no deadline.
