@@ -265,6 +265,17 @@ func TestRemovedNodeRestartedFromItsDirectoryReportsErrRemoved(t *testing.T) {
 	c := newTCPCluster(t, 3)
 	l := c.leader()
 	victim := (l + 1) % 3
+	// raft sends a removed server the entries up to its removal once, as
+	// it stops replicating to it: a node removed before the leader's
+	// replication to it got going may never hear of it while it runs (it
+	// does at its restart, below). So let the victim catch up first.
+	if _, err := c.nodes[l].Apply(ctxTimeout(t, 10*time.Second), fsmexample.Set("before", []byte("1"))); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the victim to apply the leader's write", func() bool {
+		_, ok := c.fsms[victim].Get("before")
+		return ok
+	})
 	if err := c.nodes[l].RemoveServer(ctxTimeout(t, 10*time.Second), c.nodes[victim].ID()); err != nil {
 		t.Fatal(err)
 	}
