@@ -129,18 +129,33 @@ func (s *boltStore) StoreLog(l *raft.Log) error { return s.StoreLogs([]*raft.Log
 // number.
 func (s *boltStore) StoreLogs(logs []*raft.Log) error {
 	start := time.Now()
-	// Encode every entry into one buffer first: bbolt needs keys and
-	// values to stay put until the commit, so they are sliced from the
-	// buffer only once it has stopped growing.
-	var buf bytes.Buffer
-	enc := codec.NewEncoder(&buf, boltEncode)
-	ends := make([]int, len(logs))
+	// Encode every entry first, back to back in one buffer sized for the
+	// batch (so that a batch of 256 KiB chunks is not copied again and
+	// again as a buffer grows): bbolt needs keys and values to stay put
+	// until the commit.
+	size := 0
+	for _, l := range logs {
+		// the entry's bytes and its fields' names and values around them
+		size += len(l.Data) + len(l.Extensions) + 128
+	}
+	keys := make([]byte, 8*len(logs))
+	vals := make([][]byte, len(logs))
+	space := make([]byte, 0, size)
+	enc := codec.NewEncoderBytes(&space, boltEncode)
+	total := 0
 	for i, l := range logs {
-		buf.Write(boltKey(l.Index))
+		binary.BigEndian.PutUint64(keys[8*i:], l.Index)
+		rest := space[len(space):cap(space)]
+		v := rest[:0]
+		enc.ResetBytes(&v)
 		if err := enc.Encode(l); err != nil {
 			return err
 		}
-		ends[i] = buf.Len()
+		vals[i] = v
+		total += len(v)
+		if len(v) > 0 && len(v) <= len(rest) && &v[0] == &rest[0] {
+			space = space[:len(space)+len(v)] // encoded in place
+		}
 	}
 	tx, err := s.db.Begin(true)
 	if err != nil {
@@ -148,15 +163,13 @@ func (s *boltStore) StoreLogs(logs []*raft.Log) error {
 	}
 	defer tx.Rollback()
 	b := tx.Bucket(boltLogs)
-	all, from := buf.Bytes(), 0
-	for _, end := range ends {
-		if err := b.Put(all[from:from+8], all[from+8:end]); err != nil {
+	for i, v := range vals {
+		if err := b.Put(keys[8*i:8*i+8], v); err != nil {
 			return err
 		}
-		from = end
 	}
 	gometrics.AddSample([]string{"raft", "boltdb", "logsPerBatch"}, float32(len(logs)))
-	gometrics.AddSample([]string{"raft", "boltdb", "logBatchSize"}, float32(len(all)-8*len(logs)))
+	gometrics.AddSample([]string{"raft", "boltdb", "logBatchSize"}, float32(total))
 	err = tx.Commit()
 	gometrics.AddSample([]string{"raft", "boltdb", "writeCapacity"}, float32(len(logs))*1e9/float32(max(time.Since(start).Nanoseconds(), 1)))
 	gometrics.MeasureSince([]string{"raft", "boltdb", "storeLogs"}, start)
