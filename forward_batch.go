@@ -24,6 +24,12 @@ const (
 	// leader's own writes per second with BoltDB (4: 0.74x, 8: 0.67x;
 	// 1: 0.82x) and 0.80x with raft-wal (4: 0.69x).
 	maxBatchesInFlight = 2
+	// gatherYields bounds how often a sender yields, after answering a
+	// batch, for its callers to submit their next commands. On a busy
+	// 2-core machine 4 yields were often too few: alternated runs of 64
+	// forwarding writers gave 16 yields 1.2x the writes per second of 4
+	// with BoltDB and 1.15x with raft-wal (and 0 yields 0.78x).
+	gatherYields = 16
 	// maxBatchCommands and maxBatchBytes bound one batch.
 	maxBatchCommands = 512
 	maxBatchBytes    = 4 << 20
@@ -135,7 +141,7 @@ func (b *applyBatcher) send(addr string, q *fwdQueue, batch []*fwdRequest) {
 		// that they join this sender's next batch rather than each wait
 		// for a later one: a few yields, until as many commands wait as
 		// were just answered.
-		for i := 0; i < 4 && b.pendingLen(q) < len(batch); i++ {
+		for i := 0; i < gatherYields && b.pendingLen(q) < len(batch); i++ {
 			runtime.Gosched()
 		}
 		b.mu.Lock()
