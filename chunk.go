@@ -5,9 +5,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/raftkit/raftkit/internal/wire"
 )
 
 // Large commands enter the raft log in chunks. A follower's raft transport
@@ -153,7 +156,7 @@ type chunkSeq struct {
 // other command holds it shared while raft takes it (not while it waits
 // for the outcome).
 func (n *RaftNode) submit(cmd []byte, timeout time.Duration) raft.ApplyFuture {
-	if len(cmd) > chunkSize {
+	if len(cmd) > chunkSize && n.chunkReaders.all(n, timeout) {
 		return n.submitChunked(cmd, timeout)
 	}
 	n.submitMu.RLock()
@@ -189,7 +192,7 @@ func (n *RaftNode) submitChunked(cmd []byte, timeout time.Duration) raft.ApplyFu
 		// raft may have refused the last chunks (ErrEnqueueTimeout).
 		n.noteChunkCut()
 	}
-	return chunkedFuture{f}
+	return chunkedFuture{ApplyFuture: f, n: n}
 }
 
 // noteChunkCut records that this node may have left a sequence unfinished
@@ -202,10 +205,19 @@ func (n *RaftNode) noteChunkCut() {
 
 // chunkedFuture is a chunked command's outcome: its final chunk's future,
 // with errChunkIncomplete as an error rather than the FSM's response.
-type chunkedFuture struct{ raft.ApplyFuture }
+type chunkedFuture struct {
+	raft.ApplyFuture
+	n *RaftNode // told when the final chunk failed (nil in unit tests)
+}
 
 func (f chunkedFuture) Error() error {
 	if err := f.ApplyFuture.Error(); err != nil {
+		// Whatever stopped the final chunk (a leadership transfer, the
+		// deadline, a lost leadership) may have left the first ones in
+		// the log: have the abort loop drop them if this node leads.
+		if f.n != nil {
+			f.n.noteChunkCut()
+		}
 		return err
 	}
 	if f.ApplyFuture.Response() == errChunkIncomplete {
@@ -278,4 +290,70 @@ func (n *RaftNode) abortAbandonedChunks(ctx context.Context) {
 // so only its text is left to match.
 func isChunkInProgress(err error) bool {
 	return err != nil && strings.Contains(err.Error(), errChunkInProgress.Error())
+}
+
+// Only nodes of this version or later reassemble chunks; an older node
+// would hand each chunk to its FSM as a command of its own and silently
+// diverge. So a leader chunks a command only while every other server in
+// its configuration has said, lately, that it reads chunks (the Features
+// request, which older nodes do not know). Otherwise the command enters
+// the log whole, as before chunking: slower to decode, but read alike by
+// every version.
+const (
+	chunkReaderTTL   = time.Minute     // how long a yes is trusted
+	chunkReaderRetry = 5 * time.Second // how long a no (or no answer) is
+	chunkReaderWait  = time.Second     // the longest wait for an answer
+)
+
+// chunkReaders remembers which peers read chunked commands, by address.
+type chunkReaders struct {
+	mu   sync.Mutex
+	seen map[string]chunkReader
+}
+
+type chunkReader struct {
+	ok bool
+	at time.Time
+}
+
+// all reports whether every other server in n's configuration reads
+// chunked commands, asking those not asked lately, each within timeout
+// (at most chunkReaderWait).
+func (c *chunkReaders) all(n *RaftNode, timeout time.Duration) bool {
+	for _, s := range n.raft.GetConfiguration().Configuration().Servers {
+		if string(s.ID) != n.id && !c.reads(n, string(s.Address), timeout) {
+			return false
+		}
+	}
+	return true
+}
+
+func (c *chunkReaders) reads(n *RaftNode, addr string, timeout time.Duration) bool {
+	c.mu.Lock()
+	r, ok := c.seen[addr]
+	c.mu.Unlock()
+	if ok && (r.ok && time.Since(r.at) < chunkReaderTTL || !r.ok && time.Since(r.at) < chunkReaderRetry) {
+		return r.ok
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), min(timeout, chunkReaderWait))
+	defer cancel()
+	var resp wire.FeaturesResponse
+	_, err := n.rpc.call(ctx, addr, wire.MethodFeatures, &wire.FeaturesRequest{}, &resp)
+	r = chunkReader{ok: err == nil && resp.Chunks, at: time.Now()}
+	if !r.ok {
+		n.logger.Debug("a peer does not confirm that it reads chunked commands; large commands enter the log whole", "peer", addr, "error", err)
+	}
+	c.mu.Lock()
+	if c.seen == nil {
+		c.seen = map[string]chunkReader{}
+	}
+	c.seen[addr] = r
+	c.mu.Unlock()
+	return r.ok
+}
+
+// Features tells a leader which of raftkit's log formats this node reads.
+func (s *rpcService) Features(req *wire.FeaturesRequest, resp *wire.FeaturesResponse) error {
+	resp.Chunks = !s.n.cfg.noChunks
+	return nil
 }

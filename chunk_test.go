@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -663,7 +664,7 @@ func TestChunkedFutureOutcome(t *testing.T) {
 		{fakeFuture{res: errChunkIncomplete}, errChunkIncomplete, nil, NotApplied, true},
 		{fakeFuture{err: raft.ErrLeadershipLost}, raft.ErrLeadershipLost, nil, Unknown, false},
 	} {
-		f := chunkedFuture{tc.in}
+		f := chunkedFuture{ApplyFuture: tc.in}
 		if f.Error() != tc.err || f.Response() != tc.res {
 			t.Errorf("%+v: Error %v, Response %v; want %v, %v", tc.in, f.Error(), f.Response(), tc.err, tc.res)
 		}
@@ -881,4 +882,52 @@ func FuzzChunkEntry(f *testing.F) {
 			t.Fatalf("FSM got %d bytes for a command of %d", len(rec.cmds[0].Data), h.total)
 		}
 	})
+}
+
+// A leader chunks a command only while every peer says it reads chunks: a
+// node from before chunking would apply each chunk as a command of its
+// own. With peers that do not, a large command enters the log whole and
+// every node applies it.
+func TestLargeCommandsEnterTheLogWholeUnlessEveryPeerReadsChunks(t *testing.T) {
+	var old []string // the first two nodes configured answer as older nodes
+	c := newTCPCluster(t, 3, withMaxCommandSize(2<<20), func(cfg *Config) {
+		if len(old) < 2 && !slices.Contains(old, cfg.Addr) {
+			old = append(old, cfg.Addr)
+		}
+		cfg.noChunks = slices.Contains(old, cfg.Addr)
+	})
+	l := c.leader()
+	leader := c.nodes[l]
+	for _, via := range []int{l, (l + 1) % 3} {
+		const size = 1 << 20
+		key := fmt.Sprintf("whole-via-%d", via)
+		cmd, value := casCommand(key, size, byte(via))
+		before := leader.raft.LastIndex()
+		if res, err := c.nodes[via].Apply(ctxTimeout(t, 20*time.Second), cmd); err != nil || res != true {
+			t.Fatalf("Apply of %d bytes via node %d = %v, %v; want true", size, via, res, err)
+		}
+		commands := 0
+		for i := before + 1; i <= leader.raft.LastIndex(); i++ {
+			var e raft.Log
+			if err := leader.stores.log.GetLog(i, &e); err != nil {
+				t.Fatal(err)
+			}
+			if e.Type != raft.LogCommand {
+				continue
+			}
+			commands++
+			if isChunk(e.Extensions) || len(e.Data) != size {
+				t.Fatalf("entry %d: %d bytes, chunk header %v; want the whole %d-byte command", i, len(e.Data), isChunk(e.Extensions), size)
+			}
+		}
+		if commands != 1 {
+			t.Fatalf("%d command entries for one command", commands)
+		}
+		for i, fsm := range c.fsms {
+			waitFor(t, 10*time.Second, fmt.Sprintf("node %d to apply %s", i, key), func() bool {
+				v, ok := fsm.Get(key)
+				return ok && bytes.Equal(v, value)
+			})
+		}
+	}
 }

@@ -56,6 +56,8 @@ type RaftNode struct {
 	submitMu sync.RWMutex
 	// chunkIDs numbers chunked commands' sequences, from a random start.
 	chunkIDs atomic.Uint64
+	// chunkReaders knows which peers read chunked commands.
+	chunkReaders chunkReaders
 	// chunkCut is set when a chunked submission may have stopped between
 	// chunks (see noteChunkCut).
 	chunkCut atomic.Bool

@@ -279,7 +279,7 @@ func TestLeaderFailuresKeepTheirClassThroughForwarding(t *testing.T) {
 		{classifyRaft("apply", raft.ErrNotLeader, notLeader), NotApplied, true},
 		{classifyRaft("apply", raft.ErrLeadershipTransferInProgress, notLeader), NotApplied, true},
 		{classifyRaft("apply", raft.ErrEnqueueTimeout, notLeader), NotApplied, false},
-		{classifyRaft("apply", chunkedFuture{fakeFuture{res: errChunkIncomplete}}.Error(), notLeader), NotApplied, true},
+		{classifyRaft("apply", chunkedFuture{ApplyFuture: fakeFuture{res: errChunkIncomplete}}.Error(), notLeader), NotApplied, true},
 		{classifyRaft("apply", raft.ErrLeadershipLost, notLeader), Unknown, false},
 		{classifyRaft("apply", raft.ErrRaftShutdown, notLeader), Unknown, false},
 		{classifyRaft("apply", context.DeadlineExceeded, notLeader), Unknown, false},

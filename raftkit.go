@@ -121,6 +121,10 @@ type Config struct {
 	// listeners they reserved ports with, so that no other process can take
 	// a port between its choice and the node's start.
 	listener net.Listener
+	// noChunks (tests only) makes the node answer a leader's Features
+	// request as a node from before chunking would: it does not read
+	// chunked commands.
+	noChunks bool
 
 	// lifecycle, when set, lets tests watch the node's parts being built
 	// and stopped, and fail the constructor after any of them.

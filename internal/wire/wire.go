@@ -31,6 +31,7 @@ const (
 	MethodReadIndex  = Service + ".ReadIndex"
 	MethodMembership = Service + ".Membership"
 	MethodClosing    = Service + ".Closing"
+	MethodFeatures   = Service + ".Features"
 )
 
 // MaxFrame is the largest message either side accepts.
@@ -148,6 +149,15 @@ type ClosingRequest struct {
 
 // ClosingResponse is empty.
 type ClosingResponse struct{}
+
+// FeaturesRequest asks a node which of raftkit's log formats it reads.
+type FeaturesRequest struct{}
+
+// FeaturesResponse answers a FeaturesRequest. Chunks is true on a node
+// that reassembles commands split into chunks (chunk format "rkc1").
+type FeaturesResponse struct {
+	Chunks bool
+}
 
 // Handle returns the msgpack handle both sides use. Strings stay strings,
 // []byte stays []byte, integers decode as int64 (uint64 beyond its range)
