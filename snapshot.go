@@ -45,11 +45,16 @@ func (n *RaftNode) userSnapshot(ctx context.Context) (raft.SnapshotFuture, error
 		} else {
 			return f, err
 		}
-		if !n.backoff(ctx, attempt) {
-			if err := n.checkOpen(); err != nil {
-				return f, err
+		// Ask again once the command is complete (or dropped), not
+		// before: raft logs every refused snapshot at ERROR.
+		for first := true; first || n.fsm.pendingTerm.Load() != 0; first = false {
+			if !n.backoff(ctx, attempt) {
+				if err := n.checkOpen(); err != nil {
+					return f, err
+				}
+				return f, fmt.Errorf("%v: %w", deferred, ctx.Err())
 			}
-			return f, fmt.Errorf("%v: %w", deferred, ctx.Err())
+			attempt++
 		}
 	}
 }
