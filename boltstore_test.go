@@ -39,6 +39,19 @@ func sameLog(t *testing.T, got, want *raft.Log) {
 	}
 }
 
+// readsBack fails the test unless store holds every entry of logs as it
+// was stored; who names the store in messages.
+func readsBack(t *testing.T, who string, store raft.LogStore, logs []*raft.Log) {
+	t.Helper()
+	for _, want := range logs {
+		var got raft.Log
+		if err := store.GetLog(want.Index, &got); err != nil {
+			t.Fatalf("%s reading entry %d: %v", who, want.Index, err)
+		}
+		sameLog(t, &got, want)
+	}
+}
+
 // boltValues returns every value of raft.db's logs bucket by key.
 func boltValues(t *testing.T, path string) map[string][]byte {
 	t.Helper()
@@ -114,13 +127,7 @@ func TestBoltStoreKeepsRaftBoltDBsFormat(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range logs {
-		var got raft.Log
-		if err := b.GetLog(want.Index, &got); err != nil {
-			t.Fatalf("raft-boltdb reading entry %d: %v", want.Index, err)
-		}
-		sameLog(t, &got, want)
-	}
+	readsBack(t, "raft-boltdb", b, logs)
 	if term, err := b.GetUint64([]byte("CurrentTerm")); err != nil || term != 7 {
 		t.Fatalf("raft-boltdb reads CurrentTerm as %d, %v", term, err)
 	}
@@ -135,13 +142,7 @@ func TestBoltStoreKeepsRaftBoltDBsFormat(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	for _, want := range logs {
-		var got raft.Log
-		if err := s.GetLog(want.Index, &got); err != nil {
-			t.Fatalf("reading raft-boltdb's entry %d: %v", want.Index, err)
-		}
-		sameLog(t, &got, want)
-	}
+	readsBack(t, "raftkit's store, in raft-boltdb's file,", s, logs)
 	if term, err := s.GetUint64([]byte("CurrentTerm")); err != nil || term != 7 {
 		t.Fatalf("CurrentTerm reads as %d, %v", term, err)
 	}
@@ -280,11 +281,5 @@ func TestBoltStoreBatchOfMixedSizes(t *testing.T) {
 	if err := s.StoreLogs(logs); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range logs {
-		var got raft.Log
-		if err := s.GetLog(want.Index, &got); err != nil {
-			t.Fatal(err)
-		}
-		sameLog(t, &got, want)
-	}
+	readsBack(t, "raftkit's store", s, logs)
 }

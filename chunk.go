@@ -17,12 +17,14 @@ import (
 // decodes AppendEntries with a zero go-msgpack handle, which reads a []byte
 // of at most 256 KiB with one allocation but grows a longer one 256 KiB at a
 // time, copying what it has read at each step (quadratic in the entry's
-// size); raft-boltdb decodes entries the same way. So the leader submits a
-// command longer than chunkSize as consecutive log entries of at most
-// chunkSize bytes each, every one carrying a chunk header in its
-// raft.Log.Extensions, and the FSM wrapper (trackedFSM) hands the user's
-// FSM the whole command once, at the final chunk's index. Commands of at
-// most chunkSize bytes are submitted as they are, with no Extensions.
+// size); raftkit's BoltDB store, like raft-boltdb, decodes entries it reads
+// back the same way. So the leader submits a command longer than chunkSize
+// as consecutive log entries of at most chunkSize bytes each, every one
+// carrying a chunk header in its raft.Log.Extensions, and the FSM wrapper
+// (trackedFSM) hands the user's FSM the whole command once, at the final
+// chunk's index. Commands of at most chunkSize bytes, and every command
+// while a peer does not confirm that it reads chunks (chunkReaders), are
+// submitted as they are, with no Extensions.
 //
 // The rule that reassembles chunks depends only on the log, so every node
 // agrees on it: a chunk with index 0 starts a sequence; a chunk continues

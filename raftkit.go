@@ -65,11 +65,12 @@ const (
 // byte slice longer than 256 KiB in 256 KiB steps, copying what it has
 // read at each step: for one entry the cost rises with the square of its
 // size (BenchmarkDecodeAppendEntries, idle 2-core machine: 16 MiB took
-// 162 ms and allocated 546 MB). raftkit therefore never writes an entry
-// longer than 256 KiB: a larger command enters the log as consecutive
-// entries of at most 256 KiB each, which a follower decodes with one
-// allocation each (16 MiB: 4.7 ms, 17 MB), and the FSM receives it whole,
-// once, at the index of its last entry. See Config.MaxCommandSize.
+// 162 ms and allocated 546 MB). raftkit therefore writes a larger command
+// as consecutive entries of at most 256 KiB each, which a follower decodes
+// with one allocation each (16 MiB: 4.7 ms, 17 MB), and the FSM receives it
+// whole, once, at the index of its last entry; only while a peer does not
+// confirm that it reads such entries (an older version) does a large
+// command enter the log as one entry. See Config.MaxCommandSize.
 const (
 	// DefaultMaxCommandSize is Config.MaxCommandSize's default, 1 MiB.
 	DefaultMaxCommandSize = 1 << 20
@@ -180,8 +181,9 @@ type Config struct {
 	// commands.
 	//
 	// A command longer than 256 KiB is replicated in chunks: consecutive
-	// log entries of at most 256 KiB each (see DefaultMaxCommandSize for
-	// why). The FSM sees no chunks: it receives the whole command once,
+	// log entries of at most 256 KiB each (see the comment on
+	// DefaultMaxCommandSize for why), unless a peer does not confirm that
+	// it reads chunks. The FSM sees no chunks: it receives the whole command once,
 	// as one raft.Log whose Index and Term are those of the last chunk.
 	// While a node's FSM holds part of such a command, it defers snapshots
 	// (RaftNode.Snapshot and Backup wait); a membership change that lands

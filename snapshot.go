@@ -35,26 +35,25 @@ func (n *RaftNode) Snapshot(ctx context.Context) error {
 // and wraps ctx's.
 func (n *RaftNode) userSnapshot(ctx context.Context) (raft.SnapshotFuture, error) {
 	var deferred error
-	for attempt := 0; ; attempt++ {
+	for {
 		f := n.raft.Snapshot()
 		err := n.waitFuture(ctx, f)
-		if isChunkInProgress(err) {
-			deferred = err
-		} else if deferred != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
-			return f, fmt.Errorf("%v: %w", deferred, err)
-		} else {
+		if !isChunkInProgress(err) {
+			if deferred != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+				return f, fmt.Errorf("%v: %w", deferred, err)
+			}
 			return f, err
 		}
+		deferred = err
 		// Ask again once the command is complete (or dropped), not
 		// before: raft logs every refused snapshot at ERROR.
-		for first := true; first || n.fsm.pendingTerm.Load() != 0; first = false {
+		for attempt := 0; attempt == 0 || n.fsm.pendingTerm.Load() != 0; attempt++ {
 			if !n.backoff(ctx, attempt) {
 				if err := n.checkOpen(); err != nil {
 					return f, err
 				}
 				return f, fmt.Errorf("%v: %w", deferred, ctx.Err())
 			}
-			attempt++
 		}
 	}
 }
