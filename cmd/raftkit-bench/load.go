@@ -18,6 +18,56 @@ type loadResult struct {
 	elapsed  time.Duration
 	p50, p99 time.Duration
 	firstErr error
+	lat      []time.Duration // each successful operation's latency, sorted
+}
+
+// add merges r2, measured on the same cluster at another time, into r.
+func (r *loadResult) add(r2 loadResult) {
+	r.ops += r2.ops
+	r.errs += r2.errs
+	r.elapsed += r2.elapsed
+	if r.firstErr == nil {
+		r.firstErr = r2.firstErr
+	}
+	r.lat = append(r.lat, r2.lat...)
+	r.percentiles()
+}
+
+func (r *loadResult) percentiles() {
+	sort.Slice(r.lat, func(i, j int) bool { return r.lat[i] < r.lat[j] })
+	if len(r.lat) > 0 {
+		r.p50 = r.lat[len(r.lat)/2]
+		r.p99 = r.lat[min(len(r.lat)-1, len(r.lat)*99/100)]
+	}
+}
+
+// alternateSlices is how many slices of its measured time each of two
+// alternated loads gets.
+const alternateSlices = 4
+
+// runAlternating measures loads a and b, which compare two paths on one
+// cluster, in alternated slices (a b b a a b b a), each after its own
+// warm-up, so that drift in the machine's disk or load over the run hits
+// both alike: on the reference VM, fsync latency moves by 10-20 % within
+// minutes, as much as the difference that forwarding makes. Each load is
+// measured for d in all.
+func runAlternating(warmup, d time.Duration, a, b func(warmup, d time.Duration) loadResult) (loadResult, loadResult) {
+	var ra, rb loadResult
+	slice := d / alternateSlices
+	for i := 0; i < alternateSlices; i++ {
+		w := warmup
+		if i > 0 {
+			w = min(warmup, 200*time.Millisecond)
+		}
+		first, second := a, b
+		r1, r2 := &ra, &rb
+		if i%2 == 1 {
+			first, second, r1, r2 = b, a, &rb, &ra
+		}
+		r1.add(first(w, slice))
+		r2.add(second(w, slice))
+	}
+	return ra, rb
 }
 
 func (r loadResult) opsPerSec() float64 {
@@ -92,11 +142,8 @@ func runLoad(clients int, warmup, d time.Duration, op func(ctx context.Context, 
 	stop.Store(true)
 	wg.Wait()
 	res.ops = len(lat)
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	if len(lat) > 0 {
-		res.p50 = lat[len(lat)/2]
-		res.p99 = lat[min(len(lat)-1, len(lat)*99/100)]
-	}
+	res.lat = lat
+	res.percentiles()
 	return res
 }
 

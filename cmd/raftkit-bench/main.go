@@ -254,11 +254,12 @@ func throughputRound(o options, v clusterSpec, dir string, t *table) error {
 		return err
 	}
 	followers := []int{(l + 1) % 3, (l + 2) % 3}
-	write := func(clients int) loadResult {
-		return runLoad(clients, o.warmup, o.duration, func(ctx context.Context, w, seq int) error {
+	writeFor := func(clients int, warmup, d time.Duration) loadResult {
+		return runLoad(clients, warmup, d, func(ctx context.Context, w, seq int) error {
 			return c.applyLeader(ctx, l, command(w, seq, o.size))
 		})
 	}
+	write := func(clients int) loadResult { return writeFor(clients, o.warmup, o.duration) }
 	addLoad := func(sc string, r loadResult) {
 		t.addNum(sc, "ops/s", v.name, r.opsPerSec(), higherBetter)
 		t.addDur(sc, "p50", v.name, r.p50, lowerBetter)
@@ -270,7 +271,23 @@ func throughputRound(o options, v clusterSpec, dir string, t *table) error {
 	if o.scenarios["seq"] {
 		addLoad("seq", write(1))
 	}
-	if o.scenarios["c64"] || o.scenarios["fwd64"] || o.scenarios["read-leader"] || o.scenarios["read-follower"] {
+	// fwd64 is judged against c64: the two are measured alternately.
+	fwd64 := false
+	if o.scenarios["fwd64"] {
+		fwd64, _ = c.applyAny(context.Background(), followers[0], command(0, 0, o.size))
+	}
+	if fwd64 {
+		local, fwd := runAlternating(o.warmup, o.duration,
+			func(warmup, d time.Duration) loadResult { return writeFor(64, warmup, d) },
+			func(warmup, d time.Duration) loadResult {
+				return runLoad(64, warmup, d, func(ctx context.Context, w, seq int) error {
+					_, err := c.applyAny(ctx, followers[w%2], command(w, seq, o.size))
+					return err
+				})
+			})
+		addLoad("c64", local)
+		addLoad("fwd64", fwd)
+	} else if o.scenarios["c64"] || o.scenarios["read-leader"] || o.scenarios["read-follower"] {
 		addLoad("c64", write(64))
 	}
 	if o.scenarios["c256"] {
@@ -280,14 +297,6 @@ func throughputRound(o options, v clusterSpec, dir string, t *table) error {
 		if ok, _ := c.applyAny(context.Background(), followers[0], command(0, 0, o.size)); ok {
 			addLoad("fwd1", runLoad(1, o.warmup, o.duration, func(ctx context.Context, w, seq int) error {
 				_, err := c.applyAny(ctx, followers[0], command(w, seq, o.size))
-				return err
-			}))
-		}
-	}
-	if o.scenarios["fwd64"] {
-		if ok, _ := c.applyAny(context.Background(), followers[0], command(0, 0, o.size)); ok {
-			addLoad("fwd64", runLoad(64, o.warmup, o.duration, func(ctx context.Context, w, seq int) error {
-				_, err := c.applyAny(ctx, followers[w%2], command(w, seq, o.size))
 				return err
 			}))
 		}

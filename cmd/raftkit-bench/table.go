@@ -202,10 +202,16 @@ func (t *table) targets() {
 		if v.kind == "plain" {
 			continue
 		}
+		// One writer: raftkit's own code must cost nothing measurable
+		// (issue 15: >= 0.98x); more writers: never less than plain.
 		for _, sc := range []string{"seq", "c64", "c256"} {
 			p, ok1 := ops(sc, t0name)
 			k, ok2 := ops(sc, v.name)
-			check(fmt.Sprintf("%s / plain, %s ops/s", v.name, sc), k/p, ok1 && ok2 && p > 0, ">= 0.95", k/p >= 0.95)
+			want := 0.95
+			if sc == "seq" {
+				want = 0.98
+			}
+			check(fmt.Sprintf("%s / plain, %s ops/s", v.name, sc), k/p, ok1 && ok2 && p > 0, fmt.Sprintf(">= %.2f", want), k/p >= want)
 		}
 	}
 	for _, v := range t.variants {
@@ -214,10 +220,10 @@ func (t *table) targets() {
 		}
 		p, ok1 := ops("c256", t0name)
 		k, ok2 := ops("c256", v.name)
-		check(fmt.Sprintf("%s / plain, 256 clients", v.name), k/p, ok1 && ok2 && p > 0, ">= 1.30", k/p >= 1.3)
+		check(fmt.Sprintf("%s / plain, 256 clients", v.name), k/p, ok1 && ok2 && p > 0, ">= 2.00", k/p >= 2)
 		w, ok3 := ops("c64", v.name)
 		f, ok4 := ops("fwd64", v.name)
-		check(fmt.Sprintf("%s forwarded / leader's own, 64 clients", v.name), f/w, ok3 && ok4 && w > 0, ">= 0.80", f/w >= 0.8)
+		check(fmt.Sprintf("%s forwarded / leader's own, 64 clients", v.name), f/w, ok3 && ok4 && w > 0, ">= 0.85", f/w >= 0.85)
 		rl, ok5 := ops("read-leader", v.name)
 		check(fmt.Sprintf("%s reads on leader / writes, 64 clients", v.name), rl/w, ok3 && ok5 && w > 0, ">= 5", rl/w >= 5)
 		rf, ok6 := ops("read-follower", v.name)
