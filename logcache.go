@@ -11,9 +11,10 @@ import (
 // does, within a count (its ring's slots) and a byte budget (the entries'
 // Data and Extensions). raft.LogCache bounds only the count, so that 1,024
 // entries of a few MiB each would keep GiBs on every node; here the oldest
-// entries leave the cache once their bytes pass the budget, and an entry
-// larger than the whole budget is not cached. Entries that left are read
-// from the store, as raft.LogCache reads a miss.
+// entries leave the cache once their bytes pass the budget (but for the
+// batch stored last, which stays whole), and an entry larger than the
+// whole budget is not cached. Entries that left are read from the store,
+// as raft.LogCache reads a miss.
 //
 // The ring holds copies of the entries, not the pointers raft stores: on
 // the leader those point into raft's apply futures, on followers into the
@@ -63,15 +64,23 @@ func (c *logCache) StoreLogs(logs []*raft.Log) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if len(logs) == 0 {
+		return nil
+	}
+	keep := logs[0].Index
 	for _, l := range logs {
-		c.put(l)
+		c.put(l, keep)
 	}
 	return nil
 }
 
-// put caches l, then evicts the oldest entries while the cache holds more
-// than maxBytes.
-func (c *logCache) put(l *raft.Log) {
+// put caches l, then evicts the oldest entries below index keep while the
+// cache holds more than maxBytes. StoreLogs keeps the whole batch it
+// stores, even past the budget: on a leader, replication reads that batch
+// right after it is stored, and a batch of a large command's chunks can
+// be larger than the budget (raft holds the batch in memory anyway until
+// it is committed). The next batch lets it go.
+func (c *logCache) put(l *raft.Log, keep uint64) {
 	n := uint64(len(c.ring))
 	slot := &c.ring[l.Index%n]
 	if slot.Index != 0 {
@@ -108,7 +117,7 @@ func (c *logCache) put(l *raft.Log) {
 		}
 		c.first = lowest
 	}
-	for c.bytes > c.maxBytes && c.first < l.Index {
+	for c.bytes > c.maxBytes && c.first < min(l.Index, keep) {
 		if e := &c.ring[c.first%n]; e.Index == c.first {
 			c.bytes -= entrySize(e)
 			*e = raft.Log{}

@@ -155,3 +155,33 @@ func TestLogCacheCountsBytesOfWhatItHolds(t *testing.T) {
 		t.Fatalf("%d of 5 dropped entries came from the store", n)
 	}
 }
+
+// A batch larger than the byte budget (the chunks of a large command) is
+// what replication reads next on a leader: it stays cached whole until the
+// next batch, which brings the cache back within its budget.
+func TestLogCacheKeepsTheLastBatchWholePastItsBytes(t *testing.T) {
+	s := &countingStore{InmemStore: raft.NewInmemStore()}
+	c := newLogCache(s, 1024, 10<<10)
+	storeEntries(t, c, 1, 4, 1<<10)
+	batch := make([]*raft.Log, 8)
+	for i := range batch {
+		idx := uint64(5 + i)
+		batch[i] = &raft.Log{Index: idx, Term: 1, Data: bytes.Repeat([]byte{byte(idx)}, 4<<10)}
+	}
+	if err := c.StoreLogs(batch); err != nil {
+		t.Fatal(err)
+	}
+	if n := readAll(t, c, s, 5, 12, 4<<10); n != 0 {
+		t.Fatalf("%d of the last batch's 8 entries were read from the store", n)
+	}
+	if n := readAll(t, c, s, 1, 4, 1<<10); n != 4 {
+		t.Fatalf("%d of 4 older entries came from the store; the budget should have evicted them", n)
+	}
+	storeEntries(t, c, 13, 13, 1<<10)
+	if c.bytes > 10<<10 {
+		t.Fatalf("after the next batch the cache holds %d bytes, budget %d", c.bytes, 10<<10)
+	}
+	if n := readAll(t, c, s, 13, 13, 1<<10); n != 0 {
+		t.Fatal("the newest entry was read from the store")
+	}
+}
