@@ -2,7 +2,6 @@ package raftkit
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -288,85 +287,6 @@ func TestBoltStoreBatchOfMixedSizes(t *testing.T) {
 	readsBack(t, "raftkit's store", s, logs)
 }
 
-// boltMetaFreelist returns the free-list page that the newest of a BoltDB
-// file's two meta pages names.
-func boltMetaFreelist(t *testing.T, path string) uint64 {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	const pageHeader = 16
-	meta := func(off int) (txid, freelist uint64) {
-		m := b[off+pageHeader:]
-		return binary.LittleEndian.Uint64(m[56:]), binary.LittleEndian.Uint64(m[32:])
-	}
-	pageSize := int(binary.LittleEndian.Uint32(b[pageHeader+8:]))
-	tx0, fl0 := meta(0)
-	tx1, fl1 := meta(pageSize)
-	if tx1 > tx0 {
-		return fl1
-	}
-	return fl0
-}
-
-// raftkit's raft.db carries no free-page list (bbolt rebuilds it at open);
-// raft-boltdb opens such a file, and raftkit opens it again after that.
-func TestBoltFileWithoutFreelistStaysReadable(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "raft.db")
-	s, err := newBoltStore(path, boltOptions(false))
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := boltTestLogs(1, 300)
-	for _, l := range logs {
-		l.Data = append(l.Data, make([]byte, 1000)...) // spread over many pages
-	}
-	if err := s.StoreLogs(logs[:250]); err != nil {
-		t.Fatal(err)
-	}
-	// Compaction frees pages; later writes reuse them.
-	if err := s.DeleteRange(1, 200); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.StoreLogs(logs[250:]); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.SetUint64([]byte("CurrentTerm"), 9); err != nil {
-		t.Fatal(err)
-	}
-	s.Close()
-	if fl := boltMetaFreelist(t, path); fl != ^uint64(0) {
-		t.Fatalf("raft.db's meta page names free-list page %d; want none written", fl)
-	}
-	if err := checkBolt(path, false); err != nil {
-		t.Fatalf("checkBolt: %v", err)
-	}
-
-	b, err := raftboltdb.NewBoltStore(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	readsBack(t, "raft-boltdb", b, logs[200:])
-	if err := b.StoreLogs(boltTestLogs(301, 310)); err != nil {
-		t.Fatal(err)
-	}
-	b.Close()
-
-	s, err = newBoltStore(path, boltOptions(false))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	readsBack(t, "raftkit's store, after raft-boltdb wrote,", s, logs[200:])
-	if term, err := s.GetUint64([]byte("CurrentTerm")); err != nil || term != 9 {
-		t.Fatalf("CurrentTerm reads as %d, %v", term, err)
-	}
-	if last, _ := s.LastIndex(); last != 310 {
-		t.Fatalf("LastIndex %d, want 310", last)
-	}
-}
-
 // processWrites returns how many bytes this process has passed to write
 // calls (Linux's /proc/self/io wchar), or -1 where that is not known.
 func processWrites() int64 {
@@ -417,8 +337,8 @@ func bytesPerCommit(t *testing.T, s raft.LogStore) int64 {
 	return (processWrites() - before) / 500
 }
 
-// raftkit's store writes no free-page list and fills the log's pages:
-// fewer bytes reach the disk per commit than with raft-boltdb's settings.
+// raftkit's store fills the log's pages whole: fewer bytes reach the disk
+// per commit than with raft-boltdb's settings.
 func TestBoltStoreWritesLessPerCommitThanRaftBoltDB(t *testing.T) {
 	if processWrites() < 0 {
 		t.Skip("needs /proc/self/io to count the bytes written")
@@ -436,7 +356,7 @@ func TestBoltStoreWritesLessPerCommitThanRaftBoltDB(t *testing.T) {
 	defer ours.Close()
 	t0, o := bytesPerCommit(t, theirs), bytesPerCommit(t, ours)
 	t.Logf("bytes written per commit of 50 entries: raft-boltdb %d, raftkit %d", t0, o)
-	if float64(o) > 0.75*float64(t0) {
-		t.Fatalf("raftkit's store wrote %d bytes per commit, raft-boltdb's %d: want at most 0.75x", o, t0)
+	if float64(o) > 0.8*float64(t0) {
+		t.Fatalf("raftkit's store wrote %d bytes per commit, raft-boltdb's %d: want at most 0.8x", o, t0)
 	}
 }
