@@ -356,6 +356,9 @@ func TestBoltStoreWritesLessPerCommitThanRaftBoltDB(t *testing.T) {
 	defer ours.Close()
 	t0, o := bytesPerCommit(t, theirs), bytesPerCommit(t, ours)
 	t.Logf("bytes written per commit of 50 entries: raft-boltdb %d, raftkit %d", t0, o)
+	if t0 <= 0 {
+		t.Skip("/proc/self/io counted no bytes written")
+	}
 	if float64(o) > 0.8*float64(t0) {
 		t.Fatalf("raftkit's store wrote %d bytes per commit, raft-boltdb's %d: want at most 0.8x", o, t0)
 	}

@@ -432,6 +432,9 @@ func TestLargeCommandsAreChunkedAndAppliedWhole(t *testing.T) {
 	}
 	// Followers apply the final chunk when they learn it is committed,
 	// which may be after the leader answered.
+	// (raft's applied index moves before the FSM has finished, hence the
+	// wait after it.)
+	c.waitApplied(leader.raft.LastIndex())
 	waitFor(t, 20*time.Second, "no node holding a pending sequence", func() bool {
 		for _, n := range c.nodes {
 			if n.fsm.pendingTerm.Load() != 0 {

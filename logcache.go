@@ -12,8 +12,8 @@ import (
 // Data and Extensions). raft.LogCache bounds only the count, so that 1,024
 // entries of a few MiB each would keep GiBs on every node; here the oldest
 // entries leave the cache once their bytes pass the budget (but for the
-// batch stored last, which stays whole), and an entry larger than the
-// whole budget is not cached. Entries that left are read from the store,
+// batch stored last, which stays whole up to four times the budget; see
+// trim), and an entry larger than the whole budget is not cached. Entries that left are read from the store,
 // as raft.LogCache reads a miss.
 //
 // The ring holds copies of the entries, not the pointers raft stores: on
@@ -67,20 +67,45 @@ func (c *logCache) StoreLogs(logs []*raft.Log) error {
 	if len(logs) == 0 {
 		return nil
 	}
-	keep := logs[0].Index
 	for _, l := range logs {
-		c.put(l, keep)
+		c.put(l)
 	}
+	c.trim(logs[0].Index, logs[len(logs)-1].Index)
 	return nil
 }
 
-// put caches l, then evicts the oldest entries below index keep while the
-// cache holds more than maxBytes. StoreLogs keeps the whole batch it
-// stores, even past the budget: on a leader, replication reads that batch
-// right after it is stored, and a batch of a large command's chunks can
-// be larger than the budget (raft holds the batch in memory anyway until
-// it is committed). The next batch lets it go.
-func (c *logCache) put(l *raft.Log, keep uint64) {
+// lastBatchFactor bounds the cache while it keeps the batch stored last
+// past its budget: at most this many times maxBytes in all.
+const lastBatchFactor = 4
+
+// trim evicts the oldest entries while the cache holds more than
+// maxBytes, but not the batch just stored (from index keep to newest):
+// on a leader, replication reads that batch right after it is stored, and
+// a batch of a large command's chunks can be larger than the budget (raft
+// holds the batch in memory anyway until it is committed). Past
+// lastBatchFactor times the budget, the batch's oldest entries go too. The
+// next batch lets it go; until then (on an idle node, say) the cache may
+// hold up to lastBatchFactor times its budget.
+func (c *logCache) trim(keep, newest uint64) {
+	n := uint64(len(c.ring))
+	evict := func() {
+		if e := &c.ring[c.first%n]; e.Index == c.first {
+			c.bytes -= entrySize(e)
+			*e = raft.Log{}
+		}
+		c.first++
+	}
+	for c.bytes > c.maxBytes && c.first != 0 && c.first < keep {
+		evict()
+	}
+	for c.bytes > lastBatchFactor*c.maxBytes && c.first != 0 && c.first < newest {
+		evict()
+	}
+}
+
+// put caches l, unless it is larger than the whole budget, and drops what
+// its index pushes out of the ring's range.
+func (c *logCache) put(l *raft.Log) {
 	n := uint64(len(c.ring))
 	slot := &c.ring[l.Index%n]
 	if slot.Index != 0 {
@@ -116,13 +141,6 @@ func (c *logCache) put(l *raft.Log, keep uint64) {
 			}
 		}
 		c.first = lowest
-	}
-	for c.bytes > c.maxBytes && c.first < min(l.Index, keep) {
-		if e := &c.ring[c.first%n]; e.Index == c.first {
-			c.bytes -= entrySize(e)
-			*e = raft.Log{}
-		}
-		c.first++
 	}
 }
 

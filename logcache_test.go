@@ -185,3 +185,34 @@ func TestLogCacheKeepsTheLastBatchWholePastItsBytes(t *testing.T) {
 		t.Fatal("the newest entry was read from the store")
 	}
 }
+
+// The batch kept past the budget is bounded, and a next batch of entries
+// too large to cache still lets it go.
+func TestLogCacheBoundsTheLastBatch(t *testing.T) {
+	s := &countingStore{InmemStore: raft.NewInmemStore()}
+	c := newLogCache(s, 1024, 10<<10)
+	batch := make([]*raft.Log, 16) // 64 KiB: over 4 times the 10 KiB budget
+	for i := range batch {
+		idx := uint64(1 + i)
+		batch[i] = &raft.Log{Index: idx, Term: 1, Data: bytes.Repeat([]byte{byte(idx)}, 4<<10)}
+	}
+	if err := c.StoreLogs(batch); err != nil {
+		t.Fatal(err)
+	}
+	if c.bytes > lastBatchFactor*10<<10 {
+		t.Fatalf("cache holds %d bytes, bound %d", c.bytes, lastBatchFactor*10<<10)
+	}
+	// The newest 10 of the 16 entries fit 40 KiB.
+	if n := readAll(t, c, s, 7, 16, 4<<10); n != 0 {
+		t.Fatalf("%d of the batch's newest entries were read from the store", n)
+	}
+	if n := readAll(t, c, s, 1, 6, 4<<10); n != 6 {
+		t.Fatalf("%d of the batch's 6 oldest entries came from the store", n)
+	}
+	// An entry over the budget is not cached, but its batch ends the
+	// exception for the one before.
+	storeEntries(t, c, 17, 17, 20<<10)
+	if c.bytes > 10<<10 {
+		t.Fatalf("after the next batch the cache holds %d bytes, budget %d", c.bytes, 10<<10)
+	}
+}

@@ -41,6 +41,24 @@ func (r *loadResult) percentiles() {
 	}
 }
 
+// sliceWarmup is the warm-up before slice i: the whole warm-up before the
+// first, at most 200 ms before the others.
+func sliceWarmup(warmup time.Duration, i int) time.Duration {
+	if i > 0 {
+		return min(warmup, 200*time.Millisecond)
+	}
+	return warmup
+}
+
+// runSliced measures load a as runAlternating measures each of its two.
+func runSliced(warmup, d time.Duration, a func(warmup, d time.Duration) loadResult) loadResult {
+	var r loadResult
+	for i := 0; i < alternateSlices; i++ {
+		r.add(a(sliceWarmup(warmup, i), d/alternateSlices))
+	}
+	return r
+}
+
 // alternateSlices is how many slices of its measured time each of two
 // alternated loads gets.
 const alternateSlices = 4
@@ -55,10 +73,7 @@ func runAlternating(warmup, d time.Duration, a, b func(warmup, d time.Duration) 
 	var ra, rb loadResult
 	slice := d / alternateSlices
 	for i := 0; i < alternateSlices; i++ {
-		w := warmup
-		if i > 0 {
-			w = min(warmup, 200*time.Millisecond)
-		}
+		w := sliceWarmup(warmup, i)
 		first, second := a, b
 		r1, r2 := &ra, &rb
 		if i%2 == 1 {

@@ -130,7 +130,7 @@ func main() {
 	}
 	printMachine()
 	for _, st := range o.stores {
-		t := newTable(o.variants)
+		t := newTable(st, o.variants)
 		if err := runAll(o, st, t); err != nil {
 			log.Print(err)
 		}
@@ -287,6 +287,10 @@ func throughputRound(o options, v clusterSpec, dir string, t *table) error {
 			})
 		addLoad("c64", local)
 		addLoad("fwd64", fwd)
+	} else if o.scenarios["fwd64"] {
+		// A cluster that cannot forward (plain raft) measures c64 in the
+		// same slices, so that its c64 compares with the others'.
+		addLoad("c64", runSliced(o.warmup, o.duration, func(warmup, d time.Duration) loadResult { return writeFor(64, warmup, d) }))
 	} else if o.scenarios["c64"] || o.scenarios["read-leader"] || o.scenarios["read-follower"] {
 		addLoad("c64", write(64))
 	}

@@ -27,7 +27,7 @@ func TestBenchSmoke(t *testing.T) {
 		duration: 100 * time.Millisecond, warmup: 20 * time.Millisecond, size: 64, rounds: 1,
 		failovers: 1, every: 200 * time.Millisecond, loadConns: 2, dir: t.TempDir(),
 	}
-	tb := newTable(o.variants)
+	tb := newTable("bolt", o.variants)
 	if err := runAll(o, "bolt", tb); err != nil {
 		t.Fatal(err)
 	}
