@@ -6,6 +6,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -178,6 +179,13 @@ func (n *RaftNode) submitChunked(cmd []byte, timeout time.Duration) raft.ApplyFu
 	n.submitMu.Lock()
 	defer n.submitMu.Unlock()
 	var f raft.ApplyFuture
+	// With BatchApplyCh, raft's leader loop would take every chunk at
+	// once, write them all, and only then send them: the leader's and a
+	// follower's disk writes of the whole command would add up. Fed a
+	// group at a time, each once the one before is stored, the leader
+	// writes a group while its followers write the one before. Only with
+	// raft-wal (see storedChunks in NewRaftNode).
+	gated := n.batchApplyCh && n.storedChunks != nil
 	for i := 0; i < int(h.count); i++ {
 		left := time.Until(deadline)
 		if left <= 0 {
@@ -185,6 +193,9 @@ func (n *RaftNode) submitChunked(cmd []byte, timeout time.Duration) raft.ApplyFu
 				n.noteChunkCut()
 			}
 			return failedFuture{raft.ErrEnqueueTimeout}
+		}
+		if gated && i > 0 && i%chunkGroup == 0 {
+			gated = n.storedChunks.wait(h.id, uint32(i-1), min(left, chunkGroupWait), n.closed) && n.IsLeader()
 		}
 		h.index = uint32(i)
 		part := cmd[i*chunkSize : min(len(cmd), (i+1)*chunkSize)]
@@ -195,6 +206,71 @@ func (n *RaftNode) submitChunked(cmd []byte, timeout time.Duration) raft.ApplyFu
 		n.noteChunkCut()
 	}
 	return chunkedFuture{ApplyFuture: f, n: n}
+}
+
+const (
+	// chunkGroup is how many chunks (1 MiB) a leader submits before it
+	// waits for its log store to take them.
+	chunkGroup = 4
+	// chunkGroupWait bounds that wait: past it (raft lost leadership,
+	// say), the rest of the command is submitted at once.
+	chunkGroupWait = time.Second
+)
+
+// storedChunks is the chunk a node's log store took last: the log cache
+// tells it the last entry of every batch stored.
+type storedChunks struct {
+	batches atomic.Uint64 // batches stored that ended in a chunk
+
+	mu    sync.Mutex
+	id    uint64
+	index uint32
+	wake  chan struct{} // closed at the next chunk stored
+}
+
+func newStoredChunks() *storedChunks { return &storedChunks{wake: make(chan struct{})} }
+
+// note records last if it is a chunk.
+func (s *storedChunks) note(last *raft.Log) {
+	if !isChunk(last.Extensions) {
+		return
+	}
+	h, err := parseChunkHeader(last.Extensions)
+	if err != nil || h.abort {
+		return
+	}
+	s.batches.Add(1)
+	s.mu.Lock()
+	s.id, s.index = h.id, h.index
+	close(s.wake)
+	s.wake = make(chan struct{})
+	s.mu.Unlock()
+}
+
+// wait waits until chunk index of sequence id, or a later one of it, is
+// stored, for at most limit or until stop closes; it reports whether the
+// chunk was stored.
+func (s *storedChunks) wait(id uint64, index uint32, limit time.Duration, stop <-chan struct{}) bool {
+	var timer *time.Timer
+	for {
+		s.mu.Lock()
+		done, wake := s.id == id && s.index >= index, s.wake
+		s.mu.Unlock()
+		if done {
+			return true
+		}
+		if timer == nil {
+			timer = time.NewTimer(limit)
+			defer timer.Stop()
+		}
+		select {
+		case <-wake:
+		case <-timer.C:
+			return false
+		case <-stop:
+			return false
+		}
+	}
 }
 
 // noteChunkCut records that this node may have left a sequence unfinished

@@ -939,3 +939,72 @@ func TestLargeCommandsEnterTheLogWholeUnlessEveryPeerReadsChunks(t *testing.T) {
 		}
 	}
 }
+
+func TestStoredChunksWait(t *testing.T) {
+	s := newStoredChunks()
+	chunk := func(id uint64, index uint32) *raft.Log {
+		return &raft.Log{Extensions: chunkHeader{id: id, index: index, count: 8, total: 8 * chunkSize}.encode()}
+	}
+	stop := make(chan struct{})
+	done := make(chan bool)
+	go func() { done <- s.wait(7, 3, time.Minute, stop) }()
+	s.note(&raft.Log{Data: []byte("not a chunk")})
+	s.note(chunk(6, 3)) // another sequence
+	s.note(chunk(7, 2)) // an earlier chunk
+	select {
+	case <-done:
+		t.Fatal("wait ended before chunk 3 of sequence 7 was stored")
+	case <-time.After(20 * time.Millisecond):
+	}
+	s.note(chunk(7, 4)) // a later batch's last chunk covers 3
+	if !<-done {
+		t.Fatal("wait reported false once a later chunk of the sequence was stored")
+	}
+	if !s.wait(7, 1, time.Minute, stop) {
+		t.Fatal("wait for a chunk already stored reported false")
+	}
+	if s.wait(7, 5, 10*time.Millisecond, stop) {
+		t.Fatal("wait past its limit reported true")
+	}
+	close(stop)
+	if s.wait(7, 5, time.Minute, stop) {
+		t.Fatal("wait after stop reported true")
+	}
+	if got := s.batches.Load(); got != 3 {
+		t.Fatalf("%d batches counted, want 3 that ended in a valid chunk", got)
+	}
+}
+
+// With BatchApplyCh, raft's leader loop takes whatever waits in its
+// channel: a leader that submitted all of a command's chunks at once saw
+// them written in one batch and only then sent. With raft-wal it submits
+// them a group at a time, each once the one before is stored; with BoltDB
+// it does not (no gain there).
+func TestLeaderSubmitsLargeCommandAGroupAtATimeOnRaftWAL(t *testing.T) {
+	c := newTCPCluster(t, 3, withMaxCommandSize(4<<20), withLogStore(LogStoreWAL))
+	leader := c.nodes[c.leader()]
+	if !leader.batchApplyCh || leader.storedChunks == nil {
+		t.Fatalf("raft-wal defaults: BatchApplyCh %v, store notices %v", leader.batchApplyCh, leader.storedChunks != nil)
+	}
+	cmd, value := casCommand("grouped", 4<<20, 1)
+	before := leader.storedChunks.batches.Load()
+	if res, err := leader.Apply(ctxTimeout(t, 20*time.Second), cmd); err != nil || res != true {
+		t.Fatalf("Apply = %v, %v; want true", res, err)
+	}
+	groups := uint64(chunkCount(len(cmd)) / chunkGroup)
+	if got := leader.storedChunks.batches.Load() - before; got < groups {
+		t.Fatalf("the leader stored the command's %d chunks in %d batches, want at least %d (one per group)", chunkCount(len(cmd)), got, groups)
+	}
+	waitFor(t, 20*time.Second, "the command on every node", func() bool {
+		for _, s := range c.fsms {
+			if v, ok := s.Get("grouped"); !ok || !bytes.Equal(v, value) {
+				return false
+			}
+		}
+		return true
+	})
+	bolt := newTCPCluster(t, 3, withMaxCommandSize(4<<20))
+	if n := bolt.nodes[bolt.leader()]; n.storedChunks != nil {
+		t.Fatal("a BoltDB node feeds chunks a group at a time")
+	}
+}

@@ -23,6 +23,9 @@ import (
 type logCache struct {
 	store    raft.LogStore
 	maxBytes int
+	// stored, if set before raft starts, is told of the last entry of
+	// every batch stored (see storedChunks).
+	stored func(last *raft.Log)
 
 	mu    sync.RWMutex
 	ring  []raft.Log
@@ -71,6 +74,9 @@ func (c *logCache) StoreLogs(logs []*raft.Log) error {
 		c.put(l)
 	}
 	c.trim(logs[0].Index, logs[len(logs)-1].Index)
+	if c.stored != nil {
+		c.stored(logs[len(logs)-1])
+	}
 	return nil
 }
 

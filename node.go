@@ -61,6 +61,10 @@ type RaftNode struct {
 	// chunkCut is set when a chunked submission may have stopped between
 	// chunks (see noteChunkCut).
 	chunkCut atomic.Bool
+	// storedChunks follows the chunks the log store has taken, so that a
+	// chunked submission feeds raft a group at a time (nil but with
+	// raft-wal; see submitChunked).
+	storedChunks *storedChunks
 
 	// life holds the node's parts with their stop functions; Close
 	// stops them in reverse order.
@@ -201,6 +205,13 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 		return nil, err
 	}
 
+	// A leader feeds raft a large command's chunks a group at a time with
+	// raft-wal: 16 MiB commands went from 44-75 to 114-124 MB/s. With
+	// BoltDB, whose commits cost two fsyncs each, it gave no gain.
+	if lc, ok := stores.log.(*logCache); ok && s.LogStore == LogStoreWAL {
+		n.storedChunks = newStoredChunks()
+		lc.stored = n.storedChunks.note
+	}
 	n.fsm = newTrackedFSM(fsm)
 	n.fsm.restored = func() uint64 { return snapshotIndex(stores.snaps) }
 	// Raft sees its transport and stable store through the term guard,
