@@ -27,6 +27,19 @@ func storeEntries(t *testing.T, c *logCache, from, to uint64, size int) {
 	}
 }
 
+// storeBatch stores entries from..to through c in one StoreLogs call, as
+// raft stores a batch.
+func storeBatch(t *testing.T, c *logCache, from, to uint64, size int) {
+	t.Helper()
+	var batch []*raft.Log
+	for i := from; i <= to; i++ {
+		batch = append(batch, &raft.Log{Index: i, Term: 1, Data: bytes.Repeat([]byte{byte(i)}, size)})
+	}
+	if err := c.StoreLogs(batch); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // readAll reads entries from..to through c and returns how many reached
 // the store; each must come back whole.
 func readAll(t *testing.T, c *logCache, s *countingStore, from, to uint64, size int) int {
@@ -163,14 +176,7 @@ func TestLogCacheKeepsTheLastBatchWholePastItsBytes(t *testing.T) {
 	s := &countingStore{InmemStore: raft.NewInmemStore()}
 	c := newLogCache(s, 1024, 10<<10)
 	storeEntries(t, c, 1, 4, 1<<10)
-	batch := make([]*raft.Log, 8)
-	for i := range batch {
-		idx := uint64(5 + i)
-		batch[i] = &raft.Log{Index: idx, Term: 1, Data: bytes.Repeat([]byte{byte(idx)}, 4<<10)}
-	}
-	if err := c.StoreLogs(batch); err != nil {
-		t.Fatal(err)
-	}
+	storeBatch(t, c, 5, 12, 4<<10)
 	if n := readAll(t, c, s, 5, 12, 4<<10); n != 0 {
 		t.Fatalf("%d of the last batch's 8 entries were read from the store", n)
 	}
@@ -191,14 +197,7 @@ func TestLogCacheKeepsTheLastBatchWholePastItsBytes(t *testing.T) {
 func TestLogCacheBoundsTheLastBatch(t *testing.T) {
 	s := &countingStore{InmemStore: raft.NewInmemStore()}
 	c := newLogCache(s, 1024, 10<<10)
-	batch := make([]*raft.Log, 16) // 64 KiB: over 4 times the 10 KiB budget
-	for i := range batch {
-		idx := uint64(1 + i)
-		batch[i] = &raft.Log{Index: idx, Term: 1, Data: bytes.Repeat([]byte{byte(idx)}, 4<<10)}
-	}
-	if err := c.StoreLogs(batch); err != nil {
-		t.Fatal(err)
-	}
+	storeBatch(t, c, 1, 16, 4<<10) // 64 KiB: over 4 times the 10 KiB budget
 	if c.bytes > lastBatchFactor*10<<10 {
 		t.Fatalf("cache holds %d bytes, bound %d", c.bytes, lastBatchFactor*10<<10)
 	}
