@@ -13,8 +13,8 @@ import (
 // entries of a few MiB each would keep GiBs on every node; here the oldest
 // entries leave the cache once their bytes pass the budget (but for the
 // batch stored last, which stays whole up to four times the budget; see
-// trim), and an entry larger than the whole budget is not cached. Entries that left are read from the store,
-// as raft.LogCache reads a miss.
+// trim), and an entry larger than the whole budget is not cached. Entries
+// that left are read from the store, as raft.LogCache reads a miss.
 //
 // The ring holds copies of the entries, not the pointers raft stores: on
 // the leader those point into raft's apply futures, on followers into the
@@ -65,15 +65,15 @@ func (c *logCache) StoreLogs(logs []*raft.Log) error {
 	if err := c.store.StoreLogs(logs); err != nil {
 		return fmt.Errorf("unable to store logs within log store: %w", err)
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	if len(logs) == 0 {
 		return nil
 	}
+	c.mu.Lock()
 	for _, l := range logs {
 		c.put(l)
 	}
 	c.trim(logs[0].Index, logs[len(logs)-1].Index)
+	c.mu.Unlock()
 	if c.stored != nil {
 		c.stored(logs[len(logs)-1])
 	}

@@ -18,12 +18,11 @@ func (s *countingStore) GetLog(idx uint64, l *raft.Log) error {
 	return s.InmemStore.GetLog(idx, l)
 }
 
+// storeEntries stores entries from..to through c one StoreLogs call each.
 func storeEntries(t *testing.T, c *logCache, from, to uint64, size int) {
 	t.Helper()
 	for i := from; i <= to; i++ {
-		if err := c.StoreLogs([]*raft.Log{{Index: i, Term: 1, Data: bytes.Repeat([]byte{byte(i)}, size)}}); err != nil {
-			t.Fatal(err)
-		}
+		storeBatch(t, c, i, i, size)
 	}
 }
 
