@@ -56,3 +56,36 @@ func TestBenchSmoke(t *testing.T) {
 		}
 	}
 }
+
+// TestRoundRatios checks the round-by-round ratios printed next to a
+// verdict on medians.
+func TestRoundRatios(t *testing.T) {
+	tb := newTable("bolt", nil)
+	for _, v := range []struct {
+		sc, variant string
+		ops         float64
+	}{
+		{"c64", "raftkit", 100}, {"fwd64", "raftkit", 80},
+		{"c64", "raftkit", 200}, {"fwd64", "raftkit", 190},
+		{"c64", "raftkit", 50}, {"fwd64", "raftkit", 35},
+	} {
+		tb.addNum(v.sc, "ops/s", v.variant, v.ops, higherBetter)
+	}
+	got := tb.roundRatios("fwd64", "raftkit", "c64", "raftkit")
+	want := []float64{0.8, 0.95, 0.7}
+	if len(got) != len(want) {
+		t.Fatalf("ratios %v, want %v", got, want)
+	}
+	for i := range want {
+		if d := got[i] - want[i]; d > 1e-9 || d < -1e-9 {
+			t.Fatalf("ratios %v, want %v", got, want)
+		}
+	}
+	if rs := tb.roundRatios("fwd64", "raftkit", "c256", "raftkit"); rs != nil {
+		t.Errorf("ratios against a scenario not measured: %v, want none", rs)
+	}
+	tb.addNum("c256", "ops/s", "raftkit", 10, higherBetter)
+	if rs := tb.roundRatios("fwd64", "raftkit", "c256", "raftkit"); rs != nil {
+		t.Errorf("ratios over unequal rounds: %v, want none", rs)
+	}
+}

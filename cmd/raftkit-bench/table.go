@@ -181,10 +181,33 @@ func (t *table) find(sc, metric string) *row {
 	return nil
 }
 
-// targets prints issue 6's targets as ratios from this run.
+// roundRatios is the ratio of variant's writes per second in scenario sc
+// to baseVariant's in baseSc, round by round, so that a verdict on the
+// medians can show how far the rounds spread. Nil unless both have the
+// same number of rounds.
+func (t *table) roundRatios(sc, variant, baseSc, baseVariant string) []float64 {
+	a, b := t.find(sc, "ops/s"), t.find(baseSc, "ops/s")
+	if a == nil || b == nil {
+		return nil
+	}
+	va, vb := a.vals[variant], b.vals[baseVariant]
+	if len(va) != len(vb) {
+		return nil
+	}
+	var rs []float64
+	for i := range va {
+		if vb[i] > 0 {
+			rs = append(rs, va[i]/vb[i])
+		}
+	}
+	return rs
+}
+
+// targets prints the targets (issues 6 and 15) as ratios from this run,
+// with the ratio of each round where a verdict rests on a median of rounds.
 func (t *table) targets() {
 	fmt.Println("\nTargets:")
-	check := func(name string, got float64, ok bool, want string, pass bool) {
+	checkRounds := func(name string, got float64, ok bool, want string, pass bool, rounds string) {
 		if !ok {
 			fmt.Printf("  %-62s not measured\n", name)
 			return
@@ -193,13 +216,29 @@ func (t *table) targets() {
 		if pass {
 			verdict = "holds"
 		}
-		fmt.Printf("  %-62s %8.2f  (target %s)  %s\n", name, got, want, verdict)
+		fmt.Printf("  %-62s %8.2f  (target %s)  %s%s\n", name, got, want, verdict, rounds)
+	}
+	check := func(name string, got float64, ok bool, want string, pass bool) {
+		checkRounds(name, got, ok, want, pass, "")
 	}
 	ops := func(sc, variant string) (float64, bool) {
 		if r := t.find(sc, "ops/s"); r != nil {
 			return r.value(variant)
 		}
 		return 0, false
+	}
+	rounds := func(sc, variant, baseSc, baseVariant string) string {
+		rs := t.roundRatios(sc, variant, baseSc, baseVariant)
+		if len(rs) < 2 {
+			return ""
+		}
+		var sb strings.Builder
+		sb.WriteString("  (rounds:")
+		for _, r := range rs {
+			fmt.Fprintf(&sb, " %.2f", r)
+		}
+		sb.WriteString(")")
+		return sb.String()
 	}
 	for _, v := range t.variants {
 		if v.kind == "plain" {
@@ -225,11 +264,11 @@ func (t *table) targets() {
 		k, ok2 := ops("c256", v.name)
 		// Issue 15's target is for BoltDB.
 		if t.store == "bolt" {
-			check(fmt.Sprintf("%s / plain, 256 clients", v.name), k/p, ok1 && ok2 && p > 0, ">= 2.00", k/p >= 2)
+			checkRounds(fmt.Sprintf("%s / plain, 256 clients", v.name), k/p, ok1 && ok2 && p > 0, ">= 2.00", k/p >= 2, rounds("c256", v.name, "c256", t0name))
 		}
 		w, ok3 := ops("c64", v.name)
 		f, ok4 := ops("fwd64", v.name)
-		check(fmt.Sprintf("%s forwarded / leader's own, 64 clients", v.name), f/w, ok3 && ok4 && w > 0, ">= 0.85", f/w >= 0.85)
+		checkRounds(fmt.Sprintf("%s forwarded / leader's own, 64 clients", v.name), f/w, ok3 && ok4 && w > 0, ">= 0.85", f/w >= 0.85, rounds("fwd64", v.name, "c64", v.name))
 		rl, ok5 := ops("read-leader", v.name)
 		check(fmt.Sprintf("%s reads on leader / writes, 64 clients", v.name), rl/w, ok3 && ok5 && w > 0, ">= 5", rl/w >= 5)
 		rf, ok6 := ops("read-follower", v.name)
