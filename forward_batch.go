@@ -25,14 +25,19 @@ const (
 	// 1: 0.82x) and 0.80x with raft-wal (4: 0.69x).
 	maxBatchesInFlight = 2
 	// gatherYields bounds how often a sender yields, after answering a
-	// batch, for its callers to submit their next commands. On a busy
-	// 2-core machine 4 yields were often too few: alternated runs of 64
-	// forwarding writers gave 16 yields 1.2x the writes per second of 4
-	// with BoltDB and 1.15x with raft-wal (and 0 yields 0.78x). Runs that
-	// alternated forwarded and leader writes on one cluster, 8 times each,
-	// gave 32 yields a median of 0.84x of the leader's writes per second
-	// against 0.78x with 16 (3 batches in flight: 0.75x).
-	gatherYields = 32
+	// batch, for the callers answered to submit their next commands. On a
+	// busy 2-core machine 4 yields were often too few: alternated runs of
+	// 64 forwarding writers gave 16 yields 1.2x the writes per second of
+	// 4 with BoltDB and 1.15x with raft-wal (and 0 yields 0.78x); runs
+	// that alternated forwarded and leader writes on one cluster gave 32
+	// yields a median of 0.84x of the leader's writes per second against
+	// 0.78x with 16 (3 batches in flight: 0.75x). Since a sender waits for
+	// every caller answered rather than for as many commands as it
+	// answered (see gather), 5 alternated runs gave 128 yields medians of
+	// 0.84x (BoltDB) and 0.84x (raft-wal) against 0.74x and 0.78x before
+	// (512: 0.86x and 0.79x). A caller that does not write again costs
+	// its sender at most these yields.
+	gatherYields = 128
 	// maxBatchCommands and maxBatchBytes bound one batch.
 	maxBatchCommands = 512
 	maxBatchBytes    = 4 << 20
@@ -52,6 +57,9 @@ type fwdRequest struct {
 type fwdQueue struct {
 	pending  []*fwdRequest
 	inFlight int
+	// awaited counts the callers answered whose next commands have not
+	// arrived yet: a sender that answered a batch gathers until it is 0.
+	awaited int
 }
 
 // applyBatcher batches forwarded writes per leader address.
@@ -84,6 +92,9 @@ func (b *applyBatcher) submit(ctx context.Context, addr string, cmd []byte) (*wi
 		b.queues[addr] = q
 	}
 	q.pending = append(q.pending, req)
+	if q.awaited > 0 {
+		q.awaited--
+	}
 	var batch []*fwdRequest
 	if q.inFlight < maxBatchesInFlight {
 		batch = b.takeLocked(q)
@@ -139,14 +150,8 @@ func (b *applyBatcher) takeLocked(q *fwdQueue) []*fwdRequest {
 func (b *applyBatcher) send(addr string, q *fwdQueue, batch []*fwdRequest) {
 	defer b.wg.Done()
 	for batch != nil {
-		b.deliver(addr, batch)
-		// Let the callers just answered submit their next commands, so
-		// that they join this sender's next batch rather than each wait
-		// for a later one: a few yields, until as many commands wait as
-		// were just answered.
-		for i := 0; i < gatherYields && b.pendingLen(q) < len(batch); i++ {
-			runtime.Gosched()
-		}
+		b.deliver(addr, q, batch)
+		b.gather(q)
 		b.mu.Lock()
 		if len(q.pending) > 0 {
 			batch = b.takeLocked(q)
@@ -161,14 +166,35 @@ func (b *applyBatcher) send(addr string, q *fwdQueue, batch []*fwdRequest) {
 	}
 }
 
-func (b *applyBatcher) pendingLen(q *fwdQueue) int {
+// gather lets the callers just answered submit their next commands, so
+// that they join this sender's next batch rather than wait for a later
+// one: it yields until every caller answered, by this sender or another,
+// has submitted again, or gatherYields times. It reports whether they
+// all did. Batches sent together come back together, so two senders
+// often gather at once; counting what waited instead let the first leave
+// with the other's callers before its own were back, and those then
+// waited for a whole round trip.
+func (b *applyBatcher) gather(q *fwdQueue) bool {
+	for i := 0; i < gatherYields; i++ {
+		b.mu.Lock()
+		n := q.awaited
+		b.mu.Unlock()
+		if n == 0 {
+			return true
+		}
+		runtime.Gosched()
+	}
+	// Callers that did not come back (they may have no more to write)
+	// must not hold up later gathers.
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	return len(q.pending)
+	q.awaited = 0
+	b.mu.Unlock()
+	return false
 }
 
-// deliver sends one batch and answers its callers.
-func (b *applyBatcher) deliver(addr string, batch []*fwdRequest) {
+// deliver sends one batch and answers its callers, counting them in
+// q.awaited.
+func (b *applyBatcher) deliver(addr string, q *fwdQueue, batch []*fwdRequest) {
 	var latest time.Time
 	cmds := make([][]byte, len(batch))
 	for i, r := range batch {
@@ -193,6 +219,9 @@ func (b *applyBatcher) deliver(addr string, batch []*fwdRequest) {
 	if err == nil && len(resp.Results) != len(batch) {
 		err = unknownOutcome("apply", fmt.Errorf("leader %s answered %d of %d commands", addr, len(resp.Results), len(batch)))
 	}
+	b.mu.Lock()
+	q.awaited += len(batch)
+	b.mu.Unlock()
 	for i, r := range batch {
 		if err != nil {
 			r.err = err
