@@ -24,6 +24,11 @@ func TestSenderGathersEveryCallerAnswered(t *testing.T) {
 			errs <- err
 		}()
 	}
+	awaited := func() int {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return q.awaited
+	}
 	waitPending := func(n int) {
 		t.Helper()
 		waitFor(t, 10*time.Second, "commands to arrive", func() bool {
@@ -39,11 +44,9 @@ func TestSenderGathersEveryCallerAnswered(t *testing.T) {
 	if b.gather(q) {
 		t.Fatal("gather: all callers back, with 1 of 3 still to submit")
 	}
-	b.mu.Lock()
-	if q.awaited != 0 {
-		t.Errorf("after a gather that gave up, %d callers awaited, want 0", q.awaited)
+	if n := awaited(); n != 0 {
+		t.Errorf("after a gather that gave up, %d callers awaited, want 0", n)
 	}
-	b.mu.Unlock()
 
 	// The next answers: 2 callers, and both come back.
 	b.mu.Lock()
@@ -51,11 +54,9 @@ func TestSenderGathersEveryCallerAnswered(t *testing.T) {
 	b.mu.Unlock()
 	submit()
 	waitPending(3)
-	b.mu.Lock()
-	if q.awaited != 1 {
-		t.Errorf("after 1 of 2 callers came back, %d awaited, want 1", q.awaited)
+	if n := awaited(); n != 1 {
+		t.Errorf("after 1 of 2 callers came back, %d awaited, want 1", n)
 	}
-	b.mu.Unlock()
 	submit()
 	waitPending(4)
 	if !b.gather(q) {
@@ -63,11 +64,9 @@ func TestSenderGathersEveryCallerAnswered(t *testing.T) {
 	}
 	submit()
 	waitPending(5)
-	b.mu.Lock()
-	if q.awaited != 0 {
-		t.Errorf("a command beyond those awaited left %d awaited, want 0", q.awaited)
+	if n := awaited(); n != 0 {
+		t.Errorf("a command beyond those awaited left %d awaited, want 0", n)
 	}
-	b.mu.Unlock()
 
 	// None of these was sent: ending the context takes them back.
 	cancel()
