@@ -1,6 +1,7 @@
 package raftkit
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"sync"
@@ -48,6 +49,12 @@ import (
 //
 // Apply is bounded by ctx's deadline, or by Config.ApplyTimeout when ctx
 // has none. Use ApplyLocal to refuse forwarding.
+//
+// cmd may be reused once Apply returns, whatever the outcome: raftkit
+// copies it before it keeps it anywhere (raft's log, the log cache that
+// replication reads, a forwarded batch, a chunk), so every node applies
+// exactly the bytes cmd held when Apply was called, even a command whose
+// outcome is unknown and that is applied after Apply returned.
 func (n *RaftNode) Apply(ctx context.Context, cmd []byte) (any, error) {
 	start := n.metrics.now()
 	res, err, path := n.apply(ctx, cmd)
@@ -66,6 +73,16 @@ func (n *RaftNode) ApplyLocal(ctx context.Context, cmd []byte) (any, error) {
 	return res, err
 }
 
+// ownedCmd is a command's bytes that raftkit owns: a copy of what a caller
+// passed (own), or bytes that raftkit decoded from a request itself. Only
+// an ownedCmd enters the write path, so a caller's buffer can never reach
+// raft's log, the log cache, a forwarded batch or a chunk, where the
+// caller's later writes would change what followers apply.
+type ownedCmd []byte
+
+// own copies a caller's command, once, before raftkit keeps it.
+func own(cmd []byte) ownedCmd { return ownedCmd(bytes.Clone(cmd)) }
+
 func (n *RaftNode) applyLocal(ctx context.Context, cmd []byte) (any, error) {
 	if err := n.checkOpen(); err != nil {
 		return nil, err
@@ -81,7 +98,7 @@ func (n *RaftNode) applyLocal(ctx context.Context, cmd []byte) (any, error) {
 	}
 	ctx, cancel := n.bound(ctx)
 	defer cancel()
-	return n.applyHere(ctx, cmd)
+	return n.applyHere(ctx, own(cmd))
 }
 
 func (n *RaftNode) apply(ctx context.Context, cmd []byte) (res any, err error, path string) {
@@ -100,13 +117,14 @@ func (n *RaftNode) apply(ctx context.Context, cmd []byte) (res any, err error, p
 	}
 	ctx, cancel := n.bound(ctx)
 	defer cancel()
+	owned := own(cmd)
 	for attempt := 0; ; attempt++ {
 		if n.IsLeader() {
 			path = "local"
-			res, err = n.applyHere(ctx, cmd)
+			res, err = n.applyHere(ctx, owned)
 		} else {
 			path = "forwarded"
-			res, err = n.forwardApply(ctx, cmd)
+			res, err = n.forwardApply(ctx, owned)
 		}
 		if err == nil || !retryable(err) || !n.backoff(ctx, attempt) {
 			return res, err, path
@@ -116,9 +134,9 @@ func (n *RaftNode) apply(ctx context.Context, cmd []byte) (res any, err error, p
 
 // applyHere applies cmd on this node, which should be the leader, within
 // ctx, which bound has limited.
-func (n *RaftNode) applyHere(ctx context.Context, cmd []byte) (any, error) {
+func (n *RaftNode) applyHere(ctx context.Context, cmd ownedCmd) (any, error) {
 	var out [1]leaderResult
-	n.leaderApply(ctx, [][]byte{cmd}, out[:])
+	n.leaderApply(ctx, []ownedCmd{cmd}, out[:])
 	return n.localResult(out[0])
 }
 
@@ -159,7 +177,7 @@ type leaderResult struct {
 // forwarded commands alike: it submits cmds to raft back to back (so that
 // they share the leader's group commit), waits for them within ctx, and
 // puts each command's outcome in out. FSM errors are counted here.
-func (n *RaftNode) leaderApply(ctx context.Context, cmds [][]byte, out []leaderResult) {
+func (n *RaftNode) leaderApply(ctx context.Context, cmds []ownedCmd, out []leaderResult) {
 	err := n.checkOpen()
 	if err == nil && n.raft.State() != raft.Leader {
 		err = n.notLeader()
@@ -245,7 +263,11 @@ type applyWait struct {
 }
 
 // resolve waits for w's futures in turn and records their outcomes,
-// unless w's caller gave up first.
+// unless w's caller gave up first. It reads every future's outcome even
+// then: a chunked command's future notes a cut sequence when its final
+// chunk fails (chunkedFuture.Error), and a cut that no one noted would
+// leave every FSM holding the partial command, deferring snapshots until
+// the next write.
 func (n *RaftNode) resolve(w *applyWait) {
 	defer close(w.done)
 	for i, f := range w.futures {
@@ -259,12 +281,10 @@ func (n *RaftNode) resolve(w *applyWait) {
 			}
 		}
 		w.mu.Lock()
-		if w.gaveUp {
-			w.mu.Unlock()
-			return
+		if !w.gaveUp {
+			w.out[i] = r
+			w.resolved = i + 1
 		}
-		w.out[i] = r
-		w.resolved = i + 1
 		w.mu.Unlock()
 	}
 }
@@ -312,7 +332,9 @@ func unencodable(err error) error {
 }
 
 // serveApply is the leader's side of forwarded writes (Apply and
-// ApplyBatch requests): the same path as its own callers'.
+// ApplyBatch requests): the same path as its own callers'. Each command
+// gets its own verdict: one over this node's MaxCommandSize fails alone
+// (ErrTooLarge), and the others are applied.
 func (n *RaftNode) serveApply(timeout int64, cmds [][]byte) []wire.ApplyResponse {
 	resps := make([]wire.ApplyResponse, len(cmds))
 	if len(cmds) > maxBatchCommands {
@@ -325,20 +347,26 @@ func (n *RaftNode) serveApply(timeout int64, cmds [][]byte) []wire.ApplyResponse
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(timeout))
 	defer cancel()
 	out := make([]leaderResult, len(cmds))
-	valid := cmds
+	valid := make([]ownedCmd, 0, len(cmds))
+	at := make([]int, 0, len(cmds)) // valid[j] is cmds[at[j]]
 	for i, c := range cmds {
 		if err := n.checkSize(c); err != nil {
 			out[i].err = err
-			valid = nil
+			continue
 		}
+		// Decoded from the request into buffers of its own: raftkit's.
+		valid, at = append(valid, ownedCmd(c)), append(at, i)
 	}
-	if valid != nil {
-		n.leaderApply(ctx, cmds, out)
+	if len(valid) == len(cmds) {
+		n.leaderApply(ctx, valid, out)
+	} else if len(valid) > 0 {
+		part := make([]leaderResult, len(valid))
+		n.leaderApply(ctx, valid, part)
+		for j, r := range part {
+			out[at[j]] = r
+		}
 	}
 	for i := range out {
-		if valid == nil && out[i].err == nil {
-			out[i].err = invalidRequest("another command of its batch is over Config.MaxCommandSize")
-		}
 		resps[i] = n.wireResult(out[i])
 	}
 	return resps

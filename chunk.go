@@ -158,7 +158,7 @@ type chunkSeq struct {
 // chunked command holds n.submitMu exclusively while it submits, and every
 // other command holds it shared while raft takes it (not while it waits
 // for the outcome).
-func (n *RaftNode) submit(cmd []byte, timeout time.Duration) raft.ApplyFuture {
+func (n *RaftNode) submit(cmd ownedCmd, timeout time.Duration) raft.ApplyFuture {
 	if len(cmd) > chunkSize && n.chunkReaders.all(n, timeout) {
 		return n.submitChunked(cmd, timeout)
 	}
@@ -173,7 +173,7 @@ func (n *RaftNode) submit(cmd []byte, timeout time.Duration) raft.ApplyFuture {
 // command's outcome. raft resolves the other chunks' futures with no one
 // waiting. A chunk that raft did not take leaves the sequence unfinished
 // in the log, where the next entry drops it.
-func (n *RaftNode) submitChunked(cmd []byte, timeout time.Duration) raft.ApplyFuture {
+func (n *RaftNode) submitChunked(cmd ownedCmd, timeout time.Duration) raft.ApplyFuture {
 	h := chunkHeader{id: n.chunkIDs.Add(1), count: uint32(chunkCount(len(cmd))), total: uint64(len(cmd))}
 	deadline := time.Now().Add(timeout)
 	n.submitMu.Lock()

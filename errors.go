@@ -301,7 +301,7 @@ func wrapErr(class error, what string, cause error) error {
 	}
 	text := bare(class)
 	if cause != nil && cause != class {
-		if ct := bare(cause); ct == text || strings.HasPrefix(ct, text+": ") {
+		if ct := bare(cause); hasSegment(ct, text) {
 			text = ct
 		} else {
 			text += ": " + ct
@@ -309,6 +309,13 @@ func wrapErr(class error, what string, cause error) error {
 	}
 	parts = append(parts, text)
 	return &kitError{msg: "raftkit: " + strings.Join(parts, ": "), class: class, cause: cause}
+}
+
+// hasSegment reports whether seg is one of text's ": "-separated parts,
+// or a run of them: the cause already names the class (a leader's error
+// text, say), so it is not repeated.
+func hasSegment(text, seg string) bool {
+	return strings.Contains(": "+text+": ", ": "+seg+": ")
 }
 
 // bare is err's text without a leading "raftkit: ".

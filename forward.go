@@ -83,6 +83,8 @@ func toWire(err error) *wire.Error {
 		return &wire.Error{Kind: wire.KindNotApplied, Message: msg}
 	case errors.Is(err, ErrNotAuthorized):
 		return &wire.Error{Kind: wire.KindDenied, Message: msg}
+	case errors.Is(err, ErrTooLarge):
+		return &wire.Error{Kind: wire.KindInvalid, Reason: wire.ReasonTooLarge, Message: msg}
 	case errors.Is(err, ErrInvalidRequest), errors.Is(err, ErrInvalidConfig):
 		return &wire.Error{Kind: wire.KindInvalid, Message: msg}
 	}
@@ -111,6 +113,9 @@ func (n *RaftNode) fromWire(addr string, e *wire.Error) error {
 	case wire.KindInterrupted:
 		return wrapErr(ErrNotApplied, what, errChunkIncomplete)
 	case wire.KindInvalid:
+		if e.Reason == wire.ReasonTooLarge {
+			return wrapErr(ErrTooLarge, what, cause)
+		}
 		return wrapErr(ErrInvalidRequest, what, cause)
 	case wire.KindDenied:
 		return wrapErr(ErrNotAuthorized, what, cause)
@@ -127,7 +132,12 @@ func (n *RaftNode) serveRPC(conn net.Conn, l wire.Limits) {
 
 // rpcPool keeps one net/rpc client per peer address.
 type rpcPool struct {
-	mux     *portMux
+	mux *portMux
+	// closing ends at Close, so that a dial under way (to an unreachable
+	// leader, say) gives up at once rather than at its caller's deadline.
+	closing   context.Context
+	stopDials context.CancelFunc
+
 	mu      sync.Mutex
 	clients map[string]pooledClient
 	closed  bool
@@ -143,10 +153,12 @@ type pooledClient struct {
 }
 
 func newRPCPool(mux *portMux) *rpcPool {
-	return &rpcPool{mux: mux, clients: map[string]pooledClient{}}
+	p := &rpcPool{mux: mux, clients: map[string]pooledClient{}}
+	p.closing, p.stopDials = context.WithCancel(context.Background())
+	return p
 }
 
-func (p *rpcPool) client(addr string, timeout time.Duration) (*rpc.Client, error) {
+func (p *rpcPool) client(ctx context.Context, addr string) (*rpc.Client, error) {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -161,8 +173,15 @@ func (p *rpcPool) client(addr string, timeout time.Duration) (*rpc.Client, error
 		c.Close()
 	}
 	p.mu.Unlock()
-	conn, err := p.mux.dialTagged(addr, timeout, tagRPC)
+	dctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(p.closing, cancel)
+	conn, err := p.mux.dialTagged(dctx, addr, tagRPC)
+	stop()
+	cancel()
 	if err != nil {
+		if p.closing.Err() != nil {
+			return nil, fmt.Errorf("%w: dial %s: %v", ErrClosed, addr, err)
+		}
 		return nil, err
 	}
 	codec := wire.NewClientCodec(conn, rpcDeadlines)
@@ -194,8 +213,7 @@ func (p *rpcPool) drop(addr string, c *rpc.Client) {
 // call invokes method on addr within ctx. sent reports whether the request
 // may have reached the peer (false: it certainly did not).
 func (p *rpcPool) call(ctx context.Context, addr, method string, args, reply any) (sent bool, err error) {
-	dl, _ := ctx.Deadline()
-	c, err := p.client(addr, max(time.Until(dl), 10*time.Millisecond))
+	c, err := p.client(ctx, addr)
 	if err != nil {
 		return false, err
 	}
@@ -206,9 +224,16 @@ func (p *rpcPool) call(ctx context.Context, addr, method string, args, reply any
 	call := c.Go(method, args, private.Interface(), make(chan *rpc.Call, 1))
 	select {
 	case <-call.Done:
+		var se rpc.ServerError
+		if errors.As(call.Error, &se) {
+			// raftkit's services report their failures inside their
+			// responses: an error from net/rpc's server means that it
+			// refused the request before any service ran.
+			return false, &refusedError{peer: addr, msg: string(se)}
+		}
 		if call.Error != nil {
-			// raftkit's services report failures inside their responses,
-			// so a call error means the connection or the stream broke.
+			// Otherwise a call error means the connection or the stream
+			// broke.
 			p.drop(addr, c)
 			return true, call.Error
 		}
@@ -219,7 +244,26 @@ func (p *rpcPool) call(ctx context.Context, addr, method string, args, reply any
 	}
 }
 
+// refusedError is a request that its peer answered without serving it (a
+// message over the size limit the peer applies to this node's
+// connections, say): it certainly had no effect.
+type refusedError struct {
+	peer, msg string
+}
+
+func (e *refusedError) Error() string {
+	if wire.RefusedAsTooLarge(e.msg) {
+		return fmt.Sprintf("%s refused the request: %s (it counts this node's connections as a stranger's: "+
+			"they come from an address that is not a member's; see Config.AdvertiseAddr)", e.peer, e.msg)
+	}
+	return fmt.Sprintf("%s refused the request: %s", e.peer, e.msg)
+}
+
+// tooLarge reports whether the peer refused the request as too large.
+func (e *refusedError) tooLarge() bool { return wire.RefusedAsTooLarge(e.msg) }
+
 func (p *rpcPool) Close() {
+	p.stopDials()
 	p.mu.Lock()
 	p.closed = true
 	clients := p.clients
@@ -264,11 +308,14 @@ func (n *RaftNode) forward(ctx context.Context, what, method string, args, reply
 // classification.
 func (n *RaftNode) forwardTo(ctx context.Context, what, addr, method string, args, reply any) error {
 	sent, err := n.rpc.call(ctx, addr, method, args, reply)
+	var refused *refusedError
 	switch {
 	case err == nil:
 		return nil
 	case errors.Is(err, ErrClosed):
 		return err
+	case errors.As(err, &refused):
+		return wrapErr(ErrNotApplied, what, err)
 	case !sent:
 		return wrapErr(ErrNoLeader, what, fmt.Errorf("leader %s unreachable: %w", addr, err))
 	}
@@ -277,7 +324,7 @@ func (n *RaftNode) forwardTo(ctx context.Context, what, addr, method string, arg
 
 // forwardApply sends cmd to the leader and returns its FSM response.
 // Concurrent calls travel together in batches (see applyBatcher).
-func (n *RaftNode) forwardApply(ctx context.Context, cmd []byte) (any, error) {
+func (n *RaftNode) forwardApply(ctx context.Context, cmd ownedCmd) (any, error) {
 	addr, err := n.leaderAddr(ctx)
 	if err != nil {
 		return nil, err

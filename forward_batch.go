@@ -2,6 +2,7 @@ package raftkit
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime"
 	"sync"
@@ -45,7 +46,7 @@ const (
 
 // fwdRequest is one caller's command waiting in a batch.
 type fwdRequest struct {
-	cmd      []byte
+	cmd      ownedCmd
 	deadline time.Time
 	taken    bool // in a batch on its way (guarded by applyBatcher.mu)
 	done     chan struct{}
@@ -78,7 +79,7 @@ func newApplyBatcher(n *RaftNode) *applyBatcher {
 
 // submit forwards cmd to the leader at addr within ctx and returns its
 // response, or the transport error (classified as forward does).
-func (b *applyBatcher) submit(ctx context.Context, addr string, cmd []byte) (*wire.ApplyResponse, error) {
+func (b *applyBatcher) submit(ctx context.Context, addr string, cmd ownedCmd) (*wire.ApplyResponse, error) {
 	dl, _ := ctx.Deadline()
 	req := &fwdRequest{cmd: cmd, deadline: dl, done: make(chan struct{})}
 	b.mu.Lock()
@@ -195,6 +196,21 @@ func (b *applyBatcher) gather(q *fwdQueue) bool {
 // deliver sends one batch and answers its callers, counting them in
 // q.awaited.
 func (b *applyBatcher) deliver(addr string, q *fwdQueue, batch []*fwdRequest) {
+	b.exchange(addr, batch)
+	b.mu.Lock()
+	q.awaited += len(batch)
+	b.mu.Unlock()
+	for _, r := range batch {
+		close(r.done)
+	}
+}
+
+// exchange sends batch to the leader at addr and records each command's
+// response, or the failure. A batch that the leader refuses as larger
+// than it takes from this node (it counts this node's connections as a
+// stranger's, whose messages are capped at 64 KiB) had no effect: its
+// halves are sent on their own, down to single commands.
+func (b *applyBatcher) exchange(addr string, batch []*fwdRequest) {
 	var latest time.Time
 	cmds := make([][]byte, len(batch))
 	for i, r := range batch {
@@ -216,19 +232,22 @@ func (b *applyBatcher) deliver(addr string, q *fwdQueue, batch []*fwdRequest) {
 	} else {
 		err = b.n.forwardTo(ctx, "apply", addr, wire.MethodApplyBatch, &wire.ApplyBatchRequest{Commands: cmds, Timeout: int64(timeout)}, &resp)
 	}
+	var refused *refusedError
+	if len(batch) > 1 && errors.As(err, &refused) && refused.tooLarge() {
+		half := len(batch) / 2
+		b.exchange(addr, batch[:half])
+		b.exchange(addr, batch[half:])
+		return
+	}
 	if err == nil && len(resp.Results) != len(batch) {
 		err = unknownOutcome("apply", fmt.Errorf("leader %s answered %d of %d commands", addr, len(resp.Results), len(batch)))
 	}
-	b.mu.Lock()
-	q.awaited += len(batch)
-	b.mu.Unlock()
 	for i, r := range batch {
 		if err != nil {
 			r.err = err
 		} else {
 			r.resp = resp.Results[i]
 		}
-		close(r.done)
 	}
 }
 

@@ -16,10 +16,15 @@ import (
 // trim), and an entry larger than the whole budget is not cached. Entries
 // that left are read from the store, as raft.LogCache reads a miss.
 //
-// The ring holds copies of the entries, not the pointers raft stores: on
-// the leader those point into raft's apply futures, on followers into the
-// decoded request, and a cached pointer kept the whole of either alive.
-// An empty slot has Index 0 (raft's indexes start at 1).
+// The ring holds copies of the raft.Log structs, not the pointers raft
+// stores: on the leader those point into raft's apply futures, on
+// followers into the decoded request, and a cached pointer kept the whole
+// of either alive. The entries' Data and Extensions are shared, not
+// copied: replication reads them from here, so they must never change,
+// and they do not: a leader's commands are raftkit's own copies (Apply
+// copies the caller's bytes before raft sees them; see ownedCmd), and a
+// follower's are decoded into buffers of their own. An empty slot has
+// Index 0 (raft's indexes start at 1).
 type logCache struct {
 	store    raft.LogStore
 	maxBytes int

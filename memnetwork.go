@@ -1,6 +1,7 @@
 package raftkit
 
 import (
+	"context"
 	"fmt"
 	"hash/fnv"
 	"net"
@@ -220,7 +221,16 @@ func (n *MemNetwork) listen(addr string) (*memListener, error) {
 	return l, nil
 }
 
+// dial connects from to within timeout.
 func (n *MemNetwork) dial(from, to string, timeout time.Duration) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return n.dialContext(ctx, from, to)
+}
+
+// dialContext connects from to, unless ctx ends before to's listener
+// takes the connection.
+func (n *MemNetwork) dialContext(ctx context.Context, from, to string) (net.Conn, error) {
 	client, server := net.Pipe()
 	cc := &memConn{Conn: client, net: n, from: from, to: to}
 	sc := &memConn{Conn: server, net: n, from: to, to: from}
@@ -244,13 +254,11 @@ func (n *MemNetwork) dial(from, to string, timeout time.Duration) (net.Conn, err
 	if l == nil {
 		return nil, &net.OpError{Op: "dial", Net: "mem", Addr: memAddr(to), Err: fmt.Errorf("connection refused")}
 	}
-	timer := time.NewTimer(timeout)
-	defer timer.Stop()
 	select {
 	case l.ch <- sc:
 		return cc, nil
 	case <-l.done:
-	case <-timer.C:
+	case <-ctx.Done():
 	}
 	cc.Close()
 	sc.Close()

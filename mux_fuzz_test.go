@@ -1,6 +1,7 @@
 package raftkit
 
 import (
+	"context"
 	"net"
 	"testing"
 	"time"
@@ -24,8 +25,8 @@ func FuzzPortMuxHandshake(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	m := newPortMux(ln, "fuzz", func(addr string, timeout time.Duration) (net.Conn, error) {
-		return netw.dial("fuzz", addr, timeout)
+	m := newPortMux(ln, "fuzz", func(ctx context.Context, addr string) (net.Conn, error) {
+		return netw.dialContext(ctx, "fuzz", addr)
 	}, nil, hclog.NewNullLogger(), nil, false, 32<<20)
 	m.serveRPC(func(c net.Conn, _ wire.Limits) { c.Close() })
 	go func() {
@@ -63,7 +64,9 @@ func FuzzPortMuxHandshake(f *testing.F) {
 		}
 		conn.Close()
 		// The port still serves a well-formed connection.
-		probe, err := m.dialTagged("fuzz", time.Second, tagRaft)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		probe, err := m.dialTagged(ctx, "fuzz", tagRaft)
+		cancel()
 		if err != nil {
 			t.Fatalf("port stopped serving after input %x: %v", data, err)
 		}

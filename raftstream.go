@@ -5,6 +5,7 @@ package raftkit
 // the in-memory network) and builds raft's NetworkTransport on it.
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -34,12 +35,14 @@ func (s raftStream) Close() error { return nil }
 func (s raftStream) Addr() net.Addr { return strAddr(s.mux.advertise) }
 
 func (s raftStream) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
 	if g := s.mux.gate.Load(); g != nil {
 		if d, ok := g.cluster(); ok {
-			return s.mux.dialTagged(string(addr), timeout, tagRaftCluster, d[:]...)
+			return s.mux.dialTagged(ctx, string(addr), tagRaftCluster, d[:]...)
 		}
 	}
-	return s.mux.dialTagged(string(addr), timeout, tagRaft)
+	return s.mux.dialTagged(ctx, string(addr), tagRaft)
 }
 
 // localIP returns host as a source address to dial from, if it is an IP
@@ -94,8 +97,8 @@ func openTransport(s *settled) (*settled, *portMux, *raft.NetworkTransport, erro
 			return nil, nil, nil, err
 		}
 		ln = ml
-		dial = func(addr string, timeout time.Duration) (net.Conn, error) {
-			return s.Network.dial(advertise, addr, timeout)
+		dial = func(ctx context.Context, addr string) (net.Conn, error) {
+			return s.Network.dialContext(ctx, advertise, addr)
 		}
 	} else {
 		ln = s.listener
@@ -109,16 +112,16 @@ func openTransport(s *settled) (*settled, *portMux, *raft.NetworkTransport, erro
 		// Connections leave from the advertised address when it is one of
 		// this machine's, so that peers recognise this node as a member.
 		local := localIP(hostOf(s.advertise))
-		dial = func(addr string, timeout time.Duration) (net.Conn, error) {
-			dialer := net.Dialer{Timeout: timeout}
+		dial = func(ctx context.Context, addr string) (net.Conn, error) {
+			var dialer net.Dialer
 			if local != nil && sameFamily(local.IP, hostOf(addr)) {
 				dialer.LocalAddr = local
 			}
-			conn, err := dialer.Dial("tcp", addr)
+			conn, err := dialer.DialContext(ctx, "tcp", addr)
 			var ae *net.AddrError
 			if err != nil && dialer.LocalAddr != nil && (errors.As(err, &ae) || errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.EINVAL)) {
 				dialer.LocalAddr = nil
-				return dialer.Dial("tcp", addr)
+				return dialer.DialContext(ctx, "tcp", addr)
 			}
 			return conn, err
 		}

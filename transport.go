@@ -1,6 +1,7 @@
 package raftkit
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -25,8 +26,8 @@ const (
 	tagRaftCluster byte = 0x43 // 'C'
 )
 
-// dialFunc opens a connection to addr.
-type dialFunc func(addr string, timeout time.Duration) (net.Conn, error)
+// dialFunc opens a connection to addr, giving up when ctx ends.
+type dialFunc func(ctx context.Context, addr string) (net.Conn, error)
 
 // portMux owns a node's listener and every connection made through it, in
 // both directions, and hands accepted connections to raft or to raftkit's
@@ -65,7 +66,10 @@ type portMux struct {
 	raftHosts map[string]int // members' raft connections, by host
 
 	done chan struct{}
-	wg   sync.WaitGroup
+	// closing ends when the mux closes: dials under way give up.
+	closing   context.Context
+	stopDials context.CancelFunc
+	wg        sync.WaitGroup
 	// raftHandlers counts inbound connections handed to raft that raft has
 	// not closed yet. raft handles heartbeats on the connection's goroutine
 	// and may touch the stable store there, so the stores must stay open
@@ -94,6 +98,7 @@ func newPortMux(ln net.Listener, advertise string, dial dialFunc, ts *tlsState, 
 		resolved:  map[string]resolvedName{},
 		done:      make(chan struct{}),
 	}
+	m.closing, m.stopDials = context.WithCancel(context.Background())
 	for _, a := range members {
 		m.staticMembers = append(m.staticMembers, hostOf(a))
 	}
@@ -249,25 +254,35 @@ func (m *portMux) route(tc *trackedConn, host string, member bool) {
 	}
 }
 
-// dialTagged opens a connection to addr and sends tag, then extra.
-func (m *portMux) dialTagged(addr string, timeout time.Duration, tag byte, extra ...byte) (net.Conn, error) {
+// dialTagged opens a connection to addr and sends tag, then extra, within
+// ctx's deadline; it gives up when ctx ends or the mux closes.
+func (m *portMux) dialTagged(ctx context.Context, addr string, tag byte, extra ...byte) (net.Conn, error) {
 	select {
 	case <-m.done:
 		return nil, ErrClosed
 	default:
 	}
-	conn, err := m.dial(addr, timeout)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(m.closing, cancel)
+	defer stop()
+	conn, err := m.dial(ctx, addr)
 	if err != nil {
+		if m.closing.Err() != nil {
+			return nil, fmt.Errorf("%w: dial %s: %v", ErrClosed, addr, err)
+		}
 		return nil, err
 	}
 	tracked, ok := m.track(conn)
 	if !ok {
 		return nil, ErrClosed
 	}
-	_ = tracked.SetDeadline(time.Now().Add(timeout))
+	if dl, ok := ctx.Deadline(); ok {
+		_ = tracked.SetDeadline(dl)
+	}
 	if m.tls != nil {
 		tconn := tls.Client(tracked, m.tls.clientConfig())
-		if err := tconn.Handshake(); err != nil {
+		if err := tconn.HandshakeContext(ctx); err != nil {
 			tracked.Close()
 			return nil, fmt.Errorf("raftkit: TLS handshake with %s: %w", addr, err)
 		}
@@ -303,6 +318,7 @@ func (m *portMux) Close() error {
 	}
 	m.closed = true
 	close(m.done)
+	m.stopDials()
 	conns := m.conns
 	m.conns = nil
 	m.mu.Unlock()

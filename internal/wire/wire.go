@@ -14,6 +14,7 @@ import (
 	"net/rpc"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -51,12 +52,20 @@ const (
 	KindOther       = "other"
 )
 
+// Reasons carried in Error.Reason: a finer cause within a kind, which a
+// node that does not know it reads as the kind alone.
+const (
+	ReasonTooLarge = "too_large" // KindInvalid: a command over the leader's MaxCommandSize
+)
+
 // Error is an error that crosses the wire.
 type Error struct {
 	Kind       string
 	Message    string
 	LeaderID   string
 	LeaderAddr string
+	// Reason refines Kind (a Reason constant), or is empty.
+	Reason string `codec:",omitempty"`
 
 	// For KindFSM: Exact names the registered error value ("v:" + key) or
 	// type ("t:" + key, its value in Typed) that the FSM returned itself;
@@ -231,6 +240,13 @@ const readChunk = 16 << 10
 // ErrFrameTooLarge is returned for a message over the connection's limit.
 var ErrFrameTooLarge = errors.New("raftkit wire: message exceeds size limit")
 
+// RefusedAsTooLarge reports whether serverErr, the text of a net/rpc
+// server error (net/rpc carries no more than text), says that the server
+// refused the request's message as over its size limit (ErrFrameTooLarge).
+func RefusedAsTooLarge(serverErr string) bool {
+	return strings.HasPrefix(serverErr, ErrFrameTooLarge.Error())
+}
+
 // readFrame reads one frame and decodes it into v (nil discards it). idle
 // says whether this frame starts a new message. Memory grows with the
 // bytes that arrive, never ahead of them: a length prefix alone costs
@@ -267,7 +283,18 @@ func (c *frameConn) readFrame(v any, idle bool) error {
 	}
 	n := int(binary.BigEndian.Uint32(hdr[:]))
 	if n > c.limits.MaxFrame {
-		return fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, n, c.limits.MaxFrame)
+		err := fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, n, c.limits.MaxFrame)
+		if !idle && n <= MaxFrame {
+			// A message body over this connection's limit, after a header
+			// that was not: skip its bytes (the read deadline bounds how
+			// long that takes, and nothing is kept), so that the stream
+			// stays in step and the server answers this one request with
+			// the error. Its sender then knows that it had no effect.
+			if _, derr := io.CopyN(io.Discard, c.r, int64(n)); derr != nil {
+				return derr
+			}
+		}
+		return err
 	}
 	// Budget is reserved for buffer growth beyond the first chunk, as the
 	// bytes arrive; a sender that stops half-way holds only what it sent.

@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/go-msgpack/v2/codec"
 )
 
 type echo struct{}
@@ -267,5 +269,56 @@ func TestLargeMessagesLeaveNoBuffersAndSmallOnesStayIntact(t *testing.T) {
 		if cap(f) > keepBuffer {
 			t.Fatalf("writer kept a %d-byte frame buffer", cap(f))
 		}
+	}
+}
+
+// A request whose body is over the connection's limit (a stranger's 64
+// KiB, say) is answered with ErrFrameTooLarge's text, and the connection
+// goes on serving: the sender learns that the request had no effect,
+// rather than losing the connection with the outcome unknown.
+func TestOversizedBodyIsRefusedAndTheConnectionLivesOn(t *testing.T) {
+	srv := rpc.NewServer()
+	if err := srv.RegisterName(Service, echo{}); err != nil {
+		t.Fatal(err)
+	}
+	c, s := net.Pipe()
+	done := make(chan struct{})
+	go func() {
+		srv.ServeCodec(NewServerCodec(s, Limits{Deadlines: Deadlines{Idle: time.Minute, Message: 5 * time.Second}, MaxFrame: 1 << 10}))
+		close(done)
+	}()
+	t.Cleanup(func() { c.Close(); <-done })
+	client := rpc.NewClientWithCodec(NewClientCodec(c, Deadlines{Message: 5 * time.Second}))
+	var resp ApplyResponse
+	err := client.Call(MethodApply, &ApplyRequest{Command: make([]byte, 4<<10)}, &resp)
+	var se rpc.ServerError
+	if !errors.As(err, &se) || !RefusedAsTooLarge(string(se)) {
+		t.Fatalf("a 4 KiB request on a 1 KiB connection: %v, want the server's refusal as too large", err)
+	}
+	if err := client.Call(MethodApply, &ApplyRequest{Command: []byte("hi")}, &resp); err != nil {
+		t.Fatalf("a small request after the refusal: %v", err)
+	}
+	if b, ok := resp.Result.([]byte); !ok || string(b) != "hi" {
+		t.Fatalf("result %#v", resp.Result)
+	}
+}
+
+// Commands decoded from a request own their bytes: the leader hands them
+// to raft as they are, so they must not share the connection's buffer.
+func TestDecodedCommandsDoNotShareTheFramesBuffer(t *testing.T) {
+	var frame []byte
+	h := Handle()
+	if err := codec.NewEncoderBytes(&frame, h).Encode(&ApplyBatchRequest{Commands: [][]byte{[]byte("one"), []byte("two")}}); err != nil {
+		t.Fatal(err)
+	}
+	var req ApplyBatchRequest
+	if err := codec.NewDecoderBytes(frame, h).Decode(&req); err != nil {
+		t.Fatal(err)
+	}
+	for i := range frame {
+		frame[i] = 'X'
+	}
+	if string(req.Commands[0]) != "one" || string(req.Commands[1]) != "two" {
+		t.Fatalf("decoded commands changed with the frame's buffer: %q", req.Commands)
 	}
 }
