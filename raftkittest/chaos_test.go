@@ -25,14 +25,19 @@ import (
 // The chaos test: concurrent clients write and read through raftkit's
 // public API while a nemesis partitions, isolates, crashes, restarts,
 // transfers leadership, changes membership, drops and delays messages.
-// Every history is checked for linearizability with porcupine, and every
-// acknowledged write of a unique key must be on every node at the end.
+// Every history is checked for linearizability with porcupine, every
+// acknowledged write of a unique key must be on every node at the end,
+// and every node's FSM must have received the same command at every
+// index (the divergence check; see Cluster.Divergence). Clients encode
+// each command into one buffer of their own and overwrite it as soon as
+// Apply returns, as applications that reuse buffers do.
 //
 // The default run checks a few short histories. The long run:
 //
 //	go test -run TestChaos -count=1 -v -timeout 2h ./raftkittest -args -histories=200
 //
-// prints one line "histories=… ok=… illegal=… unknown=… lost_acks=…".
+// prints one line "histories=… ok=… illegal=… unknown=… lost_acks=…
+// diverged=…".
 // Replay one history with -seed=N -histories=1: the seed fixes the
 // nemesis' schedule, the clients' choices and which messages the network
 // drops (the k-th on each link; see raftkit.MemNetwork).
@@ -60,25 +65,32 @@ type historyResult struct {
 	faults    []string
 	vizPath   string
 	checkTime time.Duration
+	// divergence is the first index at which two nodes' FSMs received
+	// different commands; compared counts the applications checked.
+	divergence *Divergence
+	compared   int
 	// unknownCauses counts the errors that left writes unknown.
 	unknownCauses string
 }
 
 func TestChaosLinearizable(t *testing.T) {
-	var ok, illegal, unknown, aborted, lost int
+	var ok, illegal, unknown, aborted, lost, diverged int
 	var failed []uint64
 	for i := 0; i < *chaosHistories; i++ {
 		seed := *chaosSeed + uint64(i)
 		var res historyResult
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
 			res = runChaosHistory(t, seed)
-			t.Logf("seed=%d ops=%d unknown_writes=%d check=%s in %s faults=%s unknown_causes=%s",
-				seed, res.ops, res.unknowns, res.check, res.checkTime.Round(time.Millisecond), strings.Join(res.faults, ","), res.unknownCauses)
+			t.Logf("seed=%d ops=%d unknown_writes=%d check=%s in %s applies_compared=%d faults=%s unknown_causes=%s",
+				seed, res.ops, res.unknowns, res.check, res.checkTime.Round(time.Millisecond), res.compared, strings.Join(res.faults, ","), res.unknownCauses)
 			if res.check != porcupine.Ok {
 				t.Errorf("seed=%d: history is %s; porcupine's view: %s (replay: -seed=%d -histories=1)", seed, res.check, res.vizPath, seed)
 			}
 			if len(res.lostAcks) > 0 {
 				t.Errorf("seed=%d: %d acknowledged writes missing at the end: %v", seed, len(res.lostAcks), res.lostAcks)
+			}
+			if res.divergence != nil {
+				t.Errorf("seed=%d: %v", seed, res.divergence)
 			}
 		})
 		switch res.check {
@@ -92,11 +104,14 @@ func TestChaosLinearizable(t *testing.T) {
 			aborted++
 		}
 		lost += len(res.lostAcks)
-		if res.check != porcupine.Ok || len(res.lostAcks) > 0 {
+		if res.divergence != nil {
+			diverged++
+		}
+		if res.check != porcupine.Ok || len(res.lostAcks) > 0 || res.divergence != nil {
 			failed = append(failed, seed)
 		}
 	}
-	summary := fmt.Sprintf("histories=%d ok=%d illegal=%d unknown=%d lost_acks=%d", *chaosHistories, ok, illegal, unknown, lost)
+	summary := fmt.Sprintf("histories=%d ok=%d illegal=%d unknown=%d lost_acks=%d diverged=%d", *chaosHistories, ok, illegal, unknown, lost, diverged)
 	if aborted > 0 {
 		summary += fmt.Sprintf(" aborted=%d", aborted)
 	}
@@ -161,7 +176,13 @@ func runChaosHistory(t *testing.T, seed uint64) historyResult {
 			t.Fatalf("final read of %s on leader %s: %v", key, leader.ID(), err)
 		}
 	}
+	// The divergence check first: AssertConsistent would stop the history
+	// at a divergence, which the summary counts.
+	if res.divergence, res.compared = c.applied.result(); res.divergence != nil {
+		return res
+	}
 	c.AssertConsistent()
+	res.divergence, res.compared = c.applied.result()
 	for _, key := range acks.list() {
 		for _, n := range c.Nodes() {
 			if _, ok := c.FSM(n).Get(key); !ok {
@@ -268,6 +289,7 @@ func (a *ackSet) list() []string {
 // unique values to shared keys, writes of unique keys, linearizable reads
 // (barrier, then the node's local store) and reads through the log.
 func runClient(ctx context.Context, c *Cluster[*fsmexample.Store], rec *recorder, acks *ackSet, id int, rng *rand.Rand) {
+	buf := &reusedBuffer{}
 	for seq := 0; ctx.Err() == nil; seq++ {
 		nodes := c.Nodes()
 		if len(nodes) == 0 {
@@ -278,13 +300,13 @@ func runClient(ctx context.Context, c *Cluster[*fsmexample.Store], rec *recorder
 		key := fmt.Sprintf("k%d", rng.IntN(chaosKeys))
 		switch p := rng.IntN(100); {
 		case p < 40:
-			write(c, node, rec, acks, id, key, fmt.Sprintf("c%d-%d", id, seq), false)
+			write(node, buf, rec, acks, id, key, fmt.Sprintf("c%d-%d", id, seq), false)
 		case p < 50:
-			write(c, node, rec, acks, id, fmt.Sprintf("ack-c%d-%d", id, seq), "x", true)
+			write(node, buf, rec, acks, id, fmt.Sprintf("ack-c%d-%d", id, seq), "x", true)
 		case p < 85:
 			_ = linearizableGet(c, node, rec, id, key)
 		default:
-			logGet(node, rec, id, key)
+			logGet(node, buf, rec, id, key)
 		}
 		pause(ctx, time.Duration(rng.IntN(3000))*time.Microsecond)
 	}
@@ -314,12 +336,32 @@ func notApplied(err error) bool {
 	return false
 }
 
-func write(c *Cluster[*fsmexample.Store], node *raftkit.RaftNode, rec *recorder, acks *ackSet, client int, key, value string, unique bool) {
+// reusedBuffer is a client's one command buffer: each command is encoded
+// into it, and it is overwritten as soon as Apply returns, so that any
+// copy of the caller's bytes that raftkit failed to make shows up as a
+// divergence or a lost write.
+type reusedBuffer struct{ b []byte }
+
+// load puts cmd into the buffer and returns it.
+func (r *reusedBuffer) load(cmd []byte) []byte {
+	r.b = append(r.b[:0], cmd...)
+	return r.b
+}
+
+// scribble overwrites the buffer with bytes no command starts with.
+func (r *reusedBuffer) scribble() {
+	for i := range r.b {
+		r.b[i] = 0xEE
+	}
+}
+
+func write(node *raftkit.RaftNode, buf *reusedBuffer, rec *recorder, acks *ackSet, client int, key, value string, unique bool) {
 	in := kvInput{Op: opPut, Key: key, Value: value}
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
 	call := rec.now()
-	_, err := node.Apply(ctx, fsmexample.Set(key, []byte(value)))
+	_, err := node.Apply(ctx, buf.load(fsmexample.Set(key, []byte(value))))
+	buf.scribble()
 	switch {
 	case err == nil:
 		rec.done(client, in, kvOutput{}, call)
@@ -354,11 +396,12 @@ func linearizableGet(c *Cluster[*fsmexample.Store], node *raftkit.RaftNode, rec 
 }
 
 // logGet reads key through the log with a Get command.
-func logGet(node *raftkit.RaftNode, rec *recorder, client int, key string) {
+func logGet(node *raftkit.RaftNode, buf *reusedBuffer, rec *recorder, client int, key string) {
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
 	call := rec.now()
-	res, err := node.Apply(ctx, fsmexample.Get(key))
+	res, err := node.Apply(ctx, buf.load(fsmexample.Get(key)))
+	buf.scribble()
 	if err != nil {
 		return
 	}

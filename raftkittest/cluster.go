@@ -61,6 +61,8 @@ type Cluster[F raft.FSM] struct {
 	opts   options
 	net    *raftkit.MemNetwork
 	logs   *tbWriter
+	// applied is what every member's FSM received (see Divergence).
+	applied *appliedLog
 
 	mu      sync.Mutex
 	members []*member[F]
@@ -88,6 +90,9 @@ type options struct {
 	timeout  time.Duration
 	logLevel hclog.Level
 	seed     uint64
+	// fault replaces what a node's FSM receives: for tests that show the
+	// divergence check failing.
+	fault func(node string, l *raft.Log) *raft.Log
 }
 
 // WithConfig lets fn adjust every node's raftkit.Config (snapshot
@@ -167,6 +172,8 @@ func NewCluster[F raft.FSM](tb testing.TB, n int, newFSM func() F, opts ...Optio
 		opts:   options{timeout: DefaultTimeout, logLevel: hclog.Info},
 		net:    raftkit.NewMemNetwork(),
 		logs:   &tbWriter{tb: tb},
+
+		applied: newAppliedLog(),
 	}
 	for _, o := range opts {
 		o(&c.opts)
@@ -239,7 +246,7 @@ func (c *Cluster[F]) start(m *member[F]) error {
 	cfg := c.config(m)
 	c.mu.Unlock()
 	fsm := c.newFSM()
-	node, err := raftkit.NewRaftNode(cfg, fsm)
+	node, err := raftkit.NewRaftNode(cfg, record(fsm, m.id, c.applied, c.opts.fault))
 	if err != nil {
 		return err
 	}
@@ -566,12 +573,26 @@ func (c *Cluster[F]) RemoveNode(node *raftkit.RaftNode) {
 	c.mu.Unlock()
 }
 
+// Divergence returns the lowest log index at which two members' FSMs
+// received different commands (another term, or other bytes), or nil if
+// they never did. Every FSM the cluster builds sits behind a recorder that
+// notes each command's index, term and a hash of its bytes, across
+// restarts, so a member is also held to what it applied before a crash.
+// It checks what the FSMs received, whatever they made of it: an FSM that
+// diverges on identical commands is AssertConsistent's to find.
+func (c *Cluster[F]) Divergence() *Divergence {
+	d, _ := c.applied.result()
+	return d
+}
+
 // AssertConsistent waits until the FSM of every running member of the
 // configuration has applied the leader's whole committed log (a
-// linearizable read succeeds on each), then fails the test unless all
-// their FSMs hold the same state (compared as WithState says, else by
-// snapshot bytes). Call it once the faults are healed and no writes are in
-// flight; members that are down or partitioned away cannot converge.
+// linearizable read succeeds on each), then fails the test if two
+// members' FSMs ever received different commands at one index (see
+// Divergence), or unless all their FSMs hold the same state (compared as
+// WithState says, else by snapshot bytes). Call it once the faults are
+// healed and no writes are in flight; members that are down or
+// partitioned away cannot converge.
 func (c *Cluster[F]) AssertConsistent() {
 	c.tb.Helper()
 	leader := c.WaitForLeader()
@@ -600,6 +621,9 @@ func (c *Cluster[F]) AssertConsistent() {
 			}
 			return last == nil
 		})
+	}
+	if d := c.Divergence(); d != nil {
+		c.tb.Fatalf("raftkittest: AssertConsistent: %v", d)
 	}
 	target := leader.Raft().CommitIndex()
 	var states []any
