@@ -129,7 +129,7 @@ func (n *RaftNode) openCompleteSnapshot(ctx context.Context, target uint64) (*ra
 func (n *RaftNode) onlyNoopsBetween(from, to uint64) bool {
 	for i := from + 1; i <= to; i++ {
 		var l raft.Log
-		if err := n.stores.log.GetLog(i, &l); err != nil {
+		if err := n.stores.Log.GetLog(i, &l); err != nil {
 			return false
 		}
 		if l.Type != raft.LogNoop {
@@ -149,14 +149,14 @@ func (n *RaftNode) openSnapshot(ctx context.Context) (*raft.SnapshotMeta, io.Rea
 	if !errors.Is(err, raft.ErrNothingNewToSnapshot) {
 		return nil, nil, fmt.Errorf("snapshot: %w", n.closedOr(err))
 	}
-	list, lerr := n.stores.snaps.List()
+	list, lerr := n.stores.Snaps.List()
 	if lerr != nil {
 		return nil, nil, fmt.Errorf("list snapshots: %w", lerr)
 	}
 	if len(list) == 0 {
 		return nil, nil, fmt.Errorf("snapshot: %w", err)
 	}
-	return n.stores.snaps.Open(list[0].ID)
+	return n.stores.Snaps.Open(list[0].ID)
 }
 
 // Restore replaces the whole replicated state with a backup written by

@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
+	"github.com/raftkit/raftkit/internal/chunk"
 )
 
 // Benchmarks of the hot paths on a three-node in-memory cluster (no disk,
@@ -140,7 +141,7 @@ func BenchmarkLinearizableRead(b *testing.B) {
 // expose. go-msgpack grows a []byte longer than MaxInitLen (256 KiB when
 // unset) one 256 KiB step at a time, copying what it has read at each
 // step: B/op grows with the square of the entry's size. "chunked" is the
-// same command as raftkit submits it, in entries of at most chunkSize
+// same command as raftkit submits it, in entries of at most chunk.Size
 // bytes (all in one request), decoded by raft's zero handle: linear.
 func BenchmarkDecodeAppendEntries(b *testing.B) {
 	for _, size := range []int{64 << 10, 1 << 20, 4 << 20, 16 << 20} {
@@ -151,7 +152,7 @@ func BenchmarkDecodeAppendEntries(b *testing.B) {
 			req        *raft.AppendEntriesRequest
 			maxInitLen int
 		}{{"raft", &whole, 0}, {"maxinitlen", &whole, 64 << 20}, {"chunked", &chunked, 0}} {
-			if h.name == "chunked" && size <= chunkSize {
+			if h.name == "chunked" && size <= chunk.Size {
 				continue // one entry, as "raft"
 			}
 			var buf bytes.Buffer

@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 
+	"github.com/raftkit/raftkit/internal/store"
 	"github.com/raftkit/raftkit/internal/wire"
 )
 
@@ -185,11 +186,11 @@ func (g *clusterGate) endPending() {
 
 // bootstrapNow bootstraps a one-node list without asking anyone: nobody
 // else can disagree with it.
-func (g *clusterGate) bootstrapNow(rc *raft.Config, st *nodeStores, trans raft.Transport) error {
+func (g *clusterGate) bootstrapNow(rc *raft.Config, st *store.Stores, trans raft.Transport) error {
 	if err := g.stable.Set(bootstrapKey, []byte(strings.Join(g.own, "\n"))); err != nil {
 		return fmt.Errorf("raftkit: record bootstrap list: %w", err)
 	}
-	if err := raft.BootstrapCluster(rc, st.log, st.stable, st.snaps, trans, configurationOf(g.own)); err != nil {
+	if err := raft.BootstrapCluster(rc, st.Log, st.Stable, st.Snaps, trans, configurationOf(g.own)); err != nil {
 		return fmt.Errorf("raftkit: bootstrap with Peers %v: %w", g.own, err)
 	}
 	g.setKnown(g.own)

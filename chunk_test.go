@@ -3,7 +3,6 @@ package raftkit
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -16,54 +15,8 @@ import (
 	"github.com/hashicorp/raft"
 
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
+	"github.com/raftkit/raftkit/internal/chunk"
 )
-
-func TestChunkHeaderRoundTrip(t *testing.T) {
-	for _, h := range []chunkHeader{
-		{id: 1, index: 0, count: 2, total: chunkSize + 1},
-		{id: 1<<64 - 1, index: 3, count: 4, total: 4 * chunkSize},
-		{id: 7, index: 0, count: 1, total: 1},
-		{id: 9, index: 255, count: 256, total: MaxCommandSizeLimit},
-		{abort: true},
-	} {
-		got, err := parseChunkHeader(h.encode())
-		if err != nil || got != h {
-			t.Errorf("parse(encode(%+v)) = %+v, %v", h, got, err)
-		}
-	}
-}
-
-func TestChunkHeaderRejectsMalformed(t *testing.T) {
-	valid := chunkHeader{id: 5, index: 1, count: 3, total: 2*chunkSize + 10}.encode()
-	with := func(f func(b []byte) []byte) []byte { return f(bytes.Clone(valid)) }
-	const fields = 5 // offset of id; index at +8, count at +12, total at +16
-	for _, tc := range []struct {
-		name string
-		ext  []byte
-	}{
-		{"nil", nil},
-		{"magic only", []byte(chunkMagic)},
-		{"short", valid[:len(valid)-1]},
-		{"long", append(bytes.Clone(valid), 0)},
-		{"other magic", with(func(b []byte) []byte { b[3] = '2'; return b })},
-		{"unknown flag", with(func(b []byte) []byte { b[4] = 2; return b })},
-		{"abort with fields", with(func(b []byte) []byte { b[4] = chunkFlagAbort; return b })},
-		{"count 0", with(func(b []byte) []byte { binary.BigEndian.PutUint32(b[fields+12:], 0); return b })},
-		{"index = count", with(func(b []byte) []byte { binary.BigEndian.PutUint32(b[fields+8:], 3); return b })},
-		{"index > count", with(func(b []byte) []byte { binary.BigEndian.PutUint32(b[fields+8:], 1<<31); return b })},
-		{"total too small for count", with(func(b []byte) []byte { binary.BigEndian.PutUint64(b[fields+16:], 2*chunkSize); return b })},
-		{"total too large for count", with(func(b []byte) []byte { binary.BigEndian.PutUint64(b[fields+16:], 3*chunkSize+1); return b })},
-		{"total over limit", chunkHeader{id: 1, count: 256, total: MaxCommandSizeLimit + 1}.encode()},
-		{"total 0", chunkHeader{id: 1, count: 1, total: 0}.encode()},
-		{"huge total", with(func(b []byte) []byte { binary.BigEndian.PutUint64(b[fields+16:], 1<<63); return b })},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if h, err := parseChunkHeader(tc.ext); !errors.Is(err, errBadChunkHeader) {
-				t.Errorf("parse(%x) = %+v, %v; want errBadChunkHeader", tc.ext, h, err)
-			}
-		})
-	}
-}
 
 // recordingFSM records the commands and configurations it is given and
 // answers each command with "applied <index>".
@@ -118,12 +71,12 @@ func fsmKinds(t *testing.T, test func(t *testing.T, tf *trackedFSM, rec *recordi
 // chunkEntries splits cmd into chunk entries as the leader submits them,
 // at indexes from first on, in term.
 func chunkEntries(id uint64, term, first uint64, cmd []byte) []*raft.Log {
-	h := chunkHeader{id: id, count: uint32(chunkCount(len(cmd))), total: uint64(len(cmd))}
+	h := chunk.Header{ID: id, Count: uint32(chunk.Count(len(cmd))), Total: uint64(len(cmd))}
 	var logs []*raft.Log
-	for i := 0; i < int(h.count); i++ {
-		h.index = uint32(i)
-		part := cmd[i*chunkSize : min(len(cmd), (i+1)*chunkSize)]
-		logs = append(logs, &raft.Log{Index: first + uint64(i), Term: term, Type: raft.LogCommand, Data: part, Extensions: h.encode()})
+	for i := 0; i < int(h.Count); i++ {
+		h.Index = uint32(i)
+		part := cmd[i*chunk.Size : min(len(cmd), (i+1)*chunk.Size)]
+		logs = append(logs, &raft.Log{Index: first + uint64(i), Term: term, Type: raft.LogCommand, Data: part, Extensions: h.Encode()})
 	}
 	return logs
 }
@@ -139,12 +92,12 @@ func command(size int, seed byte) []byte {
 func TestTrackedFSMReassemblesChunkedCommand(t *testing.T) {
 	fsmKinds(t, func(t *testing.T, tf *trackedFSM, rec *recordingFSM) {
 		small := &raft.Log{Index: 10, Term: 3, Type: raft.LogCommand, Data: []byte("small")}
-		cmd := command(3*chunkSize+17, 1)
+		cmd := command(3*chunk.Size+17, 1)
 		chunks := chunkEntries(42, 3, 11, cmd) // 11..14
 		after := &raft.Log{Index: 15, Term: 3, Type: raft.LogCommand, Data: []byte("after")}
 		// Two batches, the sequence spanning both.
 		out1 := tf.ApplyBatch(append([]*raft.Log{small}, chunks[:2]...))
-		if tf.pending == nil || tf.pendingTerm.Load() != 3 {
+		if !tf.chunks.Pending() || tf.chunks.PendingTerm() != 3 {
 			t.Fatalf("no pending sequence after two of four chunks")
 		}
 		out2 := tf.ApplyBatch(append(chunks[2:], after))
@@ -161,8 +114,8 @@ func TestTrackedFSMReassemblesChunkedCommand(t *testing.T) {
 			t.Fatalf("FSM got index %d term %d type %v, %d bytes (equal %v), extensions %x; want index 14 term 3, the %d bytes",
 				whole.Index, whole.Term, whole.Type, len(whole.Data), bytes.Equal(whole.Data, cmd), whole.Extensions, len(cmd))
 		}
-		if tf.pending != nil || tf.pendingTerm.Load() != 0 || tf.applied.Load() != 15 {
-			t.Fatalf("after the command: pending %v, applied %d", tf.pending != nil, tf.applied.Load())
+		if tf.chunks.Pending() || tf.chunks.PendingTerm() != 0 || tf.applied.Load() != 15 {
+			t.Fatalf("after the command: pending %v, applied %d", tf.chunks.Pending(), tf.applied.Load())
 		}
 	})
 }
@@ -170,7 +123,7 @@ func TestTrackedFSMReassemblesChunkedCommand(t *testing.T) {
 func TestTrackedFSMEntryBetweenChunksDropsSequence(t *testing.T) {
 	config := &raft.Log{Index: 3, Term: 1, Type: raft.LogConfiguration, Data: raft.EncodeConfiguration(raft.Configuration{})}
 	other := &raft.Log{Index: 3, Term: 1, Type: raft.LogCommand, Data: []byte("other")}
-	abort := &raft.Log{Index: 3, Term: 1, Type: raft.LogCommand, Extensions: chunkHeader{abort: true}.encode()}
+	abort := &raft.Log{Index: 3, Term: 1, Type: raft.LogCommand, Extensions: chunk.Header{Abort: true}.Encode()}
 	foreign := &raft.Log{Index: 3, Term: 1, Type: raft.LogCommand, Data: []byte("foreign"), Extensions: []byte("not ours")}
 	for _, tc := range []struct {
 		name    string
@@ -185,10 +138,10 @@ func TestTrackedFSMEntryBetweenChunksDropsSequence(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fsmKinds(t, func(t *testing.T, tf *trackedFSM, rec *recordingFSM) {
-				chunks := chunkEntries(1, 1, 1, command(3*chunkSize, 2)) // 1, 2, then 4 after the entry at 3
+				chunks := chunkEntries(1, 1, 1, command(3*chunk.Size, 2)) // 1, 2, then 4 after the entry at 3
 				chunks[2].Index = 4
 				out := tf.ApplyBatch([]*raft.Log{chunks[0], chunks[1], tc.between, chunks[2]})
-				want := []any{nil, nil, tc.resp, errChunkIncomplete}
+				want := []any{nil, nil, tc.resp, chunk.ErrIncomplete}
 				if fmt.Sprint(out) != fmt.Sprint(want) {
 					t.Fatalf("responses %v, want %v", out, want)
 				}
@@ -198,7 +151,7 @@ func TestTrackedFSMEntryBetweenChunksDropsSequence(t *testing.T) {
 				if tc.between == config && len(rec.configs) != 1 {
 					t.Fatalf("FSM got %d configurations, want 1", len(rec.configs))
 				}
-				if tf.pending != nil || tf.pendingTerm.Load() != 0 {
+				if tf.chunks.Pending() || tf.chunks.PendingTerm() != 0 {
 					t.Fatal("sequence still pending")
 				}
 			})
@@ -208,34 +161,34 @@ func TestTrackedFSMEntryBetweenChunksDropsSequence(t *testing.T) {
 
 func TestTrackedFSMTermChangeDropsSequence(t *testing.T) {
 	fsmKinds(t, func(t *testing.T, tf *trackedFSM, rec *recordingFSM) {
-		chunks := chunkEntries(1, 1, 1, command(2*chunkSize+1, 3))
+		chunks := chunkEntries(1, 1, 1, command(2*chunk.Size+1, 3))
 		chunks[2].Term = 2
 		out := tf.ApplyBatch(chunks)
-		if want := []any{nil, nil, errChunkIncomplete}; fmt.Sprint(out) != fmt.Sprint(want) {
+		if want := []any{nil, nil, chunk.ErrIncomplete}; fmt.Sprint(out) != fmt.Sprint(want) {
 			t.Fatalf("responses %v, want %v", out, want)
 		}
-		if len(rec.cmds) != 0 || tf.pending != nil {
-			t.Fatalf("FSM got %d commands, pending %v", len(rec.cmds), tf.pending != nil)
+		if len(rec.cmds) != 0 || tf.chunks.Pending() {
+			t.Fatalf("FSM got %d commands, pending %v", len(rec.cmds), tf.chunks.Pending())
 		}
 	})
 }
 
 func TestTrackedFSMChunkOutOfSequence(t *testing.T) {
-	cmd := command(3*chunkSize, 4)
+	cmd := command(3*chunk.Size, 4)
 	for _, tc := range []struct {
 		name  string
 		logs  func() []*raft.Log
 		resps []any
 	}{
-		{"final without start", func() []*raft.Log { return chunkEntries(1, 1, 1, cmd)[2:] }, []any{errChunkIncomplete}},
+		{"final without start", func() []*raft.Log { return chunkEntries(1, 1, 1, cmd)[2:] }, []any{chunk.ErrIncomplete}},
 		{"skipped chunk", func() []*raft.Log {
 			c := chunkEntries(1, 1, 1, cmd)
 			return []*raft.Log{c[0], c[2]}
-		}, []any{nil, errChunkIncomplete}},
+		}, []any{nil, chunk.ErrIncomplete}},
 		{"other sequence", func() []*raft.Log {
 			a, b := chunkEntries(1, 1, 1, cmd), chunkEntries(2, 1, 2, cmd)
 			return []*raft.Log{a[0], b[1], a[1], a[2]}
-		}, []any{nil, errChunkIncomplete, errChunkIncomplete, errChunkIncomplete}},
+		}, []any{nil, chunk.ErrIncomplete, chunk.ErrIncomplete, chunk.ErrIncomplete}},
 		{"new start replaces", func() []*raft.Log {
 			a, b := chunkEntries(1, 1, 1, cmd), chunkEntries(2, 1, 2, cmd)
 			return []*raft.Log{a[0], a[1], b[0], b[1], b[2]}
@@ -244,16 +197,16 @@ func TestTrackedFSMChunkOutOfSequence(t *testing.T) {
 			c := chunkEntries(1, 1, 1, cmd)
 			c[1].Data = c[1].Data[:10]
 			return c
-		}, []any{nil, errChunkIncomplete, errChunkIncomplete}},
+		}, []any{nil, chunk.ErrIncomplete, chunk.ErrIncomplete}},
 		{"malformed header", func() []*raft.Log {
 			c := chunkEntries(1, 1, 1, cmd)
 			c[1].Extensions = c[1].Extensions[:10]
 			return c
-		}, []any{nil, errChunkIncomplete, errChunkIncomplete}},
+		}, []any{nil, chunk.ErrIncomplete, chunk.ErrIncomplete}},
 		{"abort with data", func() []*raft.Log {
 			c := chunkEntries(1, 1, 1, cmd)
-			return []*raft.Log{c[0], {Index: 9, Term: 1, Type: raft.LogCommand, Data: []byte("x"), Extensions: chunkHeader{abort: true}.encode()}}
-		}, []any{nil, errChunkIncomplete}},
+			return []*raft.Log{c[0], {Index: 9, Term: 1, Type: raft.LogCommand, Data: []byte("x"), Extensions: chunk.Header{Abort: true}.Encode()}}
+		}, []any{nil, chunk.ErrIncomplete}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fsmKinds(t, func(t *testing.T, tf *trackedFSM, rec *recordingFSM) {
@@ -268,13 +221,13 @@ func TestTrackedFSMChunkOutOfSequence(t *testing.T) {
 
 func TestTrackedFSMDefersSnapshotWhileChunkPending(t *testing.T) {
 	fsmKinds(t, func(t *testing.T, tf *trackedFSM, rec *recordingFSM) {
-		chunks := chunkEntries(1, 1, 1, command(2*chunkSize+1, 5))
+		chunks := chunkEntries(1, 1, 1, command(2*chunk.Size+1, 5))
 		tf.ApplyBatch(chunks[:1])
-		if _, err := tf.Snapshot(); !errors.Is(err, errChunkInProgress) {
-			t.Fatalf("Snapshot while pending: %v, want errChunkInProgress", err)
+		if _, err := tf.Snapshot(); !errors.Is(err, chunk.ErrInProgress) {
+			t.Fatalf("Snapshot while pending: %v, want chunk.ErrInProgress", err)
 		}
 		// raft passes the FSM's error on formatted with %v.
-		if wrapped := fmt.Errorf("failed to start snapshot: %v", errChunkInProgress); !isChunkInProgress(wrapped) || isChunkInProgress(errors.New("other")) {
+		if wrapped := fmt.Errorf("failed to start snapshot: %v", chunk.ErrInProgress); !chunk.IsInProgress(wrapped) || chunk.IsInProgress(errors.New("other")) {
 			t.Fatal("isChunkInProgress does not recognise raft's error")
 		}
 		tf.ApplyBatch(chunks[1:])
@@ -286,16 +239,16 @@ func TestTrackedFSMDefersSnapshotWhileChunkPending(t *testing.T) {
 
 func TestTrackedFSMRestoreClearsPendingChunks(t *testing.T) {
 	fsmKinds(t, func(t *testing.T, tf *trackedFSM, rec *recordingFSM) {
-		chunks := chunkEntries(1, 1, 1, command(2*chunkSize+1, 6))
+		chunks := chunkEntries(1, 1, 1, command(2*chunk.Size+1, 6))
 		tf.ApplyBatch(chunks[:2])
 		if err := tf.Restore(io.NopCloser(strings.NewReader(""))); err != nil {
 			t.Fatal(err)
 		}
-		if tf.pending != nil || tf.pendingTerm.Load() != 0 {
+		if tf.chunks.Pending() || tf.chunks.PendingTerm() != 0 {
 			t.Fatal("Restore kept the pending sequence")
 		}
-		if out := tf.ApplyBatch(chunks[2:]); out[0] != errChunkIncomplete {
-			t.Fatalf("final chunk after Restore: %v, want errChunkIncomplete", out[0])
+		if out := tf.ApplyBatch(chunks[2:]); out[0] != chunk.ErrIncomplete {
+			t.Fatalf("final chunk after Restore: %v, want chunk.ErrIncomplete", out[0])
 		}
 		if _, err := tf.Snapshot(); err != nil {
 			t.Fatalf("Snapshot: %v", err)
@@ -324,7 +277,7 @@ func TestTrackedFSMHandsBatchingFSMOneBatch(t *testing.T) {
 	rec := &batchingRecorder{}
 	tf := newTrackedFSM(rec)
 	logs := append([]*raft.Log{{Index: 1, Term: 1, Type: raft.LogCommand, Data: []byte("a")}},
-		chunkEntries(1, 1, 2, command(2*chunkSize+1, 7))...)
+		chunkEntries(1, 1, 2, command(2*chunk.Size+1, 7))...)
 	out := tf.ApplyBatch(logs)
 	if rec.batches != 1 || len(rec.cmds) != 2 || fmt.Sprint(out) != fmt.Sprint([]any{"applied 1", nil, nil, "applied 4"}) {
 		t.Fatalf("%d batches, %d commands, responses %v", rec.batches, len(rec.cmds), out)
@@ -341,20 +294,20 @@ func casCommand(key string, size int, seed byte) (cmd, value []byte) {
 }
 
 // chunksIn returns the chunk entries in n's log store in [from, to], and
-// fails the test on any entry there longer than chunkSize.
-func chunksIn(t *testing.T, n *RaftNode, from, to uint64) []chunkHeader {
+// fails the test on any entry there longer than chunk.Size.
+func chunksIn(t *testing.T, n *RaftNode, from, to uint64) []chunk.Header {
 	t.Helper()
-	var hs []chunkHeader
+	var hs []chunk.Header
 	for i := from; i <= to; i++ {
 		var l raft.Log
-		if err := n.stores.log.GetLog(i, &l); err != nil {
+		if err := n.stores.Log.GetLog(i, &l); err != nil {
 			t.Fatalf("%s: log entry %d: %v", n.ID(), i, err)
 		}
-		if len(l.Data) > chunkSize {
+		if len(l.Data) > chunk.Size {
 			t.Fatalf("%s: log entry %d holds %d bytes, more than a chunk", n.ID(), i, len(l.Data))
 		}
-		if isChunk(l.Extensions) {
-			h, err := parseChunkHeader(l.Extensions)
+		if chunk.Is(l.Extensions) {
+			h, err := chunk.ParseHeader(l.Extensions)
 			if err != nil {
 				t.Fatalf("%s: log entry %d: %v", n.ID(), i, err)
 			}
@@ -399,11 +352,11 @@ func TestLargeCommandsAreChunkedAndAppliedWhole(t *testing.T) {
 			}
 			after := leader.raft.LastIndex()
 			hs := chunksIn(t, leader, before+1, after)
-			if want := chunkCount(size); len(hs) != want {
+			if want := chunk.Count(size); len(hs) != want {
 				t.Fatalf("%s: %d chunk entries in the leader's log, want %d", name, len(hs), want)
 			}
 			for i, h := range hs {
-				if h.id != hs[0].id || h.index != uint32(i) || h.count != uint32(len(hs)) || h.total != uint64(size) {
+				if h.ID != hs[0].ID || h.Index != uint32(i) || h.Count != uint32(len(hs)) || h.Total != uint64(size) {
 					t.Fatalf("%s: chunk %d has header %+v", name, i, h)
 				}
 			}
@@ -420,8 +373,8 @@ func TestLargeCommandsAreChunkedAndAppliedWhole(t *testing.T) {
 				return true
 			})
 			// Followers store the chunks as the leader does.
-			if hs := chunksIn(t, c.nodes[f], before+1, after); len(hs) != chunkCount(size) {
-				t.Fatalf("%s: %d chunk entries in a follower's log, want %d", name, len(hs), chunkCount(size))
+			if hs := chunksIn(t, c.nodes[f], before+1, after); len(hs) != chunk.Count(size) {
+				t.Fatalf("%s: %d chunk entries in a follower's log, want %d", name, len(hs), chunk.Count(size))
 			}
 		}
 	}
@@ -437,7 +390,7 @@ func TestLargeCommandsAreChunkedAndAppliedWhole(t *testing.T) {
 	c.waitApplied(leader.raft.LastIndex())
 	waitFor(t, 20*time.Second, "no node holding a pending sequence", func() bool {
 		for _, n := range c.nodes {
-			if n.fsm.pendingTerm.Load() != 0 {
+			if n.fsm.chunks.PendingTerm() != 0 {
 				return false
 			}
 		}
@@ -548,14 +501,14 @@ func TestFollowerRestartAfterSnapshotKeepsLargeCommands(t *testing.T) {
 
 // submitChunk submits one chunk of a command (or an abort entry) on the
 // leader n directly, as submitChunked does, and waits for it.
-func submitChunk(t *testing.T, n *RaftNode, h chunkHeader, cmd []byte) raft.ApplyFuture {
+func submitChunk(t *testing.T, n *RaftNode, h chunk.Header, cmd []byte) raft.ApplyFuture {
 	t.Helper()
 	var part []byte
-	if !h.abort {
-		part = cmd[int(h.index)*chunkSize : min(len(cmd), int(h.index+1)*chunkSize)]
+	if !h.Abort {
+		part = cmd[int(h.Index)*chunk.Size : min(len(cmd), int(h.Index+1)*chunk.Size)]
 	}
 	n.submitMu.Lock()
-	fut := n.raft.ApplyLog(raft.Log{Data: part, Extensions: h.encode()}, 10*time.Second)
+	fut := n.raft.ApplyLog(raft.Log{Data: part, Extensions: h.Encode()}, 10*time.Second)
 	n.submitMu.Unlock()
 	if err := fut.Error(); err != nil {
 		t.Fatalf("submit chunk %+v: %v", h, err)
@@ -567,7 +520,7 @@ func waitPending(t *testing.T, c *testCluster, pending bool) {
 	t.Helper()
 	waitFor(t, 15*time.Second, fmt.Sprintf("every FSM to hold a pending sequence: %v", pending), func() bool {
 		for _, n := range c.nodes {
-			if (n.fsm.pendingTerm.Load() != 0) != pending {
+			if (n.fsm.chunks.PendingTerm() != 0) != pending {
 				return false
 			}
 		}
@@ -579,14 +532,14 @@ func TestSnapshotWaitsForChunkedCommand(t *testing.T) {
 	c := newTCPCluster(t, 3)
 	l := c.leader()
 	leader, follower := c.nodes[l], c.nodes[(l+1)%3]
-	cmd, value := casCommand("k", chunkSize+100, 1)
-	h := chunkHeader{id: 77, count: 2, total: uint64(len(cmd))}
+	cmd, value := casCommand("k", chunk.Size+100, 1)
+	h := chunk.Header{ID: 77, Count: 2, Total: uint64(len(cmd))}
 	submitChunk(t, leader, h, cmd)
 	waitPending(t, c, true)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
-	if err := follower.Snapshot(ctx); !errors.Is(err, context.DeadlineExceeded) || !isChunkInProgress(err) {
+	if err := follower.Snapshot(ctx); !errors.Is(err, context.DeadlineExceeded) || !chunk.IsInProgress(err) {
 		t.Fatalf("Snapshot while a chunked command is half applied: %v; want it deferred until ctx ends", err)
 	}
 	snapDone := make(chan error, 1)
@@ -595,7 +548,7 @@ func TestSnapshotWaitsForChunkedCommand(t *testing.T) {
 	backupDone := make(chan error, 1)
 	go func() { backupDone <- leader.Backup(ctxTimeout(t, 20*time.Second), &backup) }()
 
-	h.index = 1
+	h.Index = 1
 	if res := submitChunk(t, leader, h, cmd).Response(); res != true {
 		t.Fatalf("final chunk's response %v, want the FSM's true", res)
 	}
@@ -619,10 +572,10 @@ func TestSnapshotWaitsForChunkedCommand(t *testing.T) {
 func TestNewLeaderAbortsAbandonedChunkedCommand(t *testing.T) {
 	c := newTCPCluster(t, 3)
 	l := c.leader()
-	cmd, _ := casCommand("abandoned", 3*chunkSize, 2)
-	h := chunkHeader{id: 5, count: 3, total: uint64(len(cmd))}
+	cmd, _ := casCommand("abandoned", 3*chunk.Size, 2)
+	h := chunk.Header{ID: 5, Count: 3, Total: uint64(len(cmd))}
 	submitChunk(t, c.nodes[l], h, cmd)
-	h.index = 1
+	h.Index = 1
 	submitChunk(t, c.nodes[l], h, cmd)
 	waitPending(t, c, true)
 	// The leader dies between chunks, as far as the log can tell: another
@@ -642,9 +595,9 @@ func TestNewLeaderAbortsAbandonedChunkedCommand(t *testing.T) {
 	}
 	// The old leader's last chunk, were it to arrive now, completes nothing.
 	nl := c.leader()
-	h.index = 2
-	if res := submitChunk(t, c.nodes[nl], h, cmd).Response(); res != errChunkIncomplete {
-		t.Fatalf("late final chunk's response %v, want errChunkIncomplete", res)
+	h.Index = 2
+	if res := submitChunk(t, c.nodes[nl], h, cmd).Response(); res != chunk.ErrIncomplete {
+		t.Fatalf("late final chunk's response %v, want chunk.ErrIncomplete", res)
 	}
 }
 
@@ -669,7 +622,7 @@ func TestChunkedFutureOutcome(t *testing.T) {
 	}{
 		{fakeFuture{res: "ok"}, nil, "ok", Applied, false},
 		{fakeFuture{res: fsmErr}, nil, fsmErr, Applied, false},
-		{fakeFuture{res: errChunkIncomplete}, errChunkIncomplete, nil, NotApplied, true},
+		{fakeFuture{res: chunk.ErrIncomplete}, chunk.ErrIncomplete, nil, NotApplied, true},
 		{fakeFuture{err: raft.ErrLeadershipLost}, raft.ErrLeadershipLost, nil, Unknown, false},
 	} {
 		f := chunkedFuture{ApplyFuture: tc.in}
@@ -695,19 +648,19 @@ func TestRecoveryAppliesChunkedCommandsByTheSameRule(t *testing.T) {
 		t.Fatalf("Apply = %v, %v", res, err)
 	}
 	// A membership change between two chunks: not applied.
-	cut, _ := casCommand("cut", 2*chunkSize, 2)
-	h := chunkHeader{id: 1, count: 2, total: uint64(len(cut))}
+	cut, _ := casCommand("cut", 2*chunk.Size, 2)
+	h := chunk.Header{ID: 1, Count: 2, Total: uint64(len(cut))}
 	submitChunk(t, leader, h, cut)
 	if err := leader.raft.AddNonvoter("ghost", raft.ServerAddress(unusedAddr(t)), 0, 10*time.Second).Error(); err != nil {
 		t.Fatal(err)
 	}
-	h.index = 1
-	if res := submitChunk(t, leader, h, cut).Response(); res != errChunkIncomplete {
-		t.Fatalf("final chunk after a configuration entry: %v, want errChunkIncomplete", res)
+	h.Index = 1
+	if res := submitChunk(t, leader, h, cut).Response(); res != chunk.ErrIncomplete {
+		t.Fatalf("final chunk after a configuration entry: %v, want chunk.ErrIncomplete", res)
 	}
 	// A command whose last chunk never came.
-	left, _ := casCommand("left", 2*chunkSize, 3)
-	submitChunk(t, leader, chunkHeader{id: 2, count: 2, total: uint64(len(left))}, left)
+	left, _ := casCommand("left", 2*chunk.Size, 3)
+	submitChunk(t, leader, chunk.Header{ID: 2, Count: 2, Total: uint64(len(left))}, left)
 	c.waitApplied(leader.raft.LastIndex())
 	for i := range c.nodes {
 		c.stop(i)
@@ -757,8 +710,8 @@ func TestChunkedCommandsSurviveRestartOnRaftWAL(t *testing.T) {
 		}
 		return true
 	})
-	if hs := chunksIn(t, c.nodes[f], 1, c.nodes[f].raft.LastIndex()); len(hs) != 3*chunkCount(700<<10) {
-		t.Fatalf("%d chunk entries in the follower's raft-wal log, want %d", len(hs), 3*chunkCount(700<<10))
+	if hs := chunksIn(t, c.nodes[f], 1, c.nodes[f].raft.LastIndex()); len(hs) != 3*chunk.Count(700<<10) {
+		t.Fatalf("%d chunk entries in the follower's raft-wal log, want %d", len(hs), 3*chunk.Count(700<<10))
 	}
 }
 
@@ -818,12 +771,12 @@ func cutSequences(t *testing.T, n *RaftNode, from, to uint64) int {
 	cut, open := 0, false
 	for i := from; i <= to; i++ {
 		var l raft.Log
-		if err := n.stores.log.GetLog(i, &l); err != nil {
+		if err := n.stores.Log.GetLog(i, &l); err != nil {
 			t.Fatalf("log entry %d: %v", i, err)
 		}
-		switch h, err := parseChunkHeader(l.Extensions); {
-		case err == nil && !h.abort:
-			open = h.index+1 < h.count
+		switch h, err := chunk.ParseHeader(l.Extensions); {
+		case err == nil && !h.Abort:
+			open = h.Index+1 < h.Count
 		case l.Type == raft.LogConfiguration || l.Type == raft.LogCommand:
 			if open {
 				cut++
@@ -837,10 +790,10 @@ func cutSequences(t *testing.T, n *RaftNode, from, to uint64) int {
 func TestLeaderAbortsItsOwnCutChunkedCommand(t *testing.T) {
 	c := newTCPCluster(t, 3)
 	l := c.leader()
-	cmd, _ := casCommand("cut", 3*chunkSize, 4)
+	cmd, _ := casCommand("cut", 3*chunk.Size, 4)
 	// A submission that stopped after its first chunk, in the leader's
 	// own term: no later leader will abort it.
-	submitChunk(t, c.nodes[l], chunkHeader{id: 9, count: 3, total: uint64(len(cmd))}, cmd)
+	submitChunk(t, c.nodes[l], chunk.Header{ID: 9, Count: 3, Total: uint64(len(cmd))}, cmd)
 	waitPending(t, c, true)
 	c.nodes[l].noteChunkCut()
 	waitPending(t, c, false)
@@ -871,23 +824,23 @@ func TestLargeCommandOnInMemoryCluster(t *testing.T) {
 // FuzzChunkEntry feeds arbitrary headers and data to the FSM's chunk rule:
 // it must never panic, and only well-formed chunks may reach the FSM.
 func FuzzChunkEntry(f *testing.F) {
-	f.Add(chunkHeader{id: 1, count: 2, total: chunkSize + 1}.encode(), 0)
-	f.Add(chunkHeader{id: 1, index: 1, count: 2, total: chunkSize + 1}.encode(), 1)
-	f.Add(chunkHeader{abort: true}.encode(), 0)
+	f.Add(chunk.Header{ID: 1, Count: 2, Total: chunk.Size + 1}.Encode(), 0)
+	f.Add(chunk.Header{ID: 1, Index: 1, Count: 2, Total: chunk.Size + 1}.Encode(), 1)
+	f.Add(chunk.Header{Abort: true}.Encode(), 0)
 	f.Add([]byte("rkc1"), 3)
 	f.Fuzz(func(t *testing.T, ext []byte, size int) {
-		size = max(0, size) % (chunkSize + 2)
+		size = max(0, size) % (chunk.Size + 2)
 		rec := &recordingFSM{}
 		tf := newTrackedFSM(rec)
-		first := chunkEntries(1, 1, 1, command(chunkSize+1, 1))[0]
+		first := chunkEntries(1, 1, 1, command(chunk.Size+1, 1))[0]
 		l := &raft.Log{Index: 2, Term: 1, Type: raft.LogCommand, Data: make([]byte, size), Extensions: ext}
 		tf.ApplyBatch([]*raft.Log{first, l})
-		h, err := parseChunkHeader(ext)
-		if err != nil && isChunk(ext) && len(rec.cmds) != 0 {
+		h, err := chunk.ParseHeader(ext)
+		if err != nil && chunk.Is(ext) && len(rec.cmds) != 0 {
 			t.Fatalf("malformed header %x reached the FSM", ext)
 		}
-		if len(rec.cmds) == 1 && isChunk(ext) && (h.total != uint64(len(rec.cmds[0].Data))) {
-			t.Fatalf("FSM got %d bytes for a command of %d", len(rec.cmds[0].Data), h.total)
+		if len(rec.cmds) == 1 && chunk.Is(ext) && (h.Total != uint64(len(rec.cmds[0].Data))) {
+			t.Fatalf("FSM got %d bytes for a command of %d", len(rec.cmds[0].Data), h.Total)
 		}
 	})
 }
@@ -917,15 +870,15 @@ func TestLargeCommandsEnterTheLogWholeUnlessEveryPeerReadsChunks(t *testing.T) {
 		commands := 0
 		for i := before + 1; i <= leader.raft.LastIndex(); i++ {
 			var e raft.Log
-			if err := leader.stores.log.GetLog(i, &e); err != nil {
+			if err := leader.stores.Log.GetLog(i, &e); err != nil {
 				t.Fatal(err)
 			}
 			if e.Type != raft.LogCommand {
 				continue
 			}
 			commands++
-			if isChunk(e.Extensions) || len(e.Data) != size {
-				t.Fatalf("entry %d: %d bytes, chunk header %v; want the whole %d-byte command", i, len(e.Data), isChunk(e.Extensions), size)
+			if chunk.Is(e.Extensions) || len(e.Data) != size {
+				t.Fatalf("entry %d: %d bytes, chunk header %v; want the whole %d-byte command", i, len(e.Data), chunk.Is(e.Extensions), size)
 			}
 		}
 		if commands != 1 {
@@ -937,41 +890,6 @@ func TestLargeCommandsEnterTheLogWholeUnlessEveryPeerReadsChunks(t *testing.T) {
 				return ok && bytes.Equal(v, value)
 			})
 		}
-	}
-}
-
-func TestStoredChunksWait(t *testing.T) {
-	s := newStoredChunks()
-	chunk := func(id uint64, index uint32) *raft.Log {
-		return &raft.Log{Extensions: chunkHeader{id: id, index: index, count: 8, total: 8 * chunkSize}.encode()}
-	}
-	stop := make(chan struct{})
-	done := make(chan bool)
-	go func() { done <- s.wait(7, 3, time.Minute, stop) }()
-	s.note(&raft.Log{Data: []byte("not a chunk")})
-	s.note(chunk(6, 3)) // another sequence
-	s.note(chunk(7, 2)) // an earlier chunk
-	select {
-	case <-done:
-		t.Fatal("wait ended before chunk 3 of sequence 7 was stored")
-	case <-time.After(20 * time.Millisecond):
-	}
-	s.note(chunk(7, 4)) // a later batch's last chunk covers 3
-	if !<-done {
-		t.Fatal("wait reported false once a later chunk of the sequence was stored")
-	}
-	if !s.wait(7, 1, time.Minute, stop) {
-		t.Fatal("wait for a chunk already stored reported false")
-	}
-	if s.wait(7, 5, 10*time.Millisecond, stop) {
-		t.Fatal("wait past its limit reported true")
-	}
-	close(stop)
-	if s.wait(7, 5, time.Minute, stop) {
-		t.Fatal("wait after stop reported true")
-	}
-	if got := s.batches.Load(); got != 3 {
-		t.Fatalf("%d batches counted, want 3 that ended in a valid chunk", got)
 	}
 }
 
@@ -987,13 +905,13 @@ func TestLeaderSubmitsLargeCommandAGroupAtATimeOnRaftWAL(t *testing.T) {
 		t.Fatalf("raft-wal defaults: BatchApplyCh %v, store notices %v", leader.batchApplyCh, leader.storedChunks != nil)
 	}
 	cmd, value := casCommand("grouped", 4<<20, 1)
-	before := leader.storedChunks.batches.Load()
+	before := leader.storedChunks.Batches()
 	if res, err := leader.Apply(ctxTimeout(t, 20*time.Second), cmd); err != nil || res != true {
 		t.Fatalf("Apply = %v, %v; want true", res, err)
 	}
-	groups := uint64(chunkCount(len(cmd)) / chunkGroup)
-	if got := leader.storedChunks.batches.Load() - before; got < groups {
-		t.Fatalf("the leader stored the command's %d chunks in %d batches, want at least %d (one per group)", chunkCount(len(cmd)), got, groups)
+	groups := uint64(chunk.Count(len(cmd)) / chunk.Group)
+	if got := leader.storedChunks.Batches() - before; got < groups {
+		t.Fatalf("the leader stored the command's %d chunks in %d batches, want at least %d (one per group)", chunk.Count(len(cmd)), got, groups)
 	}
 	waitFor(t, 20*time.Second, "the command on every node", func() bool {
 		for _, s := range c.fsms {

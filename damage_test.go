@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
+	"github.com/raftkit/raftkit/internal/store"
 )
 
 // Damaged data directories: every case gives ErrCorruptStore, or starts
@@ -70,7 +71,7 @@ func snapshotDirs(t *testing.T, dir string) []string {
 	}
 	var out []string
 	for _, m := range list {
-		out = append(out, filepath.Join(dir, snapshotDir, m.ID))
+		out = append(out, filepath.Join(dir, store.SnapshotDir, m.ID))
 	}
 	return out
 }
@@ -181,7 +182,7 @@ func TestLeftoverTmpSnapshotIsRemoved(t *testing.T) {
 	dir, addr, keys := seededDir(t, 2)
 	// A crash in the middle of writing a snapshot leaves a .tmp directory
 	// with a partial state file.
-	tmp := filepath.Join(dir, snapshotDir, "9-999-123456.tmp")
+	tmp := filepath.Join(dir, store.SnapshotDir, "9-999-123456.tmp")
 	if err := os.MkdirAll(tmp, 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -200,7 +201,7 @@ func TestLeftoverTmpSnapshotIsRemoved(t *testing.T) {
 
 func TestFlippedLogEntryIsRefused(t *testing.T) {
 	dir, addr, _ := seededDir(t, 2)
-	db := filepath.Join(dir, boltFile)
+	db := filepath.Join(dir, store.BoltFile)
 	b, err := os.ReadFile(db)
 	if err != nil {
 		t.Fatal(err)
@@ -215,12 +216,12 @@ func TestFlippedLogEntryIsRefused(t *testing.T) {
 		flipByte(t, db, off-back)
 	}
 	_, _, err = restart(t, dir, addr)
-	wantCorrupt(t, err, boltFile)
+	wantCorrupt(t, err, store.BoltFile)
 }
 
 func TestTruncatedLogTailIsRefused(t *testing.T) {
 	dir, addr, _ := seededDir(t, 2)
-	db := filepath.Join(dir, boltFile)
+	db := filepath.Join(dir, store.BoltFile)
 	b, err := os.ReadFile(db)
 	if err != nil {
 		t.Fatal(err)
@@ -235,49 +236,25 @@ func TestTruncatedLogTailIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, _, err = restart(t, dir, addr)
-	wantCorrupt(t, err, boltFile)
+	wantCorrupt(t, err, store.BoltFile)
 }
 
 func TestEmptyRaftDBBesideSnapshotsIsRefused(t *testing.T) {
 	dir, addr, _ := seededDir(t, 2)
-	if err := os.Truncate(filepath.Join(dir, boltFile), 0); err != nil {
+	if err := os.Truncate(filepath.Join(dir, store.BoltFile), 0); err != nil {
 		t.Fatal(err)
 	}
 	_, _, err := restart(t, dir, addr)
-	wantCorrupt(t, err, boltFile)
+	wantCorrupt(t, err, store.BoltFile)
 }
 
 func TestMissingSnapshotsWithCompactedLogAreRefused(t *testing.T) {
 	dir, addr, _ := seededDir(t, 2)
 	// The log was compacted behind the snapshots; without them the node
 	// would start from a log with a hole at its start.
-	if err := os.RemoveAll(filepath.Join(dir, snapshotDir)); err != nil {
+	if err := os.RemoveAll(filepath.Join(dir, store.SnapshotDir)); err != nil {
 		t.Fatal(err)
 	}
 	_, _, err := restart(t, dir, addr)
 	wantCorrupt(t, err, "")
-}
-
-// bbolt maps raft.db; reading a page past the end of a truncated file is a
-// SIGBUS. checkBoltSize refuses such files before bbolt opens them, and
-// safely turns the fault into an error should one get through anyway.
-func TestMappedFileFaultIsAnErrorNotACrash(t *testing.T) {
-	dir, _, _ := seededDir(t, 2)
-	db := filepath.Join(dir, boltFile)
-	b, err := os.ReadFile(db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	off := bytes.LastIndex(b, []byte(damageMarker+"k029"))
-	if off < 0 {
-		t.Fatal("last value not found in raft.db")
-	}
-	if err := os.Truncate(db, int64(off/4096*4096)); err != nil {
-		t.Fatal(err)
-	}
-	// checkBolt alone, without the size check in front of it.
-	err = checkBolt(db, false)
-	if !errors.Is(err, ErrCorruptStore) || !strings.Contains(err.Error(), "panicked") {
-		t.Fatalf("checkBolt on a truncated file: %v, want ErrCorruptStore from a recovered fault", err)
-	}
 }

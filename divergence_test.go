@@ -200,12 +200,12 @@ func TestForwardedBatchFailsOnlyTheOversizeCommand(t *testing.T) {
 // countCommands counts the entries in n's log whose data is one of cmds.
 func countCommands(t *testing.T, n *RaftNode, cmds [][]byte) int {
 	t.Helper()
-	first, _ := n.stores.log.FirstIndex()
-	last, _ := n.stores.log.LastIndex()
+	first, _ := n.stores.Log.FirstIndex()
+	last, _ := n.stores.Log.LastIndex()
 	count := 0
 	for i := first; i <= last; i++ {
 		var e raft.Log
-		if err := n.stores.log.GetLog(i, &e); err != nil {
+		if err := n.stores.Log.GetLog(i, &e); err != nil {
 			continue
 		}
 		for _, c := range cmds {
@@ -295,7 +295,7 @@ func TestGivenUpBatchStillNotesACutChunkedCommand(t *testing.T) {
 		t.Fatal("the failed final chunk of a given-up batch was never noted as a cut")
 	}
 	select {
-	case <-n.fsm.checkChunks:
+	case <-n.fsm.chunks.Started():
 	default:
 		t.Fatal("the abort loop was not woken for the cut")
 	}

@@ -9,6 +9,10 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/raftkit/raftkit/internal/chunk"
+	"github.com/raftkit/raftkit/internal/sentinel"
+	"github.com/raftkit/raftkit/internal/store"
 )
 
 // Every call of a node ends in exactly one outcome class (see Outcome and
@@ -74,26 +78,26 @@ var (
 	// ErrNotAuthorized is matched by errors for requests or connections that
 	// a node refused for lack of credentials: a peer certificate that fails
 	// verification or authorisation, or a wrong Config.JoinSecret.
-	ErrNotAuthorized = errors.New("raftkit: not authorized")
+	ErrNotAuthorized = sentinel.NotAuthorized
 
 	// ErrClosed is returned by calls on a node that has been closed. A write
 	// that returns ErrClosed alone was not applied; one cut short by Close
 	// also matches ErrUnknownOutcome.
-	ErrClosed = errors.New("raftkit: node is closed")
+	ErrClosed = sentinel.Closed
 
 	// ErrInvalidConfig is matched by every error that Config.Validate and
 	// NewRaftNode return for bad input. Use errors.As with *ConfigError to
 	// learn the field at fault.
-	ErrInvalidConfig = errors.New("raftkit: invalid config")
+	ErrInvalidConfig = sentinel.InvalidConfig
 
 	// ErrDataDirLocked is returned when another process, or another node in
 	// this process, holds the data directory's raft.db open.
-	ErrDataDirLocked = errors.New("raftkit: data directory is locked by another node")
+	ErrDataDirLocked = sentinel.DataDirLocked
 
 	// ErrCorruptStore is returned when raft.db or the snapshots in the data
 	// directory cannot be trusted (truncated, damaged, or inconsistent with
 	// each other). raftkit never starts such a node with empty state.
-	ErrCorruptStore = errors.New("raftkit: data directory is damaged")
+	ErrCorruptStore = sentinel.CorruptStore
 
 	// ErrBadBackup is returned by Restore and ReadBackupInfo for a stream
 	// that is not a complete raftkit backup: wrong header, truncated, or
@@ -110,6 +114,25 @@ var (
 // errTransferFailed is a leadership transfer that raft gave up, again and
 // again until the caller's context ended, while this node kept leading.
 var errTransferFailed error = &classed{msg: "raftkit: leadership did not move", class: ErrNotApplied}
+
+// publicErr returns an error of an internal package as callers see it: an
+// invalid field as a *ConfigError; others keep their sentinels, which are
+// this package's (see internal/sentinel).
+func publicErr(err error) error {
+	var fe *sentinel.FieldError
+	if errors.As(err, &fe) {
+		return &ConfigError{Field: fe.Field, Value: fe.Value, Reason: fe.Reason}
+	}
+	var ke *store.KindError
+	if errors.As(err, &ke) {
+		want := LogStoreBolt
+		if ke.Want == store.WAL {
+			want = LogStoreWAL
+		}
+		return configErr("LogStore", want.String(), "but %v", ke)
+	}
+	return err
+}
 
 // classed is a sentinel that also matches the class it belongs to.
 type classed struct {
@@ -348,7 +371,7 @@ func invalidRequest(format string, args ...any) error {
 func retryable(err error) bool {
 	var nle *NotLeaderError
 	return errors.As(err, &nle) || errors.Is(err, ErrNoLeader) || errors.Is(err, ErrTransferInProgress) ||
-		errors.Is(err, errChunkIncomplete)
+		errors.Is(err, chunk.ErrIncomplete)
 }
 
 // doneErr returns a not-applied error if ctx has ended or its deadline
@@ -378,7 +401,7 @@ func classifyRaft(what string, err error, notLeader func() error) error {
 	case errors.Is(err, raft.ErrEnqueueTimeout):
 		// Never entered the log.
 		return notApplied(what, err)
-	case errors.Is(err, errChunkIncomplete):
+	case errors.Is(err, chunk.ErrIncomplete):
 		// The FSM dropped the command's chunks (see chunk.go).
 		return notApplied(what, err)
 	case errors.Is(err, raft.ErrRaftShutdown):

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/raftkit/raftkit/internal/chunk"
 	"github.com/raftkit/raftkit/internal/wire"
 )
 
@@ -77,7 +78,7 @@ func toWire(err error) *wire.Error {
 	case errors.Is(err, ErrNoLeader), errors.Is(err, ErrClosed):
 		// A closing leader did not take the request; the next one will.
 		return &wire.Error{Kind: wire.KindNoLeader, Message: msg}
-	case errors.Is(err, errChunkIncomplete):
+	case errors.Is(err, chunk.ErrIncomplete):
 		return &wire.Error{Kind: wire.KindInterrupted, Message: msg}
 	case errors.Is(err, ErrNotApplied):
 		return &wire.Error{Kind: wire.KindNotApplied, Message: msg}
@@ -111,7 +112,7 @@ func (n *RaftNode) fromWire(addr string, e *wire.Error) error {
 	case wire.KindNotApplied:
 		return wrapErr(ErrNotApplied, what, cause)
 	case wire.KindInterrupted:
-		return wrapErr(ErrNotApplied, what, errChunkIncomplete)
+		return wrapErr(ErrNotApplied, what, chunk.ErrIncomplete)
 	case wire.KindInvalid:
 		if e.Reason == wire.ReasonTooLarge {
 			return wrapErr(ErrTooLarge, what, cause)

@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 
 	"github.com/hashicorp/raft"
+	"github.com/raftkit/raftkit/internal/chunk"
 )
 
 // trackedFSM wraps the application's FSM to learn how far the FSM has
@@ -29,21 +30,14 @@ type trackedFSM struct {
 	// index that snapshot covers.
 	restored func() uint64
 
-	// pending is the chunked command being assembled (see chunk.go), nil
-	// when none is. Only raft's FSM goroutine touches it (ApplyBatch,
-	// Snapshot and Restore all run there).
-	pending *chunkSeq
-	// pendingTerm is pending's term, 0 when none is pending: for the
-	// leader's check for a sequence an earlier leader abandoned.
-	pendingTerm atomic.Uint64
-	// checkChunks receives a value (without blocking) whenever a
-	// sequence starts: the leader then checks whether it must abort one
-	// (see abortAbandonedChunks).
-	checkChunks chan struct{}
+	// chunks assembles chunked commands (see internal/chunk). Only raft's
+	// FSM goroutine feeds it (ApplyBatch, Snapshot and Restore all run
+	// there); the leader's abort loop reads its pending term.
+	chunks *chunk.Assembler
 }
 
 func newTrackedFSM(fsm raft.FSM) *trackedFSM {
-	t := &trackedFSM{fsm: fsm, checkChunks: make(chan struct{}, 1)}
+	t := &trackedFSM{fsm: fsm, chunks: chunk.NewAssembler()}
 	t.batching, _ = fsm.(raft.BatchingFSM)
 	t.configs, _ = fsm.(raft.ConfigurationStore)
 	return t
@@ -60,7 +54,7 @@ func (t *trackedFSM) ApplyBatch(logs []*raft.Log) []any {
 		return nil
 	}
 	var out []any
-	if t.pending == nil && !hasChunks(logs) {
+	if !t.chunks.Pending() && !chunk.HasChunks(logs) {
 		out = t.handOn(logs)
 	} else {
 		out = t.applyChunks(logs)
@@ -88,31 +82,22 @@ func (t *trackedFSM) handOn(logs []*raft.Log) []any {
 	return out
 }
 
-func hasChunks(logs []*raft.Log) bool {
-	for _, l := range logs {
-		if l.Type == raft.LogCommand && isChunk(l.Extensions) {
-			return true
-		}
-	}
-	return false
-}
-
 // applyChunks is ApplyBatch for a batch that holds chunks or meets a
 // pending sequence: chunks go to the sequence, a completed command and
 // every other entry to the application's FSM, in log order. A chunk's
-// response is nil, or errChunkIncomplete; a completed command's is the
+// response is nil, or chunk.ErrIncomplete; a completed command's is the
 // FSM's, at its final chunk's position.
 func (t *trackedFSM) applyChunks(logs []*raft.Log) []any {
 	out := make([]any, len(logs))
 	pass := make([]*raft.Log, 0, len(logs)) // for the application's FSM
 	at := make([]int, 0, len(logs))         // pass[j] answers out[at[j]]
 	for i, l := range logs {
-		if l.Type != raft.LogCommand || !isChunk(l.Extensions) {
-			t.drop()
+		if l.Type != raft.LogCommand || !chunk.Is(l.Extensions) {
+			t.chunks.Drop()
 			pass, at = append(pass, l), append(at, i)
 			continue
 		}
-		whole, resp := t.chunk(l)
+		whole, resp := t.chunks.Take(l)
 		out[i] = resp
 		if whole != nil {
 			pass, at = append(pass, whole), append(at, i)
@@ -126,71 +111,20 @@ func (t *trackedFSM) applyChunks(logs []*raft.Log) []any {
 	return out
 }
 
-// chunk takes one chunk entry. It returns the whole command as one entry
-// at the final chunk's index and term once l completes it; otherwise nil
-// and l's response: nil for an abort entry or a chunk taken into a
-// sequence, errChunkIncomplete for a chunk that continues none.
-func (t *trackedFSM) chunk(l *raft.Log) (*raft.Log, any) {
-	h, err := parseChunkHeader(l.Extensions)
-	if err == nil && h.abort && len(l.Data) == 0 {
-		t.drop()
-		return nil, nil
-	}
-	if err != nil || h.abort || len(l.Data) != h.chunkLen() {
-		t.drop()
-		return nil, errChunkIncomplete
-	}
-	p := t.pending
-	if h.index == 0 {
-		t.drop()
-		p = &chunkSeq{id: h.id, term: l.Term, count: h.count, buf: make([]byte, 0, h.total)}
-		t.pending = p
-		t.pendingTerm.Store(l.Term)
-		poke(t.checkChunks)
-	} else if p == nil || p.id != h.id || p.term != l.Term || p.next != h.index ||
-		p.count != h.count || uint64(cap(p.buf)) != h.total {
-		t.drop()
-		return nil, errChunkIncomplete
-	}
-	p.buf = append(p.buf, l.Data...)
-	p.next++
-	if p.next < p.count {
-		return nil, nil
-	}
-	t.drop()
-	return &raft.Log{Index: l.Index, Term: l.Term, Type: raft.LogCommand, Data: p.buf, AppendedAt: l.AppendedAt}, nil
-}
-
-// poke sends on ch, a channel of capacity 1, unless a value waits there.
-func poke(ch chan struct{}) {
-	select {
-	case ch <- struct{}{}:
-	default:
-	}
-}
-
-// drop forgets the pending sequence.
-func (t *trackedFSM) drop() {
-	if t.pending != nil {
-		t.pending = nil
-		t.pendingTerm.Store(0)
-	}
-}
-
 // Snapshot refuses while a chunked command is half applied: the snapshot
 // would cover chunks the application's FSM has not seen, and a node
 // restored from it could never complete that command. raft keeps its log
 // and tries again at its next interval; RaftNode.Snapshot and Backup retry
 // sooner.
 func (t *trackedFSM) Snapshot() (raft.FSMSnapshot, error) {
-	if t.pending != nil {
-		return nil, errChunkInProgress
+	if t.chunks.Pending() {
+		return nil, chunk.ErrInProgress
 	}
 	return t.fsm.Snapshot()
 }
 
 func (t *trackedFSM) Restore(rc io.ReadCloser) error {
-	t.drop()
+	t.chunks.Drop()
 	if err := t.fsm.Restore(rc); err != nil {
 		return err
 	}
@@ -214,7 +148,7 @@ func (n *RaftNode) fsmCaughtUp(index uint64) bool {
 	}
 	var l raft.Log
 	for i := index; i > applied; i-- {
-		if err := n.stores.log.GetLog(i, &l); err != nil {
+		if err := n.stores.Log.GetLog(i, &l); err != nil {
 			if errors.Is(err, raft.ErrLogNotFound) {
 				// Compacted: a snapshot of applied state covers it.
 				return true

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 
 	"github.com/hashicorp/raft"
+	"github.com/raftkit/raftkit/internal/store"
 )
 
 // DirInfo is what InspectDir reads from a stopped node's data directory.
@@ -69,36 +70,41 @@ type SnapshotInfo struct {
 // raft-wal, which recovers its tail segment as at a node's start and
 // deletes segment files that a crash left unreferenced.
 func InspectDir(ctx context.Context, dir string) (*DirInfo, error) {
-	d, err := openStoppedDir(dir, false)
+	d, err := store.OpenStopped(dir, false)
 	if err != nil {
 		return nil, fmt.Errorf("raftkit: inspect %s: %w", dir, err)
 	}
 	defer d.Close()
-	info := &DirInfo{Dir: dir, LogStore: d.kind.String()}
-	v, err := d.vote()
+	info := &DirInfo{Dir: dir, LogStore: LogStoreBolt.String()}
+	if d.Kind == store.WAL {
+		info.LogStore = LogStoreWAL.String()
+	}
+	v, err := d.Vote()
 	if err != nil {
 		return nil, fmt.Errorf("raftkit: inspect %s: %w", dir, err)
 	}
-	info.CurrentTerm, info.LastVoteTerm, info.LastVoteFor = v.currentTerm, v.lastVoteTerm, v.lastVoteCand
-	l, err := d.readLog()
+	info.CurrentTerm, info.LastVoteTerm, info.LastVoteFor = v.CurrentTerm, v.LastVoteTerm, v.LastVoteCand
+	l, err := d.ReadLog()
 	if err != nil {
 		return nil, fmt.Errorf("raftkit: inspect %s: %w", dir, err)
 	}
-	info.FirstIndex, info.LastIndex, info.LastLogTerm = l.first, l.last, l.lastTerm
-	if l.conf != nil {
-		info.Servers, info.ConfigurationIndex = serverInfos(*l.conf), l.confIndex
+	info.FirstIndex, info.LastIndex, info.LastLogTerm = l.First, l.Last, l.LastTerm
+	if l.Conf != nil {
+		info.Servers, info.ConfigurationIndex = serverInfos(*l.Conf), l.ConfIndex
 	}
-	snaps, err := readSnapshots(ctx, filepath.Join(dir, snapshotDir))
+	snaps, err := d.Snapshots(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("raftkit: inspect %s: %w", dir, err)
 	}
-	info.Snapshots = snaps
+	for _, f := range snaps {
+		info.Snapshots = append(info.Snapshots, SnapshotInfo{ID: f.ID, Index: f.Index, Term: f.Term, Size: f.Size, CRCOK: f.CRCOK, Error: f.Error})
+	}
 	if info.Servers == nil {
 		// The log holds no configuration: the newest readable snapshot's is
 		// the latest.
 		for _, s := range snaps {
-			if conf, idx, ok := snapshotConfiguration(filepath.Join(dir, snapshotDir, s.ID)); ok {
-				info.Servers, info.ConfigurationIndex = conf, idx
+			if conf, idx, ok := d.SnapshotConfiguration(s.ID); ok {
+				info.Servers, info.ConfigurationIndex = serverInfos(conf), idx
 				break
 			}
 		}

@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/raft-wal/metadb"
 
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
+	"github.com/raftkit/raftkit/internal/store"
 )
 
 func TestInspectStoppedNodeMatchesWhatItReported(t *testing.T) {
@@ -81,7 +82,7 @@ func testInspectStoppedNode(t *testing.T, kind LogStoreKind) {
 	}
 	// Inspecting holds the directory: a node cannot start on it meanwhile,
 	// and can once it is done.
-	d, err := openStoppedDir(c.dirs[f], false)
+	d, err := store.OpenStopped(c.dirs[f], false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +92,7 @@ func testInspectStoppedNode(t *testing.T, kind LogStoreKind) {
 	d.Close()
 
 	// A damaged snapshot is reported, not hidden.
-	state := filepath.Join(c.dirs[f], snapshotDir, snap.ID, "state.bin")
+	state := filepath.Join(c.dirs[f], store.SnapshotDir, snap.ID, "state.bin")
 	data, err := os.ReadFile(state)
 	if err != nil {
 		t.Fatal(err)
@@ -114,24 +115,24 @@ func TestInspectRejectsWhatIsNotADataDir(t *testing.T) {
 		t.Fatalf("empty directory: %v, want an error matching fs.ErrNotExist", err)
 	}
 	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, boltFile), []byte("not bolt"), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, store.BoltFile), []byte("not bolt"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := InspectDir(ctxTimeout(t, time.Second), dir); !errors.Is(err, ErrCorruptStore) {
 		t.Fatalf("garbage raft.db: %v, want ErrCorruptStore", err)
 	}
 	dir = t.TempDir()
-	if err := os.MkdirAll(filepath.Join(dir, walDir), 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Join(dir, store.WALDir), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, walDir, metadb.FileName), []byte("not bolt"), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, store.WALDir, metadb.FileName), []byte("not bolt"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := InspectDir(ctxTimeout(t, time.Second), dir); !errors.Is(err, ErrCorruptStore) {
 		t.Fatalf("garbage wal-meta.db: %v, want ErrCorruptStore", err)
 	}
 	// Both stores in one directory: raftkit never writes that.
-	if err := os.WriteFile(filepath.Join(dir, boltFile), []byte("not bolt"), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, store.BoltFile), []byte("not bolt"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := InspectDir(ctxTimeout(t, time.Second), dir); !errors.Is(err, ErrCorruptStore) || !strings.Contains(err.Error(), "both") {

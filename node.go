@@ -13,6 +13,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 
+	"github.com/raftkit/raftkit/internal/chunk"
+	"github.com/raftkit/raftkit/internal/store"
 	"github.com/raftkit/raftkit/internal/wire"
 )
 
@@ -29,7 +31,7 @@ type RaftNode struct {
 	fsm    *trackedFSM // the application's FSM, as raft sees it
 	mux    *portMux
 	trans  *raft.NetworkTransport
-	stores *nodeStores
+	stores *store.Stores
 
 	leadership *leaderWatch
 	rpcServer  *rpc.Server
@@ -64,7 +66,7 @@ type RaftNode struct {
 	// storedChunks follows the chunks the log store has taken, so that a
 	// chunked submission feeds raft a group at a time (nil but with
 	// raft-wal; see submitChunked).
-	storedChunks *storedChunks
+	storedChunks *chunk.Stored
 
 	// life holds the node's parts with their stop functions; Close
 	// stops them in reverse order.
@@ -115,9 +117,9 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 		}
 	}()
 
-	stores, err := openStores(s)
+	stores, err := store.Open(s.storeOptions())
 	if err != nil {
-		return nil, err
+		return nil, publicErr(err)
 	}
 	if err := life.add("stores", stores.Close); err != nil {
 		return nil, err
@@ -149,14 +151,14 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 	if err := applyRecovery(s, rc, fsm, stores, trans); err != nil {
 		return nil, err
 	}
-	hasState, err := raft.HasExistingState(stores.log, stores.stable, stores.snaps)
+	hasState, err := raft.HasExistingState(stores.Log, stores.Stable, stores.Snaps)
 	if err != nil {
 		return nil, fmt.Errorf("%w: reading existing raft state: %v", ErrCorruptStore, err)
 	}
 	if !hasState && s.peersErr != nil {
 		return nil, s.peersErr
 	}
-	gate := newClusterGate(s, stores.stable, stores.log, hasState)
+	gate := newClusterGate(s, stores.Stable, stores.Log, hasState)
 	// The gate's membership goroutines are a later part ("membership");
 	// this one ends raft connections' waits for the gate's decision.
 	if err := life.add("cluster gate", func() error { gate.release(); return nil }); err != nil {
@@ -208,16 +210,16 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 	// A leader feeds raft a large command's chunks a group at a time with
 	// raft-wal: 16 MiB commands went from 44-75 to 114-124 MB/s. With
 	// BoltDB, whose commits cost two fsyncs each, it gave no gain.
-	if lc, ok := stores.log.(*logCache); ok && s.LogStore == LogStoreWAL {
-		n.storedChunks = newStoredChunks()
-		lc.stored = n.storedChunks.note
+	if stores.Cache != nil && s.LogStore == LogStoreWAL {
+		n.storedChunks = chunk.NewStored()
+		stores.Cache.OnStored = n.storedChunks.Note
 	}
 	n.fsm = newTrackedFSM(fsm)
-	n.fsm.restored = func() uint64 { return snapshotIndex(stores.snaps) }
+	n.fsm.restored = func() uint64 { return snapshotIndex(stores.Snaps) }
 	// Raft sees its transport and stable store through the term guard,
 	// which refuses requests with impossible terms (see termguard.go).
-	guarded, stable := guardTerms(trans, stores.stable, mux.done, &mux.wg, s.Logger.Named("transport"))
-	r, err := raft.NewRaft(rc, n.fsm, stores.log, stable, stores.snaps, guarded)
+	guarded, stable := guardTerms(trans, stores.Stable, mux.done, &mux.wg, s.Logger.Named("transport"))
+	r, err := raft.NewRaft(rc, n.fsm, stores.Log, stable, stores.Snaps, guarded)
 	if err != nil {
 		return nil, fmt.Errorf("raftkit: start raft: %w", err)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
+	"github.com/raftkit/raftkit/internal/chunk"
 	"github.com/raftkit/raftkit/internal/wire"
 )
 
@@ -279,7 +280,7 @@ func TestLeaderFailuresKeepTheirClassThroughForwarding(t *testing.T) {
 		{classifyRaft("apply", raft.ErrNotLeader, notLeader), NotApplied, true},
 		{classifyRaft("apply", raft.ErrLeadershipTransferInProgress, notLeader), NotApplied, true},
 		{classifyRaft("apply", raft.ErrEnqueueTimeout, notLeader), NotApplied, false},
-		{classifyRaft("apply", chunkedFuture{ApplyFuture: fakeFuture{res: errChunkIncomplete}}.Error(), notLeader), NotApplied, true},
+		{classifyRaft("apply", chunkedFuture{ApplyFuture: fakeFuture{res: chunk.ErrIncomplete}}.Error(), notLeader), NotApplied, true},
 		{classifyRaft("apply", raft.ErrLeadershipLost, notLeader), Unknown, false},
 		{classifyRaft("apply", raft.ErrRaftShutdown, notLeader), Unknown, false},
 		{classifyRaft("apply", context.DeadlineExceeded, notLeader), Unknown, false},

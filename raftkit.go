@@ -44,6 +44,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+	"github.com/raftkit/raftkit/internal/store"
 )
 
 // Defaults used when the corresponding Config field is zero.
@@ -394,6 +395,18 @@ func (s *settled) bound(ln net.Addr) *settled {
 		b.ID = b.advertise
 	}
 	return &b
+}
+
+// storeOptions are what store.Open opens for this node.
+func (s *settled) storeOptions() store.Options {
+	o := store.Options{Dir: s.Dir, Kind: store.Bolt, SnapshotRetain: s.SnapshotRetain, Logger: s.Logger}
+	if s.LogStore == LogStoreWAL {
+		o.Kind = store.WAL
+	}
+	if s.InMemory {
+		o.Memory = &s.Storage.mem
+	}
+	return o
 }
 
 // withLogger returns s with l as its logger.

@@ -18,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
+	"github.com/raftkit/raftkit/internal/store"
 )
 
 func TestMain(m *testing.M) {
@@ -392,7 +393,7 @@ func TestDamagedRaftDBIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.Close()
-	goodDB, err := os.ReadFile(filepath.Join(good, boltFile))
+	goodDB, err := os.ReadFile(filepath.Join(good, store.BoltFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -411,7 +412,7 @@ func TestDamagedRaftDBIsRefused(t *testing.T) {
 	for name, damage := range cases {
 		t.Run(name, func(t *testing.T) {
 			dir := t.TempDir()
-			if err := os.WriteFile(filepath.Join(dir, boltFile), damage(goodDB), 0o600); err != nil {
+			if err := os.WriteFile(filepath.Join(dir, store.BoltFile), damage(goodDB), 0o600); err != nil {
 				t.Fatal(err)
 			}
 			n, err := NewRaftNode(Config{Addr: "127.0.0.1:0", Dir: dir}, fsmexample.New())
@@ -419,7 +420,7 @@ func TestDamagedRaftDBIsRefused(t *testing.T) {
 				n.Close()
 				t.Fatal("node started on a damaged raft.db")
 			}
-			if !errors.Is(err, ErrCorruptStore) || !strings.Contains(err.Error(), boltFile) {
+			if !errors.Is(err, ErrCorruptStore) || !strings.Contains(err.Error(), store.BoltFile) {
 				t.Fatalf("got %v, want ErrCorruptStore naming raft.db", err)
 			}
 		})
@@ -448,7 +449,7 @@ func TestMissingLogWithSnapshotsIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.Close()
-	if err := os.Remove(filepath.Join(dir, boltFile)); err != nil {
+	if err := os.Remove(filepath.Join(dir, store.BoltFile)); err != nil {
 		t.Fatal(err)
 	}
 	_, err = NewRaftNodeAndBootstrapCluster(addr, []string{addr}, dir, fsmexample.New(), nil)

@@ -9,8 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+	"github.com/raftkit/raftkit/internal/store"
 )
 
 // Recovery from permanent quorum loss works in two steps, as in Consul:
@@ -87,7 +87,7 @@ func WriteRecovery(dir string, servers []ServerInfo) error {
 	if err := checkRecovery(servers); err != nil {
 		return err
 	}
-	d, err := openStoppedDir(dir, true)
+	d, err := store.OpenStopped(dir, true)
 	if errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("%w: %v", ErrRecovery, err)
 	}
@@ -95,14 +95,10 @@ func WriteRecovery(dir string, servers []ServerInfo) error {
 		return err
 	}
 	defer d.Close()
-	snaps, err := openSnapshotStore(dir, 1<<20, hclog.NewNullLogger())
-	if err != nil {
+	if err := d.CheckSnapshots(); err != nil {
 		return err
 	}
-	if err := checkLogAgainstSnapshots(d.path, d.logs, snaps, hclog.NewNullLogger()); err != nil {
-		return err
-	}
-	if _, err := d.resetPoisonedTerm(maxSnapshotTerm(filepath.Join(dir, snapshotDir))); err != nil {
+	if _, err := d.ResetPoisonedTerm(); err != nil {
 		return err
 	}
 	entries := make([]recoveryEntry, 0, len(servers))
@@ -131,7 +127,7 @@ func checkRecovery(servers []ServerInfo) error {
 	}
 	ids, addrs, voters := map[string]bool{}, map[string]bool{}, 0
 	for i, s := range servers {
-		if s.ID == "" || s.Addr == "" || strings.ContainsAny(s.ID, "=\n") || s.ID == noVote {
+		if s.ID == "" || s.Addr == "" || strings.ContainsAny(s.ID, "=\n") || s.ID == store.NoVote {
 			return fmt.Errorf("%w: servers[%d] needs an ID (without '=') and an address, got %q at %q", ErrRecovery, i, s.ID, s.Addr)
 		}
 		if ids[s.ID] || addrs[s.Addr] {
@@ -151,7 +147,7 @@ func checkRecovery(servers []ServerInfo) error {
 // applyRecovery runs raft.RecoverCluster if Dir holds a recovery file,
 // then renames the file. It runs before raft starts, with the node's own
 // FSM; raft's NewRaft later restores that FSM from the new snapshot.
-func applyRecovery(s *settled, rc *raft.Config, fsm raft.FSM, st *nodeStores, trans raft.Transport) error {
+func applyRecovery(s *settled, rc *raft.Config, fsm raft.FSM, st *store.Stores, trans raft.Transport) error {
 	if s.InMemory {
 		return nil
 	}
@@ -172,7 +168,7 @@ func applyRecovery(s *settled, rc *raft.Config, fsm raft.FSM, st *nodeStores, tr
 	}
 	logger := s.Logger.Named("raftkit")
 	logger.Warn("applying recovery configuration: forcing the cluster configuration", "file", path, "servers", len(conf.Servers))
-	if err := raft.RecoverCluster(rc, newRecoveryFSM(fsm, st.log), st.log, st.stable, st.snaps, trans, conf); err != nil {
+	if err := raft.RecoverCluster(rc, newRecoveryFSM(fsm, st.Log), st.Log, st.Stable, st.Snaps, trans, conf); err != nil {
 		return fmt.Errorf("%w: apply %s: %v", ErrRecovery, path, err)
 	}
 	if err := os.Rename(path, path+".applied"); err != nil {
@@ -201,11 +197,11 @@ func newRecoveryFSM(fsm raft.FSM, logs raft.LogStore) *recoveryFSM {
 }
 
 func (r *recoveryFSM) Apply(l *raft.Log) any {
-	if r.pending != nil {
+	if r.chunks.Pending() {
 		for i := r.last + 1; i < l.Index; i++ {
 			var e raft.Log
 			if err := r.logs.GetLog(i, &e); err != nil || e.Type == raft.LogConfiguration {
-				r.drop()
+				r.chunks.Drop()
 				break
 			}
 		}
@@ -215,6 +211,6 @@ func (r *recoveryFSM) Apply(l *raft.Log) any {
 }
 
 func (r *recoveryFSM) Snapshot() (raft.FSMSnapshot, error) {
-	r.drop()
+	r.chunks.Drop()
 	return r.trackedFSM.Snapshot()
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
+	"github.com/raftkit/raftkit/internal/store"
 )
 
 func TestRecoverSingleSurvivorOfThreeNodes(t *testing.T) {
@@ -96,7 +97,7 @@ func TestWriteRecoveryRefusesBadInput(t *testing.T) {
 		"no voter":              {dir, []ServerInfo{{ID: "a", Addr: "127.0.0.1:1"}}, ErrRecovery},
 		"empty ID":              {dir, []ServerInfo{{Addr: "127.0.0.1:1", Voter: true}}, ErrRecovery},
 		"duplicate ID":          {dir, []ServerInfo{ok, {ID: "a", Addr: "127.0.0.1:2", Voter: true}}, ErrRecovery},
-		"reserved ID":           {dir, []ServerInfo{{ID: noVote, Addr: "127.0.0.1:1", Voter: true}}, ErrRecovery},
+		"reserved ID":           {dir, []ServerInfo{{ID: store.NoVote, Addr: "127.0.0.1:1", Voter: true}}, ErrRecovery},
 		"not a dir":             {t.TempDir(), []ServerInfo{ok}, ErrRecovery},
 		"running node":          {dir, []ServerInfo{ok}, ErrDataDirLocked},
 		"running raft-wal node": {w.dirs[0], []ServerInfo{ok}, ErrDataDirLocked},
@@ -139,15 +140,15 @@ func TestNodeRefusesRecoveryFileThatOmitsIt(t *testing.T) {
 // stopped node's stable store, as granting a hostile RequestVote does.
 func poisonTerm(t *testing.T, dir string) {
 	t.Helper()
-	d, err := openStoppedDir(dir, true)
+	d, err := store.OpenStopped(dir, true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer d.Close()
 	for _, err := range []error{
-		d.stable.SetUint64(keyCurrentTerm, math.MaxUint64),
-		d.stable.SetUint64(keyLastVoteTerm, math.MaxUint64),
-		d.stable.Set(keyLastVoteCand, []byte("stranger")),
+		d.Stable.SetUint64(store.KeyCurrentTerm, math.MaxUint64),
+		d.Stable.SetUint64(store.KeyLastVoteTerm, math.MaxUint64),
+		d.Stable.Set(store.KeyLastVoteCand, []byte("stranger")),
 	} {
 		if err != nil {
 			t.Fatal(err)
@@ -190,7 +191,7 @@ func TestRecoverResetsPoisonedTerm(t *testing.T) {
 				}
 				// Reset to the last entry's term, with the vote in it spent;
 				// the log itself is untouched.
-				if after.CurrentTerm != before.LastLogTerm || after.LastVoteTerm != before.LastLogTerm || after.LastVoteFor != noVote ||
+				if after.CurrentTerm != before.LastLogTerm || after.LastVoteTerm != before.LastLogTerm || after.LastVoteFor != store.NoVote ||
 					after.LastIndex != before.LastIndex || after.FirstIndex != before.FirstIndex || after.LastLogTerm != before.LastLogTerm {
 					t.Fatalf("node %d after recovery: %+v; before: %+v", i, after, before)
 				}
@@ -207,7 +208,7 @@ func TestRecoverResetsPoisonedTerm(t *testing.T) {
 				if got := c.fsms[i].Len(); got != keys+1 {
 					t.Fatalf("node %d holds %d keys, want %d", i, got, keys+1)
 				}
-				if term := c.nodes[i].Status().Term; term > maxSaneTerm {
+				if term := c.nodes[i].Status().Term; term > store.MaxSaneTerm {
 					t.Fatalf("node %d runs in term %d", i, term)
 				}
 			}

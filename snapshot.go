@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/hashicorp/raft"
+	"github.com/raftkit/raftkit/internal/chunk"
 )
 
 // Snapshot asks raft to snapshot the FSM now and compact the log, and waits
@@ -31,14 +32,14 @@ func (n *RaftNode) Snapshot(ctx context.Context) error {
 
 // userSnapshot takes a user snapshot and waits for it within ctx, trying
 // again while the FSM defers it because a chunked command is half applied
-// (errChunkInProgress). If ctx ends after such a refusal, the error says so
+// (chunk.ErrInProgress). If ctx ends after such a refusal, the error says so
 // and wraps ctx's.
 func (n *RaftNode) userSnapshot(ctx context.Context) (raft.SnapshotFuture, error) {
 	var deferred error
 	for {
 		f := n.raft.Snapshot()
 		err := n.waitFuture(ctx, f)
-		if !isChunkInProgress(err) {
+		if !chunk.IsInProgress(err) {
 			if deferred != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
 				return f, fmt.Errorf("%v: %w", deferred, err)
 			}
@@ -47,7 +48,7 @@ func (n *RaftNode) userSnapshot(ctx context.Context) (raft.SnapshotFuture, error
 		deferred = err
 		// Ask again once the command is complete (or dropped), not
 		// before: raft logs every refused snapshot at ERROR.
-		for attempt := 0; attempt == 0 || n.fsm.pendingTerm.Load() != 0; attempt++ {
+		for attempt := 0; attempt == 0 || n.fsm.chunks.PendingTerm() != 0; attempt++ {
 			if !n.backoff(ctx, attempt) {
 				if err := n.checkOpen(); err != nil {
 					return f, err

@@ -38,6 +38,10 @@ const (
 	termLogEvery    = 10 * time.Second
 )
 
+// keyCurrentTerm is hashicorp/raft's stable-store key of the current term
+// (raft.go).
+var keyCurrentTerm = []byte("CurrentTerm")
+
 // errTermRefused is the answer to a refused request.
 var errTermRefused = errors.New("raftkit: request refused: term out of range")
 

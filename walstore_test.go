@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/raft-wal/metadb"
 
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
+	"github.com/raftkit/raftkit/internal/store"
 )
 
 func TestWALStoreKeepsWritesAcrossRestart(t *testing.T) {
@@ -25,10 +26,10 @@ func TestWALStoreKeepsWritesAcrossRestart(t *testing.T) {
 	}
 	term := n.Raft().CurrentTerm()
 	c.stop(0)
-	if _, err := os.Stat(filepath.Join(dir, boltFile)); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("raft-wal node created %s (err %v)", boltFile, err)
+	if _, err := os.Stat(filepath.Join(dir, store.BoltFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("raft-wal node created %s (err %v)", store.BoltFile, err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, walDir, metadb.FileName)); err != nil {
+	if _, err := os.Stat(filepath.Join(dir, store.WALDir, metadb.FileName)); err != nil {
 		t.Fatalf("raft-wal metadata missing: %v", err)
 	}
 
@@ -66,7 +67,7 @@ func TestWALDamagedMetadataIsRefused(t *testing.T) {
 	c.leader()
 	c.stop(0)
 	good := c.dirs[0]
-	meta, err := os.ReadFile(filepath.Join(good, walDir, metadb.FileName))
+	meta, err := os.ReadFile(filepath.Join(good, store.WALDir, metadb.FileName))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,10 +78,10 @@ func TestWALDamagedMetadataIsRefused(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			dir := t.TempDir()
-			if err := os.MkdirAll(filepath.Join(dir, walDir), 0o700); err != nil {
+			if err := os.MkdirAll(filepath.Join(dir, store.WALDir), 0o700); err != nil {
 				t.Fatal(err)
 			}
-			if err := os.WriteFile(filepath.Join(dir, walDir, metadb.FileName), damage, 0o600); err != nil {
+			if err := os.WriteFile(filepath.Join(dir, store.WALDir, metadb.FileName), damage, 0o600); err != nil {
 				t.Fatal(err)
 			}
 			_, err := NewRaftNode(Config{Addr: "127.0.0.1:0", Dir: dir, LogStore: LogStoreWAL}, fsmexample.New())

@@ -1,4 +1,4 @@
-package raftkit
+package store
 
 import (
 	"fmt"
@@ -7,7 +7,7 @@ import (
 	"github.com/hashicorp/raft"
 )
 
-// logCache keeps the most recent log entries in memory, as raft.LogCache
+// LogCache keeps the most recent log entries in memory, as raft.LogCache
 // does, within a count (its ring's slots) and a byte budget (the entries'
 // Data and Extensions). raft.LogCache bounds only the count, so that 1,024
 // entries of a few MiB each would keep GiBs on every node; here the oldest
@@ -25,12 +25,12 @@ import (
 // copies the caller's bytes before raft sees them; see ownedCmd), and a
 // follower's are decoded into buffers of their own. An empty slot has
 // Index 0 (raft's indexes start at 1).
-type logCache struct {
+type LogCache struct {
 	store    raft.LogStore
 	maxBytes int
-	// stored, if set before raft starts, is told of the last entry of
-	// every batch stored (see storedChunks).
-	stored func(last *raft.Log)
+	// OnStored, if set before raft starts, is told of the last entry of
+	// every batch stored: a leader paces a large command's chunks by it.
+	OnStored func(last *raft.Log)
 
 	mu    sync.RWMutex
 	ring  []raft.Log
@@ -38,8 +38,8 @@ type logCache struct {
 	first uint64 // no entry below this index is cached (0: none is)
 }
 
-func newLogCache(store raft.LogStore, entries, maxBytes int) *logCache {
-	return &logCache{store: store, maxBytes: maxBytes, ring: make([]raft.Log, entries)}
+func newLogCache(store raft.LogStore, entries, maxBytes int) *LogCache {
+	return &LogCache{store: store, maxBytes: maxBytes, ring: make([]raft.Log, entries)}
 }
 
 func entrySize(l *raft.Log) int { return len(l.Data) + len(l.Extensions) }
@@ -47,12 +47,12 @@ func entrySize(l *raft.Log) int { return len(l.Data) + len(l.Extensions) }
 // IsMonotonic passes the store's raft.MonotonicLogStore answer through, as
 // raft.LogCache does: raft-wal's log must be emptied, not truncated, when a
 // snapshot is installed.
-func (c *logCache) IsMonotonic() bool {
+func (c *LogCache) IsMonotonic() bool {
 	m, ok := c.store.(raft.MonotonicLogStore)
 	return ok && m.IsMonotonic()
 }
 
-func (c *logCache) GetLog(idx uint64, l *raft.Log) error {
+func (c *LogCache) GetLog(idx uint64, l *raft.Log) error {
 	c.mu.RLock()
 	e := &c.ring[idx%uint64(len(c.ring))]
 	if idx != 0 && e.Index == idx {
@@ -64,9 +64,9 @@ func (c *logCache) GetLog(idx uint64, l *raft.Log) error {
 	return c.store.GetLog(idx, l)
 }
 
-func (c *logCache) StoreLog(l *raft.Log) error { return c.StoreLogs([]*raft.Log{l}) }
+func (c *LogCache) StoreLog(l *raft.Log) error { return c.StoreLogs([]*raft.Log{l}) }
 
-func (c *logCache) StoreLogs(logs []*raft.Log) error {
+func (c *LogCache) StoreLogs(logs []*raft.Log) error {
 	if err := c.store.StoreLogs(logs); err != nil {
 		return fmt.Errorf("unable to store logs within log store: %w", err)
 	}
@@ -79,8 +79,8 @@ func (c *logCache) StoreLogs(logs []*raft.Log) error {
 	}
 	c.trim(logs[0].Index, logs[len(logs)-1].Index)
 	c.mu.Unlock()
-	if c.stored != nil {
-		c.stored(logs[len(logs)-1])
+	if c.OnStored != nil {
+		c.OnStored(logs[len(logs)-1])
 	}
 	return nil
 }
@@ -97,7 +97,7 @@ const lastBatchFactor = 4
 // lastBatchFactor times the budget, the batch's oldest entries go too. The
 // next batch lets it go; until then (on an idle node, say) the cache may
 // hold up to lastBatchFactor times its budget.
-func (c *logCache) trim(keep, newest uint64) {
+func (c *LogCache) trim(keep, newest uint64) {
 	n := uint64(len(c.ring))
 	evict := func() {
 		if e := &c.ring[c.first%n]; e.Index == c.first {
@@ -116,7 +116,7 @@ func (c *logCache) trim(keep, newest uint64) {
 
 // put caches l, unless it is larger than the whole budget, and drops what
 // its index pushes out of the ring's range.
-func (c *logCache) put(l *raft.Log) {
+func (c *LogCache) put(l *raft.Log) {
 	n := uint64(len(c.ring))
 	slot := &c.ring[l.Index%n]
 	if slot.Index != 0 {
@@ -155,11 +155,11 @@ func (c *logCache) put(l *raft.Log) {
 	}
 }
 
-func (c *logCache) FirstIndex() (uint64, error) { return c.store.FirstIndex() }
+func (c *LogCache) FirstIndex() (uint64, error) { return c.store.FirstIndex() }
 
-func (c *logCache) LastIndex() (uint64, error) { return c.store.LastIndex() }
+func (c *LogCache) LastIndex() (uint64, error) { return c.store.LastIndex() }
 
-func (c *logCache) DeleteRange(lo, hi uint64) error {
+func (c *LogCache) DeleteRange(lo, hi uint64) error {
 	c.mu.Lock()
 	clear(c.ring)
 	c.bytes, c.first = 0, 0

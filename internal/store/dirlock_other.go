@@ -1,6 +1,6 @@
 //go:build !(linux || darwin || freebsd || netbsd || openbsd || dragonfly)
 
-package raftkit
+package store
 
 // dirLock is a no-op where raftkit has no file lock: only the check of
 // wal-meta.db's own lock at open stands between two nodes on one Dir.

@@ -1,4 +1,4 @@
-package raftkit
+package store
 
 import (
 	"bytes"
@@ -13,6 +13,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/raftkit/raftkit/internal/sentinel"
 	"go.etcd.io/bbolt"
 )
 
@@ -224,8 +225,8 @@ func TestBoltStoreReadOnlyRefusesAFileWithoutARaftLog(t *testing.T) {
 	}
 	db.Close()
 	_, err = newBoltStore(path, &bbolt.Options{ReadOnly: true, Timeout: time.Second})
-	if !errors.Is(err, ErrCorruptStore) {
-		t.Fatalf("read-only open of a BoltDB file without buckets: %v, want ErrCorruptStore", err)
+	if !errors.Is(err, sentinel.CorruptStore) {
+		t.Fatalf("read-only open of a BoltDB file without buckets: %v, want sentinel.CorruptStore", err)
 	}
 }
 
@@ -277,7 +278,7 @@ func TestBoltStoreBatchOfMixedSizes(t *testing.T) {
 	}
 	defer s.Close()
 	var logs []*raft.Log
-	for i, size := range []int{0, 1, 31, 32, 255, 256, 65535, 65536, 70000, chunkSize, 3, chunkSize - 1} {
+	for i, size := range []int{0, 1, 31, 32, 255, 256, 65535, 65536, 70000, 256 << 10, 3, 256<<10 - 1} {
 		data := bytes.Repeat([]byte{byte(i + 1)}, size)
 		logs = append(logs, &raft.Log{Index: uint64(i + 1), Term: 2, Type: raft.LogCommand, Data: data, Extensions: data[:min(size, 40)], AppendedAt: time.Now()})
 	}

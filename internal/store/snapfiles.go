@@ -1,4 +1,4 @@
-package raftkit
+package store
 
 import (
 	"bytes"
@@ -24,7 +24,7 @@ import (
 // written (raft names them *.tmp until they are complete, and ignores them
 // otherwise; they only take space).
 func removeTempSnapshots(dir string, logger hclog.Logger) {
-	tmps, _ := filepath.Glob(filepath.Join(dir, snapshotDir, "*.tmp"))
+	tmps, _ := filepath.Glob(filepath.Join(dir, SnapshotDir, "*.tmp"))
 	for _, tmp := range tmps {
 		if err := os.RemoveAll(tmp); err != nil {
 			logger.Warn("cannot remove an unfinished snapshot", "path", tmp, "error", err)
@@ -53,17 +53,22 @@ func readSnapshotMeta(dir string) (*snapshotMetaFile, error) {
 	return &m, nil
 }
 
-func snapshotConfiguration(dir string) ([]ServerInfo, uint64, bool) {
-	m, err := readSnapshotMeta(dir)
-	if err != nil {
-		return nil, 0, false
-	}
-	return serverInfos(m.Configuration), m.ConfigurationIndex, true
+// SnapshotFile describes one snapshot on disk, as an offline tool reads
+// it.
+type SnapshotFile struct {
+	ID          string
+	Index, Term uint64
+	// Size is the snapshot's size in bytes, from its metadata.
+	Size int64
+	// CRCOK is true when the data's CRC-64 and length match the metadata.
+	CRCOK bool
+	// Error says what is wrong when CRCOK is false.
+	Error string
 }
 
 // readSnapshots lists and checks the snapshots under dir, newest first.
 // Snapshots still being written (".tmp") are skipped, as raft does.
-func readSnapshots(ctx context.Context, dir string) ([]SnapshotInfo, error) {
+func readSnapshots(ctx context.Context, dir string) ([]SnapshotFile, error) {
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
@@ -71,12 +76,12 @@ func readSnapshots(ctx context.Context, dir string) ([]SnapshotInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out []SnapshotInfo
+	var out []SnapshotFile
 	for _, e := range entries {
 		if !e.IsDir() || filepath.Ext(e.Name()) == ".tmp" {
 			continue
 		}
-		si := SnapshotInfo{ID: e.Name()}
+		si := SnapshotFile{ID: e.Name()}
 		m, err := readSnapshotMeta(filepath.Join(dir, e.Name()))
 		if err != nil {
 			si.Error = err.Error()
@@ -140,4 +145,19 @@ func maxSnapshotTerm(dir string) uint64 {
 		}
 	}
 	return term
+}
+
+var crcTable = crc64.MakeTable(crc64.ECMA)
+
+// ctxReader stops reading once ctx ends.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c *ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
 }

@@ -1,4 +1,4 @@
-package raftkit
+package store
 
 import (
 	"io"
@@ -7,7 +7,7 @@ import (
 	"github.com/hashicorp/raft"
 )
 
-func memSnap(t *testing.T, s *memSnapshotStore, term, index uint64, data string) raft.SnapshotSink {
+func memSnap(t *testing.T, s *MemSnapshots, term, index uint64, data string) raft.SnapshotSink {
 	t.Helper()
 	sink, err := s.Create(1, index, term, raft.Configuration{}, 1, nil)
 	if err != nil {
@@ -19,7 +19,7 @@ func memSnap(t *testing.T, s *memSnapshotStore, term, index uint64, data string)
 	return sink
 }
 
-func memLatest(t *testing.T, s *memSnapshotStore) (uint64, string) {
+func memLatest(t *testing.T, s *MemSnapshots) (uint64, string) {
 	t.Helper()
 	list, err := s.List()
 	if err != nil {
@@ -43,7 +43,7 @@ func memLatest(t *testing.T, s *memSnapshotStore) (uint64, string) {
 // A crash while a snapshot is written must leave the previous snapshot,
 // not a partial one.
 func TestMemSnapshotExistsOnlyOnceClosed(t *testing.T) {
-	s := &memSnapshotStore{}
+	s := &MemSnapshots{}
 	memSnap(t, s, 1, 10, "ten").Close()
 	partial := memSnap(t, s, 1, 20, "twen") // never closed: the node crashed
 	if idx, data := memLatest(t, s); idx != 10 || data != "ten" {
@@ -58,7 +58,7 @@ func TestMemSnapshotExistsOnlyOnceClosed(t *testing.T) {
 // A local snapshot that finishes after a newer one from the leader must not
 // replace it: the log behind the newer one may be compacted already.
 func TestMemSnapshotNeverReplacesANewerOne(t *testing.T) {
-	s := &memSnapshotStore{}
+	s := &MemSnapshots{}
 	older := memSnap(t, s, 2, 300, "local")
 	memSnap(t, s, 3, 500, "from leader").Close()
 	older.Close()

@@ -1,4 +1,4 @@
-package raftkit
+package store
 
 import (
 	"bytes"
@@ -10,6 +10,7 @@ import (
 	gometrics "github.com/hashicorp/go-metrics/compat"
 	"github.com/hashicorp/go-msgpack/v2/codec"
 	"github.com/hashicorp/raft"
+	"github.com/raftkit/raftkit/internal/sentinel"
 	"go.etcd.io/bbolt"
 )
 
@@ -69,7 +70,7 @@ func newBoltStore(path string, opts *bbolt.Options) (*boltStore, error) {
 	if opts.ReadOnly {
 		err = db.View(func(tx *bbolt.Tx) error {
 			if tx.Bucket(boltLogs) == nil || tx.Bucket(boltConf) == nil {
-				return fmt.Errorf("%w: %s holds no raft log (its buckets %q and %q are missing)", ErrCorruptStore, path, boltLogs, boltConf)
+				return fmt.Errorf("%w: %s holds no raft log (its buckets %q and %q are missing)", sentinel.CorruptStore, path, boltLogs, boltConf)
 			}
 			return nil
 		})

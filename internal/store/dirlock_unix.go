@@ -1,12 +1,14 @@
 //go:build linux || darwin || freebsd || netbsd || openbsd || dragonfly
 
-package raftkit
+package store
 
 import (
 	"errors"
 	"fmt"
 	"os"
 	"syscall"
+
+	"github.com/raftkit/raftkit/internal/sentinel"
 )
 
 // dirLock is an exclusive, non-blocking lock on a file, held by an open
@@ -22,7 +24,7 @@ func lockDir(path string) (*dirLock, error) {
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("%w: %s is held by another process or node", ErrDataDirLocked, path)
+			return nil, fmt.Errorf("%w: %s is held by another process or node", sentinel.DataDirLocked, path)
 		}
 		return nil, fmt.Errorf("raftkit: lock %s: %w", path, err)
 	}

@@ -1,4 +1,4 @@
-package raftkit
+package store
 
 import (
 	"bytes"
@@ -19,7 +19,7 @@ func (s *countingStore) GetLog(idx uint64, l *raft.Log) error {
 }
 
 // storeEntries stores entries from..to through c one StoreLogs call each.
-func storeEntries(t *testing.T, c *logCache, from, to uint64, size int) {
+func storeEntries(t *testing.T, c *LogCache, from, to uint64, size int) {
 	t.Helper()
 	for i := from; i <= to; i++ {
 		storeBatch(t, c, i, i, size)
@@ -28,7 +28,7 @@ func storeEntries(t *testing.T, c *logCache, from, to uint64, size int) {
 
 // storeBatch stores entries from..to through c in one StoreLogs call, as
 // raft stores a batch.
-func storeBatch(t *testing.T, c *logCache, from, to uint64, size int) {
+func storeBatch(t *testing.T, c *LogCache, from, to uint64, size int) {
 	t.Helper()
 	var batch []*raft.Log
 	for i := from; i <= to; i++ {
@@ -41,7 +41,7 @@ func storeBatch(t *testing.T, c *logCache, from, to uint64, size int) {
 
 // readAll reads entries from..to through c and returns how many reached
 // the store; each must come back whole.
-func readAll(t *testing.T, c *logCache, s *countingStore, from, to uint64, size int) int {
+func readAll(t *testing.T, c *LogCache, s *countingStore, from, to uint64, size int) int {
 	t.Helper()
 	before := s.reads
 	for i := from; i <= to; i++ {
