@@ -9,9 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
-
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
+	"github.com/raftkit/raftkit/internal/port"
 )
 
 // dialFrom opens a TCP connection to addr from the loopback address src.
@@ -59,7 +58,7 @@ func TestClaimedLengthCostsNothingUntilBytesArrive(t *testing.T) {
 		conn := dialFrom(t, "127.0.0.1", c.addrs[l])
 		conns = append(conns, conn)
 		var msg [5]byte
-		msg[0] = tagRPC
+		msg[0] = port.TagRPC
 		binary.BigEndian.PutUint32(msg[1:], 64<<20-1)
 		if _, err := conn.Write(msg[:]); err != nil {
 			t.Fatal(err)
@@ -70,7 +69,7 @@ func TestClaimedLengthCostsNothingUntilBytesArrive(t *testing.T) {
 		}
 	}
 	// Let the node read what was sent.
-	waitFor(t, 5*time.Second, "the node to reserve budget for the claims", func() bool { return c.nodes[l].mux.budget.InUse() > 0 })
+	waitFor(t, 5*time.Second, "the node to reserve budget for the claims", func() bool { return c.nodes[l].mux.BudgetInUse() > 0 })
 	time.Sleep(200 * time.Millisecond)
 	if grew := int64(heapInUse()) - int64(before); grew > 32<<20 {
 		t.Fatalf("8 claims of 64 MiB with 100 KiB sent grew the heap by %d MiB", grew>>20)
@@ -86,11 +85,11 @@ func TestStrangerRequestFramesAreSmall(t *testing.T) {
 	conn := dialFrom(t, "127.0.0.2", c.addrs[l])
 	defer conn.Close()
 	var msg [5]byte
-	msg[0] = tagRPC
-	binary.BigEndian.PutUint32(msg[1:], strangerMaxFrame+1)
+	msg[0] = port.TagRPC
+	binary.BigEndian.PutUint32(msg[1:], port.StrangerMaxFrame+1)
 	conn.Write(msg[:])
 	if !closedByPeer(conn, 5*time.Second) {
-		t.Fatalf("a stranger's %d-byte request frame was not refused", strangerMaxFrame+1)
+		t.Fatalf("a stranger's %d-byte request frame was not refused", port.StrangerMaxFrame+1)
 	}
 }
 
@@ -109,7 +108,7 @@ func TestSilentStrangersCannotFillTheNode(t *testing.T) {
 	for h := 2; h < 6; h++ {
 		for i := 0; i < 40; i++ {
 			conn := dialFrom(t, fmt.Sprintf("127.0.0.%d", h), target)
-			conn.Write([]byte{tagRaft})
+			conn.Write([]byte{port.TagRaft})
 			flood = append(flood, conn)
 		}
 	}
@@ -119,7 +118,7 @@ func TestSilentStrangersCannotFillTheNode(t *testing.T) {
 			open++
 		}
 	}
-	if limit := 4 * maxStrangerConnsPerHost; open > limit {
+	if limit := 4 * port.MaxStrangerConnsPerHost; open > limit {
 		t.Fatalf("%d silent raft connections from 4 strangers stay open, cap %d", open, limit)
 	}
 	// Members still connect: a restarted follower rejoins and catches up.
@@ -131,10 +130,10 @@ func TestSilentStrangersCannotFillTheNode(t *testing.T) {
 	}
 	c.start(f)
 	c.waitApplied(idx + 1)
-	// The survivors are closed once idle for strangerIdleTimeout.
+	// The survivors are closed once idle for port.StrangerIdleTimeout.
 	for _, conn := range flood {
-		if !closedByPeer(conn, strangerIdleTimeout+5*time.Second) {
-			t.Fatalf("a stranger's silent raft connection outlived %s", strangerIdleTimeout)
+		if !closedByPeer(conn, port.StrangerIdleTimeout+5*time.Second) {
+			t.Fatalf("a stranger's silent raft connection outlived %s", port.StrangerIdleTimeout)
 		}
 	}
 }
@@ -151,7 +150,7 @@ func TestMemberHostsKeepRoomDuringHandshakeFlood(t *testing.T) {
 	}()
 	// 32 strangers each hold as many unfinished handshakes as they can.
 	for h := 2; h < 34; h++ {
-		for i := 0; i < maxPendingPerHost+4; i++ {
+		for i := 0; i < port.MaxPendingPerHost+4; i++ {
 			conn := dialFrom(t, fmt.Sprintf("127.0.0.%d", h), target)
 			flood = append(flood, conn)
 		}
@@ -159,7 +158,7 @@ func TestMemberHostsKeepRoomDuringHandshakeFlood(t *testing.T) {
 	// A member's host still gets through at once, 20 times over.
 	for i := 0; i < 20; i++ {
 		conn := dialFrom(t, "127.0.0.1", target)
-		conn.Write([]byte{tagRPC, 0xff, 0xff, 0xff, 0xff}) // over any frame limit: closed at once
+		conn.Write([]byte{port.TagRPC, 0xff, 0xff, 0xff, 0xff}) // over any frame limit: closed at once
 		conn.SetReadDeadline(time.Now().Add(3 * time.Second))
 		_, err := io.ReadFull(conn, make([]byte, 1))
 		conn.Close()
@@ -189,7 +188,7 @@ func TestJoinedNodeForwardsLargeCommandsAtOnce(t *testing.T) {
 	if _, err := n.Apply(ctxTimeout(t, 5*time.Second), fsmexample.Set("small", []byte("v"))); err != nil {
 		t.Fatalf("small forwarded write: %v", err)
 	}
-	waitFor(t, 5*time.Second, "the leader to count the newcomer a member", func() bool { return leader.mux.isMember("newcomer") })
+	waitFor(t, 5*time.Second, "the leader to count the newcomer a member", func() bool { return leader.mux.IsMember("newcomer") })
 	if _, err := n.Apply(ctxTimeout(t, 10*time.Second), fsmexample.Set("big", make([]byte, 512<<10))); err != nil {
 		t.Fatalf("512 KiB forwarded write on the same connection: %v", err)
 	}
@@ -232,7 +231,7 @@ func TestNodesDialFromTheirAdvertisedAddress(t *testing.T) {
 	defer n.Close()
 	waitFor(t, 10*time.Second, "every node to count 127.0.0.4 a member", func() bool {
 		for _, m := range nodes {
-			if !m.mux.isMember("127.0.0.4") {
+			if !m.mux.IsMember("127.0.0.4") {
 				return false
 			}
 		}
@@ -240,27 +239,6 @@ func TestNodesDialFromTheirAdvertisedAddress(t *testing.T) {
 	})
 	if _, err := n.Apply(ctxTimeout(t, 10*time.Second), fsmexample.Set("big", make([]byte, 512<<10))); err != nil {
 		t.Fatalf("512 KiB forwarded write from the newcomer: %v", err)
-	}
-}
-
-func TestMemberHostNamesCountAsTheirAddresses(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := newPortMux(ln, ln.Addr().String(), nil, nil, hclog.NewNullLogger(), []string{"localhost:7000", "10.1.2.3:7000"}, true, 32<<20)
-	defer m.Close()
-	for _, host := range []string{"127.0.0.1", "10.1.2.3", "localhost"} {
-		if !m.isMember(host) {
-			t.Errorf("%s is not a member", host)
-		}
-	}
-	if m.isMember("127.0.0.2") {
-		t.Error("127.0.0.2 counts as a member")
-	}
-	m.setMembers([]string{"127.0.0.9:7000"})
-	if !m.isMember("127.0.0.9") || !m.isMember("127.0.0.1") {
-		t.Error("configuration members do not add to the Config's")
 	}
 }
 
@@ -273,16 +251,13 @@ func TestRaftConnectionsFromOneMemberHostAreCapped(t *testing.T) {
 			conn.Close()
 		}
 	}()
-	for i := 0; i < maxRaftConnsPerHost+50; i++ {
+	for i := 0; i < port.MaxRaftConnsPerHost+50; i++ {
 		conn := dialFrom(t, "127.0.0.1", c.addrs[l])
-		conn.Write([]byte{tagRaft})
+		conn.Write([]byte{port.TagRaft})
 		conns = append(conns, conn)
 	}
 	waitFor(t, 10*time.Second, "the node to settle its raft connections", func() bool {
-		m := c.nodes[l].mux
-		m.mu.Lock()
-		defer m.mu.Unlock()
-		return m.raftHosts["127.0.0.1"] == maxRaftConnsPerHost
+		return c.nodes[l].mux.RaftConns("127.0.0.1") == port.MaxRaftConnsPerHost
 	})
 	if _, err := c.nodes[(l+1)%3].Apply(ctxTimeout(t, 5*time.Second), fsmexample.Set("k", []byte("v"))); err != nil {
 		t.Fatalf("write with the member host at its raft connection cap: %v", err)

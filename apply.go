@@ -9,7 +9,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
-	"github.com/raftkit/raftkit/internal/wire"
+	"github.com/raftkit/raftkit/internal/peer"
 )
 
 // Apply submits cmd to the replicated log and returns the FSM's response
@@ -57,7 +57,7 @@ import (
 // outcome is unknown and that is applied after Apply returned.
 func (n *RaftNode) Apply(ctx context.Context, cmd []byte) (any, error) {
 	start := n.metrics.now()
-	res, err, path := n.apply(ctx, cmd)
+	res, path, err := n.apply(ctx, cmd)
 	n.metrics.applied(n.id, path, start, err)
 	return res, err
 }
@@ -101,19 +101,19 @@ func (n *RaftNode) applyLocal(ctx context.Context, cmd []byte) (any, error) {
 	return n.applyHere(ctx, own(cmd))
 }
 
-func (n *RaftNode) apply(ctx context.Context, cmd []byte) (res any, err error, path string) {
+func (n *RaftNode) apply(ctx context.Context, cmd []byte) (res any, path string, err error) {
 	path = "local"
 	if err := n.checkOpen(); err != nil {
-		return nil, err, path
+		return nil, path, err
 	}
 	if err := n.memberErr(); err != nil {
-		return nil, notApplied("apply", err), path
+		return nil, path, notApplied("apply", err)
 	}
 	if err := n.checkSize(cmd); err != nil {
-		return nil, err, path
+		return nil, path, err
 	}
 	if err := doneErr(ctx, "apply"); err != nil {
-		return nil, err, path
+		return nil, path, err
 	}
 	ctx, cancel := n.bound(ctx)
 	defer cancel()
@@ -127,7 +127,7 @@ func (n *RaftNode) apply(ctx context.Context, cmd []byte) (res any, err error, p
 			res, err = n.forwardApply(ctx, owned)
 		}
 		if err == nil || !retryable(err) || !n.backoff(ctx, attempt) {
-			return res, err, path
+			return res, path, err
 		}
 	}
 }
@@ -306,8 +306,8 @@ func (n *RaftNode) localResult(r leaderResult) (any, error) {
 }
 
 // wireResult turns a leader's outcome into a forwarded caller's answer.
-func (n *RaftNode) wireResult(r leaderResult) wire.ApplyResponse {
-	var resp wire.ApplyResponse
+func (n *RaftNode) wireResult(r leaderResult) peer.ApplyResponse {
+	var resp peer.ApplyResponse
 	switch {
 	case r.err != nil:
 		resp.Err = toWire(r.err)
@@ -319,7 +319,7 @@ func (n *RaftNode) wireResult(r leaderResult) wire.ApplyResponse {
 			err = n.cfg.codecs.encodeResult(res, &resp)
 		}
 		if err != nil {
-			resp = wire.ApplyResponse{Err: &wire.Error{Kind: wire.KindFSM, Message: unencodable(err).Error()}}
+			resp = peer.ApplyResponse{Err: &peer.Error{Kind: peer.KindFSM, Message: unencodable(err).Error()}}
 		}
 	}
 	return resp
@@ -335,10 +335,10 @@ func unencodable(err error) error {
 // ApplyBatch requests): the same path as its own callers'. Each command
 // gets its own verdict: one over this node's MaxCommandSize fails alone
 // (ErrTooLarge), and the others are applied.
-func (n *RaftNode) serveApply(timeout int64, cmds [][]byte) []wire.ApplyResponse {
-	resps := make([]wire.ApplyResponse, len(cmds))
-	if len(cmds) > maxBatchCommands {
-		e := toWire(invalidRequest("batch of %d commands exceeds %d", len(cmds), maxBatchCommands))
+func (n *RaftNode) serveApply(timeout int64, cmds [][]byte) []peer.ApplyResponse {
+	resps := make([]peer.ApplyResponse, len(cmds))
+	if len(cmds) > peer.MaxBatchCommands {
+		e := toWire(invalidRequest("batch of %d commands exceeds %d", len(cmds), peer.MaxBatchCommands))
 		for i := range resps {
 			resps[i].Err = e
 		}

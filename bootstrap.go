@@ -3,7 +3,6 @@ package raftkit
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -14,8 +13,9 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 
+	"github.com/raftkit/raftkit/internal/peer"
+	"github.com/raftkit/raftkit/internal/port"
 	"github.com/raftkit/raftkit/internal/store"
-	"github.com/raftkit/raftkit/internal/wire"
 )
 
 // Bootstrap agreement.
@@ -24,7 +24,7 @@ import (
 // the same first configuration. A fresh node with Peers therefore does not
 // bootstrap at once: NewRaftNode starts it undecided, and a goroutine asks
 // the other nodes of its list, over the node's port, for theirs
-// (wire.MethodBootstrap). The node bootstraps when a majority of its list
+// (peer.MethodBootstrap). The node bootstraps when a majority of its list
 // holds exactly its list (compared by digest) and no rival list has as much
 // support; it joins without bootstrapping when a node of its list already
 // belongs to a cluster bootstrapped with the same list; it refuses for good
@@ -35,7 +35,7 @@ import (
 //
 // A node that decided records its cluster's list in its stable store
 // (bootstrapKey) and sends the list's digest ahead of its raft traffic
-// (tagRaftCluster); a node refuses raft traffic from a cluster with another
+// (port.TagRaftCluster); a node refuses raft traffic from a cluster with another
 // digest. A node with state from before raftkit recorded the list, or that
 // joined with Join, sends none and accepts any.
 
@@ -52,19 +52,15 @@ const (
 	agreementMaxDelay = time.Second
 )
 
-// clusterDigest identifies a bootstrap list: SHA-256 of its canonical form.
-type clusterDigest [32]byte
-
-func digestOf(list []string) clusterDigest {
+// digestOf identifies a bootstrap list: SHA-256 of its canonical form.
+func digestOf(list []string) port.Digest {
 	return sha256.Sum256([]byte(strings.Join(list, "\n")))
 }
-
-func (d clusterDigest) String() string { return hex.EncodeToString(d[:6]) }
 
 // canonicalPeers returns peers as "id=addr" entries, sorted: the form
 // that nodes compare and that raftkit bootstraps, so that two nodes given
 // the same list in another order write the same first entry.
-func canonicalPeers(peers []peer) []string {
+func canonicalPeers(peers []peerAddr) []string {
 	out := make([]string, 0, len(peers))
 	for _, p := range peers {
 		out = append(out, p.ID+"="+p.Addr)
@@ -99,7 +95,7 @@ type clusterGate struct {
 	logger    hclog.Logger
 	id, addr  string
 	own       []string // canonical Peers; nil without Peers
-	ownDigest clusterDigest
+	ownDigest port.Digest
 	stable    raft.StableStore
 
 	mu       sync.Mutex
@@ -107,7 +103,7 @@ type clusterGate struct {
 	decided  chan struct{} // closed when pending ends
 	known    bool          // list is this node's cluster's bootstrap list
 	list     []string
-	digest   clusterDigest
+	digest   port.Digest
 	refused  error // for good, until restarted with other Peers
 	conflict error // an undecided peer holds another list
 	support  int   // nodes holding own, as last seen
@@ -198,12 +194,12 @@ func (g *clusterGate) bootstrapNow(rc *raft.Config, st *store.Stores, trans raft
 	return nil
 }
 
-// admit decides whether a raft connection from remote, whose cluster has
+// Admit decides whether a raft connection from remote, whose cluster has
 // digest d (zero: not said), may reach raft. While the node is undecided
 // the connection waits (up to raft's I/O timeout), so that a peer's vote
 // request or heartbeat is not lost to a node about to agree.
-func (g *clusterGate) admit(remote string, d clusterDigest) bool {
-	t := time.NewTimer(raftIOTimeout)
+func (g *clusterGate) Admit(remote string, d port.Digest) bool {
+	t := time.NewTimer(port.RaftIOTimeout)
 	defer t.Stop()
 	select {
 	case <-g.decided:
@@ -217,7 +213,7 @@ func (g *clusterGate) admit(remote string, d clusterDigest) bool {
 	if g.refused != nil {
 		return false
 	}
-	if !g.known || d == (clusterDigest{}) || d == g.digest {
+	if !g.known || d == (port.Digest{}) || d == g.digest {
 		if d == g.digest {
 			// Raft traffic from the cluster: it counts this node in again.
 			g.outside = nil
@@ -231,8 +227,8 @@ func (g *clusterGate) admit(remote string, d clusterDigest) bool {
 	return false
 }
 
-// cluster returns the digest this node sends ahead of its raft traffic.
-func (g *clusterGate) cluster() (clusterDigest, bool) {
+// Cluster returns the digest this node sends ahead of its raft traffic.
+func (g *clusterGate) Cluster() (port.Digest, bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.digest, g.known && !g.pending
@@ -326,8 +322,8 @@ func (g *clusterGate) stopContext(d time.Duration) (context.Context, context.Can
 func (g *clusterGate) round(n *RaftNode) bool {
 	ctx, cancel := g.stopContext(agreementProbeTimeout)
 	defer cancel()
-	req := &wire.BootstrapRequest{ID: g.id, Addr: g.addr, Peers: g.own}
-	answers := make([]*wire.BootstrapResponse, len(g.own))
+	req := &peer.BootstrapRequest{ID: g.id, Addr: g.addr, Peers: g.own}
+	answers := make([]*peer.BootstrapResponse, len(g.own))
 	var wg sync.WaitGroup
 	for i, e := range g.own {
 		_, addr, _ := strings.Cut(e, "=")
@@ -337,8 +333,8 @@ func (g *clusterGate) round(n *RaftNode) bool {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var resp wire.BootstrapResponse
-			if _, err := n.rpc.call(ctx, addr, wire.MethodBootstrap, req, &resp); err == nil {
+			var resp peer.BootstrapResponse
+			if err := n.rpc.Call(ctx, addr, peer.MethodBootstrap, req, &resp); err == nil {
 				answers[i] = &resp
 			}
 		}()
@@ -351,7 +347,7 @@ func (g *clusterGate) round(n *RaftNode) bool {
 	}
 
 	support, rivalSupport := 1, 0
-	var rival, existing *wire.BootstrapResponse
+	var rival, existing *peer.BootstrapResponse
 	for _, a := range answers {
 		switch {
 		case a == nil:
@@ -406,7 +402,7 @@ func (g *clusterGate) round(n *RaftNode) bool {
 }
 
 // disagreement is the error naming both lists.
-func (g *clusterGate) disagreement(a *wire.BootstrapResponse, theirs []string, how string) error {
+func (g *clusterGate) disagreement(a *peer.BootstrapResponse, theirs []string, how string) error {
 	return configErr("Peers", "",
 		"this node's list %v (digest %s) differs from %v (digest %s): node %s at %s %s it; "+
 			"every node of a new cluster needs the same list. Fix Peers and restart this node, or start it with Join instead",
@@ -414,7 +410,7 @@ func (g *clusterGate) disagreement(a *wire.BootstrapResponse, theirs []string, h
 }
 
 // refuse makes this node refuse to bootstrap or accept any log, for good.
-func (g *clusterGate) refuse(a *wire.BootstrapResponse, theirs []string, how string) bool {
+func (g *clusterGate) refuse(a *peer.BootstrapResponse, theirs []string, how string) bool {
 	err := g.disagreement(a, theirs, how)
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -429,7 +425,7 @@ func (g *clusterGate) refuse(a *wire.BootstrapResponse, theirs []string, how str
 // decide makes own this node's cluster list: it records it, bootstraps it
 // if local, and opens the port to raft traffic. It reports false (try
 // again) if that fails.
-func (g *clusterGate) decide(n *RaftNode, local bool, why string, other *wire.BootstrapResponse) bool {
+func (g *clusterGate) decide(n *RaftNode, local bool, why string, other *peer.BootstrapResponse) bool {
 	if err := g.stable.Set(bootstrapKey, []byte(strings.Join(g.own, "\n"))); err != nil {
 		g.logger.Error("cannot record the bootstrap list; will retry", "error", err)
 		return false
@@ -465,7 +461,7 @@ func (g *clusterGate) decide(n *RaftNode, local bool, why string, other *wire.Bo
 }
 
 // answer fills a node's side of a comparison.
-func (g *clusterGate) answer(n *RaftNode, req *wire.BootstrapRequest, resp *wire.BootstrapResponse) {
+func (g *clusterGate) answer(n *RaftNode, req *peer.BootstrapRequest, resp *peer.BootstrapResponse) {
 	resp.ID, resp.Addr = n.id, n.addr
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -488,12 +484,6 @@ func (g *clusterGate) answer(n *RaftNode, req *wire.BootstrapRequest, resp *wire
 				"node", req.ID, "addr", req.Addr, "its_list", req.Peers, "this_list", mine)
 		})
 	}
-}
-
-// Bootstrap answers another node's comparison of bootstrap lists.
-func (s *rpcService) Bootstrap(req *wire.BootstrapRequest, resp *wire.BootstrapResponse) error {
-	s.n.gate.answer(s.n, req, resp)
-	return nil
 }
 
 // notePeersOnRestart logs, at INFO, that a node with state ignores a

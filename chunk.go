@@ -8,7 +8,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/raftkit/raftkit/internal/chunk"
-	"github.com/raftkit/raftkit/internal/wire"
+	"github.com/raftkit/raftkit/internal/peer"
 )
 
 // A command longer than chunk.Size enters the raft log in chunks (see
@@ -209,8 +209,8 @@ func (c *chunkReaders) reads(n *RaftNode, addr string, timeout time.Duration) bo
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), min(timeout, chunkReaderWait))
 	defer cancel()
-	var resp wire.FeaturesResponse
-	_, err := n.rpc.call(ctx, addr, wire.MethodFeatures, &wire.FeaturesRequest{}, &resp)
+	var resp peer.FeaturesResponse
+	err := n.rpc.Call(ctx, addr, peer.MethodFeatures, &peer.FeaturesRequest{}, &resp)
 	r = chunkReader{ok: err == nil && resp.Chunks, at: time.Now()}
 	if !r.ok {
 		n.logger.Debug("a peer does not confirm that it reads chunked commands; large commands enter the log whole", "peer", addr, "error", err)
@@ -222,10 +222,4 @@ func (c *chunkReaders) reads(n *RaftNode, addr string, timeout time.Duration) bo
 	c.seen[addr] = r
 	c.mu.Unlock()
 	return r.ok
-}
-
-// Features tells a leader which of raftkit's log formats this node reads.
-func (s *rpcService) Features(req *wire.FeaturesRequest, resp *wire.FeaturesResponse) error {
-	resp.Chunks = !s.n.cfg.noChunks
-	return nil
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -850,13 +849,8 @@ func FuzzChunkEntry(f *testing.F) {
 // own. With peers that do not, a large command enters the log whole and
 // every node applies it.
 func TestLargeCommandsEnterTheLogWholeUnlessEveryPeerReadsChunks(t *testing.T) {
-	var old []string // the first two nodes configured answer as older nodes
-	c := newTCPCluster(t, 3, withMaxCommandSize(2<<20), func(cfg *Config) {
-		if len(old) < 2 && !slices.Contains(old, cfg.Addr) {
-			old = append(old, cfg.Addr)
-		}
-		cfg.noChunks = slices.Contains(old, cfg.Addr)
-	})
+	// The first two nodes answer as older nodes.
+	c := newTCPClusterHooks(t, 3, func(i int) *nodeHooks { return &nodeHooks{noChunks: i < 2} }, withMaxCommandSize(2<<20))
 	l := c.leader()
 	leader := c.nodes[l]
 	for _, via := range []int{l, (l + 1) % 3} {

@@ -29,7 +29,7 @@ func fastRaft(c *raft.Config) {
 }
 
 // reservePorts binds n loopback ports and returns their addresses and the
-// listeners, still open: a node takes its listener with Config.listener,
+// listeners, still open: a node takes its listener with Config.Listener,
 // so no other process can take the port between its choice and the node's
 // start. Listeners no node took are closed when the test ends.
 func reservePorts(t testing.TB, n int) ([]string, []net.Listener) {
@@ -88,6 +88,7 @@ type testCluster struct {
 	storage []*MemStorage  // in memory
 	nodes   []*RaftNode
 	fsms    []*fsmexample.Store
+	hooks   func(i int) *nodeHooks // nil: none
 }
 
 // newTCPCluster starts n nodes over TCP on loopback, with BoltDB files
@@ -96,6 +97,13 @@ func newTCPCluster(t testing.TB, n int, opts ...func(*Config)) *testCluster {
 	t.Helper()
 	addrs, lns := reservePorts(t, n)
 	return startCluster(t, nil, addrs, lns, opts)
+}
+
+// newTCPClusterHooks is newTCPCluster whose node i starts with hooks(i).
+func newTCPClusterHooks(t testing.TB, n int, hooks func(i int) *nodeHooks, opts ...func(*Config)) *testCluster {
+	t.Helper()
+	addrs, lns := reservePorts(t, n)
+	return startClusterHooks(t, nil, addrs, lns, opts, hooks)
 }
 
 // newMemCluster starts n in-memory nodes, mem0 … mem{n-1}, on net.
@@ -120,8 +128,13 @@ func newMemNode(t testing.TB, name string) *RaftNode {
 
 func startCluster(t testing.TB, net *MemNetwork, addrs []string, lns []net.Listener, opts []func(*Config)) *testCluster {
 	t.Helper()
+	return startClusterHooks(t, net, addrs, lns, opts, nil)
+}
+
+func startClusterHooks(t testing.TB, net *MemNetwork, addrs []string, lns []net.Listener, opts []func(*Config), hooks func(int) *nodeHooks) *testCluster {
+	t.Helper()
 	n := len(addrs)
-	c := &testCluster{t: t, net: net, opts: opts, addrs: addrs, lns: lns,
+	c := &testCluster{t: t, net: net, opts: opts, addrs: addrs, lns: lns, hooks: hooks,
 		nodes: make([]*RaftNode, n), fsms: make([]*fsmexample.Store, n)}
 	if net == nil {
 		base := t.TempDir()
@@ -148,7 +161,7 @@ func (c *testCluster) config(i int) Config {
 	} else {
 		cfg.Dir = c.dirs[i]
 		if i < len(c.lns) {
-			cfg.listener = c.lns[i]
+			cfg.Listener = c.lns[i]
 		}
 	}
 	for _, o := range c.opts {
@@ -161,7 +174,11 @@ func (c *testCluster) config(i int) Config {
 func (c *testCluster) start(i int) {
 	c.t.Helper()
 	fsm := fsmexample.New()
-	n, err := NewRaftNode(c.config(i), fsm)
+	var hooks *nodeHooks
+	if c.hooks != nil {
+		hooks = c.hooks(i)
+	}
+	n, err := newRaftNode(c.config(i), fsm, hooks)
 	if i < len(c.lns) {
 		c.lns[i] = nil // taken, or closed by the failed start; restarts listen anew
 	}

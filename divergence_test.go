@@ -13,11 +13,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
-	"github.com/raftkit/raftkit/internal/wire"
+	"github.com/raftkit/raftkit/internal/peer"
+	"github.com/raftkit/raftkit/internal/port"
 )
 
 // divergenceRuns is how many times the reused-buffer tests repeat their
@@ -160,9 +160,9 @@ func TestForwardedBatchFailsOnlyTheOversizeCommand(t *testing.T) {
 		}
 		cmds = append(cmds, fsmexample.Set(fmt.Sprintf("k%d", i), value))
 	}
-	var resp wire.ApplyBatchResponse
-	req := &wire.ApplyBatchRequest{Commands: cmds, Timeout: int64(5 * time.Second)}
-	if _, err := f.rpc.call(ctxTimeout(t, 10*time.Second), nodes[l].Addr(), wire.MethodApplyBatch, req, &resp); err != nil {
+	var resp peer.ApplyBatchResponse
+	req := &peer.ApplyBatchRequest{Commands: cmds, Timeout: int64(5 * time.Second)}
+	if err := f.rpc.Call(ctxTimeout(t, 10*time.Second), nodes[l].Addr(), peer.MethodApplyBatch, req, &resp); err != nil {
 		t.Fatal(err)
 	}
 	if len(resp.Results) != len(cmds) {
@@ -308,15 +308,10 @@ func closeWhileForwarding(t *testing.T, n *RaftNode, addr string) {
 	t.Helper()
 	done := make(chan error, 1)
 	go func() {
-		_, err := n.fwd.submit(ctxTimeout(t, 30*time.Second), addr, own([]byte("x")))
-		done <- err
+		_, err := n.fwd.Submit(ctxTimeout(t, 30*time.Second), addr, own([]byte("x")))
+		done <- transportErr("apply", addr, err)
 	}()
-	waitFor(t, 10*time.Second, "the write to be on its way", func() bool {
-		n.fwd.mu.Lock()
-		defer n.fwd.mu.Unlock()
-		q := n.fwd.queues[addr]
-		return q != nil && q.inFlight > 0 && len(q.pending) == 0
-	})
+	waitFor(t, 10*time.Second, "the write to be on its way", func() bool { return n.fwd.Sending(addr) })
 	start := time.Now()
 	if err := n.Close(); err != nil {
 		t.Fatal(err)
@@ -350,67 +345,65 @@ func TestCloseCancelsADialToAnUnreachableLeaderInMemory(t *testing.T) {
 // leader counts it a stranger and caps its request messages at 64 KiB, as
 // it does for a member whose traffic comes from another address than
 // the one the configuration names.
-func strangerForwarder(t *testing.T) *applyBatcher {
+func strangerForwarder(t *testing.T) *peer.Batcher {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.2:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dial := func(ctx context.Context, addr string) (net.Conn, error) {
+	pool := peer.NewPool(func(ctx context.Context, addr string) (net.Conn, error) {
 		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
-		return d.DialContext(ctx, "tcp", addr)
-	}
-	mux := newPortMux(ln, ln.Addr().String(), dial, nil, hclog.NewNullLogger(), nil, false, 32<<20)
-	n := &RaftNode{rpc: newRPCPool(mux)}
-	t.Cleanup(func() { n.rpc.Close(); mux.Close() })
-	return newApplyBatcher(n)
+		conn, err := d.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			_, err = conn.Write([]byte{port.TagRPC})
+		}
+		return conn, err
+	})
+	b := peer.NewBatcher(pool)
+	t.Cleanup(func() { pool.Close(); b.Stop() })
+	return b
 }
 
-// fwdBatch builds a batch of forwarded commands, due in 10 s.
-func fwdBatch(cmds ...[]byte) []*fwdRequest {
-	var batch []*fwdRequest
-	for _, c := range cmds {
-		batch = append(batch, &fwdRequest{cmd: own(c), deadline: time.Now().Add(10 * time.Second), done: make(chan struct{})})
-	}
-	return batch
-}
-
-// A batch of small commands from a forwarder the leader counts a
-// stranger, larger together than the stranger's 64 KiB message cap, is
+// Small commands from a forwarder the leader counts a stranger, larger
+// together than the stranger's 64 KiB message cap, are sent in batches
 // cut to the cap: every command is applied, none reported unknown.
-func TestStrangersBatchIsCutToItsMessageCap(t *testing.T) {
+func TestStrangersBatchesAreCutToItsMessageCap(t *testing.T) {
 	c := newTCPCluster(t, 3)
 	l := c.leader()
 	b := strangerForwarder(t)
-	var cmds [][]byte
-	for i := 0; i < 16; i++ {
-		cmds = append(cmds, fsmexample.Set(fmt.Sprintf("k%02d", i), make([]byte, 8<<10)))
-	}
-	batch := fwdBatch(cmds...)
-	b.exchange(c.addrs[l], batch)
-	for i, r := range batch {
-		if r.err != nil || r.resp.Err != nil {
-			t.Fatalf("command %d of a stranger's 128 KiB batch: %v %+v, want applied", i, r.err, r.resp.Err)
+	for round := 0; round < 3; round++ {
+		var wg sync.WaitGroup
+		errs := make([]error, 16)
+		for i := range errs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				resp, err := b.Submit(ctxTimeout(t, 10*time.Second), c.addrs[l], fsmexample.Set(fmt.Sprintf("r%d-k%02d", round, i), make([]byte, 8<<10)))
+				if err == nil && resp.Err != nil {
+					err = c.nodes[l].fromWire(c.addrs[l], resp.Err)
+				}
+				errs[i] = transportErr("apply", c.addrs[l], err)
+			}()
+		}
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("round %d, command %d of a stranger's 8 KiB commands: %v, want applied", round, i, err)
+			}
 		}
 	}
 	c.readAll()
 	for i, kv := range c.fsms {
-		if kv.Len() != 16 {
-			t.Errorf("node %d holds %d keys, want 16", i, kv.Len())
+		if kv.Len() != 48 {
+			t.Errorf("node %d holds %d keys, want 48", i, kv.Len())
 		}
 	}
 	// One command over the cap cannot be cut: it is not applied, and the
 	// error says why.
-	one := fwdBatch(fsmexample.Set("big", make([]byte, 100<<10)))
-	b.exchange(c.addrs[l], one)
-	err := one[0].err
+	_, err := b.Submit(ctxTimeout(t, 10*time.Second), c.addrs[l], fsmexample.Set("big", make([]byte, 100<<10)))
+	err = transportErr("apply", c.addrs[l], err)
 	if !errors.Is(err, ErrNotApplied) || errors.Is(err, ErrUnknownOutcome) || !strings.Contains(err.Error(), "stranger") {
 		t.Fatalf("a stranger's 100 KiB command: %v, want not applied, naming the stranger's cap", err)
 	}
 	// The connection survived the refusal.
-	again := fwdBatch(fsmexample.Set("after", []byte("v")))
-	b.exchange(c.addrs[l], again)
-	if again[0].err != nil || again[0].resp.Err != nil {
-		t.Fatalf("a small command after the refusal: %v %+v", again[0].err, again[0].resp.Err)
+	resp, err := b.Submit(ctxTimeout(t, 10*time.Second), c.addrs[l], fsmexample.Set("after", []byte("v")))
+	if err != nil || resp.Err != nil {
+		t.Fatalf("a small command after the refusal: %v %+v", err, resp)
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"strings"
 	"time"
 
@@ -56,6 +55,11 @@ var (
 	// AddVoter, or wipe its Dir and start it as a new node.
 	ErrRemoved error = &classed{msg: "raftkit: node is not a member of its cluster", class: ErrNotApplied}
 
+	// ErrNotReady is returned by Ready for a node that does not serve as
+	// a member yet: it knows no leader, is not in its configuration, or
+	// has not caught up with its cluster. It matches ErrNotApplied.
+	ErrNotReady error = &classed{msg: "raftkit: node is not ready", class: ErrNotApplied}
+
 	// ErrUnknownOutcome is matched by errors after which raftkit cannot tell
 	// whether a write (or membership change) was applied: its deadline
 	// passed or its context was cancelled after it was submitted, leadership
@@ -78,26 +82,26 @@ var (
 	// ErrNotAuthorized is matched by errors for requests or connections that
 	// a node refused for lack of credentials: a peer certificate that fails
 	// verification or authorisation, or a wrong Config.JoinSecret.
-	ErrNotAuthorized = sentinel.NotAuthorized
+	ErrNotAuthorized = sentinel.ErrNotAuthorized
 
 	// ErrClosed is returned by calls on a node that has been closed. A write
 	// that returns ErrClosed alone was not applied; one cut short by Close
 	// also matches ErrUnknownOutcome.
-	ErrClosed = sentinel.Closed
+	ErrClosed = sentinel.ErrClosed
 
 	// ErrInvalidConfig is matched by every error that Config.Validate and
 	// NewRaftNode return for bad input. Use errors.As with *ConfigError to
 	// learn the field at fault.
-	ErrInvalidConfig = sentinel.InvalidConfig
+	ErrInvalidConfig = sentinel.ErrInvalidConfig
 
 	// ErrDataDirLocked is returned when another process, or another node in
 	// this process, holds the data directory's raft.db open.
-	ErrDataDirLocked = sentinel.DataDirLocked
+	ErrDataDirLocked = sentinel.ErrDataDirLocked
 
 	// ErrCorruptStore is returned when raft.db or the snapshots in the data
 	// directory cannot be trusted (truncated, damaged, or inconsistent with
 	// each other). raftkit never starts such a node with empty state.
-	ErrCorruptStore = sentinel.CorruptStore
+	ErrCorruptStore = sentinel.ErrCorruptStore
 
 	// ErrBadBackup is returned by Restore and ReadBackupInfo for a stream
 	// that is not a complete raftkit backup: wrong header, truncated, or
@@ -275,28 +279,6 @@ func (o Outcome) String() string {
 	return fmt.Sprintf("Outcome(%d)", int(o))
 }
 
-// HTTPStatus is the HTTP status code that raftkit's admin handler and
-// examples answer for the class: 200 applied, 422 rejected by the FSM, 503
-// not applied or closed (retry, maybe elsewhere), 504 unknown outcome, 400
-// invalid, 403 not authorized.
-func (o Outcome) HTTPStatus() int {
-	switch o {
-	case Applied:
-		return http.StatusOK
-	case Rejected:
-		return http.StatusUnprocessableEntity
-	case NotApplied, Closed:
-		return http.StatusServiceUnavailable
-	case Unknown:
-		return http.StatusGatewayTimeout
-	case Invalid:
-		return http.StatusBadRequest
-	case NotAuthorized:
-		return http.StatusForbidden
-	}
-	return http.StatusInternalServerError
-}
-
 // kitError is raftkit's wrapped error: one "raftkit:" prefix, then what
 // failed, the class and the cause, each once. It matches both class and
 // cause.
@@ -362,7 +344,7 @@ func unknownOutcome(what string, cause error) error { return wrapErr(ErrUnknownO
 
 // invalidRequest returns an invalid-request error with a formatted reason.
 func invalidRequest(format string, args ...any) error {
-	return wrapErr(ErrInvalidRequest, "", errors.New(fmt.Sprintf(format, args...)))
+	return wrapErr(ErrInvalidRequest, "", fmt.Errorf(format, args...))
 }
 
 // retryable reports whether a failed call may be tried again: it was

@@ -51,24 +51,23 @@ func (p *partLog) checkUnwound(t *testing.T) {
 // fullNodeConfig is a node with every part: a TCP port, a bolt directory,
 // a Peers list whose agreement runs in the background (the other peer is
 // unreachable) and metrics.
-func fullNodeConfig(t *testing.T, dir string, ln net.Listener, p *partLog) Config {
+func fullNodeConfig(t *testing.T, dir string, ln net.Listener) Config {
 	self := ln.Addr().String()
 	return Config{
 		Addr:       self,
-		listener:   ln,
+		Listener:   ln,
 		Dir:        dir,
 		Peers:      []string{self, unusedAddr(t)},
-		Metrics:    NewMetrics(),
+		Metrics:    &countingSink{},
 		RaftConfig: fastRaft,
 		Logger:     testLogger(t),
-		lifecycle:  p.hooks(),
 	}
 }
 
 func TestCloseStopsEveryPartOnceInReverseOrder(t *testing.T) {
 	_, lns := reservePorts(t, 1)
 	p := &partLog{}
-	n, err := NewRaftNode(fullNodeConfig(t, t.TempDir(), lns[0], p), fsmexample.New())
+	n, err := newRaftNode(fullNodeConfig(t, t.TempDir(), lns[0]), fsmexample.New(), &nodeHooks{lifecycle: p.hooks()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +96,7 @@ func TestFailedConstructorUnwindsEveryStep(t *testing.T) {
 	// Learn the parts of a node that starts.
 	_, lns := reservePorts(t, 1)
 	all := &partLog{}
-	n, err := NewRaftNode(fullNodeConfig(t, t.TempDir(), lns[0], all), fsmexample.New())
+	n, err := newRaftNode(fullNodeConfig(t, t.TempDir(), lns[0]), fsmexample.New(), &nodeHooks{lifecycle: all.hooks()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +108,7 @@ func TestFailedConstructorUnwindsEveryStep(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "data")
 			addrs, lns := reservePorts(t, 1)
 			p := &partLog{failAfter: part}
-			n, err := NewRaftNode(fullNodeConfig(t, dir, lns[0], p), fsmexample.New())
+			n, err := newRaftNode(fullNodeConfig(t, dir, lns[0]), fsmexample.New(), &nodeHooks{lifecycle: p.hooks()})
 			if !errors.Is(err, errInjected) {
 				if n != nil {
 					n.Close()
@@ -142,17 +141,16 @@ func TestFailedJoinUnwindsTheWholeNode(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	_, lns := reservePorts(t, 1)
 	p := &partLog{}
-	_, err := NewRaftNode(Config{
+	_, err := newRaftNode(Config{
 		Addr:        lns[0].Addr().String(),
-		listener:    lns[0],
+		Listener:    lns[0],
 		Dir:         t.TempDir(),
 		Join:        []string{unusedAddr(t)},
 		JoinTimeout: 300 * time.Millisecond,
-		Metrics:     NewMetrics(),
+		Metrics:     &countingSink{},
 		RaftConfig:  fastRaft,
 		Logger:      testLogger(t),
-		lifecycle:   p.hooks(),
-	}, fsmexample.New())
+	}, fsmexample.New(), &nodeHooks{lifecycle: p.hooks()})
 	if !errors.Is(err, ErrNoLeader) {
 		t.Fatalf("join of an unreachable member gave %v, want ErrNoLeader", err)
 	}
@@ -164,20 +162,19 @@ func TestFailedJoinUnwindsTheWholeNode(t *testing.T) {
 
 func TestFailedInMemoryConstructorUnwindsEveryStep(t *testing.T) {
 	network := NewMemNetwork()
-	config := func(storage *MemStorage, p *partLog) Config {
+	config := func(storage *MemStorage) Config {
 		return Config{
-			InMemory:  true,
-			Addr:      "n1",
-			Network:   network,
-			Storage:   storage,
-			Peers:     []string{"n1", "n2"}, // n2 never starts: the agreement keeps running
-			Metrics:   NewMetrics(),
-			Logger:    testLogger(t),
-			lifecycle: p.hooks(),
+			InMemory: true,
+			Addr:     "n1",
+			Network:  network,
+			Storage:  storage,
+			Peers:    []string{"n1", "n2"}, // n2 never starts: the agreement keeps running
+			Metrics:  &countingSink{},
+			Logger:   testLogger(t),
 		}
 	}
 	all := &partLog{}
-	n, err := NewRaftNode(config(NewMemStorage(), all), fsmexample.New())
+	n, err := newRaftNode(config(NewMemStorage()), fsmexample.New(), &nodeHooks{lifecycle: all.hooks()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,7 +185,7 @@ func TestFailedInMemoryConstructorUnwindsEveryStep(t *testing.T) {
 			defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 			storage := NewMemStorage()
 			p := &partLog{failAfter: part}
-			if _, err := NewRaftNode(config(storage, p), fsmexample.New()); !errors.Is(err, errInjected) {
+			if _, err := newRaftNode(config(storage), fsmexample.New(), &nodeHooks{lifecycle: p.hooks()}); !errors.Is(err, errInjected) {
 				t.Fatalf("failing after part %d (%s) gave %v, want the injected failure", k, part, err)
 			}
 			p.checkUnwound(t)

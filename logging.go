@@ -3,7 +3,6 @@ package raftkit
 import (
 	"bufio"
 	"context"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
@@ -19,7 +18,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 
-	"github.com/raftkit/raftkit/internal/wire"
+	"github.com/raftkit/raftkit/internal/peer"
 )
 
 // LevelTrace is the slog level that SlogLogger gives hclog's Trace lines
@@ -248,7 +247,7 @@ func (n *RaftNode) announceClose() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), n.raft.ReloadableConfig().ElectionTimeout)
 	defer cancel()
-	req := &wire.ClosingRequest{ID: n.id, Addr: n.addr, Secret: n.cfg.JoinSecret}
+	req := &peer.ClosingRequest{ID: n.id, Addr: n.addr, Secret: n.cfg.JoinSecret}
 	var wg sync.WaitGroup
 	for _, s := range f.Configuration().Servers {
 		if string(s.ID) == n.id {
@@ -257,23 +256,12 @@ func (n *RaftNode) announceClose() {
 		wg.Add(1)
 		go func(addr string) {
 			defer wg.Done()
-			if _, err := n.rpc.call(ctx, addr, wire.MethodClosing, req, &wire.ClosingResponse{}); err != nil {
+			if err := n.rpc.Call(ctx, addr, peer.MethodClosing, req, &peer.ClosingResponse{}); err != nil {
 				n.logger.Debug("could not tell a peer that this node is closing", "peer", addr, "error", err)
 			}
 		}(string(s.Address))
 	}
 	wg.Wait()
-}
-
-// Closing is the request service's method that records a peer's
-// clean-close notice (announceClose on the peer).
-func (s *rpcService) Closing(req *wire.ClosingRequest, resp *wire.ClosingResponse) error {
-	if want := s.n.cfg.JoinSecret; want != "" && subtle.ConstantTimeCompare([]byte(want), []byte(req.Secret)) != 1 {
-		return nil
-	}
-	s.n.departures.add(req.ID, req.Addr)
-	s.n.logger.Debug("peer announced a clean close; failures to reach it are logged at Debug for a while", "peer", req.ID, "addr", req.Addr)
-	return nil
 }
 
 // observer tracks leadership for level: whether a leader was ever known,

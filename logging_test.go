@@ -128,7 +128,7 @@ func checkCleanRunLogs(t *testing.T, leaderFirst bool) {
 		logger := hclog.New(&hclog.LoggerOptions{Name: fmt.Sprintf("n%d", i), Level: hclog.Warn, Output: &buf, JSONFormat: true})
 		// Long timeouts: shorter ones lose leader leases (rightly logged
 		// as Warn) on a loaded machine running -race.
-		n, err := NewRaftNode(Config{Addr: addrs[i], Dir: filepath.Join(base, fmt.Sprint(i)), Peers: addrs, Timing: TimingWAN, Logger: logger, listener: lns[i]}, fsmexample.New())
+		n, err := NewRaftNode(Config{Addr: addrs[i], Dir: filepath.Join(base, fmt.Sprint(i)), Peers: addrs, Timing: TimingWAN, Logger: logger, Listener: lns[i]}, fsmexample.New())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -169,7 +169,7 @@ func checkCleanRunLogs(t *testing.T, leaderFirst bool) {
 
 func TestQuietLoggerDemotesOnlyExpectedCloses(t *testing.T) {
 	d := newDepartures()
-	peer := raft.Server{ID: "n2", Address: "127.0.0.1:7002"}
+	srv := raft.Server{ID: "n2", Address: "127.0.0.1:7002"}
 	refused := errors.New("dial tcp 127.0.0.1:7002: connect: connection refused")
 	cases := []struct {
 		name  string
@@ -179,26 +179,26 @@ func TestQuietLoggerDemotesOnlyExpectedCloses(t *testing.T) {
 		args  []any
 		want  hclog.Level
 	}{
-		{"peer failure before any notice", nil, hclog.Error, "failed to heartbeat to", []any{"peer", peer.Address, "error", refused}, hclog.Error},
-		{"vote failure before any notice", nil, hclog.Error, "failed to make requestVote RPC", []any{"target", peer, "error", refused}, hclog.Error},
+		{"peer failure before any notice", nil, hclog.Error, "failed to heartbeat to", []any{"peer", srv.Address, "error", refused}, hclog.Error},
+		{"vote failure before any notice", nil, hclog.Error, "failed to make requestVote RPC", []any{"target", srv, "error", refused}, hclog.Error},
 		{"own closed connection", nil, hclog.Error, "failed to decode incoming command", []any{"error", fmt.Errorf("read: %w", net.ErrClosed)}, hclog.Debug},
 		{"transport shut down", nil, hclog.Error, "failed to decode incoming command", []any{"error", raft.ErrTransportShutdown}, hclog.Debug},
 		{"first election", nil, hclog.Warn, "heartbeat timeout reached, starting election", []any{"last-leader-addr", raft.ServerAddress(""), "last-leader-id", raft.ServerID("")}, hclog.Info},
 		{"election after losing a leader", nil, hclog.Warn, "heartbeat timeout reached, starting election", []any{"last-leader-addr", raft.ServerAddress("127.0.0.1:7003"), "last-leader-id", raft.ServerID("n3")}, hclog.Warn},
-		{"newer term without a transfer", nil, hclog.Error, "peer has newer term, stopping replication", []any{"peer", peer}, hclog.Error},
+		{"newer term without a transfer", nil, hclog.Error, "peer has newer term, stopping replication", []any{"peer", srv}, hclog.Error},
 		{"info stays info", nil, hclog.Info, "entering follower state", nil, hclog.Info},
-		{"peer failure after its notice", func() { d.add("n2", "127.0.0.1:7002") }, hclog.Error, "failed to heartbeat to", []any{"peer", peer.Address, "error", refused}, hclog.Debug},
-		{"contact failure after its notice", nil, hclog.Warn, "failed to contact", []any{"server-id", peer.ID, "time", time.Second}, hclog.Debug},
+		{"peer failure after its notice", func() { d.add("n2", "127.0.0.1:7002") }, hclog.Error, "failed to heartbeat to", []any{"peer", srv.Address, "error", refused}, hclog.Debug},
+		{"contact failure after its notice", nil, hclog.Warn, "failed to contact", []any{"server-id", srv.ID, "time", time.Second}, hclog.Debug},
 		{"another peer's failure", nil, hclog.Error, "failed to appendEntries to", []any{"peer", raft.Server{ID: "n3", Address: "127.0.0.1:7003"}, "error", refused}, hclog.Error},
-		{"notice's quiet period over", func() { d.peers["n2"] = departure{addr: "127.0.0.1:7002", until: time.Now().Add(-time.Second)} }, hclog.Error, "failed to appendEntries to", []any{"peer", peer, "error", refused}, hclog.Error},
+		{"notice's quiet period over", func() { d.peers["n2"] = departure{addr: "127.0.0.1:7002", until: time.Now().Add(-time.Second)} }, hclog.Error, "failed to appendEntries to", []any{"peer", srv, "error", refused}, hclog.Error},
 		{"reset from a peer's host before its notice", nil, hclog.Error, "failed to decode incoming command", []any{"error", resetFrom("127.0.0.2:40000")}, hclog.Error},
 		{"reset from a noticed peer's host", func() { d.add("n2", "127.0.0.2:7002") }, hclog.Error, "failed to decode incoming command", []any{"error", resetFrom("127.0.0.2:40000")}, hclog.Debug},
 		{"reset from another host", nil, hclog.Error, "failed to decode incoming command", []any{"error", resetFrom("127.0.0.3:40000")}, hclog.Error},
 		{"split vote before any leader", nil, hclog.Warn, "Election timeout reached, restarting election", nil, hclog.Info},
 		{"split vote after a leader was known", func() { d.seenLeader.Store(true) }, hclog.Warn, "Election timeout reached, restarting election", nil, hclog.Warn},
-		{"refused vote: we have a leader", nil, hclog.Warn, "rejecting vote request since we have a leader", []any{"from", peer.Address}, hclog.Info},
-		{"refused vote: our log is newer", nil, hclog.Warn, "rejecting vote request since our last index is greater", []any{"candidate", peer.Address}, hclog.Warn},
-		{"newer term after a transfer", func() { d.handedOver.Store(true) }, hclog.Error, "peer has newer term, stopping replication", []any{"peer", peer}, hclog.Debug},
+		{"refused vote: we have a leader", nil, hclog.Warn, "rejecting vote request since we have a leader", []any{"from", srv.Address}, hclog.Info},
+		{"refused vote: our log is newer", nil, hclog.Warn, "rejecting vote request since our last index is greater", []any{"candidate", srv.Address}, hclog.Warn},
+		{"newer term after a transfer", func() { d.handedOver.Store(true) }, hclog.Error, "peer has newer term, stopping replication", []any{"peer", srv}, hclog.Debug},
 	}
 	for _, c := range cases {
 		if c.setup != nil {
@@ -220,7 +220,7 @@ func TestPeerLostWithoutNoticeStillLogsErrors(t *testing.T) {
 	nodes := make([]*RaftNode, 3)
 	for i := range nodes {
 		logger := hclog.New(&hclog.LoggerOptions{Name: fmt.Sprintf("n%d", i), Level: hclog.Warn, Output: &buf, JSONFormat: true})
-		n, err := NewRaftNode(Config{Addr: addrs[i], Dir: filepath.Join(base, fmt.Sprint(i)), Peers: addrs, RaftConfig: fastRaft, Logger: logger, listener: lns[i]}, fsmexample.New())
+		n, err := NewRaftNode(Config{Addr: addrs[i], Dir: filepath.Join(base, fmt.Sprint(i)), Peers: addrs, RaftConfig: fastRaft, Logger: logger, Listener: lns[i]}, fsmexample.New())
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -9,7 +9,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
-	"github.com/raftkit/raftkit/internal/wire"
+	"github.com/raftkit/raftkit/internal/peer"
 )
 
 // DefaultJoinTimeout bounds how long a new node keeps asking Config.Join's
@@ -23,20 +23,20 @@ const DefaultJoinTimeout = 30 * time.Second
 // Apply: not applied (already retried within ctx), unknown outcome,
 // invalid, not authorized or closed.
 func (n *RaftNode) AddVoter(ctx context.Context, id, addr string) error {
-	return n.changeMembership(ctx, wire.OpAddVoter, id, addr)
+	return n.changeMembership(ctx, peer.OpAddVoter, id, addr)
 }
 
 // AddNonvoter adds a member that receives the log but does not vote (a read
 // replica). Like AddVoter, it is idempotent and works from any node.
 func (n *RaftNode) AddNonvoter(ctx context.Context, id, addr string) error {
-	return n.changeMembership(ctx, wire.OpAddNonvoter, id, addr)
+	return n.changeMembership(ctx, peer.OpAddNonvoter, id, addr)
 }
 
 // RemoveServer removes member id from the cluster; removing an ID that is
 // not a member does nothing. Any node may call it. A removed node's raft
 // shuts down when it learns of its removal; Close it.
 func (n *RaftNode) RemoveServer(ctx context.Context, id string) error {
-	return n.changeMembership(ctx, wire.OpRemove, id, "")
+	return n.changeMembership(ctx, peer.OpRemove, id, "")
 }
 
 // TransferLeadership hands leadership to voter id ("" lets raft pick the
@@ -49,15 +49,15 @@ func (n *RaftNode) RemoveServer(ctx context.Context, id string) error {
 // (or it could not be sent): once a leader has received it, leadership may
 // have moved, and moving it again would not be what the caller asked.
 func (n *RaftNode) TransferLeadership(ctx context.Context, id string) error {
-	return n.changeMembership(ctx, wire.OpTransfer, id, "")
+	return n.changeMembership(ctx, peer.OpTransfer, id, "")
 }
 
 // membershipOps names the operations for errors.
 var membershipOps = map[string]string{
-	wire.OpAddVoter:    "add voter",
-	wire.OpAddNonvoter: "add non-voter",
-	wire.OpRemove:      "remove server",
-	wire.OpTransfer:    "transfer leadership",
+	peer.OpAddVoter:    "add voter",
+	peer.OpAddNonvoter: "add non-voter",
+	peer.OpRemove:      "remove server",
+	peer.OpTransfer:    "transfer leadership",
 }
 
 // changeMembership runs a membership operation on the leader, here or
@@ -68,11 +68,11 @@ func (n *RaftNode) changeMembership(ctx context.Context, op, id, addr string) er
 		return err
 	}
 	switch op {
-	case wire.OpAddVoter, wire.OpAddNonvoter:
+	case peer.OpAddVoter, peer.OpAddNonvoter:
 		if id == "" || addr == "" || strings.ContainsAny(id, "=\n") {
 			return wrapErr(ErrInvalidRequest, what, fmt.Errorf("need a server ID without '=' and an address, got %q at %q", id, addr))
 		}
-	case wire.OpRemove:
+	case peer.OpRemove:
 		if id == "" {
 			return wrapErr(ErrInvalidRequest, what, errors.New("empty server ID"))
 		}
@@ -83,7 +83,7 @@ func (n *RaftNode) changeMembership(ctx context.Context, op, id, addr string) er
 	ctx, cancel := n.bound(ctx)
 	defer cancel()
 	again := retryable
-	if op == wire.OpTransfer {
+	if op == peer.OpTransfer {
 		again = func(err error) bool { return errors.Is(err, ErrNoLeader) }
 	}
 	for attempt := 0; ; attempt++ {
@@ -92,10 +92,10 @@ func (n *RaftNode) changeMembership(ctx context.Context, op, id, addr string) er
 			err = n.membershipHere(ctx, op, id, addr)
 		} else {
 			dl, _ := ctx.Deadline()
-			var resp wire.MembershipResponse
-			req := &wire.MembershipRequest{Op: op, ID: id, Addr: addr, Timeout: int64(time.Until(dl)), Secret: n.cfg.JoinSecret}
+			var resp peer.MembershipResponse
+			req := &peer.MembershipRequest{Op: op, ID: id, Addr: addr, Timeout: int64(time.Until(dl)), Secret: n.cfg.JoinSecret}
 			var leader string
-			if leader, err = n.forward(ctx, what, wire.MethodMembership, req, &resp); err == nil {
+			if leader, err = n.forward(ctx, what, peer.MethodMembership, req, &resp); err == nil {
 				err = n.fromWire(leader, resp.Err)
 			}
 		}
@@ -119,11 +119,11 @@ func (n *RaftNode) membershipHere(ctx context.Context, op, id, addr string) erro
 		return n.notLeader()
 	}
 	switch op {
-	case wire.OpAddVoter:
+	case peer.OpAddVoter:
 		return n.addServer(ctx, id, addr, true)
-	case wire.OpAddNonvoter:
+	case peer.OpAddNonvoter:
 		return n.addServer(ctx, id, addr, false)
-	case wire.OpRemove:
+	case peer.OpRemove:
 		if id == "" {
 			return wrapErr(ErrInvalidRequest, what, errors.New("empty server ID"))
 		}
@@ -131,7 +131,7 @@ func (n *RaftNode) membershipHere(ctx context.Context, op, id, addr string) erro
 			return nil
 		}
 		return n.configError(what+" "+id, n.waitFuture(ctx, n.raft.RemoveServer(raft.ServerID(id), 0, n.timeLeft(ctx))))
-	case wire.OpTransfer:
+	case peer.OpTransfer:
 		return n.transferHere(ctx, id)
 	}
 	return wrapErr(ErrInvalidRequest, "membership request", fmt.Errorf("unknown operation %q", op))
@@ -336,14 +336,17 @@ func (n *RaftNode) join() error {
 func (n *RaftNode) joinVia(ctx context.Context, addr string) error {
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.ApplyTimeout)
 	defer cancel()
-	var resp wire.MembershipResponse
-	req := &wire.MembershipRequest{Op: wire.OpAddVoter, ID: n.id, Addr: n.addr, Timeout: int64(n.timeLeft(ctx)), Secret: n.cfg.JoinSecret}
-	sent, err := n.rpc.call(ctx, addr, wire.MethodMembership, req, &resp)
+	var resp peer.MembershipResponse
+	req := &peer.MembershipRequest{Op: peer.OpAddVoter, ID: n.id, Addr: n.addr, Timeout: int64(n.timeLeft(ctx)), Secret: n.cfg.JoinSecret}
+	err := n.rpc.Call(ctx, addr, peer.MethodMembership, req, &resp)
+	var call *peer.CallError
 	switch {
 	case err == nil:
 		return n.fromWire(addr, resp.Err)
-	case !sent:
-		return wrapErr(ErrNoLeader, "", fmt.Errorf("member %s unreachable: %w", addr, err))
+	case errors.As(err, &call) && !call.Sent:
+		return wrapErr(ErrNoLeader, "", fmt.Errorf("member %s unreachable: %w", addr, call.Err))
+	case errors.Is(err, ErrClosed):
+		return err
 	}
 	return unknownOutcome("join", err)
 }

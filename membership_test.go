@@ -23,7 +23,7 @@ func TestFourthNodeJoinsThroughAFollowerAndGetsAllData(t *testing.T) {
 	addrs, lns := reservePorts(t, 1)
 	addr := addrs[0]
 	kv := fsmexample.New()
-	n4, err := NewRaftNode(Config{Addr: addr, listener: lns[0], Dir: filepath.Join(t.TempDir(), "n4"), Join: []string{follower}, RaftConfig: fastRaft, Logger: testLogger(t)}, kv)
+	n4, err := NewRaftNode(Config{Addr: addr, Listener: lns[0], Dir: filepath.Join(t.TempDir(), "n4"), Join: []string{follower}, RaftConfig: fastRaft, Logger: testLogger(t)}, kv)
 	if err != nil {
 		t.Fatalf("join through follower %s: %v", follower, err)
 	}
@@ -49,7 +49,7 @@ func TestRestartedMemberNeverJoinsAgain(t *testing.T) {
 	l := c.leader()
 	addrs, lns := reservePorts(t, 1)
 	dir := filepath.Join(t.TempDir(), "n4")
-	cfg := Config{Addr: addrs[0], listener: lns[0], Dir: dir, Join: []string{c.addrs[l]}, RaftConfig: fastRaft}
+	cfg := Config{Addr: addrs[0], Listener: lns[0], Dir: dir, Join: []string{c.addrs[l]}, RaftConfig: fastRaft}
 	n4, err := NewRaftNode(cfg, fsmexample.New())
 	if err != nil {
 		t.Fatal(err)
@@ -61,7 +61,7 @@ func TestRestartedMemberNeverJoinsAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	n4.Close()
-	cfg.listener = nil // closed with n4: the restart listens anew
+	cfg.Listener = nil // closed with n4: the restart listens anew
 	// A join attempt would fail: the only Join address is dead and the
 	// timeout tiny. A member with state must start without trying.
 	cfg.Join = []string{unusedAddr(t)}

@@ -2,12 +2,14 @@ package raftkit
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/hashicorp/raft"
 
-	"github.com/raftkit/raftkit/internal/wire"
+	"github.com/raftkit/raftkit/internal/peer"
 )
 
 // readyPoll is how often WaitForLeader rechecks membership and catch-up.
@@ -79,6 +81,41 @@ func (n *RaftNode) ready() bool {
 	return true
 }
 
+// Ready reports whether this node serves as a member of its cluster, as
+// health checks want to know: nil when it is open, in its cluster's
+// configuration, a follower or the leader with a known leader, and, after
+// a join, has applied what the cluster had committed when it joined.
+// Otherwise the error says why: ErrClosed, an error matching ErrRemoved or
+// ErrInvalidConfig (see Status.MembershipError), or one matching
+// ErrNotReady. It does not block.
+func (n *RaftNode) Ready() error {
+	if err := n.checkOpen(); err != nil {
+		return err
+	}
+	if err := n.memberErr(); err != nil {
+		return err
+	}
+	return readiness(n.Status())
+}
+
+// readiness is Ready's verdict on a member's status.
+func readiness(st Status) error {
+	notReady := func(why string) error { return wrapErr(ErrNotReady, "", errors.New(why)) }
+	switch {
+	case st.State == raft.Shutdown.String():
+		return notReady("raft has shut down (was the node removed from the cluster?)")
+	case !slices.ContainsFunc(st.Servers, func(s ServerInfo) bool { return s.ID == st.ID }):
+		return notReady("not a member of any cluster configuration")
+	case st.LeaderID == "":
+		return notReady("no known leader")
+	case st.State != raft.Leader.String() && st.State != raft.Follower.String():
+		return notReady("node is a " + st.State)
+	case st.Joining:
+		return notReady("joined, but has not yet applied what the cluster had committed when it joined")
+	}
+	return nil
+}
+
 // waitReadyLeader is WaitForLeader.
 func (n *RaftNode) waitReadyLeader(ctx context.Context) (string, error) {
 	ctx, cancel := context.WithCancel(ctx)
@@ -122,8 +159,8 @@ func (n *RaftNode) awaitJoinIndex() {
 					return
 				}
 				ctx, cancel := g.stopContext(agreementProbeTimeout)
-				var resp wire.ReadIndexResponse
-				_, err := n.rpc.call(ctx, string(addr), wire.MethodReadIndex, &wire.ReadIndexRequest{Timeout: int64(agreementProbeTimeout)}, &resp)
+				var resp peer.ReadIndexResponse
+				err := n.rpc.Call(ctx, string(addr), peer.MethodReadIndex, &peer.ReadIndexRequest{Timeout: int64(agreementProbeTimeout)}, &resp)
 				cancel()
 				if err == nil && resp.Err == nil && resp.Index > 0 {
 					n.joinIndex.Store(resp.Index)

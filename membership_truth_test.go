@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -14,6 +13,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
+	"github.com/raftkit/raftkit/internal/port"
 )
 
 // configNames reports whether any node's configuration names addr.
@@ -28,12 +28,14 @@ func configNames(nodes []*RaftNode, addr string) bool {
 	return false
 }
 
-// healthOf asks node's admin handler for GET health.
+// healthOf is what a health check of node (admin's GET health) answers,
+// as far as it rests on Ready: 200, or 503 and why.
 func healthOf(t *testing.T, n *RaftNode) (int, string) {
 	t.Helper()
-	rec := httptest.NewRecorder()
-	AdminHandler(n, AdminOptions{}).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/health", nil))
-	return rec.Code, rec.Body.String()
+	if err := n.Ready(); err != nil {
+		return http.StatusServiceUnavailable, err.Error()
+	}
+	return http.StatusOK, ""
 }
 
 // One typo in one node's Peers: A and B get [A,B,C], C gets [A,C,D]. They
@@ -512,14 +514,14 @@ func TestClusterGateHoldsUndecidedAndRefusesForeignRaftTraffic(t *testing.T) {
 	}
 	mine := digestOf([]string{"a=1", "b=2"})
 	other := digestOf([]string{"a=1", "c=3"})
-	if g := newGate(false); !g.admit("x", other) {
+	if g := newGate(false); !g.Admit("x", other) {
 		t.Fatal("a node that knows no cluster (Join, old state) refused traffic")
 	}
 
 	g := newGate(true)
 	admitted := make(chan bool, 2)
-	go func() { admitted <- g.admit("x", mine) }()
-	go func() { admitted <- g.admit("y", other) }()
+	go func() { admitted <- g.Admit("x", mine) }()
+	go func() { admitted <- g.Admit("y", other) }()
 	select {
 	case <-admitted:
 		t.Fatal("an undecided node let raft traffic through")
@@ -535,12 +537,12 @@ func TestClusterGateHoldsUndecidedAndRefusesForeignRaftTraffic(t *testing.T) {
 	if got[true] != 1 || got[false] != 1 {
 		t.Fatalf("after deciding: %v admitted, want the own cluster's in and the other's out", got)
 	}
-	if !g.admit("x", clusterDigest{}) {
+	if !g.Admit("x", port.Digest{}) {
 		t.Fatal("an unlabelled connection (old state, Join) refused")
 	}
 
 	g = newGate(true)
-	go func() { admitted <- g.admit("x", mine) }()
+	go func() { admitted <- g.Admit("x", mine) }()
 	g.mu.Lock()
 	g.refused = errors.New("refused")
 	g.endPending()
@@ -549,7 +551,7 @@ func TestClusterGateHoldsUndecidedAndRefusesForeignRaftTraffic(t *testing.T) {
 		t.Fatal("a refused node admitted raft traffic")
 	}
 	g = newGate(true)
-	go func() { admitted <- g.admit("x", mine) }()
+	go func() { admitted <- g.Admit("x", mine) }()
 	g.halt()
 	if <-admitted {
 		t.Fatal("a closing node admitted raft traffic")

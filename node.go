@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net/rpc"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,8 +14,9 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/raftkit/raftkit/internal/chunk"
+	"github.com/raftkit/raftkit/internal/peer"
+	"github.com/raftkit/raftkit/internal/port"
 	"github.com/raftkit/raftkit/internal/store"
-	"github.com/raftkit/raftkit/internal/wire"
 )
 
 // RaftNode is one member of a replicated state machine: a hashicorp/raft
@@ -29,19 +30,18 @@ type RaftNode struct {
 
 	raft   *raft.Raft
 	fsm    *trackedFSM // the application's FSM, as raft sees it
-	mux    *portMux
+	mux    *port.Mux
 	trans  *raft.NetworkTransport
 	stores *store.Stores
 
 	leadership *leaderWatch
-	rpcServer  *rpc.Server
-	rpc        *rpcPool
-	fwd        *applyBatcher // forwarded writes
+	rpc        *peer.Pool
+	fwd        *peer.Batcher // forwarded writes
 	runners    runnerSet
 	// futureWaits counts waits on raft futures (waitFuture, leaderApply).
 	futureWaits waitGroup
 	readyTerm   atomic.Uint64 // term in which this leader's barrier completed
-	metrics     *Metrics      // nil: none
+	metrics     metrics       // Config.Metrics, or none
 	departures  *departures   // peers that announced a clean close
 
 	// leaderReads and followerReads share read-index requests among
@@ -67,6 +67,9 @@ type RaftNode struct {
 	// chunked submission feeds raft a group at a time (nil but with
 	// raft-wal; see submitChunked).
 	storedChunks *chunk.Stored
+
+	// hooks are this package's tests' (see nodeHooks).
+	hooks *nodeHooks
 
 	// life holds the node's parts with their stop functions; Close
 	// stops them in reverse order.
@@ -97,7 +100,24 @@ type RaftNode struct {
 // If NewRaftNode fails, everything it opened is closed again. Errors match
 // ErrInvalidConfig, ErrDataDirLocked, ErrCorruptStore or ErrRecovery where
 // those apply.
-func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
+func NewRaftNode(cfg Config, fsm raft.FSM) (*RaftNode, error) {
+	return newRaftNode(cfg, fsm, nil)
+}
+
+// nodeHooks let this package's tests watch a node's parts being built and
+// stopped (and fail the constructor after any of them), and make it answer
+// as a node of an older version would. nil: none.
+type nodeHooks struct {
+	lifecycle *lifecycleHooks
+	// noChunks makes the node answer a leader's Features request as a
+	// node from before chunking would: it does not read chunked commands.
+	noChunks bool
+}
+
+func newRaftNode(cfg Config, fsm raft.FSM, hooks *nodeHooks) (node *RaftNode, err error) {
+	if hooks == nil {
+		hooks = &nodeHooks{}
+	}
 	if fsm == nil {
 		return nil, configErr("fsm", "", "must not be nil: pass the application's raft.FSM")
 	}
@@ -110,7 +130,7 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 	// Each part is registered with its stop function as soon as it exists;
 	// a failure from here on stops the parts built so far, last first,
 	// exactly as Close does.
-	life := &lifecycle{hooks: s.lifecycle}
+	life := &lifecycle{hooks: hooks.lifecycle}
 	defer func() {
 		if err != nil {
 			_ = life.stop()
@@ -125,10 +145,11 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 		return nil, err
 	}
 
-	s, mux, trans, err := openTransport(s)
+	mux, trans, err := port.Open(s.portOptions())
 	if err != nil {
 		return nil, err
 	}
+	s = s.bound(mux.Advertise())
 	// Raft's transport, then the port under it: its accept loop ends only
 	// once it is closed and the port stops.
 	if err := life.add("transport", func() error {
@@ -136,7 +157,7 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 		if err := trans.Close(); err != nil {
 			errs = append(errs, err)
 		}
-		if err := mux.Close(); err != nil && !errors.Is(err, ErrClosed) {
+		if err := mux.Close(); err != nil && !errors.Is(err, ErrClosed) && !errors.Is(err, net.ErrClosed) {
 			errs = append(errs, fmt.Errorf("listener: %w", err))
 		}
 		return errors.Join(errs...)
@@ -169,7 +190,7 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 			return nil, err
 		}
 	}
-	mux.gate.Store(gate)
+	mux.SetGate(gate)
 
 	n := &RaftNode{
 		cfg:     s,
@@ -179,10 +200,11 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 		mux:     mux,
 		trans:   trans,
 		stores:  stores,
-		metrics: s.Metrics,
+		metrics: metrics{sink: s.Metrics},
 		gate:    gate,
 		closed:  make(chan struct{}),
 		life:    life,
+		hooks:   hooks,
 
 		departures: departed,
 	}
@@ -198,11 +220,13 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 	}); err != nil {
 		return nil, err
 	}
-	n.fwd = newApplyBatcher(n)
-	if err := life.add("forwarded writes", func() error { n.fwd.stop(); return nil }); err != nil {
+	n.rpc = peer.NewPool(func(ctx context.Context, addr string) (net.Conn, error) {
+		return mux.DialTagged(ctx, addr, port.TagRPC)
+	})
+	n.fwd = peer.NewBatcher(n.rpc)
+	if err := life.add("forwarded writes", func() error { n.fwd.Stop(); return nil }); err != nil {
 		return nil, err
 	}
-	n.rpc = newRPCPool(mux)
 	if err := life.add("request clients", func() error { n.rpc.Close(); return nil }); err != nil {
 		return nil, err
 	}
@@ -218,7 +242,7 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 	n.fsm.restored = func() uint64 { return snapshotIndex(stores.Snaps) }
 	// Raft sees its transport and stable store through the term guard,
 	// which refuses requests with impossible terms (see termguard.go).
-	guarded, stable := guardTerms(trans, stores.Stable, mux.done, &mux.wg, s.Logger.Named("transport"))
+	guarded, stable := mux.GuardTerms(trans, stores.Stable, s.Logger.Named("transport"))
 	r, err := raft.NewRaft(rc, n.fsm, stores.Log, stable, stores.Snaps, guarded)
 	if err != nil {
 		return nil, fmt.Errorf("raftkit: start raft: %w", err)
@@ -232,7 +256,7 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 	r.RegisterObserver(departed.observer(raft.ServerID(s.ID)))
 	// The port learns the configuration's hosts (its members) from raft;
 	// the transport part waits for that goroutine.
-	mux.followConfiguration(r)
+	mux.FollowConfiguration(r)
 
 	// The parts from here on use raft: they stop before it does.
 	n.leadership = newLeaderWatch(r)
@@ -252,17 +276,17 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (node *RaftNode, err error) {
 	if err := life.add("abandoned chunk aborts", func() error { stopAborts(); <-abortsDone; return nil }); err != nil {
 		return nil, err
 	}
-	n.rpcServer = rpc.NewServer()
-	if err := n.rpcServer.RegisterName(wire.Service, &rpcService{n: n}); err != nil {
+	server, err := peer.NewServer(peerHandler{n: n})
+	if err != nil {
 		return nil, fmt.Errorf("raftkit: register request service: %w", err)
 	}
-	mux.serveRPC(n.serveRPC)
+	mux.ServeRPC(server.Serve)
 	// Requests being served end with the listener; the server only stops
 	// taking new request connections.
-	if err := life.add("request server", func() error { mux.serveRPC(nil); return nil }); err != nil {
+	if err := life.add("request server", func() error { mux.ServeRPC(nil); return nil }); err != nil {
 		return nil, err
 	}
-	if n.metrics != nil {
+	if s.Metrics != nil {
 		if err := life.add("metrics", n.startMetrics()); err != nil {
 			return nil, err
 		}
@@ -600,8 +624,8 @@ func (n *RaftNode) closedOr(err error) error {
 // startMetrics registers the node with Config.Metrics and counts the
 // leader changes it sees until the returned function stops it.
 func (n *RaftNode) startMetrics() (stop func() error) {
-	m := n.metrics
-	m.addNode(n)
+	m := n.metrics.sink
+	m.AddNode(n)
 	ctx, cancel := context.WithCancel(context.Background())
 	ch := n.WatchLeadership(ctx)
 	done := make(chan struct{})
@@ -610,7 +634,7 @@ func (n *RaftNode) startMetrics() (stop func() error) {
 		last := ""
 		for l := range ch {
 			if l.LeaderID != "" && l.LeaderID != last {
-				m.leaderChanged(n.id)
+				m.LeaderChanged(n.id)
 				last = l.LeaderID
 			}
 		}
@@ -618,7 +642,7 @@ func (n *RaftNode) startMetrics() (stop func() error) {
 	return func() error {
 		cancel()
 		<-done
-		m.removeNode(n)
+		m.RemoveNode(n)
 		return nil
 	}
 }

@@ -15,11 +15,10 @@ import (
 
 	"github.com/hashicorp/go-msgpack/v2/codec"
 	"github.com/hashicorp/raft"
-	"github.com/prometheus/client_golang/prometheus"
 
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
 	"github.com/raftkit/raftkit/internal/chunk"
-	"github.com/raftkit/raftkit/internal/wire"
+	"github.com/raftkit/raftkit/internal/peer"
 )
 
 // An application's own FSM, with its own result and error types, as a
@@ -89,7 +88,7 @@ func outcomeCluster(t *testing.T) ([]*RaftNode, []*outcomeFSM) {
 			Addr: a, Dir: filepath.Join(base, fmt.Sprint(i)), Peers: addrs, RaftConfig: fastRaft, Logger: testLogger(t),
 			FSMErrors:   []error{errOutOfStock, (*validationError)(nil)},
 			ResultTypes: []any{receipt{}, (*receipt)(nil)},
-			listener:    lns[i],
+			Listener:    lns[i],
 		}, fsm)
 		if err != nil {
 			t.Fatal(err)
@@ -268,7 +267,7 @@ func TestApplyFailuresAreClassedAlikeOnLeaderAndFollower(t *testing.T) {
 	}
 }
 
-// Every failure the leader can report keeps its class through the wire.
+// Every failure the leader can report keeps its class through the peer.
 func TestLeaderFailuresKeepTheirClassThroughForwarding(t *testing.T) {
 	n := newMemNode(t, "solo")
 	notLeader := func() error { return &NotLeaderError{LeaderID: "n2", LeaderAddr: "a2"} }
@@ -308,7 +307,7 @@ func TestLeaderFailuresKeepTheirClassThroughForwarding(t *testing.T) {
 	if got := n.fromWire("a1", toWire(notLeader())); !errors.As(got, &nle) || nle.LeaderAddr != "a2" {
 		t.Errorf("not-leader arrives as %v, without the leader", got)
 	}
-	if got := n.fromWire("a1", &wire.Error{Kind: "from-the-future", Message: "x"}); Classify(got) != Unknown {
+	if got := n.fromWire("a1", &peer.Error{Kind: "from-the-future", Message: "x"}); Classify(got) != Unknown {
 		t.Errorf("an unknown kind of answer is %v, want an unknown outcome", Classify(got))
 	}
 }
@@ -349,16 +348,16 @@ func TestNormaliseMatchesTheWire(t *testing.T) {
 			t.Fatal(err)
 		}
 		// What a follower decodes from the leader's encoding.
-		var resp wire.ApplyResponse
+		var resp peer.ApplyResponse
 		if err := c.encodeResult(v, &resp); err != nil {
 			t.Fatal(err)
 		}
 		var b []byte
-		if err := codec.NewEncoderBytes(&b, wire.Handle()).Encode(&resp); err != nil {
+		if err := codec.NewEncoderBytes(&b, peer.Handle()).Encode(&resp); err != nil {
 			t.Fatal(err)
 		}
-		var back wire.ApplyResponse
-		if err := codec.NewDecoderBytes(b, wire.Handle()).Decode(&back); err != nil {
+		var back peer.ApplyResponse
+		if err := codec.NewDecoderBytes(b, peer.Handle()).Decode(&back); err != nil {
 			t.Fatal(err)
 		}
 		slow, err := c.decodeResult(&back)
@@ -467,10 +466,8 @@ func TestWritesRideThroughTransfersAndALeaderKill(t *testing.T) {
 // Forwarded FSM errors are counted once, by the leader's one write path,
 // whether they travel alone or in batches.
 func TestFSMErrorsAreCountedOnceWhateverThePath(t *testing.T) {
-	m := NewMetrics()
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(m)
-	c := newMetricsCluster(t, m)
+	m := &countingSink{}
+	c := newTCPCluster(t, 3, func(cfg *Config) { cfg.Metrics = m })
 	l := c.leader()
 	f := c.nodes[(l+1)%3]
 	waitFor(t, 10*time.Second, "follower to know the leader", func() bool { return f.GetLeaderAddr() != "" })
@@ -489,9 +486,13 @@ func TestFSMErrorsAreCountedOnceWhateverThePath(t *testing.T) {
 	if _, err := c.nodes[l].Apply(ctxTimeout(t, 10*time.Second), []byte{0xff}); Classify(err) != Rejected {
 		t.Fatalf("bad command on the leader: %v", err)
 	}
-	k := fmt.Sprintf(`raftkit_fsm_apply_errors_total{node_id="%s"}`, c.nodes[l].ID())
-	if got := scrape(t, reg)[k]; got != bad+1 {
-		t.Fatalf("%s = %v, want %d", k, got, bad+1)
+	if got := m.get(m.fsmErrors, c.nodes[l].ID()); got != bad+1 {
+		t.Fatalf("FSM errors counted on the leader: %d, want %d", got, bad+1)
+	}
+	for i, n := range c.nodes {
+		if got := m.get(m.fsmErrors, n.ID()); i != l && got != 0 {
+			t.Fatalf("FSM errors counted on follower %d: %d, want 0", i, got)
+		}
 	}
 }
 
@@ -531,11 +532,8 @@ func TestMembershipRequestsTravelOneHop(t *testing.T) {
 	l := memLeader(t, nodes)
 	f := nodes[(l+1)%3]
 	waitFor(t, 10*time.Second, "follower to know the leader", func() bool { return f.GetLeaderAddr() != "" })
-	var resp wire.MembershipResponse
-	req := &wire.MembershipRequest{Op: wire.OpAddNonvoter, ID: "x", Addr: "x", Timeout: int64(5 * time.Second)}
-	if err := (&rpcService{n: f}).Membership(req, &resp); err != nil {
-		t.Fatal(err)
-	}
+	req := &peer.MembershipRequest{Op: peer.OpAddNonvoter, ID: "x", Addr: "x", Timeout: int64(5 * time.Second)}
+	resp := peerHandler{n: f}.Membership(req)
 	err := f.fromWire("test", resp.Err)
 	var nle *NotLeaderError
 	if !errors.As(err, &nle) || nle.LeaderAddr != nodes[l].Addr() {

@@ -44,6 +44,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+	"github.com/raftkit/raftkit/internal/port"
 	"github.com/raftkit/raftkit/internal/store"
 )
 
@@ -118,19 +119,12 @@ type Config struct {
 	// string.
 	Addr string
 
-	// listener, when set, is already bound to Addr and becomes the node's
-	// port instead of a new listen. raftkit's tests hand nodes the
-	// listeners they reserved ports with, so that no other process can take
-	// a port between its choice and the node's start.
-	listener net.Listener
-	// noChunks (tests only) makes the node answer a leader's Features
-	// request as a node from before chunking would: it does not read
-	// chunked commands.
-	noChunks bool
-
-	// lifecycle, when set, lets tests watch the node's parts being built
-	// and stopped, and fail the constructor after any of them.
-	lifecycle *lifecycleHooks
+	// Listener, if set, is the node's port, already bound to Addr (a
+	// socket handed over by systemd's socket activation, say, or one a
+	// test reserved with port 0 so that no other process can take the
+	// port before the node starts); the node serves on it instead of
+	// listening itself and closes it at Close. TCP only.
+	Listener net.Listener
 
 	// AdvertiseAddr is the host:port other nodes use to reach this one.
 	// Default: Addr. Required when Addr binds an unspecified host such as
@@ -247,12 +241,11 @@ type Config struct {
 	// enough for a single node.
 	Network *MemNetwork
 
-	// Metrics, if set, receives this node's raftkit metrics (apply and
+	// Metrics, if set, receives this node's measurements: apply and
 	// read-barrier latency, forwarded writes, leader changes, FSM errors,
-	// and its indexes at scrape time), labelled with the node's ID. Register
-	// it with a Prometheus registry; see Metrics for raft's own metrics.
-	// Default: none.
-	Metrics *Metrics
+	// and its indexes when the sink reports them. Package admin's Metrics
+	// exports them (and raft's own) to Prometheus. Default: none.
+	Metrics MetricsSink
 
 	// TLS, if set, turns on mutual TLS for all node-to-node traffic; see
 	// TLSConfig. Without it, traffic is plain TCP and anyone who can reach
@@ -288,8 +281,8 @@ type Config struct {
 	RaftConfig func(*raft.Config)
 }
 
-// peer is one entry of the bootstrap list.
-type peer struct {
+// peerAddr is one entry of the bootstrap list.
+type peerAddr struct {
 	ID   string
 	Addr string
 }
@@ -302,8 +295,8 @@ type settled struct {
 	Config
 	codecs    *codecs
 	advertise string
-	peers     []peer
-	tls       *tlsState
+	peers     []peerAddr
+	tls       *port.TLS
 	// peersErr is Peers' problem for a node without state: the list does
 	// not name this node as it is. A node with state ignores Peers.
 	peersErr error
@@ -374,27 +367,37 @@ func (c Config) settle() (*settled, error) {
 	}, nil
 }
 
-// bound returns s as it is once its listener is bound at ln: with port 0
-// in Addr and no AdvertiseAddr, the advertised address, and an ID that
-// defaulted to it, take the port the OS chose. s itself is not changed.
-func (s *settled) bound(ln net.Addr) *settled {
-	if s.InMemory || s.AdvertiseAddr != "" {
-		return s
-	}
-	host, port, err := net.SplitHostPort(s.Addr)
-	if err != nil || port != "0" {
-		return s
-	}
-	_, realPort, err := net.SplitHostPort(ln.String())
-	if err != nil {
+// bound returns s as it is once its port is bound, advertised at
+// advertise: with port 0 in Addr and no AdvertiseAddr, the advertised
+// address, and an ID that defaulted to it, take the port the OS chose. s
+// itself is not changed.
+func (s *settled) bound(advertise string) *settled {
+	if advertise == s.advertise {
 		return s
 	}
 	b := *s
-	b.advertise = net.JoinHostPort(host, realPort)
+	b.advertise = advertise
 	if s.idIsAddr {
-		b.ID = b.advertise
+		b.ID = advertise
 	}
 	return &b
+}
+
+// portOptions are what port.Open sets up for this node.
+func (s *settled) portOptions() port.Options {
+	o := port.Options{Listener: s.Listener, Addr: s.Addr, Advertise: s.advertise, TLS: s.tls, Logger: s.Logger, MaxCommand: s.MaxCommandSize}
+	if s.InMemory {
+		network, advertise := s.Network, s.advertise
+		o.Listen = func() (net.Listener, error) { return network.listen(advertise) }
+		o.Dial = func(ctx context.Context, addr string) (net.Conn, error) {
+			return network.dialContext(ctx, advertise, addr)
+		}
+	}
+	for _, p := range s.peers {
+		o.Members = append(o.Members, p.Addr)
+	}
+	o.Members = append(o.Members, s.Join...)
+	return o
 }
 
 // storeOptions are what store.Open opens for this node.
@@ -557,7 +560,7 @@ func settleStores(c Config) (Config, error) {
 
 // peerSet is the parsed bootstrap list as it concerns this node.
 type peerSet struct {
-	list []peer
+	list []peerAddr
 	id   string // the node's ID, which an "id=addr" entry may give
 	err  error  // see settled.peersErr
 }
@@ -595,7 +598,7 @@ func settlePeers(c Config, a nodeAddress) (peerSet, error) {
 }
 
 // checkJoin checks Join's entries and that Join and Peers are not both set.
-func checkJoin(c Config, peers []peer) error {
+func checkJoin(c Config, peers []peerAddr) error {
 	if len(c.Join) > 0 && len(peers) > 0 {
 		return configErr("Join", strings.Join(c.Join, ","), "cannot be combined with Peers: bootstrap a new cluster with Peers, or join an existing one with Join")
 	}
@@ -614,7 +617,7 @@ func checkJoin(c Config, peers []peer) error {
 
 // settleTLS checks TLS and loads its files; nil without TLS. Failures to
 // reload the files later are logged to logger.
-func settleTLS(c *TLSConfig, logger hclog.Logger) (*tlsState, error) {
+func settleTLS(c *TLSConfig, logger hclog.Logger) (*port.TLS, error) {
 	if c == nil {
 		return nil, nil
 	}
@@ -652,16 +655,16 @@ func isUnspecifiedHost(host string) bool {
 }
 
 // parsePeers reads "addr" and "id=addr" entries and rejects duplicates.
-func parsePeers(list []string, inMemory bool) ([]peer, error) {
-	var out []peer
+func parsePeers(list []string, inMemory bool) ([]peerAddr, error) {
+	var out []peerAddr
 	ids := map[string]int{}
 	addrs := map[string]int{}
 	for i, entry := range list {
 		field := fmt.Sprintf("Peers[%d]", i)
 		entry = strings.TrimSpace(entry)
-		p := peer{Addr: entry}
+		p := peerAddr{Addr: entry}
 		if id, addr, ok := strings.Cut(entry, "="); ok {
-			p = peer{ID: strings.TrimSpace(id), Addr: strings.TrimSpace(addr)}
+			p = peerAddr{ID: strings.TrimSpace(id), Addr: strings.TrimSpace(addr)}
 			if p.ID == "" {
 				return nil, configErr(field, entry, "has an empty ID before '='")
 			}

@@ -464,7 +464,7 @@ func TestFailedConstructionReleasesEverything(t *testing.T) {
 	dir := t.TempDir()
 	addrs, lns := reservePorts(t, 1)
 	addr := addrs[0]
-	blocker, err := NewRaftNode(Config{Addr: addr, listener: lns[0], Dir: t.TempDir()}, fsmexample.New())
+	blocker, err := NewRaftNode(Config{Addr: addr, Listener: lns[0], Dir: t.TempDir()}, fsmexample.New())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -583,7 +583,7 @@ func TestPortZeroResolvesToANewValue(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := s.bound(&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 45678})
+	b := s.bound("127.0.0.1:45678")
 	if b.advertise != "127.0.0.1:45678" || b.ID != "127.0.0.1:45678" {
 		t.Fatalf("bound to port 45678: advertise %q, ID %q", b.advertise, b.ID)
 	}
@@ -597,7 +597,7 @@ func TestPortZeroResolvesToANewValue(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if b := s.bound(&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 45678}); b.ID != "n1" || b.advertise != "127.0.0.1:45678" {
+	if b := s.bound("127.0.0.1:45678"); b.ID != "n1" || b.advertise != "127.0.0.1:45678" {
 		t.Fatalf("bound with ID n1: advertise %q, ID %q", b.advertise, b.ID)
 	}
 
@@ -607,7 +607,7 @@ func TestPortZeroResolvesToANewValue(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if b := s.bound(&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 45678}); b.advertise != "127.0.0.1:7000" || b.ID != "127.0.0.1:7000" {
+	if b := s.bound(s.portOptions().Advertise); b.advertise != "127.0.0.1:7000" || b.ID != "127.0.0.1:7000" {
 		t.Fatalf("bound with AdvertiseAddr: advertise %q, ID %q", b.advertise, b.ID)
 	}
 

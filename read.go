@@ -9,7 +9,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
-	"github.com/raftkit/raftkit/internal/wire"
+	"github.com/raftkit/raftkit/internal/peer"
 )
 
 // LinearizableRead is a read barrier. When it returns nil, this node's FSM
@@ -78,8 +78,8 @@ func (n *RaftNode) readOnce(ctx context.Context) error {
 // remoteReadIndex asks the leader for a read index (the follower side of
 // LinearizableRead).
 func (n *RaftNode) remoteReadIndex(ctx context.Context) (uint64, error) {
-	var resp wire.ReadIndexResponse
-	leader, err := n.forward(ctx, "linearizable read", wire.MethodReadIndex, &wire.ReadIndexRequest{Timeout: int64(n.timeLeft(ctx))}, &resp)
+	var resp peer.ReadIndexResponse
+	leader, err := n.forward(ctx, "linearizable read", peer.MethodReadIndex, &peer.ReadIndexRequest{Timeout: int64(n.timeLeft(ctx))}, &resp)
 	if err == nil {
 		err = n.fromWire(leader, resp.Err)
 	}

@@ -9,7 +9,7 @@ import (
 
 	"github.com/hashicorp/go-msgpack/v2/codec"
 
-	"github.com/raftkit/raftkit/internal/wire"
+	"github.com/raftkit/raftkit/internal/peer"
 )
 
 // Results and FSM errors leave the leader in one form, whether the caller
@@ -110,7 +110,7 @@ func newCodecs(resultTypes []any, fsmErrors []error) (*codecs, error) {
 }
 
 // msgpackHandle is the wire's handle; results are normalised with it.
-var msgpackHandle = wire.Handle()
+var msgpackHandle = peer.Handle()
 
 // normalise returns res as a caller on another node would receive it.
 // Common types are converted directly, the rest through msgpack.
@@ -155,7 +155,7 @@ func (c *codecs) normalise(res any) (any, error) {
 }
 
 // encodeResult puts res into resp as a forwarded caller will decode it.
-func (c *codecs) encodeResult(res any, resp *wire.ApplyResponse) error {
+func (c *codecs) encodeResult(res any, resp *peer.ApplyResponse) error {
 	if res == nil {
 		return nil
 	}
@@ -180,7 +180,7 @@ func (c *codecs) encodeResult(res any, resp *wire.ApplyResponse) error {
 const bigUint64Key = "raftkit:uint64"
 
 // decodeResult returns the result that resp carries.
-func (c *codecs) decodeResult(resp *wire.ApplyResponse) (any, error) {
+func (c *codecs) decodeResult(resp *peer.ApplyResponse) (any, error) {
 	if resp.ResultType == "" {
 		if b, ok := resp.Result.([]byte); ok && len(b) == 0 {
 			return nil, nil
@@ -236,8 +236,8 @@ func (c *codecs) exactKey(err error) (string, bool) {
 }
 
 // encodeFSMError puts the FSM's error into its wire form.
-func (c *codecs) encodeFSMError(err error) *wire.Error {
-	we := &wire.Error{Kind: wire.KindFSM, Message: err.Error()}
+func (c *codecs) encodeFSMError(err error) *peer.Error {
+	we := &peer.Error{Kind: peer.KindFSM, Message: err.Error()}
 	if k, ok := c.exactKey(err); ok {
 		we.Exact = k
 		if k[0] == 't' {
@@ -263,15 +263,15 @@ func (c *codecs) encodeFSMError(err error) *wire.Error {
 	return we
 }
 
-func (c *codecs) encodeTyped(err error) (wire.TypedValue, bool) {
+func (c *codecs) encodeTyped(err error) (peer.TypedValue, bool) {
 	var b []byte
 	if codec.NewEncoderBytes(&b, msgpackHandle).Encode(err) != nil {
-		return wire.TypedValue{}, false
+		return peer.TypedValue{}, false
 	}
-	return wire.TypedValue{Type: c.errTypeKey[reflect.TypeOf(err)], Data: b}, true
+	return peer.TypedValue{Type: c.errTypeKey[reflect.TypeOf(err)], Data: b}, true
 }
 
-func (c *codecs) decodeTyped(tv wire.TypedValue) (error, bool) {
+func (c *codecs) decodeTyped(tv peer.TypedValue) (error, bool) {
 	t, ok := c.errByKey[tv.Type]
 	if !ok {
 		return nil, false
@@ -287,7 +287,7 @@ func (c *codecs) decodeTyped(tv wire.TypedValue) (error, bool) {
 // decodeFSMError rebuilds the FSM's error from its wire form, as
 // fsmError gives it on the leader. Registered errors this node lacks are
 // left out.
-func (c *codecs) decodeFSMError(we *wire.Error) error {
+func (c *codecs) decodeFSMError(we *peer.Error) error {
 	switch {
 	case len(we.Exact) > 2 && we.Exact[0] == 'v':
 		if s, ok := c.byKey[we.Exact[2:]]; ok {

@@ -21,6 +21,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
+	"github.com/raftkit/raftkit/internal/port"
 )
 
 // Certificates are made here, in the test; no key file is committed.
@@ -164,7 +165,7 @@ func TestTLSClusterForwardsJoinsAndReads(t *testing.T) {
 	}
 	kv := fsmexample.New()
 	addrs, lns := reservePorts(t, 1)
-	n4, err := NewRaftNode(Config{Addr: addrs[0], listener: lns[0], Dir: t.TempDir(), Join: []string{c.addrs[f]},
+	n4, err := NewRaftNode(Config{Addr: addrs[0], Listener: lns[0], Dir: t.TempDir(), Join: []string{c.addrs[f]},
 		TLS: e.config(t, "node4", nodeCert("node4.raft.test")), RaftConfig: fastRaft}, kv)
 	if err != nil {
 		t.Fatalf("join with a valid certificate: %v", err)
@@ -258,24 +259,23 @@ func TestTLSRefusesUnauthorisedPeers(t *testing.T) {
 // rogueStream dials the raft port as an outsider would: TLS with the given
 // credentials (or plain), then raft's tag.
 type rogueStream struct {
-	tls  *tlsState
+	tls  *tls.Config // nil: plain TCP
 	done chan struct{}
 }
 
 func (r *rogueStream) Accept() (net.Conn, error) { <-r.done; return nil, net.ErrClosed }
 func (r *rogueStream) Close() error              { close(r.done); return nil }
-func (r *rogueStream) Addr() net.Addr            { return strAddr("rogue:1") }
+func (r *rogueStream) Addr() net.Addr            { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }
 func (r *rogueStream) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
 	conn, err := net.DialTimeout("tcp", string(addr), timeout)
 	if err != nil {
 		return nil, err
 	}
 	if r.tls != nil {
-		tconn := tls.Client(conn, r.tls.clientConfig())
-		conn = tconn
+		conn = tls.Client(conn, r.tls)
 	}
 	conn.SetDeadline(time.Now().Add(2 * time.Second))
-	if _, err := conn.Write([]byte{tagRaft}); err != nil {
+	if _, err := conn.Write([]byte{port.TagRaft}); err != nil {
 		conn.Close()
 		return nil, err
 	}
@@ -283,25 +283,17 @@ func (r *rogueStream) Dial(addr raft.ServerAddress, timeout time.Duration) (net.
 }
 
 func rogueTransport(t *testing.T, tc *TLSConfig) *raft.NetworkTransport {
-	var ts *tlsState
+	var conf *tls.Config
 	if tc != nil {
 		// The rogue's own files may fail the node's checks (expired,
 		// client-only): load them without those checks.
-		ts = &tlsState{cfg: *tc, onError: func(error) {}}
 		pair, err := tls.LoadX509KeyPair(tc.CertFile, tc.KeyFile)
 		if err != nil {
 			t.Fatal(err)
 		}
-		ts.cert = &pair
-		ts.roots = x509.NewCertPool()
-		pemBytes, _ := os.ReadFile(tc.CAFile)
-		ts.roots.AppendCertsFromPEM(pemBytes)
-		ts.caSeen, _ = stamp(tc.CAFile)
-		c1, _ := stamp(tc.CertFile)
-		k1, _ := stamp(tc.KeyFile)
-		ts.certSeen = [2]fileStamp{c1, k1}
+		conf = &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{pair}}
 	}
-	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{Stream: &rogueStream{tls: ts, done: make(chan struct{})}, MaxPool: 1, Timeout: 2 * time.Second, Logger: hclog.NewNullLogger()})
+	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{Stream: &rogueStream{tls: conf, done: make(chan struct{})}, MaxPool: 1, Timeout: 2 * time.Second, Logger: hclog.NewNullLogger()})
 	t.Cleanup(func() { trans.Close(); trans.CloseStreams() })
 	return trans
 }
@@ -328,7 +320,7 @@ func rogueRPC(tc *TLSConfig, addr string) error {
 	}
 	// A request (header and body frames) that the server must answer:
 	// the method is unknown.
-	if _, err := conn.Write([]byte{tagRPC, 0, 0, 0, 1, 0x80, 0, 0, 0, 1, 0x80}); err != nil {
+	if _, err := conn.Write([]byte{port.TagRPC, 0, 0, 0, 1, 0x80, 0, 0, 0, 1, 0x80}); err != nil {
 		return err
 	}
 	buf := make([]byte, 1)
@@ -464,11 +456,8 @@ func TestConnectionFloodDoesNotStopCommits(t *testing.T) {
 			t.Fatalf("write %d during the flood: %v", i, err)
 		}
 	}
-	m := c.nodes[l].mux
-	m.mu.Lock()
-	pending := m.pending["127.0.0.2"]
-	m.mu.Unlock()
-	if pending > maxPendingPerHost {
-		t.Fatalf("%d handshakes pending from one host, cap %d", pending, maxPendingPerHost)
+	pending := c.nodes[l].mux.Pending("127.0.0.2")
+	if pending > port.MaxPendingPerHost {
+		t.Fatalf("%d handshakes pending from one host, cap %d", pending, port.MaxPendingPerHost)
 	}
 }

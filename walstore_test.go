@@ -49,7 +49,7 @@ func TestWALLockedDirFailsFast(t *testing.T) {
 	addrs, lns := reservePorts(t, 1)
 	done := make(chan error, 1)
 	go func() {
-		_, err := NewRaftNode(Config{Addr: addrs[0], listener: lns[0], Dir: c.dirs[0], LogStore: LogStoreWAL}, fsmexample.New())
+		_, err := NewRaftNode(Config{Addr: addrs[0], Listener: lns[0], Dir: c.dirs[0], LogStore: LogStoreWAL}, fsmexample.New())
 		done <- err
 	}()
 	select {

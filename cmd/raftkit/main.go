@@ -1,5 +1,5 @@
 // Command raftkit operates raftkit nodes: it talks to a running node's
-// admin handler (raftkit.AdminHandler, mounted by the application) and
+// admin handler (admin.Handler, mounted by the application) and
 // reads or prepares a stopped node's data directory.
 //
 // Install it with
@@ -49,6 +49,7 @@ import (
 	"time"
 
 	"github.com/raftkit/raftkit"
+	"github.com/raftkit/raftkit/admin"
 )
 
 const usage = `usage: raftkit COMMAND [ARGS] [flags]   (flags may also come first)
@@ -289,7 +290,7 @@ func decodeAnswer(resp *http.Response, method, url string, out any) error {
 // answerError turns a failed answer into an error with the node's message.
 func answerError(resp *http.Response, method, url string) error {
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	var ae raftkit.AdminError
+	var ae admin.Error
 	if json.Unmarshal(data, &ae) != nil || ae.Error == "" {
 		ae.Error = strings.TrimSpace(string(data))
 	}
@@ -393,21 +394,21 @@ func (c *cli) join(ctx context.Context, args []string) error {
 	}
 	id, addr := args[0], args[1]
 	msg := fmt.Sprintf("added %s at %s", id, addr)
-	return c.membership(ctx, "join", raftkit.AdminRequest{ID: id, Addr: addr, Nonvoter: c.nonvoter}, func(raftkit.Status) string { return msg })
+	return c.membership(ctx, "join", admin.Request{ID: id, Addr: addr, Nonvoter: c.nonvoter}, func(raftkit.Status) string { return msg })
 }
 
 func (c *cli) remove(ctx context.Context, args []string) error {
 	if len(args) != 1 {
 		return fmt.Errorf("%w: remove ID", errUsage)
 	}
-	return c.membership(ctx, "remove-server", raftkit.AdminRequest{ID: args[0]}, func(raftkit.Status) string { return "removed " + args[0] })
+	return c.membership(ctx, "remove-server", admin.Request{ID: args[0]}, func(raftkit.Status) string { return "removed " + args[0] })
 }
 
 func (c *cli) transfer(ctx context.Context, args []string) error {
 	if len(args) > 1 {
 		return fmt.Errorf("%w: transfer [ID]", errUsage)
 	}
-	req := raftkit.AdminRequest{}
+	req := admin.Request{}
 	if len(args) == 1 {
 		req.ID = args[0]
 	}
@@ -623,7 +624,7 @@ machine, the next time the node starts (then ` + raftkit.RecoveryFile + ` become
 
 func (c *cli) recover(ctx context.Context, args []string) error {
 	if len(args) < 2 {
-		return fmt.Errorf("%w: recover [-yes] DIR ID=ADDR[,nonvoter] ...", errUsage)
+		return fmt.Errorf("%w: recover [-yes] DIR ID=ADDR[,nonvoter] [ID=ADDR ...]", errUsage)
 	}
 	dir := args[0]
 	var servers []raftkit.ServerInfo

@@ -20,6 +20,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/raftkit/raftkit"
+	"github.com/raftkit/raftkit/admin"
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
 )
 
@@ -124,7 +125,7 @@ func (c *liveCluster) start(i int) {
 		c.t.Fatalf("start node %d: %v", i, err)
 	}
 	c.nodes[i] = n
-	c.admins[i] = httptest.NewServer(raftkit.AdminHandler(n, raftkit.AdminOptions{AllowMutations: true, AllowBackup: true}))
+	c.admins[i] = httptest.NewServer(admin.Handler(n, admin.Options{AllowMutations: true, AllowBackup: true}))
 }
 
 func (c *liveCluster) stop(i int) {

@@ -53,6 +53,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/raftkit/raftkit"
+	"github.com/raftkit/raftkit/admin"
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
 )
 
@@ -87,7 +88,7 @@ func main() {
 	if *tlsCA != "" || *tlsCert != "" || *tlsKey != "" {
 		tlsConfig = &raftkit.TLSConfig{CAFile: *tlsCA, CertFile: *tlsCert, KeyFile: *tlsKey, PeerNames: split(*tlsPeers)}
 	}
-	metrics := raftkit.NewMetrics()
+	metrics := admin.NewMetrics()
 	uninstall, err := metrics.InstallGlobal() // raft's and BoltDB's own metrics too
 	if err != nil {
 		log.Fatalf("kvserver: %v", err)
@@ -123,7 +124,7 @@ func main() {
 	// The raftkit admin handler (status, health, metrics, and with
 	// -admin-mutations the POST routes) is mounted under /raft/, where the
 	// raftkit CLI can reach it: raftkit -admin http://HOST/raft status
-	handler.Handle("/raft/", http.StripPrefix("/raft", raftkit.AdminHandler(node, raftkit.AdminOptions{AllowMutations: *mutate, Metrics: registry})))
+	handler.Handle("/raft/", http.StripPrefix("/raft", admin.Handler(node, admin.Options{AllowMutations: *mutate, Metrics: registry})))
 	srv := newHTTPServer(*httpAddr, handler)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -224,16 +225,10 @@ type errorBody struct {
 }
 
 // writeError answers a raftkit error with its outcome class's status and
-// code (raftkit.Classify): 503 with Retry-After for not applied and
-// closed, 504 for unknown outcomes, 400, 403, and 422 for the FSM's own
-// rejections.
-func writeError(w http.ResponseWriter, err error) {
-	class := raftkit.Classify(err)
-	if class.HTTPStatus() == http.StatusServiceUnavailable {
-		w.Header().Set("Retry-After", "1")
-	}
-	writeJSONError(w, class.HTTPStatus(), class.String(), err.Error())
-}
+// code (raftkit.Classify, admin.HTTPStatus): 503 with Retry-After for not
+// applied and closed, 504 for unknown outcomes, 400, 403, and 422 for the
+// FSM's own rejections.
+func writeError(w http.ResponseWriter, err error) { admin.WriteError(w, err) }
 
 func writeJSONError(w http.ResponseWriter, status int, code, msg string) {
 	w.Header().Set("Content-Type", "application/json")

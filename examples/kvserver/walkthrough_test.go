@@ -219,7 +219,6 @@ func TestSecuredCluster(t *testing.T) {
 	}
 	ports := freePorts(t, 8)
 	peers := fmt.Sprintf("n1=%s,n2=%s,n3=%s", ports[0], ports[2], ports[4])
-	var cmds []*exec.Cmd
 	for i := 0; i < 3; i++ {
 		id := fmt.Sprintf("n%d", i+1)
 		cmd := exec.Command(bin, "-id", id, "-addr", ports[2*i], "-http", ports[2*i+1], "-dir", filepath.Join(dir, id), "-peers", peers,
@@ -227,7 +226,6 @@ func TestSecuredCluster(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		cmds = append(cmds, cmd)
 		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	}
 	var leaderHTTP string

@@ -1,6 +1,6 @@
 // Package sentinel holds the errors that raftkit's internal packages
 // return and that package raftkit exports under its own names, in its one
-// block of sentinels (ErrClosed is sentinel.Closed, and so on), so that
+// block of sentinels (ErrClosed is sentinel.ErrClosed, and so on), so that
 // callers match them with errors.Is without importing anything internal.
 // It imports nothing of raftkit's.
 package sentinel
@@ -12,11 +12,11 @@ import (
 
 // The errors package raftkit exports (see its documentation there).
 var (
-	Closed        = errors.New("raftkit: node is closed")
-	NotAuthorized = errors.New("raftkit: not authorized")
-	InvalidConfig = errors.New("raftkit: invalid config")
-	DataDirLocked = errors.New("raftkit: data directory is locked by another node")
-	CorruptStore  = errors.New("raftkit: data directory is damaged")
+	ErrClosed        = errors.New("raftkit: node is closed")
+	ErrNotAuthorized = errors.New("raftkit: not authorized")
+	ErrInvalidConfig = errors.New("raftkit: invalid config")
+	ErrDataDirLocked = errors.New("raftkit: data directory is locked by another node")
+	ErrCorruptStore  = errors.New("raftkit: data directory is damaged")
 )
 
 // FieldError is an invalid Config field found by an internal package (a
@@ -38,5 +38,5 @@ func (e *FieldError) Error() string {
 	return fmt.Sprintf("raftkit: invalid config: %s %q: %s", e.Field, e.Value, e.Reason)
 }
 
-// Unwrap lets errors.Is(err, InvalidConfig) match.
-func (e *FieldError) Unwrap() error { return InvalidConfig }
+// Unwrap lets errors.Is(err, ErrInvalidConfig) match.
+func (e *FieldError) Unwrap() error { return ErrInvalidConfig }

@@ -34,15 +34,15 @@ func openBolt(path string, snaps raft.SnapshotStore, readOnly bool) (*boltStore,
 		}
 		if list, lerr := snaps.List(); lerr == nil && len(list) > 0 {
 			return nil, fmt.Errorf("%w: %s is missing but %d snapshot(s) exist: the node's term and vote are lost; "+
-				"restore raft.db, or remove the whole directory to rejoin as a new node", sentinel.CorruptStore, path, len(list))
+				"restore raft.db, or remove the whole directory to rejoin as a new node", sentinel.ErrCorruptStore, path, len(list))
 		}
 	case err != nil:
 		return nil, fmt.Errorf("raftkit: open log store %s: %w", path, err)
 	case fi.IsDir():
-		return nil, fmt.Errorf("%w: %s is a directory, not a BoltDB file", sentinel.CorruptStore, path)
+		return nil, fmt.Errorf("%w: %s is a directory, not a BoltDB file", sentinel.ErrCorruptStore, path)
 	case fi.Size() == 0:
 		return nil, fmt.Errorf("%w: %s is empty (0 bytes); raftkit will not start it as a fresh node. "+
-			"Remove the whole directory to rejoin as a new node", sentinel.CorruptStore, path)
+			"Remove the whole directory to rejoin as a new node", sentinel.ErrCorruptStore, path)
 	default:
 		if err := checkBoltFile(path, readOnly); err != nil {
 			return nil, err
@@ -61,7 +61,7 @@ func openBolt(path string, snaps raft.SnapshotStore, readOnly bool) (*boltStore,
 }
 
 // checkLogAgainstSnapshots checks what raft will read at start-up, so that
-// damage is an sentinel.CorruptStore error here rather than a panic or a silent
+// damage is an sentinel.ErrCorruptStore error here rather than a panic or a silent
 // loss later: raft restores the newest snapshot that passes its CRC check
 // (falling back to older ones), then reads every log entry after it, and
 // panics on one it cannot read. So at least one snapshot must be readable
@@ -72,7 +72,7 @@ func checkLogAgainstSnapshots(path string, logs raft.LogStore, snaps raft.Snapsh
 	return safely(func() error {
 		list, err := snaps.List()
 		if err != nil {
-			return fmt.Errorf("%w: listing snapshots: %v", sentinel.CorruptStore, err)
+			return fmt.Errorf("%w: listing snapshots: %v", sentinel.ErrCorruptStore, err)
 		}
 		var snapIndex uint64
 		usable := false
@@ -91,27 +91,27 @@ func checkLogAgainstSnapshots(path string, logs raft.LogStore, snaps raft.Snapsh
 		}
 		if len(list) > 0 && !usable {
 			return fmt.Errorf("%w: none of the %d snapshot(s) in %s can be read (see the log for each one's error); "+
-				"remove the whole directory to rejoin as a new node", sentinel.CorruptStore, len(list), filepath.Join(filepath.Dir(path), SnapshotDir))
+				"remove the whole directory to rejoin as a new node", sentinel.ErrCorruptStore, len(list), filepath.Join(filepath.Dir(path), SnapshotDir))
 		}
 		first, err := logs.FirstIndex()
 		if err != nil {
-			return fmt.Errorf("%w: %s: reading the first log index: %v", sentinel.CorruptStore, path, err)
+			return fmt.Errorf("%w: %s: reading the first log index: %v", sentinel.ErrCorruptStore, path, err)
 		}
 		last, err := logs.LastIndex()
 		if err != nil {
-			return fmt.Errorf("%w: %s: reading the last log index: %v", sentinel.CorruptStore, path, err)
+			return fmt.Errorf("%w: %s: reading the last log index: %v", sentinel.ErrCorruptStore, path, err)
 		}
 		if last <= snapIndex {
 			return nil // the snapshot covers the whole log
 		}
 		if first > snapIndex+1 {
 			return fmt.Errorf("%w: %s starts at entry %d but the newest readable snapshot ends at entry %d: "+
-				"entries in between are lost (missing or damaged snapshots)", sentinel.CorruptStore, path, first, snapIndex)
+				"entries in between are lost (missing or damaged snapshots)", sentinel.ErrCorruptStore, path, first, snapIndex)
 		}
 		var entry raft.Log
 		for i := snapIndex + 1; i <= last; i++ {
 			if err := logs.GetLog(i, &entry); err != nil {
-				return fmt.Errorf("%w: %s: log entry %d (of %d to %d) cannot be read: %v", sentinel.CorruptStore, path, i, snapIndex+1, last, err)
+				return fmt.Errorf("%w: %s: log entry %d (of %d to %d) cannot be read: %v", sentinel.ErrCorruptStore, path, i, snapIndex+1, last, err)
 			}
 		}
 		return nil
@@ -134,7 +134,7 @@ func checkBoltFile(path string, readOnly bool) error {
 // the list at every open by walking the file, and on a damaged file that
 // walk panics in a goroutine of bbolt's own, where no recover reaches: a
 // damaged raft.db would crash the process instead of failing with
-// sentinel.CorruptStore.
+// sentinel.ErrCorruptStore.
 func boltOptions(readOnly bool) *bbolt.Options {
 	return &bbolt.Options{Timeout: lockTimeout, ReadOnly: readOnly}
 }
@@ -150,7 +150,7 @@ func checkBolt(path string, readOnly bool) error {
 		defer db.Close()
 		return db.View(func(tx *bbolt.Tx) error {
 			for cerr := range tx.Check() {
-				return fmt.Errorf("%w: %s failed its consistency check: %v", sentinel.CorruptStore, path, cerr)
+				return fmt.Errorf("%w: %s failed its consistency check: %v", sentinel.ErrCorruptStore, path, cerr)
 			}
 			return nil
 		})
@@ -210,38 +210,38 @@ func checkBoltSize(path string) error {
 		}
 	}
 	if !best.ok {
-		return fmt.Errorf("%w: %s has no valid BoltDB meta page", sentinel.CorruptStore, path)
+		return fmt.Errorf("%w: %s has no valid BoltDB meta page", sentinel.ErrCorruptStore, path)
 	}
 	if need := int64(best.pgid) * int64(best.pageSize); best.pageSize == 0 || fi.Size() < need {
-		return fmt.Errorf("%w: %s is truncated: %d bytes, its meta page needs %d", sentinel.CorruptStore, path, fi.Size(), need)
+		return fmt.Errorf("%w: %s is truncated: %d bytes, its meta page needs %d", sentinel.ErrCorruptStore, path, fi.Size(), need)
 	}
 	return nil
 }
 
 func boltError(path string, err error) error {
 	switch {
-	case errors.Is(err, sentinel.CorruptStore), errors.Is(err, sentinel.DataDirLocked):
+	case errors.Is(err, sentinel.ErrCorruptStore), errors.Is(err, sentinel.ErrDataDirLocked):
 		return err
 	case errors.Is(err, berrors.ErrTimeout):
-		return fmt.Errorf("%w: %s is held by another process or node (waited %s for its lock)", sentinel.DataDirLocked, path, lockTimeout)
+		return fmt.Errorf("%w: %s is held by another process or node (waited %s for its lock)", sentinel.ErrDataDirLocked, path, lockTimeout)
 	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrChecksum),
 		errors.Is(err, berrors.ErrVersionMismatch), errors.Is(err, berrors.ErrInvalidMapping):
-		return fmt.Errorf("%w: %s: %v", sentinel.CorruptStore, path, err)
+		return fmt.Errorf("%w: %s: %v", sentinel.ErrCorruptStore, path, err)
 	case errors.Is(err, os.ErrPermission):
 		return fmt.Errorf("raftkit: open log store %s: %w", path, err)
 	}
 	// bbolt reports short files and bad pages with plain errors.
-	return fmt.Errorf("%w: %s cannot be opened: %v", sentinel.CorruptStore, path, err)
+	return fmt.Errorf("%w: %s cannot be opened: %v", sentinel.ErrCorruptStore, path, err)
 }
 
 // safely turns a panic in fn (bbolt panics on some damaged files) into an
-// sentinel.CorruptStore error. Memory faults in fn's goroutine (a damaged file
+// sentinel.ErrCorruptStore error. Memory faults in fn's goroutine (a damaged file
 // that bbolt maps) become panics too, rather than killing the process.
 func safely(fn func() error) (err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if p := recover(); p != nil {
-			err = fmt.Errorf("%w: reading it panicked: %v", sentinel.CorruptStore, p)
+			err = fmt.Errorf("%w: reading it panicked: %v", sentinel.ErrCorruptStore, p)
 		}
 	}()
 	return fn()

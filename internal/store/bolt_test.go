@@ -46,12 +46,12 @@ func TestMappedFileFaultIsAnErrorNotACrash(t *testing.T) {
 	if err := os.Truncate(db, int64(off/4096*4096)); err != nil {
 		t.Fatal(err)
 	}
-	if err := checkBoltFile(db, false); !errors.Is(err, sentinel.CorruptStore) {
+	if err := checkBoltFile(db, false); !errors.Is(err, sentinel.ErrCorruptStore) {
 		t.Fatalf("checkBoltFile on a truncated file: %v, want CorruptStore", err)
 	}
 	// checkBolt alone, without the size check in front of it.
 	err = checkBolt(db, false)
-	if !errors.Is(err, sentinel.CorruptStore) || !strings.Contains(err.Error(), "panicked") {
+	if !errors.Is(err, sentinel.ErrCorruptStore) || !strings.Contains(err.Error(), "panicked") {
 		t.Fatalf("checkBolt on a truncated file: %v, want CorruptStore from a recovered fault", err)
 	}
 }

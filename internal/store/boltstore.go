@@ -47,7 +47,11 @@ var (
 
 	// boltEncode and boltDecode are the handles raft-boltdb v2 uses with
 	// its default options; handles are safe for concurrent use.
-	boltEncode = &codec.MsgpackHandle{BasicHandle: codec.BasicHandle{TimeNotBuiltin: true}}
+	boltEncode = func() *codec.MsgpackHandle {
+		h := &codec.MsgpackHandle{}
+		h.TimeNotBuiltin = true
+		return h
+	}()
 	boltDecode = &codec.MsgpackHandle{}
 
 	// errBoltKeyNotFound is the stable store's answer for a missing key.
@@ -70,7 +74,7 @@ func newBoltStore(path string, opts *bbolt.Options) (*boltStore, error) {
 	if opts.ReadOnly {
 		err = db.View(func(tx *bbolt.Tx) error {
 			if tx.Bucket(boltLogs) == nil || tx.Bucket(boltConf) == nil {
-				return fmt.Errorf("%w: %s holds no raft log (its buckets %q and %q are missing)", sentinel.CorruptStore, path, boltLogs, boltConf)
+				return fmt.Errorf("%w: %s holds no raft log (its buckets %q and %q are missing)", sentinel.ErrCorruptStore, path, boltLogs, boltConf)
 			}
 			return nil
 		})

@@ -225,8 +225,8 @@ func TestBoltStoreReadOnlyRefusesAFileWithoutARaftLog(t *testing.T) {
 	}
 	db.Close()
 	_, err = newBoltStore(path, &bbolt.Options{ReadOnly: true, Timeout: time.Second})
-	if !errors.Is(err, sentinel.CorruptStore) {
-		t.Fatalf("read-only open of a BoltDB file without buckets: %v, want sentinel.CorruptStore", err)
+	if !errors.Is(err, sentinel.ErrCorruptStore) {
+		t.Fatalf("read-only open of a BoltDB file without buckets: %v, want sentinel.ErrCorruptStore", err)
 	}
 }
 

@@ -24,7 +24,7 @@ func lockDir(path string) (*dirLock, error) {
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("%w: %s is held by another process or node", sentinel.DataDirLocked, path)
+			return nil, fmt.Errorf("%w: %s is held by another process or node", sentinel.ErrDataDirLocked, path)
 		}
 		return nil, fmt.Errorf("raftkit: lock %s: %w", path, err)
 	}

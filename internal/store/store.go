@@ -83,7 +83,7 @@ func Detect(dir string) (kind Kind, found bool, err error) {
 	switch {
 	case bolt && wal:
 		return 0, false, fmt.Errorf("%w: %s holds both a BoltDB log (%s) and a raft-wal log (%s/); "+
-			"raftkit never writes both: keep the one the node used and move the other away", sentinel.CorruptStore, dir, BoltFile, WALDir)
+			"raftkit never writes both: keep the one the node used and move the other away", sentinel.ErrCorruptStore, dir, BoltFile, WALDir)
 	case bolt:
 		return Bolt, true, nil
 	case wal:
@@ -161,8 +161,8 @@ func (s *Stores) Close() error {
 }
 
 // Open opens (or creates) the stores o asks for, with the directory
-// locked for as long as they are open. Errors match sentinel.CorruptStore
-// or sentinel.DataDirLocked where those apply; a Dir that cannot be
+// locked for as long as they are open. Errors match sentinel.ErrCorruptStore
+// or sentinel.ErrDataDirLocked where those apply; a Dir that cannot be
 // created is a *sentinel.FieldError, a store of the other kind a
 // *KindError.
 func Open(o Options) (*Stores, error) {
@@ -240,7 +240,7 @@ type Stopped struct {
 // OpenStopped opens a stopped node's data directory after the checks a
 // node's start makes on its log store files. A directory that holds no
 // node's state fails with an error matching fs.ErrNotExist; one in use by a
-// running node with sentinel.DataDirLocked; a damaged one with sentinel.CorruptStore.
+// running node with sentinel.ErrDataDirLocked; a damaged one with sentinel.ErrCorruptStore.
 //
 // With write false nothing is written to a BoltDB directory (raft.db is
 // opened read-only). A raft-wal directory is opened by raft-wal itself,
@@ -309,14 +309,14 @@ func (d *Stopped) readVote() (Vote, error) {
 	var v Vote
 	var err error
 	if v.CurrentTerm, err = stableUint64(d.Stable, KeyCurrentTerm); err != nil {
-		return v, fmt.Errorf("%w: %s: reading the current term: %v", sentinel.CorruptStore, d.Path, err)
+		return v, fmt.Errorf("%w: %s: reading the current term: %v", sentinel.ErrCorruptStore, d.Path, err)
 	}
 	if v.LastVoteTerm, err = stableUint64(d.Stable, KeyLastVoteTerm); err != nil {
-		return v, fmt.Errorf("%w: %s: reading the last vote's term: %v", sentinel.CorruptStore, d.Path, err)
+		return v, fmt.Errorf("%w: %s: reading the last vote's term: %v", sentinel.ErrCorruptStore, d.Path, err)
 	}
 	cand, err := stableBytes(d.Stable, KeyLastVoteCand)
 	if err != nil {
-		return v, fmt.Errorf("%w: %s: reading the last vote: %v", sentinel.CorruptStore, d.Path, err)
+		return v, fmt.Errorf("%w: %s: reading the last vote: %v", sentinel.ErrCorruptStore, d.Path, err)
 	}
 	v.LastVoteCand = string(cand)
 	return v, nil
@@ -337,10 +337,10 @@ func (d *Stopped) ReadLog() (LogInfo, error) {
 	err := safely(func() error {
 		var err error
 		if out.First, err = d.Logs.FirstIndex(); err != nil {
-			return fmt.Errorf("%w: %s: reading the first log index: %v", sentinel.CorruptStore, d.Path, err)
+			return fmt.Errorf("%w: %s: reading the first log index: %v", sentinel.ErrCorruptStore, d.Path, err)
 		}
 		if out.Last, err = d.Logs.LastIndex(); err != nil {
-			return fmt.Errorf("%w: %s: reading the last log index: %v", sentinel.CorruptStore, d.Path, err)
+			return fmt.Errorf("%w: %s: reading the last log index: %v", sentinel.ErrCorruptStore, d.Path, err)
 		}
 		if out.Last == 0 {
 			return nil
@@ -354,7 +354,7 @@ func (d *Stopped) ReadLog() (LogInfo, error) {
 				continue
 			}
 			if err != nil {
-				return fmt.Errorf("%w: %s: log entry %d cannot be read: %v", sentinel.CorruptStore, d.Path, i, err)
+				return fmt.Errorf("%w: %s: log entry %d cannot be read: %v", sentinel.ErrCorruptStore, d.Path, i, err)
 			}
 			if i == out.Last {
 				out.LastTerm = entry.Term
@@ -408,7 +408,7 @@ func (d *Stopped) ResetPoisonedTerm() (*TermReset, error) {
 	to := max(l.LastTerm, snapshotTerm)
 	if to > MaxSaneTerm {
 		return nil, fmt.Errorf("%w: %s: the log or a snapshot holds term %d, above %d: entries with such a term "+
-			"cannot come from this cluster's elections, and raftkit cannot repair them", sentinel.CorruptStore, d.Path, to, uint64(MaxSaneTerm))
+			"cannot come from this cluster's elections, and raftkit cannot repair them", sentinel.ErrCorruptStore, d.Path, to, uint64(MaxSaneTerm))
 	}
 	if to == 0 {
 		to = 1 // a bootstrapped node starts in term 1

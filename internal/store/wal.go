@@ -29,7 +29,7 @@ func (w *walStore) Close() error {
 
 // openWAL opens (or creates) Dir/wal. Like openBolt it refuses a directory
 // held by another node (ErrDataDirLocked), a damaged or empty metadata file,
-// and a missing log beside existing snapshots (sentinel.CorruptStore).
+// and a missing log beside existing snapshots (sentinel.ErrCorruptStore).
 func openWAL(dir string, snaps raft.SnapshotStore, logger hclog.Logger) (*walStore, error) {
 	wdir := filepath.Join(dir, WALDir)
 	if err := os.MkdirAll(wdir, 0o700); err != nil {
@@ -59,15 +59,15 @@ func openWALLocked(wdir string, metaDB *metadb.BoltMetaDB, snaps raft.SnapshotSt
 		}
 		if list, lerr := snaps.List(); lerr == nil && len(list) > 0 {
 			return nil, fmt.Errorf("%w: %s is missing but %d snapshot(s) exist: the node's term and vote are lost; "+
-				"restore it, or remove the whole directory to rejoin as a new node", sentinel.CorruptStore, meta, len(list))
+				"restore it, or remove the whole directory to rejoin as a new node", sentinel.ErrCorruptStore, meta, len(list))
 		}
 	case err != nil:
 		return nil, fmt.Errorf("raftkit: open log store %s: %w", meta, err)
 	case fi.IsDir():
-		return nil, fmt.Errorf("%w: %s is a directory, not a BoltDB file", sentinel.CorruptStore, meta)
+		return nil, fmt.Errorf("%w: %s is a directory, not a BoltDB file", sentinel.ErrCorruptStore, meta)
 	case fi.Size() == 0:
 		return nil, fmt.Errorf("%w: %s is empty (0 bytes); raftkit will not start it as a fresh node. "+
-			"Remove the whole directory to rejoin as a new node", sentinel.CorruptStore, meta)
+			"Remove the whole directory to rejoin as a new node", sentinel.ErrCorruptStore, meta)
 	default:
 		// raft-wal opens this file without a lock timeout; checking it first
 		// turns damage and a foreign holder into errors instead of a panic
@@ -85,12 +85,12 @@ func openWALLocked(wdir string, metaDB *metadb.BoltMetaDB, snaps raft.SnapshotSt
 	switch {
 	case err == nil:
 		return w, nil
-	case errors.Is(err, sentinel.CorruptStore):
+	case errors.Is(err, sentinel.ErrCorruptStore):
 		return nil, err
 	case errors.Is(err, os.ErrPermission):
 		return nil, fmt.Errorf("raftkit: open log store %s: %w", wdir, err)
 	}
 	// Anything else raft-wal refuses (bad segment headers, a missing
 	// segment, an unknown codec, unparsable metadata) is damage.
-	return nil, fmt.Errorf("%w: %s cannot be opened: %v", sentinel.CorruptStore, wdir, err)
+	return nil, fmt.Errorf("%w: %s cannot be opened: %v", sentinel.ErrCorruptStore, wdir, err)
 }

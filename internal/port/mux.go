@@ -1,8 +1,17 @@
-package raftkit
+// Package port is a raftkit node's one TCP port: the mux that routes each
+// connection by its first byte to raft or to raftkit's request server,
+// admission (which hosts may connect, and how much they may cost), raft's
+// stream layer on the port, the term guard in front of raft, and the
+// mutual-TLS state. The bootstrap agreement reaches it through Gate.
+//
+// It must never import package raftkit or internal/store; request
+// connections are served by a handler it is given (internal/peer's).
+package port
 
 import (
 	"context"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -13,37 +22,57 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/raftkit/raftkit/internal/wire"
+	"github.com/raftkit/raftkit/internal/peer"
+	"github.com/raftkit/raftkit/internal/sentinel"
 )
 
 // Every connection to a node's port starts with one tag byte that says who
 // it is for. Raft traffic and raftkit's own requests share the one port.
 const (
-	tagRaft byte = 0x52 // 'R': hashicorp/raft's NetworkTransport protocol
-	tagRPC  byte = 0x4b // 'K': raftkit's node-to-node requests (net/rpc)
-	// tagRaftCluster is tagRaft followed by the digest of the Peers list
-	// the sender's cluster was bootstrapped with (see clusterGate).
-	tagRaftCluster byte = 0x43 // 'C'
+	TagRaft byte = 0x52 // 'R': hashicorp/raft's NetworkTransport protocol
+	TagRPC  byte = 0x4b // 'K': raftkit's node-to-node requests (net/rpc)
+	// TagRaftCluster is TagRaft followed by the digest of the Peers list
+	// the sender's cluster was bootstrapped with (see Gate).
+	TagRaftCluster byte = 0x43 // 'C'
 )
 
-// dialFunc opens a connection to addr, giving up when ctx ends.
-type dialFunc func(ctx context.Context, addr string) (net.Conn, error)
+// Digest identifies the Peers list a cluster was bootstrapped with:
+// SHA-256 of its canonical form.
+type Digest [32]byte
 
-// portMux owns a node's listener and every connection made through it, in
+// String is the digest's first six bytes in hex, for logs.
+func (d Digest) String() string { return hex.EncodeToString(d[:6]) }
+
+// Gate decides which raft connections reach raft: package raftkit's
+// bootstrap agreement, which knows the node's cluster.
+type Gate interface {
+	// Admit reports whether a raft connection from remote, whose cluster
+	// has digest d (zero: not said), may reach raft. It may wait while
+	// the node is undecided.
+	Admit(remote string, d Digest) bool
+	// Cluster returns the digest this node sends ahead of its raft
+	// traffic, if it knows its cluster.
+	Cluster() (Digest, bool)
+}
+
+// Dialer opens a connection to addr, giving up when ctx ends.
+type Dialer func(ctx context.Context, addr string) (net.Conn, error)
+
+// Mux owns a node's listener and every connection made through it, in
 // both directions, and hands accepted connections to raft or to raftkit's
 // request server by their tag byte. Close closes all of them.
-type portMux struct {
+type Mux struct {
 	ln        net.Listener
 	advertise string
-	dial      dialFunc
+	dial      Dialer
 	logger    hclog.Logger
-	tls       *tlsState // nil: plain TCP
+	tls       *TLS // nil: plain TCP
 
 	raftConns chan net.Conn
-	budget    *wire.Budget
+	budget    *peer.Budget
 	// gate decides which raft connections reach raft; nil refuses them
 	// all (the node installs it before raft starts).
-	gate atomic.Pointer[clusterGate]
+	gate atomic.Pointer[Gate]
 
 	// members holds the member hosts (see Admission) as connections show
 	// them (IP addresses, or in-memory names); staticMembers are those from
@@ -57,7 +86,7 @@ type portMux struct {
 
 	mu        sync.Mutex
 	conns     map[net.Conn]struct{}
-	handler   func(net.Conn, wire.Limits) // serves tagRPC connections; nil refuses them
+	handler   func(net.Conn, peer.Limits) // serves TagRPC connections; nil refuses them
 	closed    bool
 	pending   map[string]int // handshakes under way, by remote host
 	npend     int            // strangers' handshakes under way
@@ -78,18 +107,18 @@ type portMux struct {
 	raftHandlers sync.WaitGroup
 }
 
-// newPortMux serves ln. members lists addresses (host:port) whose hosts are
+// newMux serves ln. members lists addresses (host:port) whose hosts are
 // members from the start, with host names looked up if resolve is set;
 // budget is the bytes of request messages the node reads at a time.
-func newPortMux(ln net.Listener, advertise string, dial dialFunc, ts *tlsState, logger hclog.Logger, members []string, resolve bool, budget int) *portMux {
-	m := &portMux{
+func newMux(ln net.Listener, advertise string, dial Dialer, ts *TLS, logger hclog.Logger, members []string, resolve bool, budget int) *Mux {
+	m := &Mux{
 		ln:        ln,
 		advertise: advertise,
 		dial:      dial,
 		tls:       ts,
 		logger:    logger,
 		raftConns: make(chan net.Conn),
-		budget:    wire.NewBudget(budget),
+		budget:    peer.NewBudget(budget),
 		conns:     map[net.Conn]struct{}{},
 		pending:   map[string]int{},
 		strangers: map[string]int{},
@@ -108,14 +137,25 @@ func newPortMux(ln net.Listener, advertise string, dial dialFunc, ts *tlsState, 
 	return m
 }
 
-// serveRPC sets the handler for raftkit request connections.
-func (m *portMux) serveRPC(h func(net.Conn, wire.Limits)) {
+// SetGate installs the gate that raft connections pass.
+func (m *Mux) SetGate(g Gate) { m.gate.Store(&g) }
+
+func (m *Mux) loadGate() Gate {
+	if g := m.gate.Load(); g != nil {
+		return *g
+	}
+	return nil
+}
+
+// ServeRPC sets the handler for raftkit request connections; nil refuses
+// them.
+func (m *Mux) ServeRPC(h func(net.Conn, peer.Limits)) {
 	m.mu.Lock()
 	m.handler = h
 	m.mu.Unlock()
 }
 
-func (m *portMux) acceptLoop() {
+func (m *Mux) acceptLoop() {
 	defer m.wg.Done()
 	delay := time.Duration(0)
 	for {
@@ -142,7 +182,7 @@ func (m *portMux) acceptLoop() {
 		}
 		delay = 0
 		host := remoteHost(conn)
-		member := m.isMember(host)
+		member := m.IsMember(host)
 		if !m.admit(host, member) {
 			m.logger.Debug("refusing connection over the handshake limit", "remote", conn.RemoteAddr().String(), "member_host", member)
 			conn.Close()
@@ -159,13 +199,13 @@ func (m *portMux) acceptLoop() {
 }
 
 // handshake runs TLS (if on) and reads the tag byte (and the cluster
-// digest after tagRaftCluster), all within the handshake timeout.
-func (m *portMux) handshake(tc *trackedConn, member bool) (net.Conn, byte, clusterDigest, error) {
-	var cluster clusterDigest
+// digest after TagRaftCluster), all within the handshake timeout.
+func (m *Mux) handshake(tc *trackedConn, member bool) (net.Conn, byte, Digest, error) {
+	var cluster Digest
 	var conn net.Conn = tc
-	timeout := handshakeTimeout
+	timeout := HandshakeTimeout
 	if !member {
-		timeout = strangerHandshakeTimeout
+		timeout = StrangerHandshakeTimeout
 	}
 	_ = tc.SetDeadline(time.Now().Add(timeout))
 	if m.tls != nil {
@@ -179,7 +219,7 @@ func (m *portMux) handshake(tc *trackedConn, member bool) (net.Conn, byte, clust
 	if _, err := io.ReadFull(conn, tag[:]); err != nil {
 		return nil, 0, cluster, fmt.Errorf("read tag: %w", err)
 	}
-	if tag[0] == tagRaftCluster {
+	if tag[0] == TagRaftCluster {
 		if _, err := io.ReadFull(conn, cluster[:]); err != nil {
 			return nil, 0, cluster, fmt.Errorf("read cluster digest: %w", err)
 		}
@@ -189,7 +229,7 @@ func (m *portMux) handshake(tc *trackedConn, member bool) (net.Conn, byte, clust
 }
 
 // route finishes the handshake and hands the connection on by its tag.
-func (m *portMux) route(tc *trackedConn, host string, member bool) {
+func (m *Mux) route(tc *trackedConn, host string, member bool) {
 	defer m.wg.Done()
 	conn, tag, cluster, err := m.handshake(tc, member)
 	m.release(host, member)
@@ -199,7 +239,7 @@ func (m *portMux) route(tc *trackedConn, host string, member bool) {
 		return
 	}
 	// With TLS, a completed handshake proves membership.
-	stranger := m.tls == nil && !member && !m.isMember(host)
+	stranger := m.tls == nil && !member && !m.IsMember(host)
 	if stranger {
 		if !m.admitStranger(tc, host) {
 			m.logger.Debug("closing connection over the limit for hosts outside the cluster", "remote", tc.RemoteAddr().String())
@@ -208,8 +248,8 @@ func (m *portMux) route(tc *trackedConn, host string, member bool) {
 		}
 	}
 	switch tag {
-	case tagRaft, tagRaftCluster:
-		if g := m.gate.Load(); g == nil || !g.admit(conn.RemoteAddr().String(), cluster) {
+	case TagRaft, TagRaftCluster:
+		if g := m.loadGate(); g == nil || !g.Admit(conn.RemoteAddr().String(), cluster) {
 			conn.Close()
 			return
 		}
@@ -217,7 +257,7 @@ func (m *portMux) route(tc *trackedConn, host string, member bool) {
 			// raft's reads have no deadline of their own.
 			conn = &idleConn{Conn: conn, mux: m, host: host}
 		} else if !m.admitRaft(tc, host) {
-			m.logger.Debug("closing raft connection over the limit for one host", "remote", tc.RemoteAddr().String(), "limit", maxRaftConnsPerHost)
+			m.logger.Debug("closing raft connection over the limit for one host", "remote", tc.RemoteAddr().String(), "limit", MaxRaftConnsPerHost)
 			tc.Close()
 			return
 		}
@@ -228,7 +268,7 @@ func (m *portMux) route(tc *trackedConn, host string, member bool) {
 		case <-m.done:
 			conn.Close()
 		}
-	case tagRPC:
+	case TagRPC:
 		m.mu.Lock()
 		h := m.handler
 		m.mu.Unlock()
@@ -245,7 +285,7 @@ func (m *portMux) route(tc *trackedConn, host string, member bool) {
 			member := limits
 			limits = strangerRPCLimits
 			limits.Budget = m.budget
-			limits.Upgrade = func() (wire.Limits, bool) { return member, m.isMember(host) }
+			limits.Upgrade = func() (peer.Limits, bool) { return member, m.IsMember(host) }
 		}
 		h(conn, limits)
 	default:
@@ -254,12 +294,12 @@ func (m *portMux) route(tc *trackedConn, host string, member bool) {
 	}
 }
 
-// dialTagged opens a connection to addr and sends tag, then extra, within
+// DialTagged opens a connection to addr and sends tag, then extra, within
 // ctx's deadline; it gives up when ctx ends or the mux closes.
-func (m *portMux) dialTagged(ctx context.Context, addr string, tag byte, extra ...byte) (net.Conn, error) {
+func (m *Mux) DialTagged(ctx context.Context, addr string, tag byte, extra ...byte) (net.Conn, error) {
 	select {
 	case <-m.done:
-		return nil, ErrClosed
+		return nil, sentinel.ErrClosed
 	default:
 	}
 	ctx, cancel := context.WithCancel(ctx)
@@ -269,13 +309,13 @@ func (m *portMux) dialTagged(ctx context.Context, addr string, tag byte, extra .
 	conn, err := m.dial(ctx, addr)
 	if err != nil {
 		if m.closing.Err() != nil {
-			return nil, fmt.Errorf("%w: dial %s: %v", ErrClosed, addr, err)
+			return nil, fmt.Errorf("%w: dial %s: %v", sentinel.ErrClosed, addr, err)
 		}
 		return nil, err
 	}
 	tracked, ok := m.track(conn)
 	if !ok {
-		return nil, ErrClosed
+		return nil, sentinel.ErrClosed
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		_ = tracked.SetDeadline(dl)
@@ -296,7 +336,7 @@ func (m *portMux) dialTagged(ctx context.Context, addr string, tag byte, extra .
 	return tracked, nil
 }
 
-func (m *portMux) track(c net.Conn) (net.Conn, bool) {
+func (m *Mux) track(c net.Conn) (net.Conn, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
@@ -310,7 +350,7 @@ func (m *portMux) track(c net.Conn) (net.Conn, bool) {
 
 // Close stops accepting, closes every connection and waits for the routing
 // goroutines. It is idempotent.
-func (m *portMux) Close() error {
+func (m *Mux) Close() error {
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
@@ -332,7 +372,7 @@ func (m *portMux) Close() error {
 	go func() { m.raftHandlers.Wait(); close(handlersDone) }()
 	select {
 	case <-handlersDone:
-	case <-time.After(raftIOTimeout):
+	case <-time.After(RaftIOTimeout):
 		m.logger.Warn("raft connection handlers did not stop in time")
 	}
 	return err
@@ -341,7 +381,7 @@ func (m *portMux) Close() error {
 // trackedConn removes itself from its mux when closed.
 type trackedConn struct {
 	net.Conn
-	mux     *portMux
+	mux     *Mux
 	once    sync.Once
 	onClose []func() // added to before the conn is shared
 }

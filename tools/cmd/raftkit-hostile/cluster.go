@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -16,6 +15,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/raftkit/raftkit/tools/internal/freeport"
 )
 
 // node is one kvserver process.
@@ -37,34 +38,22 @@ type cluster struct {
 	maxValue int // the largest value a PUT may carry
 }
 
-// buildTools builds kvserver and gencerts into dir.
+// buildTools builds kvserver and gencerts into dir, in raftkit's own
+// module (their dependencies are its, not this module's).
 func buildTools(dir string) (kvserver, gencerts string, err error) {
+	root, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "github.com/raftkit/raftkit").Output()
+	if err != nil {
+		return "", "", fmt.Errorf("find raftkit's module: %v", err)
+	}
 	kvserver, gencerts = filepath.Join(dir, "kvserver"), filepath.Join(dir, "gencerts")
-	for bin, pkg := range map[string]string{kvserver: "github.com/raftkit/raftkit/examples/kvserver", gencerts: "github.com/raftkit/raftkit/examples/gencerts"} {
-		if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
+	for bin, pkg := range map[string]string{kvserver: "./examples/kvserver", gencerts: "./examples/gencerts"} {
+		build := exec.Command("go", "build", "-o", bin, pkg)
+		build.Dir = strings.TrimSpace(string(root))
+		if out, err := build.CombinedOutput(); err != nil {
 			return "", "", fmt.Errorf("build %s: %v\n%s", pkg, err, out)
 		}
 	}
 	return kvserver, gencerts, nil
-}
-
-func freePorts(n int) ([]string, error) {
-	var out []string
-	var lns []net.Listener
-	defer func() {
-		for _, ln := range lns {
-			ln.Close()
-		}
-	}()
-	for i := 0; i < n; i++ {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		lns = append(lns, ln)
-		out = append(out, ln.Addr().String())
-	}
-	return out, nil
 }
 
 // startCluster starts three kvservers with their data under dir. With
@@ -77,7 +66,7 @@ func startCluster(bin, gencerts, dir string, extra []string) (*cluster, error) {
 			return nil, fmt.Errorf("gencerts: %v\n%s", err, out)
 		}
 	}
-	ports, err := freePorts(6)
+	ports, err := freeport.Addrs(6)
 	if err != nil {
 		return nil, err
 	}

@@ -1,7 +1,7 @@
-package raftkit
+package port
 
 // Admission: which connections a node's port takes, from whom, and how
-// much they may cost it. The port mux (transport.go) asks these functions
+// much they may cost it. The port mux (mux.go) asks these functions
 // at each step of a connection.
 
 import (
@@ -12,7 +12,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
-	"github.com/raftkit/raftkit/internal/wire"
+	"github.com/raftkit/raftkit/internal/peer"
 )
 
 // Admission. A connection comes from a member or from a stranger. Members
@@ -24,56 +24,57 @@ import (
 // or half-open connections from other hosts never locks out a peer or a
 // restarting member.
 const (
-	// handshakeTimeout bounds how long an accepted connection from a
+	// HandshakeTimeout bounds how long an accepted connection from a
 	// member's host may take for its TLS handshake and tag byte;
-	// strangerHandshakeTimeout is the same for other hosts.
-	handshakeTimeout         = 5 * time.Second
-	strangerHandshakeTimeout = 2 * time.Second
-	// raftIOTimeout is raft's NetworkTransport I/O deadline.
-	raftIOTimeout = 10 * time.Second
+	// StrangerHandshakeTimeout is the same for other hosts.
+	HandshakeTimeout         = 5 * time.Second
+	StrangerHandshakeTimeout = 2 * time.Second
+	// RaftIOTimeout is raft's NetworkTransport I/O deadline; a raft
+	// connection waits at most this for the Gate to decide.
+	RaftIOTimeout = 10 * time.Second
 	// raftMaxPool is how many idle raft connections are kept per peer.
 	raftMaxPool = 3
-	// maxPendingPerHost and maxPendingTotal cap strangers' connections that
+	// MaxPendingPerHost and MaxPendingTotal cap strangers' connections that
 	// have not finished their handshake (TLS and tag byte), per remote host
-	// and in all; maxPendingMemberHost caps those of one member host.
+	// and in all; MaxPendingMemberHost caps those of one member host.
 	// Connections over a cap are closed at once.
-	maxPendingPerHost    = 16
-	maxPendingTotal      = 256
-	maxPendingMemberHost = 256
-	// maxStrangerConnsPerHost and maxStrangerConns cap strangers'
+	MaxPendingPerHost    = 16
+	MaxPendingTotal      = 256
+	MaxPendingMemberHost = 256
+	// MaxStrangerConnsPerHost and MaxStrangerConns cap strangers'
 	// connections past their handshake (without TLS, strangers can speak
 	// raft and send requests); each such connection is closed after
-	// strangerIdleTimeout without a byte.
-	maxStrangerConnsPerHost = 8
-	maxStrangerConns        = 64
-	strangerIdleTimeout     = 15 * time.Second
-	// maxRaftConnsPerHost caps the raft connections from one member host
+	// StrangerIdleTimeout without a byte.
+	MaxStrangerConnsPerHost = 8
+	MaxStrangerConns        = 64
+	StrangerIdleTimeout     = 15 * time.Second
+	// MaxRaftConnsPerHost caps the raft connections from one member host
 	// (raft gives each a 256 KiB read buffer; a peer uses about six).
-	maxRaftConnsPerHost = 256
-	// maxConns caps all open connections of a node; strangers may hold at
-	// most maxConns-memberReserve of them.
-	maxConns      = 4096
+	MaxRaftConnsPerHost = 256
+	// MaxConns caps all open connections of a node; strangers may hold at
+	// most MaxConns-memberReserve of them.
+	MaxConns      = 4096
 	memberReserve = 1024
-	// strangerMaxFrame caps one request message from a stranger: a join
+	// StrangerMaxFrame caps one request message from a stranger: a join
 	// request is a few hundred bytes; only members forward commands.
-	strangerMaxFrame = 64 << 10
+	StrangerMaxFrame = 64 << 10
 )
 
 // memberRPCLimits and strangerRPCLimits bound the request connections of
 // members and of strangers.
 var (
-	memberRPCLimits   = wire.Limits{Deadlines: rpcDeadlines}
-	strangerRPCLimits = wire.Limits{Deadlines: wire.Deadlines{Idle: strangerIdleTimeout, Message: 5 * time.Second}, MaxFrame: strangerMaxFrame}
+	memberRPCLimits   = peer.Limits{Deadlines: peer.RPCDeadlines}
+	strangerRPCLimits = peer.Limits{Deadlines: peer.Deadlines{Idle: StrangerIdleTimeout, Message: 5 * time.Second}, MaxFrame: StrangerMaxFrame}
 )
 
 // requestBudget is how many bytes of request messages a node reads at a
 // time, over all its connections: two of the largest messages its
 // followers send (one command of maxCommand bytes, or a batch of smaller
 // ones), and never less than 32 MiB. The oldest message being read may
-// overdraw it (see wire.Budget), so a larger message (from a node
+// overdraw it (see peer.Budget), so a larger message (from a node
 // configured with a larger MaxCommandSize) is still read.
 func requestBudget(maxCommand int) int {
-	return max(2*(max(maxCommand, maxBatchBytes)+64<<10), 32<<20)
+	return max(2*(max(maxCommand, peer.MaxBatchBytes)+64<<10), 32<<20)
 }
 
 func hostOf(addr string) string {
@@ -99,7 +100,7 @@ type resolvedName struct {
 
 // setMembers makes the hosts of addrs, and the static ones, the members.
 // A host name counts as every address it resolves to.
-func (m *portMux) setMembers(addrs []string) {
+func (m *Mux) setMembers(addrs []string) {
 	set := map[string]bool{}
 	hosts := append([]string(nil), m.staticMembers...)
 	for _, a := range addrs {
@@ -118,7 +119,7 @@ func (m *portMux) setMembers(addrs []string) {
 
 // lookup returns name's addresses, from the cache while they are fresh. A
 // failed lookup keeps the last answer.
-func (m *portMux) lookup(name string) []string {
+func (m *Mux) lookup(name string) []string {
 	m.resolveMu.Lock()
 	defer m.resolveMu.Unlock()
 	r, ok := m.resolved[name]
@@ -143,11 +144,30 @@ func (m *portMux) lookup(name string) []string {
 	return addrs
 }
 
-func (m *portMux) isMember(host string) bool { return (*m.members.Load())[host] }
+// BudgetInUse is how many bytes of request messages are being read.
+func (m *Mux) BudgetInUse() int { return m.budget.InUse() }
 
-// followConfiguration keeps the member hosts in step with r's latest
+// Pending is how many connections from host have not finished their
+// handshake.
+func (m *Mux) Pending(host string) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.pending[host]
+}
+
+// RaftConns is how many raft connections from member host are open.
+func (m *Mux) RaftConns(host string) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.raftHosts[host]
+}
+
+// IsMember reports whether host is a member's.
+func (m *Mux) IsMember(host string) bool { return (*m.members.Load())[host] }
+
+// FollowConfiguration keeps the member hosts in step with r's latest
 // configuration until the mux closes.
-func (m *portMux) followConfiguration(r *raft.Raft) {
+func (m *Mux) FollowConfiguration(r *raft.Raft) {
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
@@ -180,17 +200,17 @@ func remoteHost(c net.Conn) string {
 }
 
 // admit counts a connection that starts its handshake, unless a cap is hit.
-func (m *portMux) admit(host string, member bool) bool {
+func (m *Mux) admit(host string, member bool) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if member {
-		if m.pending[host] >= maxPendingMemberHost || len(m.conns) >= maxConns {
+		if m.pending[host] >= MaxPendingMemberHost || len(m.conns) >= MaxConns {
 			return false
 		}
 		m.pending[host]++
 		return true
 	}
-	if m.npend >= maxPendingTotal || m.pending[host] >= maxPendingPerHost || len(m.conns) >= maxConns-memberReserve {
+	if m.npend >= MaxPendingTotal || m.pending[host] >= MaxPendingPerHost || len(m.conns) >= MaxConns-memberReserve {
 		return false
 	}
 	m.pending[host]++
@@ -198,7 +218,7 @@ func (m *portMux) admit(host string, member bool) bool {
 	return true
 }
 
-func (m *portMux) release(host string, member bool) {
+func (m *Mux) release(host string, member bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.pending[host]--; m.pending[host] <= 0 {
@@ -211,10 +231,10 @@ func (m *portMux) release(host string, member bool) {
 
 // admitStranger counts a stranger's connection past its handshake, unless
 // a cap is hit; closing tc gives its place back.
-func (m *portMux) admitStranger(tc *trackedConn, host string) bool {
+func (m *Mux) admitStranger(tc *trackedConn, host string) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.nstranger >= maxStrangerConns || m.strangers[host] >= maxStrangerConnsPerHost {
+	if m.nstranger >= MaxStrangerConns || m.strangers[host] >= MaxStrangerConnsPerHost {
 		return false
 	}
 	m.strangers[host]++
@@ -231,11 +251,11 @@ func (m *portMux) admitStranger(tc *trackedConn, host string) bool {
 }
 
 // admitRaft counts a member's raft connection, unless its host has
-// maxRaftConnsPerHost already; closing tc gives its place back.
-func (m *portMux) admitRaft(tc *trackedConn, host string) bool {
+// MaxRaftConnsPerHost already; closing tc gives its place back.
+func (m *Mux) admitRaft(tc *trackedConn, host string) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.raftHosts[host] >= maxRaftConnsPerHost {
+	if m.raftHosts[host] >= MaxRaftConnsPerHost {
 		return false
 	}
 	m.raftHosts[host]++
@@ -250,11 +270,11 @@ func (m *portMux) admitRaft(tc *trackedConn, host string) bool {
 }
 
 // idleConn is a stranger's raft connection: a read that waits longer than
-// strangerIdleTimeout for its first byte fails, unless the host has become
+// StrangerIdleTimeout for its first byte fails, unless the host has become
 // a member meanwhile (a node that was just added), which lifts the limit.
 type idleConn struct {
 	net.Conn
-	mux    *portMux
+	mux    *Mux
 	host   string
 	member bool
 }
@@ -262,11 +282,11 @@ type idleConn struct {
 func (c *idleConn) Read(p []byte) (int, error) {
 	for {
 		if !c.member {
-			_ = c.Conn.SetReadDeadline(time.Now().Add(strangerIdleTimeout))
+			_ = c.Conn.SetReadDeadline(time.Now().Add(StrangerIdleTimeout))
 		}
 		n, err := c.Conn.Read(p)
 		var ne net.Error
-		if n == 0 && errors.As(err, &ne) && ne.Timeout() && !c.member && c.mux.isMember(c.host) {
+		if n == 0 && errors.As(err, &ne) && ne.Timeout() && !c.member && c.mux.IsMember(c.host) {
 			c.member = true
 			_ = c.Conn.SetReadDeadline(time.Time{})
 			continue

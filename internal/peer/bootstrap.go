@@ -1,4 +1,4 @@
-package wire
+package peer
 
 // MethodBootstrap compares bootstrap lists between nodes (see
 // BootstrapRequest).

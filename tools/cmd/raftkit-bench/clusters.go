@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -19,6 +18,7 @@ import (
 	"github.com/raftkit/raftkit"
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
 	"github.com/raftkit/raftkit/internal/testhook"
+	"github.com/raftkit/raftkit/tools/internal/freeport"
 )
 
 // cluster is three nodes in this process, built one way or another.
@@ -65,7 +65,7 @@ type clusterSpec struct {
 }
 
 func newCluster(spec clusterSpec, base string) (cluster, error) {
-	addrs, err := freeAddrs(3)
+	addrs, err := freeport.Addrs(3)
 	if err != nil {
 		return nil, err
 	}
@@ -77,25 +77,6 @@ func newCluster(spec clusterSpec, base string) (cluster, error) {
 		return &plainCluster{spec: spec, addrs: addrs, dirs: dirs, nodes: make([]*plainNode, 3)}, nil
 	}
 	return &kitCluster{spec: spec, addrs: addrs, dirs: dirs, nodes: make([]*raftkit.RaftNode, 3)}, nil
-}
-
-func freeAddrs(n int) ([]string, error) {
-	var addrs []string
-	var lns []net.Listener
-	defer func() {
-		for _, ln := range lns {
-			ln.Close()
-		}
-	}()
-	for i := 0; i < n; i++ {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		lns = append(lns, ln)
-		addrs = append(addrs, ln.Addr().String())
-	}
-	return addrs, nil
 }
 
 // ---- plain hashicorp/raft, wired by hand ----

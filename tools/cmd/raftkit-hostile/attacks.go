@@ -16,7 +16,7 @@ import (
 	"github.com/hashicorp/go-msgpack/v2/codec"
 	"github.com/hashicorp/raft"
 
-	"github.com/raftkit/raftkit/internal/wire"
+	"github.com/raftkit/raftkit/internal/peer"
 )
 
 // The tag bytes that start every connection to a raftkit node's port.
@@ -243,9 +243,9 @@ func probe(addr string, tc *tls.Config, limit time.Duration) bool {
 	if _, err := conn.Write([]byte{tagRPC}); err != nil {
 		return false
 	}
-	client := rpc.NewClientWithCodec(wire.NewClientCodec(conn, wire.Deadlines{Message: limit}))
+	client := rpc.NewClientWithCodec(peer.NewClientCodec(conn, peer.Deadlines{Message: limit}))
 	defer client.Close()
-	call := client.Go(wire.MethodReadIndex, &wire.ReadIndexRequest{Timeout: int64(limit / 2)}, &wire.ReadIndexResponse{}, nil)
+	call := client.Go(peer.MethodReadIndex, &peer.ReadIndexRequest{Timeout: int64(limit / 2)}, &peer.ReadIndexResponse{}, nil)
 	select {
 	case <-call.Done:
 		_, isServerErr := call.Error.(rpc.ServerError)

@@ -1,4 +1,4 @@
-package raftkit
+package admin
 
 import (
 	"bytes"
@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/raftkit/raftkit"
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
 )
 
@@ -51,11 +52,11 @@ func adminCall(t *testing.T, srv *httptest.Server, method, path string, body any
 }
 
 // adminServers serves AdminHandler for every node of c.
-func adminServers(t *testing.T, c *testCluster, opts AdminOptions) []*httptest.Server {
+func adminServers(t *testing.T, c *testCluster, opts Options) []*httptest.Server {
 	t.Helper()
 	var srvs []*httptest.Server
 	for _, n := range c.nodes {
-		srv := httptest.NewServer(AdminHandler(n, opts))
+		srv := httptest.NewServer(Handler(n, opts))
 		t.Cleanup(srv.Close)
 		srvs = append(srvs, srv)
 	}
@@ -67,7 +68,7 @@ func TestAdminRoutesOnThreeNodeTCPCluster(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(m)
 	c := newMetricsCluster(t, m)
-	srvs := adminServers(t, c, AdminOptions{AllowMutations: true, AllowBackup: true, Metrics: reg})
+	srvs := adminServers(t, c, Options{AllowMutations: true, AllowBackup: true, Metrics: reg})
 	l := c.leader()
 	f := (l + 1) % 3
 	if _, err := c.nodes[l].Apply(ctxTimeout(t, 10*time.Second), fsmexample.Set("k", []byte("v"))); err != nil {
@@ -84,7 +85,7 @@ func TestAdminRoutesOnThreeNodeTCPCluster(t *testing.T) {
 	})
 
 	t.Run("status", func(t *testing.T) {
-		var st Status
+		var st raftkit.Status
 		if code := adminCall(t, srvs[f], "GET", "/status", nil, &st); code != 200 {
 			t.Fatalf("HTTP %d", code)
 		}
@@ -124,7 +125,7 @@ func TestAdminRoutesOnThreeNodeTCPCluster(t *testing.T) {
 	})
 
 	t.Run("snapshot", func(t *testing.T) {
-		if code := adminCall(t, srvs[f], "POST", "/snapshot", nil, &Status{}); code != 200 {
+		if code := adminCall(t, srvs[f], "POST", "/snapshot", nil, &raftkit.Status{}); code != 200 {
 			t.Fatalf("HTTP %d", code)
 		}
 		if idx := c.nodes[f].Raft().Stats()["last_snapshot_index"]; idx == "0" {
@@ -138,7 +139,7 @@ func TestAdminRoutesOnThreeNodeTCPCluster(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer resp.Body.Close()
-		info, err := ReadBackupInfo(resp.Body)
+		info, err := raftkit.ReadBackupInfo(resp.Body)
 		if resp.StatusCode != 200 || err != nil || info.NodeID != c.nodes[f].ID() {
 			t.Fatalf("HTTP %d, %+v, %v", resp.StatusCode, info, err)
 		}
@@ -147,21 +148,21 @@ func TestAdminRoutesOnThreeNodeTCPCluster(t *testing.T) {
 	t.Run("join and remove", func(t *testing.T) {
 		addrs, lns := reservePorts(t, 1)
 		addr := addrs[0]
-		extra, err := NewRaftNode(Config{Addr: addr, listener: lns[0], Dir: filepath.Join(t.TempDir(), "extra"), RaftConfig: fastRaft, Logger: testLogger(t)}, fsmexample.New())
+		extra, err := raftkit.NewRaftNode(raftkit.Config{Addr: addr, Listener: lns[0], Dir: filepath.Join(t.TempDir(), "extra"), RaftConfig: fastRaft, Logger: testLogger(t)}, fsmexample.New())
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer extra.Close()
 		// Sent to a follower: it forwards to the leader.
-		if code := adminCall(t, srvs[f], "POST", "/join", AdminRequest{ID: "extra", Addr: addr, Nonvoter: true}, &Status{}); code != 200 {
+		if code := adminCall(t, srvs[f], "POST", "/join", Request{ID: "extra", Addr: addr, Nonvoter: true}, &raftkit.Status{}); code != 200 {
 			t.Fatalf("join: HTTP %d", code)
 		}
-		var st Status
+		var st raftkit.Status
 		adminCall(t, srvs[l], "GET", "/status", nil, &st)
 		if len(st.Servers) != 4 || st.Servers[3].ID != "extra" || st.Servers[3].Suffrage != "Nonvoter" {
 			t.Fatalf("after join: %+v", st.Servers)
 		}
-		if code := adminCall(t, srvs[f], "POST", "/remove-server", AdminRequest{ID: "extra"}, &Status{}); code != 200 {
+		if code := adminCall(t, srvs[f], "POST", "/remove-server", Request{ID: "extra"}, &raftkit.Status{}); code != 200 {
 			t.Fatalf("remove: HTTP %d", code)
 		}
 		adminCall(t, srvs[l], "GET", "/status", nil, &st)
@@ -171,14 +172,14 @@ func TestAdminRoutesOnThreeNodeTCPCluster(t *testing.T) {
 	})
 
 	t.Run("bad requests", func(t *testing.T) {
-		var e AdminError
+		var e Error
 		if code := adminCall(t, srvs[f], "POST", "/remove-server", nil, &e); code != 400 || e.Error == "" {
 			t.Fatalf("remove without id: HTTP %d %+v", code, e)
 		}
-		if code := adminCall(t, srvs[f], "POST", "/join", AdminRequest{ID: "x"}, &e); code != 400 {
+		if code := adminCall(t, srvs[f], "POST", "/join", Request{ID: "x"}, &e); code != 400 {
 			t.Fatalf("join without addr: HTTP %d %+v", code, e)
 		}
-		if code := adminCall(t, srvs[f], "POST", "/transfer-leadership", AdminRequest{ID: "nobody"}, &e); code != 400 {
+		if code := adminCall(t, srvs[f], "POST", "/transfer-leadership", Request{ID: "nobody"}, &e); code != 400 {
 			t.Fatalf("transfer to a non-member: HTTP %d %+v", code, e)
 		}
 		if code := adminCall(t, srvs[f], "GET", "/snapshot", nil, nil); code != 405 {
@@ -192,7 +193,7 @@ func TestAdminRoutesOnThreeNodeTCPCluster(t *testing.T) {
 		if resp.StatusCode != 400 {
 			t.Fatalf("garbage JSON: HTTP %d", resp.StatusCode)
 		}
-		var nl AdminError
+		var nl Error
 		if code := adminCall(t, srvs[f], "POST", "/restore", nil, &nl); code != 503 || nl.LeaderID != c.nodes[l].ID() || nl.Code != "not_applied" {
 			t.Fatalf("restore on a follower: HTTP %d %+v, want 503 not_applied naming the leader", code, nl)
 		}
@@ -200,7 +201,7 @@ func TestAdminRoutesOnThreeNodeTCPCluster(t *testing.T) {
 
 	t.Run("transfer leadership", func(t *testing.T) {
 		target := c.nodes[f].ID()
-		if code := adminCall(t, srvs[f], "POST", "/transfer-leadership", AdminRequest{ID: target}, &Status{}); code != 200 {
+		if code := adminCall(t, srvs[f], "POST", "/transfer-leadership", Request{ID: target}, &raftkit.Status{}); code != 200 {
 			t.Fatalf("HTTP %d", code)
 		}
 		waitFor(t, 15*time.Second, "the target to lead", c.nodes[f].IsLeader)
@@ -209,18 +210,18 @@ func TestAdminRoutesOnThreeNodeTCPCluster(t *testing.T) {
 
 func TestAdminMutationsAreOffByDefault(t *testing.T) {
 	node := newMemNode(t, "adm1")
-	srv := httptest.NewServer(AdminHandler(node, AdminOptions{}))
+	srv := httptest.NewServer(Handler(node, Options{}))
 	t.Cleanup(srv.Close)
 	for _, path := range []string{"/snapshot", "/transfer-leadership", "/remove-server", "/join", "/restore"} {
-		var e AdminError
-		if code := adminCall(t, srv, "POST", path, AdminRequest{ID: "x", Addr: "y"}, &e); code != 403 || e.Error == "" {
+		var e Error
+		if code := adminCall(t, srv, "POST", path, Request{ID: "x", Addr: "y"}, &e); code != 403 || e.Error == "" {
 			t.Fatalf("POST %s: HTTP %d %+v, want 403", path, code, e)
 		}
 	}
-	if code := adminCall(t, srv, "GET", "/backup", nil, &AdminError{}); code != 403 {
+	if code := adminCall(t, srv, "GET", "/backup", nil, &Error{}); code != 403 {
 		t.Fatalf("GET backup: HTTP %d, want 403", code)
 	}
-	if code := adminCall(t, srv, "GET", "/metrics", nil, &AdminError{}); code != 404 {
+	if code := adminCall(t, srv, "GET", "/metrics", nil, &Error{}); code != 404 {
 		t.Fatalf("GET metrics without a gatherer: HTTP %d, want 404", code)
 	}
 	if st := node.Status(); len(st.Servers) != 1 {
@@ -229,11 +230,11 @@ func TestAdminMutationsAreOffByDefault(t *testing.T) {
 }
 
 func TestHealthFlipsOnIsolatedNode(t *testing.T) {
-	net := NewMemNetwork()
+	net := raftkit.NewMemNetwork()
 	nodes, _ := newMemCluster(t, net, 3)
 	l := memLeader(t, nodes)
 	f := (l + 1) % 3
-	srv := httptest.NewServer(AdminHandler(nodes[f], AdminOptions{}))
+	srv := httptest.NewServer(Handler(nodes[f], Options{}))
 	t.Cleanup(srv.Close)
 	health := func() (int, Health) {
 		var h Health
@@ -252,7 +253,7 @@ func TestHealthFlipsOnIsolatedNode(t *testing.T) {
 
 	// The leader, isolated, steps down and fails too.
 	l = memLeader(t, nodes)
-	lsrv := httptest.NewServer(AdminHandler(nodes[l], AdminOptions{}))
+	lsrv := httptest.NewServer(Handler(nodes[l], Options{}))
 	t.Cleanup(lsrv.Close)
 	net.Isolate(nodes[l].Addr())
 	waitFor(t, 15*time.Second, "the isolated leader's health to fail", func() bool {
@@ -261,22 +262,19 @@ func TestHealthFlipsOnIsolatedNode(t *testing.T) {
 }
 
 func TestHealthReasons(t *testing.T) {
-	member := []ServerInfo{{ID: "a"}}
 	cases := []struct {
-		name string
-		st   Status
-		ok   bool
+		name  string
+		ready error
+		st    raftkit.Status
+		ok    bool
 	}{
-		{"follower in step", Status{ID: "a", State: "Follower", LeaderID: "b", Servers: member, CommitIndex: 10, AppliedIndex: 10}, true},
-		{"leader", Status{ID: "a", State: "Leader", LeaderID: "a", Servers: member}, true},
-		{"no leader", Status{ID: "a", State: "Follower", Servers: member}, false},
-		{"candidate", Status{ID: "a", State: "Candidate", LeaderID: "b", Servers: member}, false},
-		{"not a member", Status{ID: "a", State: "Follower", LeaderID: "b", Servers: []ServerInfo{{ID: "b"}}}, false},
-		{"lagging", Status{ID: "a", State: "Follower", LeaderID: "b", Servers: member, CommitIndex: 5000, AppliedIndex: 10}, false},
-		{"lag at the limit", Status{ID: "a", State: "Follower", LeaderID: "b", Servers: member, CommitIndex: 1010, AppliedIndex: 10}, true},
+		{"in step", nil, raftkit.Status{CommitIndex: 10, AppliedIndex: 10}, true},
+		{"not ready", raftkit.ErrNotReady, raftkit.Status{CommitIndex: 10, AppliedIndex: 10}, false},
+		{"lagging", nil, raftkit.Status{CommitIndex: 5000, AppliedIndex: 10}, false},
+		{"lag at the limit", nil, raftkit.Status{CommitIndex: 1010, AppliedIndex: 10}, true},
 	}
 	for _, tc := range cases {
-		if reason := checkHealth(tc.st, false, DefaultMaxApplyLag); (reason == "") != tc.ok {
+		if reason := checkHealth(tc.ready, tc.st, DefaultMaxApplyLag); (reason == "") != tc.ok {
 			t.Errorf("%s: reason %q, want healthy=%v", tc.name, reason, tc.ok)
 		}
 	}

@@ -1,29 +1,38 @@
-package raftkit
+// Package admin is raftkit's optional HTTP side: an operational handler
+// for a node (status, health, metrics, backup, membership, snapshot,
+// restore), Prometheus metrics for a node and for raft itself, and the
+// mapping of raftkit's outcome classes to HTTP status codes that any HTTP
+// service on raftkit can use (WriteError). An application that imports
+// only package raftkit compiles none of it.
+package admin
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/raftkit/raftkit"
 )
 
 // DefaultMaxApplyLag is how many committed entries a node may have left to
-// apply and still count as healthy, when AdminOptions.MaxApplyLag is zero.
+// apply and still count as healthy, when Options.MaxApplyLag is zero.
 const DefaultMaxApplyLag = 1000
 
 // maxAdminBody bounds the JSON bodies of admin requests.
 const maxAdminBody = 1 << 20
 
-// AdminOptions configures AdminHandler. The zero value serves only the
+// Options configures AdminHandler. The zero value serves only the
 // read-only routes (status, health) and refuses everything that changes
 // the cluster or reveals its data.
-type AdminOptions struct {
+type Options struct {
 	// AllowMutations enables the POST routes: snapshot,
 	// transfer-leadership, remove-server, join and restore. Off by
 	// default; protect the handler (network policy, authentication
@@ -59,15 +68,15 @@ type Health struct {
 	AppliedIndex uint64 `json:"applied_index"`
 }
 
-// AdminError is the JSON body of every failed admin request. The CLI
+// Error is the JSON body of every failed admin request. The CLI
 // reads it back; LeaderID and LeaderAddr are set when the request must go
 // to the leader (restore on a follower: HTTP 503, code "not_applied").
-type AdminError struct {
+type Error struct {
 	// Error is the failure's message.
 	Error string `json:"error"`
 	// Code is the failure's outcome class (Outcome.String: "not_applied",
 	// "unknown_outcome", "invalid", ...), "not_found" (metrics not
-	// configured), "disabled" (a route AdminOptions leaves
+	// configured), "disabled" (a route Options leaves
 	// off), or "internal".
 	Code string `json:"code,omitempty"`
 	// LeaderID and LeaderAddr name the leader to ask instead.
@@ -75,15 +84,15 @@ type AdminError struct {
 	LeaderAddr string `json:"leader_addr,omitempty"`
 }
 
-// AdminRequest is the JSON body of POST transfer-leadership (ID optional:
+// Request is the JSON body of POST transfer-leadership (ID optional:
 // raft picks), remove-server (ID) and join (ID, Addr, Nonvoter).
-type AdminRequest struct {
+type Request struct {
 	ID       string `json:"id"`
 	Addr     string `json:"addr,omitempty"`
 	Nonvoter bool   `json:"nonvoter,omitempty"`
 }
 
-// AdminHandler returns an http.Handler with node's operational routes, for
+// Handler returns an http.Handler with node's operational routes, for
 // the application to mount on its own server, for example under /raft/
 // with http.StripPrefix:
 //
@@ -97,9 +106,9 @@ type AdminRequest struct {
 //	POST join                 {"id", "addr", "nonvoter"} (opts.AllowMutations)
 //	POST restore              body: a Backup stream; leader only (opts.AllowMutations)
 //
-// Disabled routes answer 403, wrong methods 405. Errors are AdminError
-// JSON with the outcome class's status and code (see Classify and
-// Outcome.HTTPStatus): 400 invalid, 403 not authorized, 503 not applied
+// Disabled routes answer 403, wrong methods 405. Errors are Error
+// JSON with the outcome class's status and code (see raftkit.Classify
+// and HTTPStatus): 400 invalid, 403 not authorized, 503 not applied
 // (with Retry-After; restore on a follower names the leader) or closed,
 // 504 unknown outcome; 500 only for a failure of the admin operation
 // itself. Membership routes work on
@@ -113,7 +122,7 @@ type AdminRequest struct {
 // restore once done.
 //
 // The handler does no authentication; that is the application's job.
-func AdminHandler(node *RaftNode, opts AdminOptions) http.Handler {
+func Handler(node *raftkit.RaftNode, opts Options) http.Handler {
 	if opts.MaxApplyLag == 0 {
 		opts.MaxApplyLag = DefaultMaxApplyLag
 	}
@@ -132,32 +141,20 @@ func AdminHandler(node *RaftNode, opts AdminOptions) http.Handler {
 }
 
 type admin struct {
-	n    *RaftNode
-	opts AdminOptions
+	n    *raftkit.RaftNode
+	opts Options
 }
 
-func (a *admin) status(w http.ResponseWriter, r *http.Request) {
+func (a *admin) status(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, a.n.Status())
 }
 
-// checkHealth returns why st is unhealthy, or "".
-func checkHealth(st Status, closed bool, maxLag uint64) string {
-	member := slices.ContainsFunc(st.Servers, func(s ServerInfo) bool { return s.ID == st.ID })
+// checkHealth returns why a node whose readiness is ready (nil: ready)
+// and whose status is st is unhealthy, or "".
+func checkHealth(ready error, st raftkit.Status, maxLag uint64) string {
 	switch {
-	case closed:
-		return "node is closed"
-	case st.MembershipError != "":
-		return st.MembershipError
-	case st.State == "Shutdown":
-		return "raft has shut down (was the node removed from the cluster?)"
-	case !member:
-		return "node is not a member of any cluster configuration"
-	case st.LeaderID == "":
-		return "no known leader"
-	case st.State != "Leader" && st.State != "Follower":
-		return "node is a " + st.State
-	case st.Joining:
-		return "node has joined but not yet applied what the cluster had committed when it joined"
+	case ready != nil:
+		return strings.TrimPrefix(ready.Error(), "raftkit: ")
 	case st.CommitIndex > st.AppliedIndex && st.CommitIndex-st.AppliedIndex > maxLag:
 		return fmt.Sprintf("applied index %d trails commit index %d by more than %d", st.AppliedIndex, st.CommitIndex, maxLag)
 	}
@@ -165,8 +162,9 @@ func checkHealth(st Status, closed bool, maxLag uint64) string {
 }
 
 func (a *admin) health(w http.ResponseWriter, r *http.Request) {
+	ready := a.n.Ready()
 	st := a.n.Status()
-	reason := checkHealth(st, a.n.checkOpen() != nil, a.opts.MaxApplyLag)
+	reason := checkHealth(ready, st, a.opts.MaxApplyLag)
 	h := Health{Healthy: reason == "", Reason: reason, State: st.State, LeaderID: st.LeaderID, CommitIndex: st.CommitIndex, AppliedIndex: st.AppliedIndex}
 	code := http.StatusOK
 	if !h.Healthy {
@@ -178,7 +176,7 @@ func (a *admin) health(w http.ResponseWriter, r *http.Request) {
 
 func (a *admin) metrics(w http.ResponseWriter, r *http.Request) {
 	if a.opts.Metrics == nil {
-		writeJSON(w, http.StatusNotFound, AdminError{Error: "raftkit admin: metrics are not configured (AdminOptions.Metrics)", Code: "not_found"})
+		writeJSON(w, http.StatusNotFound, Error{Error: "raftkit admin: metrics are not configured (Options.Metrics)", Code: "not_found"})
 		return
 	}
 	promhttp.HandlerFor(a.opts.Metrics, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}).ServeHTTP(w, r)
@@ -186,7 +184,7 @@ func (a *admin) metrics(w http.ResponseWriter, r *http.Request) {
 
 func (a *admin) backup(w http.ResponseWriter, r *http.Request) {
 	if !a.opts.AllowBackup {
-		writeJSON(w, http.StatusForbidden, AdminError{Error: "raftkit admin: backup is disabled (AdminOptions.AllowBackup)", Code: "disabled"})
+		writeJSON(w, http.StatusForbidden, Error{Error: "raftkit admin: backup is disabled (Options.AllowBackup)", Code: "disabled"})
 		return
 	}
 	tw := &trackingWriter{w: w}
@@ -218,7 +216,7 @@ func (t *trackingWriter) Write(p []byte) (int, error) {
 func (a *admin) mutation(h func(http.ResponseWriter, *http.Request)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if !a.opts.AllowMutations {
-			writeJSON(w, http.StatusForbidden, AdminError{Error: "raftkit admin: mutating routes are disabled (AdminOptions.AllowMutations)", Code: "disabled"})
+			writeJSON(w, http.StatusForbidden, Error{Error: "raftkit admin: mutating routes are disabled (Options.AllowMutations)", Code: "disabled"})
 			return
 		}
 		h(w, r)
@@ -233,12 +231,12 @@ func (a *admin) snapshot(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, a.n.Status())
 }
 
-// readRequest decodes an AdminRequest body; an empty body is {}.
-func readRequest(w http.ResponseWriter, r *http.Request) (AdminRequest, bool) {
-	var req AdminRequest
+// readRequest decodes an Request body; an empty body is {}.
+func readRequest(w http.ResponseWriter, r *http.Request) (Request, bool) {
+	var req Request
 	err := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxAdminBody)).Decode(&req)
 	if err != nil && !errors.Is(err, io.EOF) {
-		writeJSON(w, http.StatusBadRequest, AdminError{Error: fmt.Sprintf("raftkit admin: request body is not JSON like {\"id\": ...}: %v", err), Code: "invalid"})
+		writeJSON(w, http.StatusBadRequest, Error{Error: fmt.Sprintf("raftkit admin: request body is not JSON like {\"id\": ...}: %v", err), Code: "invalid"})
 		return req, false
 	}
 	return req, true
@@ -254,7 +252,7 @@ func (a *admin) transfer(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	a.answerWhen(w, r, func(st Status) bool {
+	a.answerWhen(w, r, func(st raftkit.Status) bool {
 		if req.ID != "" {
 			return st.LeaderID == req.ID
 		}
@@ -266,10 +264,15 @@ func (a *admin) transfer(w http.ResponseWriter, r *http.Request) {
 // shows the change (cond), so the answer is never this node's stale view.
 // A follower learns of a committed configuration change, or of a new
 // leader, a heartbeat later. The wait is bounded by the request's context,
-// else Config.ApplyTimeout; after that the node answers with what it sees.
-func (a *admin) answerWhen(w http.ResponseWriter, r *http.Request, cond func(Status) bool) {
-	ctx, cancel := a.n.bound(r.Context())
-	defer cancel()
+// else raftkit.DefaultApplyTimeout; after that the node answers with what it
+// sees.
+func (a *admin) answerWhen(w http.ResponseWriter, r *http.Request, cond func(raftkit.Status) bool) {
+	ctx := r.Context()
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, raftkit.DefaultApplyTimeout)
+		defer cancel()
+	}
 	t := time.NewTicker(5 * time.Millisecond)
 	defer t.Stop()
 	st := a.n.Status()
@@ -287,8 +290,8 @@ func (a *admin) answerWhen(w http.ResponseWriter, r *http.Request, cond func(Sta
 
 // hasServer reports whether st's configuration has id at addr with the
 // given suffrage ("" matches any address).
-func hasServer(st Status, id, addr string, voter bool) bool {
-	return slices.ContainsFunc(st.Servers, func(s ServerInfo) bool {
+func hasServer(st raftkit.Status, id, addr string, voter bool) bool {
+	return slices.ContainsFunc(st.Servers, func(s raftkit.ServerInfo) bool {
 		return s.ID == id && (addr == "" || s.Addr == addr) && (s.Voter == voter || (voter && s.Suffrage == "Staging"))
 	})
 }
@@ -299,15 +302,15 @@ func (a *admin) remove(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.ID == "" {
-		writeJSON(w, http.StatusBadRequest, AdminError{Error: `raftkit admin: remove-server needs {"id": "..."}`, Code: "invalid"})
+		writeJSON(w, http.StatusBadRequest, Error{Error: `raftkit admin: remove-server needs {"id": "..."}`, Code: "invalid"})
 		return
 	}
 	if err := a.n.RemoveServer(r.Context(), req.ID); err != nil {
 		writeError(w, err)
 		return
 	}
-	a.answerWhen(w, r, func(st Status) bool {
-		return !slices.ContainsFunc(st.Servers, func(s ServerInfo) bool { return s.ID == req.ID })
+	a.answerWhen(w, r, func(st raftkit.Status) bool {
+		return !slices.ContainsFunc(st.Servers, func(s raftkit.ServerInfo) bool { return s.ID == req.ID })
 	})
 }
 
@@ -326,7 +329,7 @@ func (a *admin) join(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	a.answerWhen(w, r, func(st Status) bool { return hasServer(st, req.ID, req.Addr, !req.Nonvoter) })
+	a.answerWhen(w, r, func(st raftkit.Status) bool { return hasServer(st, req.ID, req.Addr, !req.Nonvoter) })
 }
 
 func (a *admin) restore(w http.ResponseWriter, r *http.Request) {
@@ -337,17 +340,38 @@ func (a *admin) restore(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, a.n.Status())
 }
 
-// writeError answers a node error with its class's status code (see
-// Outcome.HTTPStatus) and an AdminError; an error of no class (a failure
-// of the admin operation itself, such as a broken backup stream) is 500.
-func writeError(w http.ResponseWriter, err error) {
-	class := Classify(err)
-	body := AdminError{Error: err.Error(), Code: class.String()}
-	code := class.HTTPStatus()
-	if class == Rejected {
-		code, body.Code = http.StatusInternalServerError, "internal"
+// HTTPStatus is the HTTP status code for an outcome class: 200 applied,
+// 422 rejected by the FSM, 503 not applied or closed (retry, maybe
+// elsewhere), 504 unknown outcome, 400 invalid, 403 not authorized.
+func HTTPStatus(o raftkit.Outcome) int {
+	switch o {
+	case raftkit.Applied:
+		return http.StatusOK
+	case raftkit.Rejected:
+		return http.StatusUnprocessableEntity
+	case raftkit.NotApplied, raftkit.Closed:
+		return http.StatusServiceUnavailable
+	case raftkit.Unknown:
+		return http.StatusGatewayTimeout
+	case raftkit.Invalid:
+		return http.StatusBadRequest
+	case raftkit.NotAuthorized:
+		return http.StatusForbidden
 	}
-	var nle *NotLeaderError
+	return http.StatusInternalServerError
+}
+
+// WriteError answers err, an error of a node's call, with its class's
+// status code (HTTPStatus), Retry-After: 1 on a 503, and an Error as
+// JSON whose Code is the class (Outcome.String) and that names the leader
+// when the request must go there. An FSM's own error (class Rejected) is
+// 422 with code "rejected"; the admin handler's own routes, where no FSM
+// runs, answer such an error 500 "internal".
+func WriteError(w http.ResponseWriter, err error) {
+	class := raftkit.Classify(err)
+	body := Error{Error: err.Error(), Code: class.String()}
+	code := HTTPStatus(class)
+	var nle *raftkit.NotLeaderError
 	if errors.As(err, &nle) {
 		body.LeaderID, body.LeaderAddr = nle.LeaderID, nle.LeaderAddr
 	}
@@ -355,6 +379,17 @@ func writeError(w http.ResponseWriter, err error) {
 		w.Header().Set("Retry-After", "1")
 	}
 	writeJSON(w, code, body)
+}
+
+// writeError is WriteError for the handler's own routes: an error of no
+// class (a failure of the admin operation itself, such as a broken backup
+// stream) is 500.
+func writeError(w http.ResponseWriter, err error) {
+	if raftkit.Classify(err) == raftkit.Rejected {
+		writeJSON(w, http.StatusInternalServerError, Error{Error: err.Error(), Code: "internal"})
+		return
+	}
+	WriteError(w, err)
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

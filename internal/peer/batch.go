@@ -1,4 +1,4 @@
-package raftkit
+package peer
 
 import (
 	"context"
@@ -8,50 +8,57 @@ import (
 	"sync"
 	"time"
 
-	"github.com/raftkit/raftkit/internal/wire"
+	"github.com/raftkit/raftkit/internal/sentinel"
 )
 
 // Forwarded writes are batched: a follower sends the commands that its
-// callers submit while earlier batches are on their way as one
-// ApplyBatch request, and the leader hands them to raft back to back, so
-// they share its group commit. With one caller at a time, every batch
-// holds one command and nothing waits.
+// callers submit while earlier batches are on their way as one ApplyBatch
+// request, and the leader hands them to raft back to back, so they share
+// its group commit. With one caller at a time, every batch holds one
+// command and nothing waits. The figures behind these numbers are in
+// docs/performance.md.
 const (
 	// maxBatchesInFlight is how many batches a follower may have in
 	// progress at the leader at once; further commands gather for the
 	// next batch. Fewer, larger batches cost less CPU per command on both
-	// ends and land in fewer of the leader's disk writes: on a 2-core
-	// machine with 64 forwarding writers, 2 gave 0.84-0.96x of the
-	// leader's own writes per second with BoltDB (4: 0.74x, 8: 0.67x;
-	// 1: 0.82x) and 0.80x with raft-wal (4: 0.69x).
+	// ends and land in fewer of the leader's disk writes.
 	maxBatchesInFlight = 2
 	// gatherYields bounds how often a sender yields, after answering a
-	// batch, for the callers answered to submit their next commands. On a
-	// busy 2-core machine 4 yields were often too few: alternated runs of
-	// 64 forwarding writers gave 16 yields 1.2x the writes per second of
-	// 4 with BoltDB and 1.15x with raft-wal (and 0 yields 0.78x); runs
-	// that alternated forwarded and leader writes on one cluster gave 32
-	// yields a median of 0.84x of the leader's writes per second against
-	// 0.78x with 16 (3 batches in flight: 0.75x). Since a sender waits for
-	// every caller answered rather than for as many commands as it
-	// answered (see gather), 5 alternated runs gave 128 yields medians of
-	// 0.84x (BoltDB) and 0.84x (raft-wal) against 0.74x and 0.78x before
-	// (512: 0.86x and 0.79x). A caller that does not write again costs
-	// its sender at most these yields.
+	// batch, for the callers answered to submit their next commands; a
+	// caller that does not write again costs its sender at most these
+	// yields.
 	gatherYields = 128
-	// maxBatchCommands and maxBatchBytes bound one batch.
-	maxBatchCommands = 512
-	maxBatchBytes    = 4 << 20
+	// MaxBatchCommands and MaxBatchBytes bound one batch.
+	MaxBatchCommands = 512
+	MaxBatchBytes    = 4 << 20
 )
+
+// CanceledError is a forwarded command whose caller's context ended
+// before its answer came: Sent says whether it was on its way (its
+// outcome is unknown) or still waiting for a batch (it was never sent).
+type CanceledError struct {
+	Peer string
+	Sent bool
+	Err  error
+}
+
+func (e *CanceledError) Error() string {
+	if e.Sent {
+		return fmt.Sprintf("via %s: %v", e.Peer, e.Err)
+	}
+	return fmt.Sprintf("context ended before the request was submitted: %v", e.Err)
+}
+
+func (e *CanceledError) Unwrap() error { return e.Err }
 
 // fwdRequest is one caller's command waiting in a batch.
 type fwdRequest struct {
-	cmd      ownedCmd
+	cmd      []byte
 	deadline time.Time
 	taken    bool // in a batch on its way (guarded by applyBatcher.mu)
 	done     chan struct{}
-	resp     wire.ApplyResponse
-	err      error // transport failure, as forward reports it
+	resp     ApplyResponse
+	err      error // the transport's failure (see Submit)
 }
 
 // fwdQueue gathers commands for one leader address.
@@ -63,29 +70,33 @@ type fwdQueue struct {
 	awaited int
 }
 
-// applyBatcher batches forwarded writes per leader address.
-type applyBatcher struct {
-	n  *RaftNode
-	wg sync.WaitGroup // running senders; Close waits for them
+// Batcher batches forwarded writes per leader address.
+type Batcher struct {
+	pool *Pool
+	wg   sync.WaitGroup // running senders; Stop waits for them
 
 	mu      sync.Mutex
 	stopped bool
 	queues  map[string]*fwdQueue
 }
 
-func newApplyBatcher(n *RaftNode) *applyBatcher {
-	return &applyBatcher{n: n, queues: map[string]*fwdQueue{}}
+// NewBatcher returns a batcher that sends through pool.
+func NewBatcher(pool *Pool) *Batcher {
+	return &Batcher{pool: pool, queues: map[string]*fwdQueue{}}
 }
 
-// submit forwards cmd to the leader at addr within ctx and returns its
-// response, or the transport error (classified as forward does).
-func (b *applyBatcher) submit(ctx context.Context, addr string, cmd ownedCmd) (*wire.ApplyResponse, error) {
+// Submit forwards cmd to the leader at addr within ctx and returns its
+// response, or the failure: a *CanceledError when ctx ended first, an
+// error of Pool.Call, or sentinel.ErrClosed after Stop. cmd must not change
+// until Submit returns, nor after it if the command was sent (the
+// caller's outcome is then unknown): pass bytes raftkit owns.
+func (b *Batcher) Submit(ctx context.Context, addr string, cmd []byte) (*ApplyResponse, error) {
 	dl, _ := ctx.Deadline()
 	req := &fwdRequest{cmd: cmd, deadline: dl, done: make(chan struct{})}
 	b.mu.Lock()
 	if b.stopped {
 		b.mu.Unlock()
-		return nil, ErrClosed
+		return nil, sentinel.ErrClosed
 	}
 	q := b.queues[addr]
 	if q == nil {
@@ -121,17 +132,26 @@ func (b *applyBatcher) submit(ctx context.Context, addr string, cmd ownedCmd) (*
 				break
 			}
 		}
-		return nil, doneErr(ctx, "apply")
+		return nil, &CanceledError{Peer: addr, Err: ctx.Err()}
 	}
-	return nil, unknownOutcome("apply", fmt.Errorf("via leader %s: %w", addr, ctx.Err()))
+	return nil, &CanceledError{Peer: addr, Sent: true, Err: ctx.Err()}
+}
+
+// Sending reports whether a batch to addr is on its way (for tests and
+// diagnostics).
+func (b *Batcher) Sending(addr string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	q := b.queues[addr]
+	return q != nil && q.inFlight > 0 && len(q.pending) == 0
 }
 
 // takeLocked removes the next batch from q.
-func (b *applyBatcher) takeLocked(q *fwdQueue) []*fwdRequest {
+func (b *Batcher) takeLocked(q *fwdQueue) []*fwdRequest {
 	n, size := 0, 0
-	for n < len(q.pending) && n < maxBatchCommands {
+	for n < len(q.pending) && n < MaxBatchCommands {
 		size += len(q.pending[n].cmd)
-		if n > 0 && size > maxBatchBytes {
+		if n > 0 && size > MaxBatchBytes {
 			break
 		}
 		n++
@@ -148,7 +168,7 @@ func (b *applyBatcher) takeLocked(q *fwdQueue) []*fwdRequest {
 }
 
 // send delivers batch, then keeps delivering what gathered meanwhile.
-func (b *applyBatcher) send(addr string, q *fwdQueue, batch []*fwdRequest) {
+func (b *Batcher) send(addr string, q *fwdQueue, batch []*fwdRequest) {
 	defer b.wg.Done()
 	for batch != nil {
 		b.deliver(addr, q, batch)
@@ -175,7 +195,7 @@ func (b *applyBatcher) send(addr string, q *fwdQueue, batch []*fwdRequest) {
 // often gather at once; counting what waited instead let the first leave
 // with the other's callers before its own were back, and those then
 // waited for a whole round trip.
-func (b *applyBatcher) gather(q *fwdQueue) bool {
+func (b *Batcher) gather(q *fwdQueue) bool {
 	for i := 0; i < gatherYields; i++ {
 		b.mu.Lock()
 		n := q.awaited
@@ -195,7 +215,7 @@ func (b *applyBatcher) gather(q *fwdQueue) bool {
 
 // deliver sends one batch and answers its callers, counting them in
 // q.awaited.
-func (b *applyBatcher) deliver(addr string, q *fwdQueue, batch []*fwdRequest) {
+func (b *Batcher) deliver(addr string, q *fwdQueue, batch []*fwdRequest) {
 	b.exchange(addr, batch)
 	b.mu.Lock()
 	q.awaited += len(batch)
@@ -210,7 +230,7 @@ func (b *applyBatcher) deliver(addr string, q *fwdQueue, batch []*fwdRequest) {
 // than it takes from this node (it counts this node's connections as a
 // stranger's, whose messages are capped at 64 KiB) had no effect: its
 // halves are sent on their own, down to single commands.
-func (b *applyBatcher) exchange(addr string, batch []*fwdRequest) {
+func (b *Batcher) exchange(addr string, batch []*fwdRequest) {
 	var latest time.Time
 	cmds := make([][]byte, len(batch))
 	for i, r := range batch {
@@ -223,24 +243,24 @@ func (b *applyBatcher) exchange(addr string, batch []*fwdRequest) {
 	defer cancel()
 	timeout := time.Until(latest)
 	var err error
-	var resp wire.ApplyBatchResponse
+	var resp ApplyBatchResponse
 	if len(batch) == 1 {
 		// A batch of one travels as a plain Apply.
-		var one wire.ApplyResponse
-		err = b.n.forwardTo(ctx, "apply", addr, wire.MethodApply, &wire.ApplyRequest{Command: cmds[0], Timeout: int64(timeout)}, &one)
-		resp.Results = []wire.ApplyResponse{one}
+		var one ApplyResponse
+		err = b.pool.Call(ctx, addr, MethodApply, &ApplyRequest{Command: cmds[0], Timeout: int64(timeout)}, &one)
+		resp.Results = []ApplyResponse{one}
 	} else {
-		err = b.n.forwardTo(ctx, "apply", addr, wire.MethodApplyBatch, &wire.ApplyBatchRequest{Commands: cmds, Timeout: int64(timeout)}, &resp)
+		err = b.pool.Call(ctx, addr, MethodApplyBatch, &ApplyBatchRequest{Commands: cmds, Timeout: int64(timeout)}, &resp)
 	}
-	var refused *refusedError
-	if len(batch) > 1 && errors.As(err, &refused) && refused.tooLarge() {
+	var refused *RefusedError
+	if len(batch) > 1 && errors.As(err, &refused) && refused.TooLarge() {
 		half := len(batch) / 2
 		b.exchange(addr, batch[:half])
 		b.exchange(addr, batch[half:])
 		return
 	}
 	if err == nil && len(resp.Results) != len(batch) {
-		err = unknownOutcome("apply", fmt.Errorf("leader %s answered %d of %d commands", addr, len(resp.Results), len(batch)))
+		err = &CallError{Peer: addr, Sent: true, Err: fmt.Errorf("answered %d of %d commands", len(resp.Results), len(batch))}
 	}
 	for i, r := range batch {
 		if err != nil {
@@ -251,9 +271,9 @@ func (b *applyBatcher) exchange(addr string, batch []*fwdRequest) {
 	}
 }
 
-// stop makes later submits fail with ErrClosed and waits for the batches
-// on their way: close the request clients first, so that they end.
-func (b *applyBatcher) stop() {
+// Stop makes later submits fail with sentinel.ErrClosed and waits for the
+// batches on their way: close the pool first, so that they end.
+func (b *Batcher) Stop() {
 	b.mu.Lock()
 	b.stopped = true
 	b.mu.Unlock()

@@ -1,4 +1,4 @@
-package raftkit
+package port
 
 import (
 	"bytes"
@@ -57,6 +57,13 @@ type termGuard struct {
 	logMu      sync.Mutex
 	lastLog    time.Time
 	suppressed int
+}
+
+// GuardTerms wraps trans, and stable so that the guard follows the node's
+// current term; raft must be given both wrappers. The guard's goroutine
+// ends when the mux closes.
+func (m *Mux) GuardTerms(trans *raft.NetworkTransport, stable raft.StableStore, logger hclog.Logger) (raft.Transport, raft.StableStore) {
+	return guardTerms(trans, stable, m.done, &m.wg, logger)
 }
 
 // guardTerms wraps trans, and stable so that the guard follows the node's

@@ -1,8 +1,14 @@
-// Package wire holds raftkit's node-to-node request types and the net/rpc
-// codec that carries them: every message is a length-prefixed msgpack frame
-// with a size limit, and every read has a deadline, so a slow or hostile
-// peer can neither pin memory nor hold a goroutine forever.
-package wire
+// Package peer is how raftkit nodes talk to each other beside raft: the
+// request types, the net/rpc codec that carries them (every message a
+// length-prefixed msgpack frame with a size limit, every read with a
+// deadline, so a slow or hostile peer can neither pin memory nor hold a
+// goroutine forever), the one list of requests a node serves (service.go),
+// the pool of client connections, and the batcher of forwarded writes.
+//
+// It must never import package raftkit or internal/port: connections
+// reach it as net.Conns, and the pool dials through a function it is
+// given.
+package peer
 
 import (
 	"bufio"
