@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 
 	"github.com/hashicorp/raft"
+
 	"github.com/raftkit/raftkit/internal/chunk"
 )
 

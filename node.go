@@ -17,6 +17,7 @@ import (
 	"github.com/raftkit/raftkit/internal/peer"
 	"github.com/raftkit/raftkit/internal/port"
 	"github.com/raftkit/raftkit/internal/store"
+	"github.com/raftkit/raftkit/internal/testhook"
 )
 
 // RaftNode is one member of a replicated state machine: a hashicorp/raft
@@ -644,5 +645,126 @@ func (n *RaftNode) startMetrics() (stop func() error) {
 		<-done
 		m.RemoveNode(n)
 		return nil
+	}
+}
+
+// lifecycle is a node's parts in the order they were built, each with the
+// function that stops it. Close stops them in reverse order, and a
+// constructor that fails unwinds the same list, so every part that was
+// built is stopped exactly once whichever way the node ends. Each stop
+// function waits for its own part's goroutines. A part whose goroutines use
+// raft is registered after raft, so that it stops while raft still runs.
+//
+// A lifecycle is not safe for concurrent use: the constructor builds it,
+// and Close (once) stops it.
+type lifecycle struct {
+	parts []lifePart
+	hooks *lifecycleHooks // tests only
+}
+
+type lifePart struct {
+	name string
+	stop func() error
+}
+
+// lifecycleHooks let tests watch a node's parts. added runs after each part
+// is registered; an error from it fails the constructor there, as if the
+// next step had failed. stopped runs after each part's stop function.
+type lifecycleHooks struct {
+	added   func(part string) error
+	stopped func(part string)
+}
+
+// add registers a built part. An error (only ever from a test hook) means
+// the constructor must fail now.
+func (l *lifecycle) add(name string, stop func() error) error {
+	l.parts = append(l.parts, lifePart{name: name, stop: stop})
+	if l.hooks != nil && l.hooks.added != nil {
+		return l.hooks.added(name)
+	}
+	return nil
+}
+
+// stop stops every part, last built first, and forgets them, so that a
+// second call stops nothing. It returns the parts' errors, each prefixed
+// with its part's name.
+func (l *lifecycle) stop() error {
+	parts := l.parts
+	l.parts = nil
+	var errs []error
+	for i := len(parts) - 1; i >= 0; i-- {
+		if err := parts[i].stop(); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", parts[i].name, err))
+		}
+		if l.hooks != nil && l.hooks.stopped != nil {
+			l.hooks.stopped(parts[i].name)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func init() {
+	testhook.Crash = func(node any) error { return node.(*RaftNode).crash() }
+}
+
+// crash stops n as a killed process would: raft shuts down first, so a
+// leader hands nothing over and stops sending heartbeats at once; then
+// Close releases the rest, in its usual order (with raft already down it
+// skips the handover). This is the one supported way to crash a node:
+// shutting Raft() down from outside is not, since the node must own its
+// raft's shutdown. raftkittest reaches it through internal/testhook.
+func (n *RaftNode) crash() error {
+	_ = n.raft.Shutdown().Error() // idempotent; Close reports raft's shutdown error
+	return n.Close()
+}
+
+// MetricsSink receives a node's measurements (Config.Metrics). The
+// Prometheus one is package admin's Metrics; an application may give its
+// own. Every method must be safe for concurrent use and return quickly:
+// the node calls them on its write and read paths.
+type MetricsSink interface {
+	// AddNode and RemoveNode bracket the time n is open, so that the sink
+	// may read n's Status when it reports.
+	AddNode(n *RaftNode)
+	RemoveNode(n *RaftNode)
+	// Applied records one Apply or ApplyLocal on node id: path is "local"
+	// (on the leader) or "forwarded" (from a follower); err is its error.
+	Applied(id, path string, d time.Duration, err error)
+	// ReadBarrier records one LinearizableRead on node id.
+	ReadBarrier(id string, d time.Duration, err error)
+	// LeaderChanged records that node id learned of a new leader.
+	LeaderChanged(id string)
+	// FSMError records a command applied through node id, as leader,
+	// whose FSM response was an error.
+	FSMError(id string)
+}
+
+// metrics is a node's MetricsSink, or none: its methods do nothing then.
+type metrics struct{ sink MetricsSink }
+
+// now is the start of a timed call: the zero time without a sink, so that
+// calls do not read the clock for nothing.
+func (m metrics) now() time.Time {
+	if m.sink == nil {
+		return time.Time{}
+	}
+	return time.Now()
+}
+
+func (m metrics) applied(id, path string, start time.Time, err error) {
+	if m.sink != nil {
+		m.sink.Applied(id, path, time.Since(start), err)
+	}
+}
+
+func (m metrics) readBarrierDone(id string, start time.Time, err error) {
+	if m.sink != nil {
+		m.sink.ReadBarrier(id, time.Since(start), err)
+	}
+}
+
+func (m metrics) fsmError(id string) {
+	if m.sink != nil {
+		m.sink.FSMError(id)
 	}
 }

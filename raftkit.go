@@ -37,6 +37,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -44,6 +45,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+
 	"github.com/raftkit/raftkit/internal/port"
 	"github.com/raftkit/raftkit/internal/store"
 )
@@ -321,10 +323,7 @@ func (c Config) Validate() error {
 // fields of one concern and returns their resolved value; a new setting is
 // one more validator and one more line here.
 func (c Config) settle() (*settled, error) {
-	codecs, err := newCodecs(c.ResultTypes, c.FSMErrors)
-	if err != nil {
-		return nil, err
-	}
+	var err error
 	if c, err = settleCommandSize(c); err != nil {
 		return nil, err
 	}
@@ -349,6 +348,12 @@ func (c Config) settle() (*settled, error) {
 		return nil, err
 	}
 	if err := checkJoin(c, peers.list); err != nil {
+		return nil, err
+	}
+	// The fields whose values other files own come last: the registered
+	// result and error types, and the TLS files.
+	codecs, err := newCodecs(c.ResultTypes, c.FSMErrors)
+	if err != nil {
 		return nil, err
 	}
 	ts, err := settleTLS(c.TLS, c.Logger)
@@ -451,7 +456,10 @@ func settleTiming(c Config) (Config, error) {
 	if c.JoinTimeout == 0 {
 		c.JoinTimeout = DefaultJoinTimeout
 	}
-	return c, validateTiming(c.Timing)
+	if c.Timing < TimingAuto || c.Timing > TimingLocal {
+		return c, configErr("Timing", "Timing("+strconv.Itoa(int(c.Timing))+")", "is not one of TimingAuto, TimingLAN, TimingLocal, TimingDefault, TimingWAN")
+	}
+	return c, nil
 }
 
 // settleNetwork checks that only an in-memory node has a MemNetwork and
@@ -695,4 +703,101 @@ func parsePeers(list []string, inMemory bool) ([]peerAddr, error) {
 		out = append(out, p)
 	}
 	return out, nil
+}
+
+// LogStoreKind selects the on-disk store of a node's raft log and stable
+// state (term and vote); see Config.LogStore.
+type LogStoreKind int
+
+const (
+	// LogStoreBolt keeps the log and stable state in one BoltDB file,
+	// Dir/raft.db, in hashicorp/raft-boltdb/v2's file format (raftkit
+	// writes it with its own encoder; see boltstore.go). It is the default: one file,
+	// inspectable with bbolt's tools, checked page by page at start. Every
+	// commit costs two fsyncs (BoltDB's data and meta pages), and the file
+	// does not shrink after snapshots truncate the log.
+	LogStoreBolt LogStoreKind = iota
+
+	// LogStoreWAL keeps the log in append-only segment files under
+	// Dir/wal (hashicorp/raft-wal), with its metadata and stable state in
+	// Dir/wal/wal-meta.db. A commit costs one fsync, so sequential writes
+	// commit about twice as fast as with BoltDB, and truncated segments are
+	// deleted, so disk use follows the log. raft-wal checks commit
+	// checksums only when it recovers the last, unsealed segment at start;
+	// damage inside an older, sealed segment is found only when raft reads
+	// those entries (as a decode error), or not at all for flipped payload
+	// bits.
+	LogStoreWAL
+)
+
+// String returns the kind's name as written in Go, e.g. "LogStoreWAL".
+func (k LogStoreKind) String() string {
+	switch k {
+	case LogStoreBolt:
+		return "LogStoreBolt"
+	case LogStoreWAL:
+		return "LogStoreWAL"
+	}
+	return "LogStoreKind(" + strconv.Itoa(int(k)) + ")"
+}
+
+func validateLogStore(k LogStoreKind) error {
+	if k != LogStoreBolt && k != LogStoreWAL {
+		return configErr("LogStore", "LogStoreKind("+strconv.Itoa(int(k))+")", "is not LogStoreBolt or LogStoreWAL")
+	}
+	return nil
+}
+
+// TLSConfig turns on mutual TLS for everything on the node's port: raft's
+// traffic and raftkit's own requests (forwarded writes, reads, joins). Every
+// connection, in both directions, then uses TLS 1.2 or later with a
+// certificate that is verified against CAFile and authorised by PeerNames;
+// plain connections are refused.
+//
+// The files are read again whenever they change on disk, checked at each
+// handshake, so certificates and CAs can be rotated without a restart. A
+// file that fails to load keeps the last good version in use and the error
+// is logged.
+type TLSConfig struct {
+	// CAFile is a PEM bundle of the certificate authorities that sign node
+	// certificates. Several CAs may be listed during a rotation.
+	CAFile string
+
+	// CertFile and KeyFile hold this node's PEM certificate (chain) and key.
+	// The certificate is used as both TLS server and TLS client, so it must
+	// allow both the serverAuth and the clientAuth extended key usage.
+	CertFile string
+	KeyFile  string
+
+	// PeerNames authorises peers: a peer's certificate is accepted only if
+	// one of its DNS or URI subject alternative names matches one of these
+	// patterns (path.Match syntax, e.g. "*.raft.example.internal"). A valid
+	// certificate from the CA is not enough, so client-only or other
+	// services' certificates from the same CA cannot reach raft. "*" accepts
+	// any node certificate of the CA: use it only with a CA dedicated to
+	// raft nodes. Required.
+	PeerNames []string
+}
+
+// validateTLS checks the TLSConfig fields and loads the files once.
+// onError receives later failures to reload them.
+func validateTLS(c *TLSConfig, onError func(error)) (*port.TLS, error) {
+	for _, f := range []struct{ name, value string }{{"TLS.CAFile", c.CAFile}, {"TLS.CertFile", c.CertFile}, {"TLS.KeyFile", c.KeyFile}} {
+		if strings.TrimSpace(f.value) == "" {
+			return nil, configErr(f.name, f.value, "required when TLS is set")
+		}
+	}
+	if len(c.PeerNames) == 0 {
+		return nil, configErr("TLS.PeerNames", "", "required: name patterns that peers' certificates must carry (\"*\" only with a CA dedicated to raft nodes)")
+	}
+	for i, p := range c.PeerNames {
+		if _, err := path.Match(p, ""); err != nil || p == "" {
+			return nil, configErr(fmt.Sprintf("TLS.PeerNames[%d]", i), p, "is not a valid pattern")
+		}
+	}
+	s, err := port.NewTLS(port.TLSFiles{CAFile: c.CAFile, CertFile: c.CertFile, KeyFile: c.KeyFile, PeerNames: c.PeerNames}, onError)
+	if err != nil {
+		return nil, publicErr(err)
+	}
+	return s, nil
 }

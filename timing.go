@@ -95,8 +95,6 @@ func (t Timing) String() string {
 	return "Timing(" + strconv.Itoa(int(t)) + ")"
 }
 
-func (t Timing) valid() bool { return t >= TimingAuto && t <= TimingLocal }
-
 // resolveTiming turns TimingAuto into the profile it stands for.
 func resolveTiming(s *settled) Timing {
 	if s.Timing != TimingAuto {
@@ -134,11 +132,4 @@ func applyTiming(rc *raft.Config, t Timing) {
 	rc.ElectionTimeout = v.election
 	rc.LeaderLeaseTimeout = v.lease
 	rc.CommitTimeout = v.commit
-}
-
-func validateTiming(t Timing) error {
-	if !t.valid() {
-		return configErr("Timing", t.String(), "is not one of TimingAuto, TimingLAN, TimingLocal, TimingDefault, TimingWAN")
-	}
-	return nil
 }

@@ -8,6 +8,7 @@ import (
 	gometrics "github.com/hashicorp/go-metrics/compat"
 	gmprometheus "github.com/hashicorp/go-metrics/compat/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/raftkit/raftkit"
 )
 

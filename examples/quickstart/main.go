@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+
 	"github.com/raftkit/raftkit"
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
 )

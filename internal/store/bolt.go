@@ -11,9 +11,10 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
-	"github.com/raftkit/raftkit/internal/sentinel"
 	"go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/raftkit/raftkit/internal/sentinel"
 )
 
 // The BoltDB format (raft-boltdb/v2, Dir/raft.db), behind store.go:

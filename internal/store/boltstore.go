@@ -10,8 +10,9 @@ import (
 	gometrics "github.com/hashicorp/go-metrics/compat"
 	"github.com/hashicorp/go-msgpack/v2/codec"
 	"github.com/hashicorp/raft"
-	"github.com/raftkit/raftkit/internal/sentinel"
 	"go.etcd.io/bbolt"
+
+	"github.com/raftkit/raftkit/internal/sentinel"
 )
 
 // boltStore is a node's log and stable store in raft.db. The file is

@@ -13,8 +13,9 @@ import (
 
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
-	"github.com/raftkit/raftkit/internal/sentinel"
 	"go.etcd.io/bbolt"
+
+	"github.com/raftkit/raftkit/internal/sentinel"
 )
 
 // boltTestLogs are entries with every field raft stores set.

@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/raft"
 	wal "github.com/hashicorp/raft-wal"
 	"github.com/hashicorp/raft-wal/metadb"
+
 	"github.com/raftkit/raftkit/internal/sentinel"
 )
 
