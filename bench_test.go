@@ -23,7 +23,7 @@ import (
 //	go test -run '^$' -bench . -benchtime 2s
 //
 // The side-by-side comparison with a hand-wired hashicorp/raft cluster
-// over TCP and BoltDB is cmd/raftkit-bench.
+// over TCP and BoltDB is tools/cmd/raftkit-bench.
 
 // benchCluster starts three in-memory nodes and returns them with the
 // leader's index.

@@ -2,7 +2,6 @@ package raftkit
 
 import (
 	"context"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -15,8 +14,8 @@ import (
 // internal/chunk): the leader submits it as consecutive entries, and the
 // FSM wrapper (trackedFSM) hands the user's FSM the whole command once, at
 // the final chunk's index. Commands of at most chunk.Size bytes, and every
-// command while a peer does not confirm that it reads chunks
-// (chunkReaders), are submitted as they are, with no Extensions.
+// command while a peer does not speak chunks (everyPeerReadsChunks), are
+// submitted as they are, with no Extensions.
 
 // submit hands one command to raft on the leader: as it is, or in chunks
 // when it is longer than chunk.Size. The chunks of one command must follow
@@ -25,7 +24,7 @@ import (
 // other command holds it shared while raft takes it (not while it waits
 // for the outcome).
 func (n *RaftNode) submit(cmd ownedCmd, timeout time.Duration) raft.ApplyFuture {
-	if len(cmd) > chunk.Size && n.chunkReaders.all(n, timeout) {
+	if len(cmd) > chunk.Size && n.everyPeerReadsChunks(timeout) {
 		return n.submitChunked(cmd, timeout)
 	}
 	n.submitMu.RLock()
@@ -164,62 +163,47 @@ func (n *RaftNode) abortAbandonedChunks(ctx context.Context) {
 	}
 }
 
-// Only nodes of this version or later reassemble chunks; an older node
-// would hand each chunk to its FSM as a command of its own and silently
-// diverge. So a leader chunks a command only while every other server in
-// its configuration has said, lately, that it reads chunks (the Features
-// request, which older nodes do not know). Otherwise the command enters
-// the log whole, as before chunking: slower to decode, but read alike by
-// every version.
+// A node that does not reassemble chunks would hand each chunk to its FSM
+// as a command of its own and silently diverge. So a leader chunks a
+// command only while every other server in its configuration speaks
+// peer.FeatureChunks, as its hello on the node port says (see
+// internal/peer's protocol.go); otherwise the command enters the log
+// whole: slower to decode, but read alike by every version.
 const (
-	chunkReaderTTL   = time.Minute     // how long a yes is trusted
-	chunkReaderRetry = 5 * time.Second // how long a no (or no answer) is
-	chunkReaderWait  = time.Second     // the longest wait for an answer
+	// askWait bounds asking a peer this node has not heard from yet.
+	askWait = time.Second
+	// askRetry is how long a peer that could not be asked counts as not
+	// reading chunks before it is asked again.
+	askRetry = 5 * time.Second
 )
 
-// chunkReaders remembers which peers read chunked commands, by address.
-type chunkReaders struct {
-	mu   sync.Mutex
-	seen map[string]chunkReader
-}
-
-type chunkReader struct {
-	ok bool
-	at time.Time
-}
-
-// all reports whether every other server in n's configuration reads
-// chunked commands, asking those not asked lately, each within timeout
-// (at most chunkReaderWait).
-func (c *chunkReaders) all(n *RaftNode, timeout time.Duration) bool {
+// everyPeerReadsChunks reports whether every other server in n's
+// configuration reads chunked commands, asking those n has not heard from
+// (each within timeout, at most askWait).
+func (n *RaftNode) everyPeerReadsChunks(timeout time.Duration) bool {
 	for _, s := range n.raft.GetConfiguration().Configuration().Servers {
-		if string(s.ID) != n.id && !c.reads(n, string(s.Address), timeout) {
+		if string(s.ID) != n.id && !n.readsChunks(string(s.Address), timeout) {
 			return false
 		}
 	}
 	return true
 }
 
-func (c *chunkReaders) reads(n *RaftNode, addr string, timeout time.Duration) bool {
-	c.mu.Lock()
-	r, ok := c.seen[addr]
-	c.mu.Unlock()
-	if ok && (r.ok && time.Since(r.at) < chunkReaderTTL || !r.ok && time.Since(r.at) < chunkReaderRetry) {
-		return r.ok
+func (n *RaftNode) readsChunks(addr string, timeout time.Duration) bool {
+	st, known := n.mux.Peer(addr)
+	if !known {
+		if at, ok := n.unasked.Load(addr); ok && time.Since(at.(time.Time)) < askRetry {
+			return false
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), min(timeout, askWait))
+		var err error
+		st, err = n.mux.Ask(ctx, addr)
+		cancel()
+		if err != nil {
+			n.unasked.Store(addr, time.Now())
+			n.logger.Debug("a peer could not be asked what it speaks; large commands enter the log whole", "peer", addr, "error", err)
+			return false
+		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), min(timeout, chunkReaderWait))
-	defer cancel()
-	var resp peer.FeaturesResponse
-	err := n.rpc.Call(ctx, addr, peer.MethodFeatures, &peer.FeaturesRequest{}, &resp)
-	r = chunkReader{ok: err == nil && resp.Chunks, at: time.Now()}
-	if !r.ok {
-		n.logger.Debug("a peer does not confirm that it reads chunked commands; large commands enter the log whole", "peer", addr, "error", err)
-	}
-	c.mu.Lock()
-	if c.seen == nil {
-		c.seen = map[string]chunkReader{}
-	}
-	c.seen[addr] = r
-	c.mu.Unlock()
-	return r.ok
+	return st.Refused == "" && st.Profile.Speaks(peer.FeatureChunks)
 }

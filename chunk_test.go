@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -15,6 +16,7 @@ import (
 
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
 	"github.com/raftkit/raftkit/internal/chunk"
+	"github.com/raftkit/raftkit/internal/peer"
 )
 
 // recordingFSM records the commands and configurations it is given and
@@ -849,8 +851,17 @@ func FuzzChunkEntry(f *testing.F) {
 // own. With peers that do not, a large command enters the log whole and
 // every node applies it.
 func TestLargeCommandsEnterTheLogWholeUnlessEveryPeerReadsChunks(t *testing.T) {
-	// The first two nodes answer as older nodes.
-	c := newTCPClusterHooks(t, 3, func(i int) *nodeHooks { return &nodeHooks{noChunks: i < 2} }, withMaxCommandSize(2<<20))
+	// The first two nodes say they do not read chunks.
+	withoutChunks := func(p peer.Profile) peer.Profile {
+		p.Features = slices.DeleteFunc(slices.Clone(p.Features), func(f string) bool { return f == peer.FeatureChunks })
+		return p
+	}
+	c := newTCPClusterHooks(t, 3, func(i int) *nodeHooks {
+		if i < 2 {
+			return &nodeHooks{profile: withoutChunks}
+		}
+		return nil
+	}, withMaxCommandSize(2<<20))
 	l := c.leader()
 	leader := c.nodes[l]
 	for _, via := range []int{l, (l + 1) % 3} {

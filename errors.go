@@ -55,6 +55,14 @@ var (
 	// AddVoter, or wipe its Dir and start it as a new node.
 	ErrRemoved error = &classed{msg: "raftkit: node is not a member of its cluster", class: ErrNotApplied}
 
+	// ErrIncompatible is returned when this node and a peer do not talk:
+	// one speaks a protocol too old for the other, or requires a feature
+	// the other lacks (see ProtocolVersion and Status.Peers). Both log it
+	// at ERROR, naming both versions. A node that cannot talk to a
+	// majority of its cluster's voters returns it from every call, at once.
+	// It matches ErrNotApplied and is not retried: upgrade the older node.
+	ErrIncompatible error = &classed{msg: "raftkit: incompatible protocol", class: ErrNotApplied}
+
 	// ErrNotReady is returned by Ready for a node that does not serve as
 	// a member yet: it knows no leader, is not in its configuration, or
 	// has not caught up with its cluster. It matches ErrNotApplied.
@@ -300,10 +308,6 @@ func (e *kitError) Unwrap() []error {
 // (nested ones dropped), and the class left out where the cause's text
 // already begins with it.
 func wrapErr(class error, what string, cause error) error {
-	parts := make([]string, 0, 3)
-	if what != "" {
-		parts = append(parts, what)
-	}
 	text := bare(class)
 	if cause != nil && cause != class {
 		if ct := bare(cause); hasSegment(ct, text) {
@@ -312,8 +316,12 @@ func wrapErr(class error, what string, cause error) error {
 			text += ": " + ct
 		}
 	}
-	parts = append(parts, text)
-	return &kitError{msg: "raftkit: " + strings.Join(parts, ": "), class: class, cause: cause}
+	// what is left out where the text already begins with it (a failed
+	// read barrier retried and reported again, say).
+	if what != "" && text != what && !strings.HasPrefix(text, what+": ") {
+		text = what + ": " + text
+	}
+	return &kitError{msg: "raftkit: " + text, class: class, cause: cause}
 }
 
 // hasSegment reports whether seg is one of text's ": "-separated parts,

@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/raftkit/raftkit"
+	"github.com/raftkit/raftkit/snapshot"
 )
 
 // counters is an application's own replicated state machine: named
@@ -48,7 +49,10 @@ func (c *counters) Snapshot() (raft.FSMSnapshot, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	data, err := json.Marshal(c.values)
-	return countersSnapshot(data), err
+	if err != nil {
+		return nil, err
+	}
+	return snapshot.Bytes(data), nil
 }
 
 // Restore replaces the whole state with a snapshot's.
@@ -76,18 +80,6 @@ func (c *counters) Restored() bool {
 	defer c.mu.Unlock()
 	return c.restored
 }
-
-type countersSnapshot []byte
-
-func (s countersSnapshot) Persist(sink raft.SnapshotSink) error {
-	if _, err := sink.Write(s); err != nil {
-		sink.Cancel()
-		return err
-	}
-	return sink.Close()
-}
-
-func (s countersSnapshot) Release() {}
 
 // Your own FSM (counters above: commands, Snapshot, Restore) on a 3-node
 // in-memory cluster: writes through a follower, a linearizable read on

@@ -3,6 +3,7 @@ package raftkit
 import (
 	"errors"
 	"io"
+	"slices"
 	"sync/atomic"
 
 	"github.com/hashicorp/raft"
@@ -64,8 +65,10 @@ func (t *trackedFSM) ApplyBatch(logs []*raft.Log) []any {
 	return out
 }
 
-// handOn gives logs to the application's FSM as raft would have.
+// handOn gives logs to the application's FSM as raft would have, each
+// entry's AppendedAt in one form on every node (see logTime).
 func (t *trackedFSM) handOn(logs []*raft.Log) []any {
+	logs = logTime(logs)
 	if t.batching != nil {
 		return t.batching.ApplyBatch(logs)
 	}
@@ -182,4 +185,32 @@ func (n *RaftNode) appliedIndexes() (raftApplied, fsmApplied uint64) {
 		return raftApplied, raftApplied
 	}
 	return raftApplied, min(n.fsm.applied.Load(), raftApplied)
+}
+
+// logTime returns logs with every AppendedAt as wall-clock time in UTC.
+// The leader stamps AppendedAt with time.Now, which carries Go's monotonic
+// clock reading and the local time zone; followers decode it without the
+// reading, maybe in another zone. So an FSM that keeps the time (a lease's
+// expiry, say) would hold values that compare unequal across nodes
+// (reflect.DeepEqual) and subtract differently (time.Sub); in one form
+// they do not. Entries that need it are copied: raft's own stay as they
+// are.
+func logTime(logs []*raft.Log) []*raft.Log {
+	var out []*raft.Log
+	for i, l := range logs {
+		t := l.AppendedAt.Round(0).UTC()
+		if t == l.AppendedAt {
+			continue
+		}
+		if out == nil {
+			out = slices.Clone(logs)
+		}
+		c := *l
+		c.AppendedAt = t
+		out[i] = &c
+	}
+	if out == nil {
+		return logs
+	}
+	return out
 }

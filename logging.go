@@ -9,6 +9,7 @@ import (
 	"log"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -359,43 +360,69 @@ func (d *departures) quorumDeparted() bool {
 	return voters-gone < voters/2+1
 }
 
+// raft's own words that level matches: hashicorp/raft's log messages and
+// the keys of its arguments that name a peer. TestQuietLoggingMatchesRaftsWords
+// fails if raft no longer writes one of them, so that a new raft release
+// cannot silently turn this quieting off.
+const (
+	msgHeartbeatTimeout    = "heartbeat timeout reached, starting election"
+	msgQuorumLost          = "failed to contact quorum of nodes, stepping down"
+	msgElectionTimeout     = "Election timeout reached, restarting election"
+	msgRejectVoteLeader    = "rejecting vote request since we have a leader"
+	msgRejectPreVoteLeader = "rejecting pre-vote request since we have a leader"
+	msgRejectPreVoteTerm   = "rejecting pre-vote request since our last term is greater"
+	msgRejectPreVoteIndex  = "rejecting pre-vote request since our last index is greater"
+	msgRejectVoteTerm      = "rejecting vote request since our last term is greater"
+	msgRejectVoteIndex     = "rejecting vote request since our last index is greater"
+	msgPeerNewerTerm       = "peer has newer term, stopping replication"
+	keyLastLeaderID        = "last-leader-id"
+)
+
+// raftPeerKeys are raft's argument keys whose values name a peer.
+var raftPeerKeys = []string{"peer", "target", "server-id", keyLastLeaderID, "last-leader-addr"}
+
+// closedByThisNode reports whether err is a read or write on a connection
+// this node closed itself (its own Close): on TCP net.ErrClosed, on
+// raftkit's in-memory network io.ErrClosedPipe.
+func closedByThisNode(err error) bool {
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrClosedPipe) || errors.Is(err, raft.ErrTransportShutdown) ||
+		strings.Contains(err.Error(), "use of closed network connection") // net's text, for errors that lost net.ErrClosed
+}
+
 // level is the level a raft or transport line is logged at.
 func (d *departures) level(level hclog.Level, msg string, args []any) hclog.Level {
 	if level < hclog.Warn {
 		return level
 	}
 	for i := 1; i < len(args); i += 2 {
-		if err, ok := args[i].(error); ok && (errors.Is(err, net.ErrClosed) || errors.Is(err, raft.ErrTransportShutdown) ||
-			strings.Contains(err.Error(), "use of closed network connection") || d.departedReset(err)) {
+		if err, ok := args[i].(error); ok && (closedByThisNode(err) || d.departedReset(err)) {
 			return hclog.Debug
 		}
-		switch args[i-1] {
-		case "peer", "target", "server-id", "last-leader-id", "last-leader-addr":
-			if d.departed(args[i]) {
-				return hclog.Debug
-			}
+		if key, ok := args[i-1].(string); ok && slices.Contains(raftPeerKeys, key) && d.departed(args[i]) {
+			return hclog.Debug
 		}
 	}
 	switch msg {
-	case "heartbeat timeout reached, starting election":
+	case msgHeartbeatTimeout:
 		for i := 1; i < len(args); i += 2 {
-			if args[i-1] == "last-leader-id" && fmt.Sprint(args[i]) == "" {
+			if args[i-1] == keyLastLeaderID && fmt.Sprint(args[i]) == "" {
 				return hclog.Info
 			}
 		}
 		fallthrough
-	case "failed to contact quorum of nodes, stepping down", "Election timeout reached, restarting election":
+	case msgQuorumLost, msgElectionTimeout:
 		if d.quorumDeparted() {
 			return hclog.Debug
 		}
-		if msg == "Election timeout reached, restarting election" && !d.seenLeader.Load() {
+		if msg == msgElectionTimeout && !d.seenLeader.Load() {
 			return hclog.Info // a split vote in a new cluster's first election
 		}
-	case "rejecting vote request since we have a leader", "rejecting pre-vote request since we have a leader":
-		// Raft's guard against a disruptive candidate working; this node
-		// is fine, and the candidate logs its own side.
+	case msgRejectVoteLeader, msgRejectPreVoteLeader, msgRejectPreVoteTerm, msgRejectPreVoteIndex, msgRejectVoteTerm, msgRejectVoteIndex:
+		// Raft's guards against a disruptive or outdated candidate
+		// working (in a new cluster's first election, say); this node is
+		// fine, and the candidate logs its own side.
 		return hclog.Info
-	case "peer has newer term, stopping replication":
+	case msgPeerNewerTerm:
 		if d.handedOver.Load() {
 			return hclog.Debug
 		}

@@ -8,7 +8,9 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -197,7 +199,8 @@ func TestQuietLoggerDemotesOnlyExpectedCloses(t *testing.T) {
 		{"split vote before any leader", nil, hclog.Warn, "Election timeout reached, restarting election", nil, hclog.Info},
 		{"split vote after a leader was known", func() { d.seenLeader.Store(true) }, hclog.Warn, "Election timeout reached, restarting election", nil, hclog.Warn},
 		{"refused vote: we have a leader", nil, hclog.Warn, "rejecting vote request since we have a leader", []any{"from", srv.Address}, hclog.Info},
-		{"refused vote: our log is newer", nil, hclog.Warn, "rejecting vote request since our last index is greater", []any{"candidate", srv.Address}, hclog.Warn},
+		{"refused vote: our log is newer (a lagging candidate, routine)", nil, hclog.Warn, "rejecting vote request since our last index is greater", []any{"candidate", srv.Address}, hclog.Info},
+		{"refused pre-vote: our term is newer", nil, hclog.Warn, "rejecting pre-vote request since our last term is greater", []any{"candidate", srv.Address}, hclog.Info},
 		{"newer term after a transfer", func() { d.handedOver.Store(true) }, hclog.Error, "peer has newer term, stopping replication", []any{"peer", srv}, hclog.Debug},
 	}
 	for _, c := range cases {
@@ -263,4 +266,37 @@ func resetFrom(addr string) error {
 		panic(err)
 	}
 	return &net.OpError{Op: "read", Net: "tcp", Addr: ta, Err: os.NewSyscallError("read", syscall.ECONNRESET)}
+}
+
+// The quiet logging matches raft's own log messages and argument keys:
+// each must still be written by the hashicorp/raft this module builds
+// with, or the quieting would silently stop working.
+func TestQuietLoggingMatchesRaftsWords(t *testing.T) {
+	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "github.com/hashicorp/raft").Output()
+	if err != nil {
+		t.Fatalf("locate hashicorp/raft's source: %v", err)
+	}
+	dir := strings.TrimSpace(string(out))
+	files, err := filepath.Glob(filepath.Join(dir, "*.go"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("hashicorp/raft's source in %q: %v", dir, err)
+	}
+	var src strings.Builder
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		src.Write(b)
+	}
+	words := append([]string{msgHeartbeatTimeout, msgQuorumLost, msgElectionTimeout, msgRejectVoteLeader,
+		msgRejectPreVoteLeader, msgRejectPreVoteTerm, msgRejectPreVoteIndex, msgRejectVoteTerm, msgRejectVoteIndex, msgPeerNewerTerm}, raftPeerKeys...)
+	for _, w := range words {
+		if !strings.Contains(src.String(), strconv.Quote(w)) {
+			t.Errorf("hashicorp/raft (%s) no longer writes %q: update logging.go's quieting", dir, w)
+		}
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/raftkit/raftkit/internal/peer"
+	"github.com/raftkit/raftkit/internal/port"
 )
 
 // DefaultJoinTimeout bounds how long a new node keeps asking Config.Join's
@@ -316,7 +317,7 @@ func (n *RaftNode) join() error {
 				n.logger.Info("joined cluster", "via", via, "id", n.id)
 				return nil
 			}
-			if errors.Is(err, ErrInvalidRequest) || errors.Is(err, ErrNotAuthorized) {
+			if errors.Is(err, ErrInvalidRequest) || errors.Is(err, ErrNotAuthorized) || errors.Is(err, ErrIncompatible) {
 				return annotate("join via "+via, err)
 			}
 			last = fmt.Errorf("via %s: %s", via, bare(err))
@@ -341,9 +342,12 @@ func (n *RaftNode) joinVia(ctx context.Context, addr string) error {
 	req := &peer.MembershipRequest{Op: peer.OpAddVoter, ID: n.id, Addr: n.addr, Timeout: int64(n.timeLeft(ctx)), Secret: n.cfg.JoinSecret}
 	err := n.rpc.Call(ctx, addr, peer.MethodMembership, req, &resp)
 	var call *peer.CallError
+	var incompatible *port.IncompatibleError
 	switch {
 	case err == nil:
 		return n.fromWire(addr, resp.Err)
+	case errors.As(err, &incompatible):
+		return wrapErr(ErrIncompatible, "", fmt.Errorf("member %s", incompatible))
 	case errors.As(err, &call) && !call.Sent:
 		return wrapErr(ErrNoLeader, "", fmt.Errorf("member %s unreachable: %w", addr, call.Err))
 	case errors.Is(err, ErrClosed):
@@ -361,6 +365,9 @@ const readyPoll = 20 * time.Millisecond
 // configuration.
 func (n *RaftNode) memberErr() error {
 	if err := n.gate.err(); err != nil {
+		return err
+	}
+	if err := n.incompatibleErr(); err != nil {
 		return err
 	}
 	if n.joining.Load() {
@@ -387,6 +394,35 @@ func (n *RaftNode) memberErr() error {
 	return wrapErr(ErrRemoved, "", fmt.Errorf("%s is not in the latest configuration %v (it was removed); to bring it back, restart it with Join (or add it with AddVoter), or wipe its Dir", n.id, list))
 }
 
+// incompatibleErr is an error matching ErrIncompatible when this node
+// refuses (the peers lack what it requires, or are too old) so many of its
+// cluster's other voters that the rest cannot form a quorum with it: it
+// could then never serve, and says so at once rather than wait.
+func (n *RaftNode) incompatibleErr() error {
+	var addrs []string
+	for _, s := range n.raft.GetConfiguration().Configuration().Servers {
+		if s.Suffrage == raft.Voter {
+			addrs = append(addrs, string(s.Address))
+		}
+	}
+	if len(addrs) == 0 {
+		for _, p := range n.cfg.peers {
+			addrs = append(addrs, p.Addr)
+		}
+	}
+	var refused []string
+	for _, a := range addrs {
+		if st, ok := n.mux.Peer(a); ok && a != n.addr && st.Refused != "" && st.Ours {
+			refused = append(refused, a+": "+st.Refused)
+		}
+	}
+	if len(refused) == 0 || len(addrs)-len(refused) >= len(addrs)/2+1 {
+		return nil
+	}
+	return wrapErr(ErrIncompatible, "", fmt.Errorf("this node refuses %d of its cluster's %d voters (%s); upgrade them to a release that speaks what this node requires",
+		len(refused), len(addrs), strings.Join(refused, "; ")))
+}
+
 // removedFromConfiguration reports whether this node has a configuration
 // that does not contain it.
 func (n *RaftNode) removedFromConfiguration() bool {
@@ -404,27 +440,40 @@ func (n *RaftNode) inConfiguration(conf raft.Configuration) bool {
 }
 
 // ready reports whether this node is a member that serves: its
-// configuration contains it and, after a join, it has applied the index
-// the leader had committed after adding it.
+// configuration contains it, and it has caught up in this run (see
+// caughtUp).
 func (n *RaftNode) ready() bool {
-	if !n.inConfiguration(n.raft.GetConfiguration().Configuration()) {
-		return false
-	}
-	if !n.joining.Load() {
+	return n.inConfiguration(n.raft.GetConfiguration().Configuration()) && n.caughtUp()
+}
+
+// caughtUp reports whether this node has applied, in this run, the index
+// the leader committed when this node first asked it after starting (or
+// after joining): until then its FSM may lack writes that were
+// acknowledged before it started, however healthy it looks otherwise. A
+// node restarted with a log is not ready before it has applied its own
+// log's committed entries, which that index covers. Once caught up, a
+// node stays so for the rest of its run; health's apply-lag check covers
+// later lag.
+func (n *RaftNode) caughtUp() bool {
+	if n.isCaughtUp.Load() {
 		return true
 	}
-	idx := n.joinIndex.Load()
+	idx := n.catchUpIndex.Load()
 	if idx == 0 || !n.fsmCaughtUp(idx) {
 		return false
 	}
+	n.isCaughtUp.Store(true)
 	n.joining.Store(false)
 	return true
 }
 
 // Ready reports whether this node serves as a member of its cluster, as
 // health checks want to know: nil when it is open, in its cluster's
-// configuration, a follower or the leader with a known leader, and, after
-// a join, has applied what the cluster had committed when it joined.
+// configuration, a follower or the leader with a known leader, and has
+// applied, in this run, what its leader had committed when the node first
+// asked it after starting or joining (so a restarted node is not ready
+// while it replays or receives what it missed). A node that is not ready
+// may lack acknowledged writes: serve no stale reads from it.
 // Otherwise the error says why: ErrClosed, an error matching ErrRemoved or
 // ErrInvalidConfig (see Status.MembershipError), or one matching
 // ErrNotReady. It does not block.
@@ -452,6 +501,10 @@ func readiness(st Status) error {
 		return notReady("node is a " + st.State)
 	case st.Joining:
 		return notReady("joined, but has not yet applied what the cluster had committed when it joined")
+	case st.CatchingUp && st.CatchUpIndex == 0:
+		return notReady("has not yet heard from a leader since it started")
+	case st.CatchingUp:
+		return notReady(fmt.Sprintf("catching up: applied index %d of the %d the leader had committed", st.AppliedIndex, st.CatchUpIndex))
 	}
 	return nil
 }
@@ -483,27 +536,33 @@ func (n *RaftNode) waitReadyLeader(ctx context.Context) (string, error) {
 	}
 }
 
-// awaitJoinIndex marks a node that has just joined as joining and learns,
-// in the background, the leader's commit index: the node is ready once it
-// has applied that index.
-func (n *RaftNode) awaitJoinIndex() {
-	n.joining.Store(true)
+// awaitCatchUp learns, in the background, the commit index of the
+// leader this node first hears from in this run (a read index, for which
+// the leader confirms its leadership): the node is ready once it has
+// applied that index (see caughtUp).
+func (n *RaftNode) awaitCatchUp() {
 	g := n.gate
 	g.wg.Add(1)
 	go func() {
 		defer g.wg.Done()
 		for {
 			if addr, _ := n.raft.LeaderWithID(); addr != "" {
-				if string(addr) == n.addr {
-					n.joinIndex.Store(max(n.raft.CommitIndex(), 1))
-					return
-				}
 				ctx, cancel := g.stopContext(agreementProbeTimeout)
-				var resp peer.ReadIndexResponse
-				err := n.rpc.Call(ctx, string(addr), peer.MethodReadIndex, &peer.ReadIndexRequest{Timeout: int64(agreementProbeTimeout)}, &resp)
+				var idx uint64
+				var err error
+				if string(addr) == n.addr {
+					idx, err = n.leaderReadIndex(ctx)
+				} else {
+					var resp peer.ReadIndexResponse
+					err = n.rpc.Call(ctx, string(addr), peer.MethodReadIndex, &peer.ReadIndexRequest{Timeout: int64(agreementProbeTimeout)}, &resp)
+					if err == nil && resp.Err != nil {
+						err = n.fromWire(string(addr), resp.Err)
+					}
+					idx = resp.Index
+				}
 				cancel()
-				if err == nil && resp.Err == nil && resp.Index > 0 {
-					n.joinIndex.Store(resp.Index)
+				if err == nil && idx > 0 {
+					n.catchUpIndex.Store(idx)
 					return
 				}
 			}

@@ -59,8 +59,9 @@ type RaftNode struct {
 	submitMu sync.RWMutex
 	// chunkIDs numbers chunked commands' sequences, from a random start.
 	chunkIDs atomic.Uint64
-	// chunkReaders knows which peers read chunked commands.
-	chunkReaders chunkReaders
+	// unasked holds, by address, when a peer could not be asked what it
+	// speaks (see readsChunks).
+	unasked sync.Map
 	// chunkCut is set when a chunked submission may have stopped between
 	// chunks (see noteChunkCut).
 	chunkCut atomic.Bool
@@ -82,10 +83,12 @@ type RaftNode struct {
 	// gate holds the bootstrap agreement and the cluster's identity.
 	gate *clusterGate
 	// joining is true from a join until this node has the configuration
-	// that contains it and has applied joinIndex, the leader's commit
-	// index after the join (0 until learned).
-	joining   atomic.Bool
-	joinIndex atomic.Uint64
+	// that contains it and has caught up.
+	joining atomic.Bool
+	// catchUpIndex is the leader's commit index that this node must
+	// apply, in this run, to be ready (0 until learned; see caughtUp).
+	catchUpIndex atomic.Uint64
+	isCaughtUp   atomic.Bool
 }
 
 // NewRaftNode opens (or creates) the node's stores, binds its port and
@@ -110,9 +113,18 @@ func NewRaftNode(cfg Config, fsm raft.FSM) (*RaftNode, error) {
 // as a node of an older version would. nil: none.
 type nodeHooks struct {
 	lifecycle *lifecycleHooks
-	// noChunks makes the node answer a leader's Features request as a
-	// node from before chunking would: it does not read chunked commands.
-	noChunks bool
+	// profile, if set, changes what the node says of itself on the node
+	// port (speak protocol 1, lack a feature, require one).
+	profile func(peer.Profile) peer.Profile
+}
+
+// ownProfile is what the node says of itself on the node port.
+func (h *nodeHooks) ownProfile() peer.Profile {
+	p := peer.Profile{Protocol: peer.Protocol, Features: peer.Features, Version: ModuleVersion()}
+	if h.profile != nil {
+		p = h.profile(p)
+	}
+	return p
 }
 
 func newRaftNode(cfg Config, fsm raft.FSM, hooks *nodeHooks) (node *RaftNode, err error) {
@@ -146,7 +158,9 @@ func newRaftNode(cfg Config, fsm raft.FSM, hooks *nodeHooks) (node *RaftNode, er
 		return nil, err
 	}
 
-	mux, trans, err := port.Open(s.portOptions())
+	po := s.portOptions()
+	po.Profile = hooks.ownProfile()
+	mux, trans, err := port.Open(po)
 	if err != nil {
 		return nil, err
 	}
@@ -222,7 +236,7 @@ func newRaftNode(cfg Config, fsm raft.FSM, hooks *nodeHooks) (node *RaftNode, er
 		return nil, err
 	}
 	n.rpc = peer.NewPool(func(ctx context.Context, addr string) (net.Conn, error) {
-		return mux.DialTagged(ctx, addr, port.TagRPC)
+		return mux.Dial(ctx, addr, peer.PurposeRPC)
 	})
 	n.fwd = peer.NewBatcher(n.rpc)
 	if err := life.add("forwarded writes", func() error { n.fwd.Stop(); return nil }); err != nil {
@@ -232,9 +246,10 @@ func newRaftNode(cfg Config, fsm raft.FSM, hooks *nodeHooks) (node *RaftNode, er
 		return nil, err
 	}
 
-	// A leader feeds raft a large command's chunks a group at a time with
-	// raft-wal: 16 MiB commands went from 44-75 to 114-124 MB/s. With
-	// BoltDB, whose commits cost two fsyncs each, it gave no gain.
+	// With raft-wal a leader feeds raft a large command's chunks a group
+	// at a time, so that its disk and its followers' work at once; with
+	// BoltDB, whose commits cost two fsyncs each, that gained nothing (see
+	// docs/performance.md).
 	if stores.Cache != nil && s.LogStore == LogStoreWAL {
 		n.storedChunks = chunk.NewStored()
 		stores.Cache.OnStored = n.storedChunks.Note
@@ -242,7 +257,7 @@ func newRaftNode(cfg Config, fsm raft.FSM, hooks *nodeHooks) (node *RaftNode, er
 	n.fsm = newTrackedFSM(fsm)
 	n.fsm.restored = func() uint64 { return snapshotIndex(stores.Snaps) }
 	// Raft sees its transport and stable store through the term guard,
-	// which refuses requests with impossible terms (see termguard.go).
+	// which refuses requests with impossible terms (see internal/port).
 	guarded, stable := mux.GuardTerms(trans, stores.Stable, s.Logger.Named("transport"))
 	r, err := raft.NewRaft(rc, n.fsm, stores.Log, stable, stores.Snaps, guarded)
 	if err != nil {
@@ -310,14 +325,14 @@ func newRaftNode(cfg Config, fsm raft.FSM, hooks *nodeHooks) (node *RaftNode, er
 		if err := n.join(); err != nil {
 			return nil, err
 		}
-		n.awaitJoinIndex()
 	case !hasState && len(s.Peers) == 0:
 		// A fresh node that waits to be added from elsewhere (AddVoter,
 		// AddNonvoter) joins as one that asked: while it catches up it
 		// receives the configurations from before its addition, which do
 		// not list it, and it is not a removed node for that.
-		n.awaitJoinIndex()
+		n.joining.Store(true)
 	}
+	n.awaitCatchUp()
 	return n, nil
 }
 
@@ -520,6 +535,16 @@ type Status struct {
 	// that contains it and has applied what the cluster had committed
 	// when it joined.
 	Joining bool `json:"joining,omitempty"`
+	// CatchingUp is true from the node's start until it has applied, in
+	// this run, CatchUpIndex: the index its leader had committed when the
+	// node first asked it (0 until it has heard from a leader).
+	CatchingUp   bool   `json:"catching_up,omitempty"`
+	CatchUpIndex uint64 `json:"catch_up_index,omitempty"`
+	// Ready is Ready's verdict: the node is open, a member with a known
+	// leader, and caught up. A node that is not ready may lack writes
+	// that were acknowledged before it started: do not serve stale reads
+	// from it.
+	Ready bool `json:"ready"`
 	// MembershipError says why the node cannot serve as a member: its
 	// Peers disagree with its peers' (an error matching ErrInvalidConfig)
 	// or it was removed (ErrRemoved). Empty otherwise.
@@ -527,6 +552,27 @@ type Status struct {
 	// LastContact is when this node last heard from a leader; zero on the
 	// leader itself and on a node that never heard from one.
 	LastContact time.Time `json:"last_contact"`
+	// Version is the raftkit module version of this node's program
+	// (ModuleVersion), and Protocol the node protocol it speaks
+	// (ProtocolVersion).
+	Version  string `json:"version"`
+	Protocol int    `json:"protocol"`
+	// Peers says what each peer this node has talked to speaks, by
+	// address: during a rolling upgrade, watch them all reach the new
+	// protocol.
+	Peers []PeerProtocol `json:"peers,omitempty"`
+}
+
+// PeerProtocol is what a peer speaks on the node port, as its hello said
+// (or, for protocol 1, as its silence did).
+type PeerProtocol struct {
+	Addr     string   `json:"addr"`
+	Protocol int      `json:"protocol"`
+	Version  string   `json:"version"`
+	Features []string `json:"features"`
+	// Refused says why this node and the peer do not talk (see
+	// ErrIncompatible); empty when they do.
+	Refused string `json:"refused,omitempty"`
 }
 
 // Status returns the node's current raft state. It does not block.
@@ -541,8 +587,10 @@ func (n *RaftNode) Status() Status {
 		CommitIndex:  n.raft.CommitIndex(),
 		LeaderID:     string(id),
 		LeaderAddr:   string(addr),
-		Joining:      n.joining.Load() && !n.ready(),
+		CatchingUp:   !n.caughtUp(),
+		CatchUpIndex: n.catchUpIndex.Load(),
 	}
+	st.Joining = n.joining.Load() && st.CatchingUp
 	st.RaftAppliedIndex, st.AppliedIndex = n.appliedIndexes()
 	if err := n.memberErr(); err != nil {
 		st.MembershipError = err.Error()
@@ -554,6 +602,12 @@ func (n *RaftNode) Status() Status {
 		for _, s := range f.Configuration().Servers {
 			st.Servers = append(st.Servers, ServerInfo{ID: string(s.ID), Addr: string(s.Address), Voter: s.Suffrage == raft.Voter, Suffrage: s.Suffrage.String()})
 		}
+	}
+	st.Ready = st.MembershipError == "" && n.checkOpen() == nil && readiness(st) == nil
+	own := n.mux.Profile()
+	st.Version, st.Protocol = own.Version, own.Protocol
+	for _, p := range n.mux.Peers() {
+		st.Peers = append(st.Peers, PeerProtocol{Addr: p.Addr, Protocol: p.Profile.Protocol, Version: p.Profile.Version, Features: p.Profile.Features, Refused: p.Refused})
 	}
 	return st
 }
@@ -705,6 +759,7 @@ func (l *lifecycle) stop() error {
 
 func init() {
 	testhook.Crash = func(node any) error { return node.(*RaftNode).crash() }
+	testhook.AnnounceClose = func(node any) { node.(*RaftNode).announceClose() }
 }
 
 // crash stops n as a killed process would: raft shuts down first, so a

@@ -9,6 +9,7 @@ import (
 
 	"github.com/raftkit/raftkit/internal/chunk"
 	"github.com/raftkit/raftkit/internal/peer"
+	"github.com/raftkit/raftkit/internal/port"
 )
 
 // raftkit's own node-to-node requests (forwarded writes, read indexes,
@@ -60,7 +61,9 @@ func (h peerHandler) Bootstrap(req *peer.BootstrapRequest) peer.BootstrapRespons
 }
 
 func (h peerHandler) Features() peer.FeaturesResponse {
-	return peer.FeaturesResponse{Chunks: !h.n.hooks.noChunks}
+	// Asked by leaders of protocol 1 only: later ones learn it from the
+	// hello.
+	return peer.FeaturesResponse{Chunks: h.n.mux.Profile().Speaks(peer.FeatureChunks)}
 }
 
 // toWire turns a classified error into its wire form. FSM errors have
@@ -173,11 +176,14 @@ func transportErr(what, addr string, err error) error {
 	var call *peer.CallError
 	var refused *peer.RefusedError
 	var cancel *peer.CanceledError
+	var incompatible *port.IncompatibleError
 	switch {
 	case err == nil:
 		return nil
 	case errors.Is(err, ErrClosed):
 		return err
+	case errors.As(err, &incompatible):
+		return wrapErr(ErrIncompatible, what, fmt.Errorf("leader %s", incompatible))
 	case errors.As(err, &refused):
 		return wrapErr(ErrNotApplied, what, err)
 	case errors.As(err, &cancel) && !cancel.Sent:

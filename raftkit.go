@@ -30,6 +30,31 @@
 // error matching [ErrUnknownOutcome] (a deadline or cancellation after
 // submission, a lost leadership, a connection lost after sending) means it
 // may or may not have been applied: raftkit never retries it.
+//
+// # Commands and time in the FSM
+//
+// Apply copies a command before raftkit keeps it, so the caller may reuse
+// its buffer as soon as Apply returns; every node applies exactly the
+// bytes the command held when Apply was called. The FSM must not change
+// raft.Log.Data in place.
+//
+// An FSM that needs the time (leases, expiries) takes it from
+// raft.Log.AppendedAt, which the leader stamps once and raftkit hands every
+// node's FSM in one form, wall-clock time in UTC; never from time.Now, which
+// differs between nodes and again when a node replays its log after a
+// restart. raftkittest's ExampleWithState_expiringLeases is such an FSM.
+//
+// # Readiness and upgrades
+//
+// A node is ready ([RaftNode.Ready]) once it is a member with a known
+// leader and has applied, in this run, what its leader had committed when
+// it first asked: before that its FSM may lack acknowledged writes. Nodes
+// speak a versioned protocol on the node port ([ProtocolVersion]); a
+// release runs in one cluster with the release before it, so a cluster is
+// upgraded one node at a time.
+//
+// The HTTP side (admin handler, health, Prometheus metrics, the outcome's
+// HTTP status) is package github.com/raftkit/raftkit/admin.
 package raftkit
 
 import (
@@ -39,16 +64,54 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 
+	"github.com/raftkit/raftkit/internal/peer"
 	"github.com/raftkit/raftkit/internal/port"
 	"github.com/raftkit/raftkit/internal/store"
 )
+
+// ProtocolVersion is the node protocol this build speaks on the node port:
+// the version every connection's hello names. A node talks to nodes of its
+// own protocol and of the one before, so a cluster can be upgraded one
+// node at a time (see the README's "Upgrading"); Status reports what each
+// peer speaks.
+const ProtocolVersion = peer.Protocol
+
+// modulePath is raftkit's module path, as build information names it.
+const modulePath = "github.com/raftkit/raftkit"
+
+// ModuleVersion returns the version of the raftkit module in the running
+// program: a release tag (such as v0.10.0) or a pseudo-version when the
+// program depends on raftkit, "(devel)" when raftkit is the program's own
+// module (its examples and tests), or "unknown" without build information.
+func ModuleVersion() string { return moduleVersion() }
+
+var moduleVersion = sync.OnceValue(func() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	if bi.Main.Path == modulePath {
+		return bi.Main.Version
+	}
+	for _, d := range bi.Deps {
+		if d.Path == modulePath {
+			if d.Replace != nil && d.Replace.Version != "" {
+				return d.Replace.Version
+			}
+			return d.Version
+		}
+	}
+	return "unknown"
+})
 
 // Defaults used when the corresponding Config field is zero.
 const (
@@ -264,9 +327,10 @@ type Config struct {
 	JoinSecret string
 
 	// Timing picks raft's timeouts for the network the cluster runs on:
-	// TimingLAN, TimingDefault (hashicorp/raft's own) or TimingWAN. The
-	// zero value, TimingAuto, is TimingLAN for in-memory and all-loopback
-	// clusters and TimingDefault otherwise. See Timing.
+	// TimingLAN, TimingLocal, TimingDefault (hashicorp/raft's own) or
+	// TimingWAN. The zero value, TimingAuto, is TimingLAN for in-memory
+	// nodes, TimingLocal for clusters whose addresses are all loopback (one
+	// machine), and TimingDefault otherwise. See Timing.
 	Timing Timing
 
 	// LogStore picks the on-disk log and stable store: LogStoreBolt (the
@@ -712,7 +776,7 @@ type LogStoreKind int
 const (
 	// LogStoreBolt keeps the log and stable state in one BoltDB file,
 	// Dir/raft.db, in hashicorp/raft-boltdb/v2's file format (raftkit
-	// writes it with its own encoder; see boltstore.go). It is the default: one file,
+	// writes it with its own encoder; see internal/store). It is the default: one file,
 	// inspectable with bbolt's tools, checked page by page at start. Every
 	// commit costs two fsyncs (BoltDB's data and meta pages), and the file
 	// does not shrink after snapshots truncate the log.

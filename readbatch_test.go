@@ -18,10 +18,23 @@ import (
 func TestConcurrentReadsShareOneLeadershipCheck(t *testing.T) {
 	nodes, _ := newMemCluster(t, NewMemNetwork(), 3)
 	leader := nodes[memLeader(t, nodes)]
+	// Once every node is ready, no node asks the leader for a read index
+	// of its own accord (see awaitCatchUp): the reads below are all.
+	waitFor(t, 10*time.Second, "every node to be ready", func() bool {
+		for _, n := range nodes {
+			if !n.Status().Ready {
+				return false
+			}
+		}
+		return true
+	})
 	b := leader.leaderReads
 	var fetches atomic.Int32
 	started := make(chan struct{}, 1)
 	release := make(chan struct{})
+	var releaseOnce sync.Once
+	unblock := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(unblock) // before the nodes close, should the test fail early
 	real := b.fetch
 	b.fetch = func(ctx context.Context) (uint64, error) {
 		if fetches.Add(1) == 1 {
@@ -42,7 +55,7 @@ func TestConcurrentReadsShareOneLeadershipCheck(t *testing.T) {
 		defer b.mu.Unlock()
 		return b.next != nil && b.next.waiters == readers-1
 	})
-	close(release)
+	unblock()
 	for i := 0; i < readers; i++ {
 		if err := <-errs; err != nil {
 			t.Fatalf("read %d: %v", i, err)

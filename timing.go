@@ -31,8 +31,8 @@ const (
 	// TimingLAN is for nodes on one fast local network (or one machine):
 	// 200 ms heartbeat and election timeouts, a 100 ms leader lease and a
 	// 5 ms commit timeout. A crashed leader is replaced in about half a
-	// second (0.45 s median measured on loopback). Pick it for a LAN whose round trips stay well under 10 ms and
-	// whose nodes are not starved of CPU or disk for 100 ms at a time.
+	// second. Pick it for a LAN whose round trips stay well under 10 ms
+	// and whose nodes are not starved of CPU or disk for 100 ms at a time.
 	TimingLAN
 
 	// TimingDefault is hashicorp/raft's DefaultConfig: 1 s heartbeat and

@@ -2,6 +2,10 @@ package raftkit
 
 import (
 	"errors"
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"strings"
 	"testing"
 	"time"
 
@@ -101,4 +105,66 @@ func TestTimingNames(t *testing.T) {
 			t.Errorf("%d.String() = %q, want %q", int(tm), got, want)
 		}
 	}
+}
+
+// Config.Timing's documentation and TimingAuto's say the same about what
+// TimingAuto picks, and resolveTiming does it: TimingLAN in memory,
+// TimingLocal on loopback, TimingDefault elsewhere.
+func TestTimingAutoIsDocumentedAsItBehaves(t *testing.T) {
+	for _, tc := range []struct {
+		cfg  Config
+		want Timing
+	}{
+		{Config{InMemory: true, Addr: "n1"}, TimingLAN},
+		{Config{Addr: "127.0.0.1:7000", Dir: t.TempDir(), Peers: []string{"127.0.0.1:7000", "127.0.0.1:7001"}}, TimingLocal},
+		{Config{Addr: "10.0.0.1:7000", Dir: t.TempDir(), Peers: []string{"10.0.0.1:7000", "10.0.0.2:7000"}}, TimingDefault},
+	} {
+		s, err := tc.cfg.settle()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := resolveTiming(s); got != tc.want {
+			t.Errorf("%+v: TimingAuto resolved to %v, want %v", tc.cfg.Peers, got, tc.want)
+		}
+	}
+	for _, doc := range []struct{ file, name string }{{"raftkit.go", "Timing"}, {"timing.go", "TimingAuto"}} {
+		text := declDoc(t, doc.file, doc.name)
+		for _, want := range []string{"TimingLAN", "in-memory", "TimingLocal", "loopback", "TimingDefault"} {
+			if !strings.Contains(text, want) {
+				t.Errorf("the doc of %s in %s does not say %q:\n%s", doc.name, doc.file, want, text)
+			}
+		}
+	}
+}
+
+// declDoc returns the doc comment of the struct field or constant called
+// name in file.
+func declDoc(t *testing.T, file, name string) string {
+	t.Helper()
+	f, err := parser.ParseFile(token.NewFileSet(), file, nil, parser.ParseComments)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc string
+	ast.Inspect(f, func(n ast.Node) bool {
+		switch n := n.(type) {
+		case *ast.Field:
+			for _, id := range n.Names {
+				if id.Name == name && n.Doc != nil {
+					doc = n.Doc.Text()
+				}
+			}
+		case *ast.ValueSpec:
+			for _, id := range n.Names {
+				if id.Name == name && n.Doc != nil {
+					doc = n.Doc.Text()
+				}
+			}
+		}
+		return true
+	})
+	if doc == "" {
+		t.Fatalf("no doc comment for %s in %s", name, file)
+	}
+	return doc
 }

@@ -76,9 +76,9 @@ type Error struct {
 	// Error is the failure's message.
 	Error string `json:"error"`
 	// Code is the failure's outcome class (Outcome.String: "not_applied",
-	// "unknown_outcome", "invalid", ...), "not_found" (metrics not
-	// configured), "disabled" (a route Options leaves
-	// off), or "internal".
+	// "unknown_outcome", "invalid", ...), "removed" (CodeRemoved),
+	// "not_found" (metrics not configured), "disabled" (a route Options
+	// leaves off), or "internal".
 	Code string `json:"code,omitempty"`
 	// LeaderID and LeaderAddr name the leader to ask instead.
 	LeaderID   string `json:"leader_id,omitempty"`
@@ -341,6 +341,10 @@ func (a *admin) restore(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, a.n.Status())
 }
 
+// CodeRemoved is the Error.Code of a node that was removed from its
+// cluster (raftkit.ErrRemoved), answered with 410 Gone.
+const CodeRemoved = "removed"
+
 // HTTPStatus is the HTTP status code for an outcome class: 200 applied,
 // 422 rejected by the FSM, 503 not applied or closed (retry, maybe
 // elsewhere), 504 unknown outcome, 400 invalid, 403 not authorized.
@@ -368,8 +372,17 @@ func HTTPStatus(o raftkit.Outcome) int {
 // when the request must go there. An FSM's own error (class Rejected) is
 // 422 with code "rejected"; the admin handler's own routes, where no FSM
 // runs, answer such an error 500 "internal".
+//
+// One error has a mapping of its own: ErrRemoved (the node was removed
+// from its cluster) is 410 Gone with code "removed" and no Retry-After,
+// since this node will not serve again by itself; a client should use
+// another node. Its class stays NotApplied, and its health check 503.
 func WriteError(w http.ResponseWriter, err error) {
 	class := raftkit.Classify(err)
+	if errors.Is(err, raftkit.ErrRemoved) {
+		writeJSON(w, http.StatusGone, Error{Error: err.Error(), Code: CodeRemoved})
+		return
+	}
 	body := Error{Error: err.Error(), Code: class.String()}
 	code := HTTPStatus(class)
 	var nle *raftkit.NotLeaderError

@@ -75,9 +75,9 @@ func TestAdminRoutesOnThreeNodeTCPCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.waitApplied(c.nodes[l].Status().CommitIndex)
-	waitFor(t, 15*time.Second, "every node to know the leader", func() bool {
+	waitFor(t, 15*time.Second, "every node to know the leader and be ready", func() bool {
 		for _, n := range c.nodes {
-			if n.GetLeaderID() != c.nodes[l].ID() {
+			if n.GetLeaderID() != c.nodes[l].ID() || n.Ready() != nil {
 				return false
 			}
 		}
@@ -276,6 +276,36 @@ func TestHealthReasons(t *testing.T) {
 	for _, tc := range cases {
 		if reason := checkHealth(tc.ready, tc.st, DefaultMaxApplyLag); (reason == "") != tc.ok {
 			t.Errorf("%s: reason %q, want healthy=%v", tc.name, reason, tc.ok)
+		}
+	}
+}
+
+// WriteError answers each class with its status, and a removed node with
+// 410 and no Retry-After: it will not serve again by itself.
+func TestWriteErrorMapsEveryClass(t *testing.T) {
+	for _, tc := range []struct {
+		err        error
+		code       int
+		errCode    string
+		retryAfter bool
+	}{
+		{raftkit.ErrNoLeader, 503, "not_applied", true},
+		{raftkit.ErrNotReady, 503, "not_applied", true},
+		{fmt.Errorf("raftkit: apply: %w", raftkit.ErrRemoved), 410, CodeRemoved, false},
+		{raftkit.ErrUnknownOutcome, 504, "unknown_outcome", false},
+		{raftkit.ErrTooLarge, 400, "invalid", false},
+		{raftkit.ErrNotAuthorized, 403, "not_authorized", false},
+		{raftkit.ErrClosed, 503, "closed", true},
+		{&raftkit.FSMError{Message: "out of stock"}, 422, "rejected", false},
+	} {
+		rec := httptest.NewRecorder()
+		WriteError(rec, tc.err)
+		var body Error
+		if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
+			t.Fatal(err)
+		}
+		if rec.Code != tc.code || body.Code != tc.errCode || (rec.Header().Get("Retry-After") != "") != tc.retryAfter {
+			t.Errorf("%v: %d %q Retry-After %q; want %d %q retry=%v", tc.err, rec.Code, body.Code, rec.Header().Get("Retry-After"), tc.code, tc.errCode, tc.retryAfter)
 		}
 	}
 }

@@ -139,7 +139,14 @@ var nodeGauges = map[string]string{
 	"raftkit_last_log_index":       "The last index in the node's log.",
 	"raftkit_is_leader":            "1 while the node is the leader, else 0.",
 	"raftkit_last_contact_seconds": "Seconds since a follower last heard from the leader; 0 on the leader, -1 if never.",
+	"raftkit_ready":                "1 while the node is ready (raftkit.RaftNode.Ready), else 0.",
+	"raftkit_protocol":             "The node protocol the node speaks (raftkit.ProtocolVersion).",
 }
+
+// peerProtocol is the protocol each peer speaks, as a node learned it.
+var peerProtocol = prometheus.NewDesc("raftkit_peer_protocol",
+	"The node protocol a peer speaks, as the node learned it on the node port; -1 while the two refuse each other as incompatible.",
+	[]string{"node_id", "peer"}, nil)
 
 func (m *Metrics) collectNode(ch chan<- prometheus.Metric, n *raftkit.RaftNode) {
 	st := n.Status()
@@ -161,10 +168,22 @@ func (m *Metrics) collectNode(ch chan<- prometheus.Metric, n *raftkit.RaftNode) 
 		"raftkit_last_log_index":       float64(st.LastLogIndex),
 		"raftkit_is_leader":            leader,
 		"raftkit_last_contact_seconds": contact,
+		"raftkit_ready":                0,
+		"raftkit_protocol":             float64(st.Protocol),
+	}
+	if st.Ready {
+		values["raftkit_ready"] = 1
 	}
 	for name, help := range nodeGauges {
 		desc := prometheus.NewDesc(name, help, []string{"node_id"}, nil)
 		ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, values[name], st.ID)
+	}
+	for _, p := range st.Peers {
+		v := float64(p.Protocol)
+		if p.Refused != "" {
+			v = -1
+		}
+		ch <- prometheus.MustNewConstMetric(peerProtocol, prometheus.GaugeValue, v, st.ID, p.Addr)
 	}
 }
 

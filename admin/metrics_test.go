@@ -94,6 +94,8 @@ func TestMetricsExposeRaftBoltAndRaftkitSeries(t *testing.T) {
 		fmt.Sprintf(`raftkit_is_leader{node_id="%s"}`, lid):                                                  1,
 		fmt.Sprintf(`raftkit_is_leader{node_id="%s"}`, fid):                                                  0,
 		fmt.Sprintf(`raftkit_term{node_id="%s"}`, lid):                                                       float64(leader.Status().Term),
+		fmt.Sprintf(`raftkit_protocol{node_id="%s"}`, fid):                                                   float64(raftkit.ProtocolVersion),
+		fmt.Sprintf(`raftkit_peer_protocol{node_id="%s",peer="%s"}`, fid, leader.Addr()):                     float64(raftkit.ProtocolVersion),
 	}
 	for k, v := range want {
 		if got[k] != v {

@@ -26,6 +26,8 @@ import (
 	"sync"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/raftkit/raftkit/snapshot"
 )
 
 // Command opcodes: the first byte of every command.
@@ -271,14 +273,21 @@ func (s *Store) All() map[string][]byte {
 }
 
 // Snapshot captures the state. Values are never modified in place, so a
-// shallow copy of the map is a consistent, cheap point-in-time view.
+// shallow copy of the map is a consistent, cheap point-in-time view, which
+// raft persists later while commands go on.
 func (s *Store) Snapshot() (raft.FSMSnapshot, error) {
 	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return &snapshot{data: maps.Clone(s.data)}, nil
+	data := maps.Clone(s.data)
+	s.mu.RUnlock()
+	return snapshot.Func(func(w io.Writer) error {
+		if err := writeSnapshot(w, data); err != nil {
+			return fmt.Errorf("fsmexample: write snapshot: %w", err)
+		}
+		return nil
+	}), nil
 }
 
-// Restore replaces the state with a snapshot written by Persist. On error
+// Restore replaces the state with a snapshot written by writeSnapshot. On error
 // the previous state is kept.
 func (s *Store) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
@@ -292,45 +301,34 @@ func (s *Store) Restore(rc io.ReadCloser) error {
 	return nil
 }
 
-type snapshot struct{ data map[string][]byte }
-
-// Persist writes: version byte, uvarint count, then (key, value) pairs, each
-// a uvarint length and bytes.
-func (f *snapshot) Persist(sink raft.SnapshotSink) error {
+// writeSnapshot writes: version byte, uvarint count, then (key, value)
+// pairs, each a uvarint length and bytes.
+func writeSnapshot(sink io.Writer, data map[string][]byte) error {
 	w := bufio.NewWriter(sink)
-	err := func() error {
-		if err := w.WriteByte(snapshotVersion); err != nil {
-			return err
-		}
-		var buf [binary.MaxVarintLen64]byte
-		put := func(b []byte) error {
-			if _, err := w.Write(buf[:binary.PutUvarint(buf[:], uint64(len(b)))]); err != nil {
-				return err
-			}
-			_, err := w.Write(b)
-			return err
-		}
-		if _, err := w.Write(buf[:binary.PutUvarint(buf[:], uint64(len(f.data)))]); err != nil {
-			return err
-		}
-		for k, v := range f.data {
-			if err := put([]byte(k)); err != nil {
-				return err
-			}
-			if err := put(v); err != nil {
-				return err
-			}
-		}
-		return w.Flush()
-	}()
-	if err != nil {
-		_ = sink.Cancel()
-		return fmt.Errorf("fsmexample: write snapshot: %w", err)
+	if err := w.WriteByte(snapshotVersion); err != nil {
+		return err
 	}
-	return sink.Close()
+	var buf [binary.MaxVarintLen64]byte
+	put := func(b []byte) error {
+		if _, err := w.Write(buf[:binary.PutUvarint(buf[:], uint64(len(b)))]); err != nil {
+			return err
+		}
+		_, err := w.Write(b)
+		return err
+	}
+	if _, err := w.Write(buf[:binary.PutUvarint(buf[:], uint64(len(data)))]); err != nil {
+		return err
+	}
+	for k, v := range data {
+		if err := put([]byte(k)); err != nil {
+			return err
+		}
+		if err := put(v); err != nil {
+			return err
+		}
+	}
+	return w.Flush()
 }
-
-func (f *snapshot) Release() {}
 
 func readSnapshot(r *bufio.Reader) (map[string][]byte, error) {
 	v, err := r.ReadByte()

@@ -705,8 +705,10 @@ func (s *memSink) Cancel() error               { return errors.New("raftkittest:
 var _ io.Writer = (*memSink)(nil)
 
 // Close stops every node as a crash would (no leadership handovers, so it
-// is quick) and stops sending log lines to tb. NewCluster registers it
-// with tb.Cleanup; calling it again does nothing.
+// is quick), each having told the others first, so that a clean run logs
+// no errors about the nodes going away; then it stops sending log lines
+// to tb. NewCluster registers it with tb.Cleanup; calling it again does
+// nothing.
 func (c *Cluster[F]) Close() {
 	c.mu.Lock()
 	if c.closed {
@@ -723,6 +725,14 @@ func (c *Cluster[F]) Close() {
 	}
 	c.mu.Unlock()
 	var wg sync.WaitGroup
+	for _, n := range running {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			testhook.AnnounceClose(n)
+		}()
+	}
+	wg.Wait()
 	for _, n := range running {
 		wg.Add(1)
 		go func() {

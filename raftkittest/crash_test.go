@@ -10,33 +10,72 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/anishathalye/porcupine"
-	"github.com/hashicorp/go-hclog"
-	"github.com/hashicorp/raft"
 
 	"github.com/raftkit/raftkit"
-	fsmexample "github.com/raftkit/raftkit/fsm_example"
 )
 
-// The crash test runs three real node processes (this test binary,
-// re-executed) over TCP with BoltDB, kills them with SIGKILL during writes
-// and restarts them from the same directories.
+// The crash test runs three real node processes (internal/kvnode, built
+// from this tree) over TCP with BoltDB, kills them with SIGKILL during
+// writes and restarts them from the same directories.
 
-// nodeProcessEnv, when set, makes the test binary run one node process
-// instead of the tests. The node's settings come from the variables below.
-const (
-	nodeProcessEnv = "RAFTKITTEST_NODE"
-	nodeIDEnv      = "RAFTKITTEST_NODE_ID"
-	nodeAddrEnv    = "RAFTKITTEST_NODE_ADDR"
-	nodeHTTPEnv    = "RAFTKITTEST_NODE_HTTP"
-	nodeDirEnv     = "RAFTKITTEST_NODE_DIR"
-	nodePeersEnv   = "RAFTKITTEST_NODE_PEERS"
-)
+// builtNodes holds the kvnode binaries built for this test run.
+var builtNodes struct {
+	sync.Mutex
+	dir     string
+	current string
+}
+
+// currentNode returns a kvnode binary built from this tree, building it
+// on first use.
+func currentNode(t *testing.T) string {
+	t.Helper()
+	builtNodes.Lock()
+	defer builtNodes.Unlock()
+	if builtNodes.current != "" {
+		return builtNodes.current
+	}
+	root, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}").Output()
+	if err != nil {
+		t.Fatalf("locate the module: %v", err)
+	}
+	bin := filepath.Join(nodesDir(t), "kvnode-current")
+	buildNode(t, strings.TrimSpace(string(root)), bin)
+	builtNodes.current = bin
+	return bin
+}
+
+// nodesDir is where the binaries go, removed when the tests end (TestMain).
+func nodesDir(t *testing.T) string {
+	if builtNodes.dir == "" {
+		dir, err := os.MkdirTemp("", "raftkittest-nodes-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		builtNodes.dir = dir
+	}
+	return builtNodes.dir
+}
+
+// buildNode builds internal/kvnode of the module tree at root into bin.
+func buildNode(t *testing.T, root, bin string, tags ...string) {
+	t.Helper()
+	args := []string{"build", "-o", bin}
+	if len(tags) > 0 {
+		args = append(args, "-tags", strings.Join(tags, ","))
+	}
+	build := exec.Command("go", append(args, "./raftkittest/internal/kvnode")...)
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build kvnode in %s: %v\n%s", root, err, out)
+	}
+}
 
 // Outcome header values of the node process's PUT responses.
 const (
@@ -46,101 +85,12 @@ const (
 	outcomeUnknown    = "unknown"
 )
 
-// runNodeProcess is the node process: a raftkit node with an fsmexample
-// store behind a small HTTP API, until stdin closes (a clean stop) or the
-// process is killed.
-//
-//	PUT /kv/{key}   body = value          204 applied; 503 not applied; 504 unknown
-//	GET /kv/{key}?consistency=linearizable 200 value; 404 absent; 503 no read
-//	GET /dump                             this node's whole store, JSON, after a read barrier
-//	GET /status                           raftkit.Status, JSON
-func runNodeProcess() {
-	logger := hclog.New(&hclog.LoggerOptions{Name: os.Getenv(nodeIDEnv), Level: hclog.Warn, Output: os.Stderr})
-	kv := fsmexample.New()
-	node, err := raftkit.NewRaftNode(raftkit.Config{
-		ID:                os.Getenv(nodeIDEnv),
-		Addr:              os.Getenv(nodeAddrEnv),
-		Dir:               os.Getenv(nodeDirEnv),
-		Peers:             strings.Split(os.Getenv(nodePeersEnv), ","),
-		ApplyTimeout:      time.Second,
-		SnapshotThreshold: 64,
-		SnapshotInterval:  100 * time.Millisecond,
-		Logger:            logger,
-		RaftConfig: func(rc *raft.Config) {
-			FastTimeouts(rc)
-			rc.TrailingLogs = 32
-		},
-	}, kv)
-	if err != nil {
-		fmt.Println("error:", err)
-		os.Exit(1)
-	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("PUT /kv/{key}", func(w http.ResponseWriter, r *http.Request) {
-		value, err := io.ReadAll(r.Body)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		_, err = node.Apply(r.Context(), fsmexample.Set(r.PathValue("key"), value))
-		switch {
-		case err == nil:
-			w.Header().Set(outcomeHeader, outcomeApplied)
-			w.WriteHeader(http.StatusNoContent)
-		case notApplied(err):
-			w.Header().Set(outcomeHeader, outcomeNotApplied)
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
-		default:
-			w.Header().Set(outcomeHeader, outcomeUnknown)
-			http.Error(w, err.Error(), http.StatusGatewayTimeout)
-		}
-	})
-	mux.HandleFunc("GET /kv/{key}", func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Query().Get("consistency") != "stale" {
-			if err := node.LinearizableRead(r.Context()); err != nil {
-				http.Error(w, err.Error(), http.StatusServiceUnavailable)
-				return
-			}
-		}
-		v, ok := kv.Get(r.PathValue("key"))
-		if !ok {
-			http.Error(w, "absent", http.StatusNotFound)
-			return
-		}
-		w.Write(v)
-	})
-	mux.HandleFunc("GET /dump", func(w http.ResponseWriter, r *http.Request) {
-		if err := node.LinearizableRead(r.Context()); err != nil {
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		all := map[string]string{}
-		for k, v := range kv.All() {
-			all[k] = string(v)
-		}
-		json.NewEncoder(w).Encode(all)
-	})
-	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
-		json.NewEncoder(w).Encode(node.Status())
-	})
-	ln, err := net.Listen("tcp", os.Getenv(nodeHTTPEnv))
-	if err != nil {
-		fmt.Println("error:", err)
-		node.Close()
-		os.Exit(1)
-	}
-	srv := &http.Server{Handler: mux}
-	go srv.Serve(ln)
-	fmt.Println("ready")
-	io.Copy(io.Discard, os.Stdin)
-	srv.Close()
-	node.Close()
-}
-
 // proc is one node process and the settings to start it again.
 type proc struct {
 	id, addr, http, dir string
 	peers               string
+	store               string // "bolt" or "wal"
+	bin                 string // the kvnode binary it runs
 
 	mu    sync.Mutex
 	cmd   *exec.Cmd
@@ -163,10 +113,11 @@ func (l *lockedBuffer) String() string { l.mu.Lock(); defer l.mu.Unlock(); retur
 
 func (p *proc) start(t *testing.T) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(),
-		nodeProcessEnv+"=1", nodeIDEnv+"="+p.id, nodeAddrEnv+"="+p.addr,
-		nodeHTTPEnv+"="+p.http, nodeDirEnv+"="+p.dir, nodePeersEnv+"="+p.peers)
+	store := p.store
+	if store == "" {
+		store = "bolt"
+	}
+	cmd := exec.Command(p.bin, "-id", p.id, "-addr", p.addr, "-http", p.http, "-dir", p.dir, "-peers", p.peers, "-store", store)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -229,6 +180,11 @@ type procCluster struct {
 }
 
 func newProcCluster(t *testing.T, n int) *procCluster {
+	return startProcCluster(t, n, currentNode(t), "bolt")
+}
+
+// startProcCluster starts n kvnode processes of binary bin on store.
+func startProcCluster(t *testing.T, n int, bin, store string) *procCluster {
 	addrs := freeAddrs(t, 2*n)
 	var peers []string
 	for i := 0; i < n; i++ {
@@ -240,6 +196,7 @@ func newProcCluster(t *testing.T, n int) *procCluster {
 		pc.procs = append(pc.procs, &proc{
 			id: fmt.Sprintf("n%d", i), addr: addrs[i], http: addrs[n+i],
 			dir: fmt.Sprintf("%s/n%d", base, i), peers: strings.Join(peers, ","),
+			bin: bin, store: store,
 		})
 	}
 	t.Cleanup(func() {

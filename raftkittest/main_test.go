@@ -8,10 +8,6 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	if os.Getenv(nodeProcessEnv) != "" {
-		runNodeProcess()
-		return
-	}
 	// hashicorp/raft v1.7.3 never resolves a VerifyLeader or leadership
 	// transfer future that is still in its buffered channel when raft shuts
 	// down (those futures have no ShutdownCh), so raftkit's waitFuture
@@ -19,5 +15,11 @@ func TestMain(m *testing.M) {
 	// flight, as the chaos test does all the time, hits it in a few per cent
 	// of histories. It is raft's leak, reported to the lead; everything else
 	// must still be gone.
-	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/hashicorp/raft.(*deferError).Error"))
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/hashicorp/raft.(*deferError).Error"),
+		goleak.Cleanup(func(code int) {
+			if builtNodes.dir != "" {
+				os.RemoveAll(builtNodes.dir) // the kvnode binaries
+			}
+			os.Exit(code)
+		}))
 }

@@ -22,10 +22,29 @@
 //
 // Flags go before or after the command, in any order among its arguments
 // (everything after "--" is an argument): -admin URL, -json, -timeout D,
-// -version. -admin is the URL the node's admin handler is mounted at
-// (default $RAFTKIT_ADMIN, else http://127.0.0.1:8080); -json prints JSON
-// instead of tables, for every command. -version prints the module version
-// the binary was built from.
+// -version, -header 'Name: value', -cacert FILE, -cert FILE, -key FILE.
+// -admin is the URL the node's admin handler is mounted at (default
+// $RAFTKIT_ADMIN, else http://127.0.0.1:8080); -json prints JSON instead
+// of tables, for every command. -version prints the module version the
+// binary was built from and the node protocol it speaks.
+//
+// The admin handler does no authentication of its own; deployments put it
+// behind their own middleware, and these flags let the CLI through it:
+//
+//   - -header 'Name: value' sends that header with every request to the
+//     admin handler (repeatable), for example
+//     -header 'Authorization: Bearer TOKEN'.
+//   - $RAFTKIT_HEADER holds headers sent the same way, one 'Name: value'
+//     per line, so that tokens stay out of shell history, for example
+//     RAFTKIT_HEADER="Authorization: Bearer $(cat token)"; a -header
+//     replaces the environment's header of the same name.
+//   - -cacert FILE is the PEM CA bundle that verifies the admin server's
+//     certificate (default: the system roots); -cert FILE and -key FILE
+//     are a PEM client certificate and its key for mutual TLS (both or
+//     neither). They need an https:// -admin URL.
+//
+// A malformed header, or -cert without -key or the reverse, is bad usage.
+// inspect and recover, which never reach the admin handler, ignore these.
 //
 // Exit status: 0 on success, 1 when the operation failed (the reason is
 // printed on stderr), 2 for bad usage (nothing was done).
@@ -71,6 +90,16 @@ Offline, on a stopped node's data directory:
                              force the cluster configuration after permanent
                              quorum loss; applied at the node's next start
 
+Protected admin handlers (behind the application's auth middleware):
+  -header 'Name: value'      send this header with every admin request (repeatable)
+  RAFTKIT_HEADER             environment: more such headers, one per line, so that
+                             tokens stay out of shell history; a -header replaces
+                             the environment's header of the same name
+  -cacert FILE               PEM CA bundle for an https:// admin URL (default: system roots)
+  -cert FILE -key FILE       PEM client certificate and key for mutual TLS
+
+Environment: RAFTKIT_ADMIN (default -admin), RAFTKIT_HEADER (see above).
+
 Exit status: 0 done, 1 failed, 2 bad usage.
 
 Flags (every command):
@@ -92,6 +121,14 @@ type cli struct {
 	json    bool
 	timeout time.Duration
 	version bool
+	// Reaching a protected admin handler; connect turns them into header
+	// and client.
+	headers   headerFlag
+	envHeader string // $RAFTKIT_HEADER
+	cacert    string
+	cert, key string
+	header    http.Header  // sent with every admin request
+	client    *http.Client // with the TLS settings of the flags
 	// Flags of single commands.
 	nonvoter bool // join
 	yes      bool // restore, recover
@@ -104,6 +141,9 @@ type cli struct {
 type command struct {
 	flags func(c *cli, fs *flag.FlagSet)
 	run   func(c *cli, ctx context.Context, args []string) error
+	// offline commands read a data directory and never reach the admin
+	// handler, so its headers and TLS files are not checked for them.
+	offline bool
 }
 
 var commands = map[string]command{
@@ -119,8 +159,8 @@ var commands = map[string]command{
 	"restore": {run: (*cli).restore, flags: func(c *cli, fs *flag.FlagSet) {
 		fs.BoolVar(&c.yes, "yes", false, "confirm: replace the cluster's whole state with the backup")
 	}},
-	"inspect": {run: (*cli).inspect},
-	"recover": {run: (*cli).recover, flags: func(c *cli, fs *flag.FlagSet) {
+	"inspect": {run: (*cli).inspect, offline: true},
+	"recover": {run: (*cli).recover, offline: true, flags: func(c *cli, fs *flag.FlagSet) {
 		fs.BoolVar(&c.yes, "yes", false, "confirm: I understand the warning and the lost servers are gone for good")
 	}},
 }
@@ -135,6 +175,11 @@ func (c *cli) flagSet(name string) *flag.FlagSet {
 	fs.BoolVar(&c.json, "json", c.json, "print JSON instead of tables")
 	fs.DurationVar(&c.timeout, "timeout", c.timeout, "bound for the whole operation (0: none)")
 	fs.BoolVar(&c.version, "version", c.version, "print raftkit's version and exit")
+	// Shared by pointer, so every set appends to the same list.
+	fs.Var(&c.headers, "header", "send the HTTP `header` 'Name: value' with every admin request (repeatable; replaces a $RAFTKIT_HEADER header of the same name)")
+	fs.StringVar(&c.cacert, "cacert", c.cacert, "PEM CA bundle `file` that verifies the admin server's certificate (default: the system roots)")
+	fs.StringVar(&c.cert, "cert", c.cert, "PEM client certificate `file` for mutual TLS with the admin server (needs -key)")
+	fs.StringVar(&c.key, "key", c.key, "PEM private key `file` of -cert")
 	return fs
 }
 
@@ -157,24 +202,26 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
-// version is the module version this binary was built from: a release
-// tag for `go install ...@vX.Y.Z`, a pseudo-version or "(devel)" otherwise.
+// version is the module version this binary was built from (a release
+// tag for `go install ...@vX.Y.Z`, a pseudo-version or "(devel)"), the
+// node protocol that version speaks, and the commit and Go it was built
+// with.
 func version() string {
+	v := fmt.Sprintf("raftkit %s, node protocol %d", raftkit.ModuleVersion(), raftkit.ProtocolVersion)
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
-		return "raftkit (unknown version: no build information)"
+		return v
 	}
-	v := "raftkit " + bi.Main.Version
 	for _, s := range bi.Settings {
 		if s.Key == "vcs.revision" {
-			v += " (" + s.Value + ")"
+			v += ", commit " + s.Value
 		}
 	}
-	return v + " " + bi.GoVersion
+	return v + ", " + bi.GoVersion
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	c := &cli{out: stdout, errOut: stderr, admin: os.Getenv("RAFTKIT_ADMIN"), timeout: time.Minute}
+	c := &cli{out: stdout, errOut: stderr, admin: os.Getenv("RAFTKIT_ADMIN"), envHeader: os.Getenv("RAFTKIT_HEADER"), timeout: time.Minute}
 	if c.admin == "" {
 		c.admin = "http://127.0.0.1:8080"
 	}
@@ -220,7 +267,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		ctx, cancel = context.WithTimeout(ctx, c.timeout)
 		defer cancel()
 	}
-	if err := cmd.run(c, ctx, rest); err != nil {
+	if err := c.runCommand(ctx, cmd, rest); err != nil {
 		fmt.Fprintf(stderr, "raftkit %s: %v\n", name, err)
 		if errors.Is(err, errUsage) {
 			return 2
@@ -228,6 +275,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// runCommand runs cmd, after preparing what its admin requests carry
+// unless it is offline.
+func (c *cli) runCommand(ctx context.Context, cmd command, args []string) error {
+	if !cmd.offline {
+		if err := c.connect(); err != nil {
+			return err
+		}
+	}
+	return cmd.run(c, ctx, args)
 }
 
 // call sends a request to the admin handler and decodes a JSON answer
@@ -256,23 +314,22 @@ func (c *cli) do(ctx context.Context, method, route string, body any) (*http.Res
 		}
 		rd = bytes.NewReader(b)
 	}
-	url := strings.TrimRight(c.admin, "/") + "/" + route
-	req, err := http.NewRequestWithContext(ctx, method, url, rd)
+	req, err := c.newRequest(ctx, method, route, rd)
 	if err != nil {
-		return nil, fmt.Errorf("%w: -admin %q: %v", errUsage, c.admin, err)
+		return nil, err
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := c.client.Do(req)
 	if err != nil {
-		return nil, err
+		return nil, c.tlsHint(err)
 	}
 	if resp.StatusCode/100 == 2 {
 		return resp, nil
 	}
 	defer resp.Body.Close()
-	return nil, answerError(resp, method, url)
+	return nil, answerError(resp, method, req.URL.String())
 }
 
 // decodeAnswer decodes a 2xx JSON answer into out, or returns the node's
@@ -297,6 +354,11 @@ func answerError(resp *http.Response, method, url string) error {
 	msg := fmt.Sprintf("%s %s: HTTP %d: %s", method, url, resp.StatusCode, ae.Error)
 	if ae.LeaderAddr != "" {
 		msg += fmt.Sprintf(" (the leader is %s at %s: send this to its admin handler)", ae.LeaderID, ae.LeaderAddr)
+	}
+	// The admin handler's own refusals (a disabled route) carry a code;
+	// one without came from what guards the handler.
+	if (resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden) && ae.Code == "" {
+		msg += " (refused in front of the admin handler: credentials missing or not accepted; see -header, $RAFTKIT_HEADER, -cert and -key)"
 	}
 	return errors.New(msg)
 }
@@ -497,20 +559,19 @@ func (c *cli) restore(ctx context.Context, args []string) error {
 	}
 	defer f.Close()
 	prog := &progress{w: c.errOut, label: "restore: sent"}
-	url := strings.TrimRight(c.admin, "/") + "/restore"
-	req, err := http.NewRequestWithContext(ctx, "POST", url, io.TeeReader(f, prog))
-	if err != nil {
-		return fmt.Errorf("%w: -admin %q: %v", errUsage, c.admin, err)
-	}
-	req.Header.Set("Content-Type", "application/octet-stream")
-	resp, err := http.DefaultClient.Do(req)
-	prog.done()
+	req, err := c.newRequest(ctx, "POST", "restore", io.TeeReader(f, prog))
 	if err != nil {
 		return err
 	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := c.client.Do(req)
+	prog.done()
+	if err != nil {
+		return c.tlsHint(err)
+	}
 	defer resp.Body.Close()
 	var st raftkit.Status
-	if err := decodeAnswer(resp, "POST", url, &st); err != nil {
+	if err := decodeAnswer(resp, "POST", req.URL.String(), &st); err != nil {
 		return err
 	}
 	if c.json {

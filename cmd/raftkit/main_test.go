@@ -44,10 +44,17 @@ type cliResult struct {
 
 func runCLI(t *testing.T, bin string, args ...string) cliResult {
 	t.Helper()
+	return runCLIEnv(t, nil, bin, args...)
+}
+
+// runCLIEnv runs the CLI with env ("NAME=value") added to an environment
+// where RAFTKIT_ADMIN and RAFTKIT_HEADER are empty.
+func runCLIEnv(t *testing.T, env []string, bin string, args ...string) cliResult {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = append(os.Environ(), "RAFTKIT_ADMIN=")
+	cmd.Env = append(append(os.Environ(), "RAFTKIT_ADMIN=", "RAFTKIT_HEADER="), env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -417,7 +424,8 @@ func TestCLIVersionAndUsage(t *testing.T) {
 	bin := buildCLI(t)
 	for _, args := range [][]string{{"-version"}, {"status", "-version"}} {
 		r := runCLI(t, bin, args...)
-		if r.code != 0 || !strings.HasPrefix(r.stdout, "raftkit ") || !strings.Contains(r.stdout, "go1.") {
+		if r.code != 0 || !strings.HasPrefix(r.stdout, "raftkit ") || !strings.Contains(r.stdout, "go1.") ||
+			!strings.Contains(r.stdout, fmt.Sprintf("node protocol %d", raftkit.ProtocolVersion)) {
 			t.Fatalf("raftkit %v: exit %d, stdout %q", args, r.code, r.stdout)
 		}
 	}

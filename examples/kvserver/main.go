@@ -20,7 +20,7 @@
 //	GET    /kv/{key}        ?consistency=linearizable (default) or stale
 //	DELETE /kv/{key}
 //	GET    /status          the node's raft status as JSON
-//	/raft/...               raftkit's AdminHandler: GET /raft/status, /raft/health,
+//	/raft/...               raftkit's admin.Handler: GET /raft/status, /raft/health,
 //	                        /raft/metrics; POST routes with -admin-mutations
 //
 // Errors are JSON, {"code": ..., "error": ...}, with a stable code:
@@ -29,7 +29,9 @@
 //	404 not_found        no such route
 //	400 invalid          bad request (value over 16 MiB, bad consistency)
 //	422 rejected         the FSM refused the command (it is in the log)
-//	503 not_applied      nothing was written (no leader within the request's time): retry
+//	503 not_applied      nothing was written (no leader within the request's time), or a
+//	                     stale read on a node that is not ready: retry
+//	410 removed          this node was removed from the cluster: use another
 //	503 closed           the node is shutting down: use another
 //	504 unknown_outcome  the write may or may not have been applied
 package main
@@ -75,6 +77,7 @@ func main() {
 		mutate   = flag.Bool("admin-mutations", false, "enable the admin handler's POST routes under /raft/ (snapshot, transfer, join, remove, restore)")
 		timing   = flag.String("timing", "auto", "raft timeouts: auto, lan, local, default or wan (see raftkit.Timing)")
 		maxCmd   = flag.Int("max-command-size", raftkit.DefaultMaxCommandSize, "largest command in bytes (a PUT's key and value, encoded); every node should use the same value")
+		logStore = flag.String("log-store", "bolt", "log store: bolt (raft.db) or wal (hashicorp/raft-wal)")
 	)
 	flag.Parse()
 	if *dir == "" {
@@ -97,6 +100,10 @@ func main() {
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(metrics, collectors.NewGoCollector())
 	profiles := map[string]raftkit.Timing{"auto": raftkit.TimingAuto, "lan": raftkit.TimingLAN, "local": raftkit.TimingLocal, "default": raftkit.TimingDefault, "wan": raftkit.TimingWAN}
+	stores := map[string]raftkit.LogStoreKind{"bolt": raftkit.LogStoreBolt, "wal": raftkit.LogStoreWAL}
+	if _, ok := stores[*logStore]; !ok {
+		log.Fatalf("kvserver: -log-store %q: want bolt or wal", *logStore)
+	}
 	profile, ok := profiles[*timing]
 	if !ok {
 		log.Fatalf("kvserver: -timing %q: want auto, lan, local, default or wan", *timing)
@@ -114,6 +121,7 @@ func main() {
 		JoinSecret:     *secret,
 		JoinTimeout:    *joinWait,
 		MaxCommandSize: *maxCmd,
+		LogStore:       stores[*logStore],
 		Timing:         profile,
 		FSMErrors:      fsmexample.Errors,
 	}, kv)
@@ -190,6 +198,13 @@ func newHandler(node *raftkit.RaftNode, kv *fsmexample.Store, maxCommand int) *h
 				return
 			}
 		case "stale":
+			// A node that is not ready (it restarted and has not caught up,
+			// say) may lack acknowledged writes: an answer from it could
+			// call an existing key absent.
+			if err := node.Ready(); err != nil {
+				writeError(w, err)
+				return
+			}
 		default:
 			writeJSONError(w, http.StatusBadRequest, "invalid", fmt.Sprintf("consistency %q: want linearizable or stale", c))
 			return

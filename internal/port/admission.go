@@ -181,6 +181,7 @@ func (m *Mux) FollowConfiguration(r *raft.Raft) {
 					addrs = append(addrs, string(srv.Address))
 				}
 				m.setMembers(addrs)
+				m.refreshPeers(addrs)
 			}
 			select {
 			case <-m.done:

@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/raftkit/raftkit/internal/peer"
 )
 
 func TestMemberHostNamesCountAsTheirAddresses(t *testing.T) {
@@ -12,7 +14,7 @@ func TestMemberHostNamesCountAsTheirAddresses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := newMux(ln, ln.Addr().String(), nil, nil, hclog.NewNullLogger(), []string{"localhost:7000", "10.1.2.3:7000"}, true, 32<<20)
+	m := newMux(ln, ln.Addr().String(), nil, nil, hclog.NewNullLogger(), []string{"localhost:7000", "10.1.2.3:7000"}, true, 32<<20, peer.Profile{Protocol: peer.Protocol, Features: peer.Features})
 	defer m.Close()
 	for _, host := range []string{"127.0.0.1", "10.1.2.3", "localhost"} {
 		if !m.IsMember(host) {

@@ -94,6 +94,13 @@ type Mux struct {
 	nstranger int
 	raftHosts map[string]int // members' raft connections, by host
 
+	// profile is what this node says of itself in its hellos; peers is
+	// what it learned of its peers' (see protocol.go).
+	profile       peer.Profile
+	peers         peerTable
+	refusedMu     sync.Mutex
+	refusedLogged map[string]bool
+
 	done chan struct{}
 	// closing ends when the mux closes: dials under way give up.
 	closing   context.Context
@@ -110,22 +117,24 @@ type Mux struct {
 // newMux serves ln. members lists addresses (host:port) whose hosts are
 // members from the start, with host names looked up if resolve is set;
 // budget is the bytes of request messages the node reads at a time.
-func newMux(ln net.Listener, advertise string, dial Dialer, ts *TLS, logger hclog.Logger, members []string, resolve bool, budget int) *Mux {
+func newMux(ln net.Listener, advertise string, dial Dialer, ts *TLS, logger hclog.Logger, members []string, resolve bool, budget int, profile peer.Profile) *Mux {
 	m := &Mux{
-		ln:        ln,
-		advertise: advertise,
-		dial:      dial,
-		tls:       ts,
-		logger:    logger,
-		raftConns: make(chan net.Conn),
-		budget:    peer.NewBudget(budget),
-		conns:     map[net.Conn]struct{}{},
-		pending:   map[string]int{},
-		strangers: map[string]int{},
-		raftHosts: map[string]int{},
-		resolve:   resolve,
-		resolved:  map[string]resolvedName{},
-		done:      make(chan struct{}),
+		profile:       profile,
+		refusedLogged: map[string]bool{},
+		ln:            ln,
+		advertise:     advertise,
+		dial:          dial,
+		tls:           ts,
+		logger:        logger,
+		raftConns:     make(chan net.Conn),
+		budget:        peer.NewBudget(budget),
+		conns:         map[net.Conn]struct{}{},
+		pending:       map[string]int{},
+		strangers:     map[string]int{},
+		raftHosts:     map[string]int{},
+		resolve:       resolve,
+		resolved:      map[string]resolvedName{},
+		done:          make(chan struct{}),
 	}
 	m.closing, m.stopDials = context.WithCancel(context.Background())
 	for _, a := range members {
@@ -198,11 +207,19 @@ func (m *Mux) acceptLoop() {
 	}
 }
 
-// handshake runs TLS (if on) and reads the tag byte (and the cluster
-// digest after TagRaftCluster), all within the handshake timeout.
-func (m *Mux) handshake(tc *trackedConn, member bool) (net.Conn, byte, Digest, error) {
-	var cluster Digest
-	var conn net.Conn = tc
+// opening is how an accepted connection opened: its tag, and after it the
+// cluster digest (TagRaftCluster) or the dialer's hello (TagHello).
+type opening struct {
+	conn    net.Conn
+	tag     byte
+	cluster Digest
+	hello   *peer.Hello
+}
+
+// handshake runs TLS (if on) and reads the tag byte and what follows it,
+// all within the handshake timeout.
+func (m *Mux) handshake(tc *trackedConn, member bool) (opening, error) {
+	o := opening{conn: tc}
 	timeout := HandshakeTimeout
 	if !member {
 		timeout = StrangerHandshakeTimeout
@@ -211,33 +228,80 @@ func (m *Mux) handshake(tc *trackedConn, member bool) (net.Conn, byte, Digest, e
 	if m.tls != nil {
 		tconn := tls.Server(tc, m.tls.serverConfig())
 		if err := tconn.Handshake(); err != nil {
-			return nil, 0, cluster, fmt.Errorf("TLS handshake: %w", err)
+			return o, fmt.Errorf("TLS handshake: %w", err)
 		}
-		conn = tconn
+		o.conn = tconn
 	}
 	var tag [1]byte
-	if _, err := io.ReadFull(conn, tag[:]); err != nil {
-		return nil, 0, cluster, fmt.Errorf("read tag: %w", err)
+	if _, err := io.ReadFull(o.conn, tag[:]); err != nil {
+		return o, fmt.Errorf("read tag: %w", err)
 	}
-	if tag[0] == TagRaftCluster {
-		if _, err := io.ReadFull(conn, cluster[:]); err != nil {
-			return nil, 0, cluster, fmt.Errorf("read cluster digest: %w", err)
+	o.tag = tag[0]
+	switch {
+	case o.tag == TagRaftCluster:
+		if _, err := io.ReadFull(o.conn, o.cluster[:]); err != nil {
+			return o, fmt.Errorf("read cluster digest: %w", err)
 		}
+	case o.tag == TagHello && m.profile.Protocol >= 2:
+		h, err := peer.ReadHello(o.conn)
+		if err != nil {
+			return o, fmt.Errorf("read hello: %w", err)
+		}
+		if len(h.Cluster) == len(o.cluster) {
+			copy(o.cluster[:], h.Cluster)
+		}
+		o.hello = h
 	}
 	_ = tc.SetDeadline(time.Time{})
-	return conn, tag[0], cluster, nil
+	return o, nil
+}
+
+// answer says this node's hello on a connection that opened with one, or
+// refuses the dialer (and closes the connection); it reports the purpose
+// the connection is for, or "" when it is done with.
+func (m *Mux) answer(o opening, remote string) string {
+	h := o.hello
+	who := h.From
+	if who == "" {
+		who = remote
+	}
+	p := peer.Of(h)
+	reply := m.hello("")
+	if reason, ours := peer.Incompatible(m.profile, p); reason != "" {
+		reply.Refused = reason
+		_ = o.conn.SetWriteDeadline(time.Now().Add(HandshakeTimeout))
+		_ = peer.WriteHello(o.conn, reply)
+		o.conn.Close()
+		m.refuse(who, reason, ours, p, false)
+		return ""
+	}
+	_ = o.conn.SetWriteDeadline(time.Now().Add(HandshakeTimeout))
+	if err := peer.WriteHello(o.conn, reply); err != nil {
+		o.conn.Close()
+		return ""
+	}
+	_ = o.conn.SetWriteDeadline(time.Time{})
+	if h.From != "" {
+		m.peers.put(PeerState{Addr: h.From, Profile: p})
+	}
+	if h.Purpose == peer.PurposeAsk {
+		o.conn.Close()
+		return ""
+	}
+	return h.Purpose
 }
 
 // route finishes the handshake and hands the connection on by its tag.
 func (m *Mux) route(tc *trackedConn, host string, member bool) {
 	defer m.wg.Done()
-	conn, tag, cluster, err := m.handshake(tc, member)
+	o, err := m.handshake(tc, member)
 	m.release(host, member)
 	if err != nil {
 		m.logger.Debug("closing connection that failed its handshake", "remote", tc.RemoteAddr().String(), "error", err)
 		tc.Close()
 		return
 	}
+	conn, tag, cluster := o.conn, o.tag, o.cluster
 	// With TLS, a completed handshake proves membership.
 	stranger := m.tls == nil && !member && !m.IsMember(host)
 	if stranger {
@@ -247,8 +311,26 @@ func (m *Mux) route(tc *trackedConn, host string, member bool) {
 			return
 		}
 	}
-	switch tag {
-	case TagRaft, TagRaftCluster:
+	purpose := ""
+	switch {
+	case o.hello != nil:
+		if purpose = m.answer(o, tc.RemoteAddr().String()); purpose == "" {
+			return
+		}
+	case tag == TagRaft || tag == TagRaftCluster || tag == TagRPC:
+		// A node of protocol 1: no hello, the bare tag.
+		if reason, ours := peer.Incompatible(m.profile, peer.Protocol1()); reason != "" {
+			m.refuse(host, reason, ours, peer.Protocol1(), true)
+			conn.Close()
+			return
+		}
+		purpose = peer.PurposeRaft
+		if tag == TagRPC {
+			purpose = peer.PurposeRPC
+		}
+	}
+	switch purpose {
+	case peer.PurposeRaft:
 		if g := m.loadGate(); g == nil || !g.Admit(conn.RemoteAddr().String(), cluster) {
 			conn.Close()
 			return
@@ -268,7 +350,7 @@ func (m *Mux) route(tc *trackedConn, host string, member bool) {
 		case <-m.done:
 			conn.Close()
 		}
-	case TagRPC:
+	case peer.PurposeRPC:
 		m.mu.Lock()
 		h := m.handler
 		m.mu.Unlock()
@@ -294,9 +376,9 @@ func (m *Mux) route(tc *trackedConn, host string, member bool) {
 	}
 }
 
-// DialTagged opens a connection to addr and sends tag, then extra, within
+// dialTagged opens a connection to addr and sends tag, then extra, within
 // ctx's deadline; it gives up when ctx ends or the mux closes.
-func (m *Mux) DialTagged(ctx context.Context, addr string, tag byte, extra ...byte) (net.Conn, error) {
+func (m *Mux) dialTagged(ctx context.Context, addr string, tag byte, extra ...byte) (net.Conn, error) {
 	select {
 	case <-m.done:
 		return nil, sentinel.ErrClosed

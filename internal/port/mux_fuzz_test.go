@@ -22,7 +22,7 @@ func FuzzPortMuxHandshake(f *testing.F) {
 	f.Add([]byte("GET / HTTP/1.1\r\n\r\n"))
 	f.Add([]byte{})
 	ln := &pipeListener{conns: make(chan net.Conn), done: make(chan struct{})}
-	m := newMux(ln, "fuzz", ln.dial, nil, hclog.NewNullLogger(), nil, false, 32<<20)
+	m := newMux(ln, "fuzz", ln.dial, nil, hclog.NewNullLogger(), nil, false, 32<<20, peer.Profile{Protocol: peer.Protocol, Features: peer.Features})
 	m.ServeRPC(func(c net.Conn, _ peer.Limits) { c.Close() })
 	go func() {
 		for {
@@ -60,7 +60,7 @@ func FuzzPortMuxHandshake(f *testing.F) {
 		conn.Close()
 		// The port still serves a well-formed connection.
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		probe, err := m.DialTagged(ctx, "fuzz", TagRaft)
+		probe, err := m.dialTagged(ctx, "fuzz", TagRaft)
 		cancel()
 		if err != nil {
 			t.Fatalf("port stopped serving after input %x: %v", data, err)

@@ -14,6 +14,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+
+	"github.com/raftkit/raftkit/internal/peer"
 )
 
 // raftStream is the raft.StreamLayer view of a Mux.
@@ -38,12 +40,7 @@ func (s raftStream) Addr() net.Addr { return strAddr(s.mux.advertise) }
 func (s raftStream) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	if g := s.mux.loadGate(); g != nil {
-		if d, ok := g.Cluster(); ok {
-			return s.mux.DialTagged(ctx, string(addr), TagRaftCluster, d[:]...)
-		}
-	}
-	return s.mux.DialTagged(ctx, string(addr), TagRaft)
+	return s.mux.Dial(ctx, string(addr), peer.PurposeRaft)
 }
 
 // localIP returns host as a source address to dial from, if it is an IP
@@ -103,6 +100,9 @@ type Options struct {
 	// MaxCommand is the node's largest command, which sizes the bytes of
 	// request messages it reads at a time.
 	MaxCommand int
+	// Profile is what the node says of itself in its hellos (see
+	// internal/peer's protocol.go).
+	Profile peer.Profile
 }
 
 // Open binds the node's port and builds raft's NetworkTransport on it.
@@ -144,7 +144,7 @@ func Open(o Options) (*Mux, *raft.NetworkTransport, error) {
 			return conn, err
 		}
 	}
-	mux := newMux(ln, advertise, dial, o.TLS, o.Logger.Named("mux"), o.Members, !memory, requestBudget(o.MaxCommand))
+	mux := newMux(ln, advertise, dial, o.TLS, o.Logger.Named("mux"), o.Members, !memory, requestBudget(o.MaxCommand), o.Profile)
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  raftStream{mux: mux},
 		MaxPool: raftMaxPool,

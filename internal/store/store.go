@@ -14,7 +14,7 @@
 //	raft.db                 Bolt: log and stable store (raft-boltdb v2's format)
 //	wal/, wal.lock          WAL: segments and wal-meta.db (raft-wal), raftkit's lock
 //	snapshots/              raft's file snapshot store
-//	peers.json[.applied]    a recovery configuration (package raftkit's recover.go)
+//	peers.json[.applied]    a recovery configuration (package raftkit's offline.go)
 package store
 
 import (

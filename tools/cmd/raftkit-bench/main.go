@@ -2,7 +2,7 @@
 // wired by hand, side by side in one run: three nodes in this process on
 // loopback TCP, with their files in a temporary directory.
 //
-//	go run ./cmd/raftkit-bench [flags]
+//	cd tools && go run ./cmd/raftkit-bench [flags]
 //
 // For each scenario it prints the plain cluster's figure, raftkit's with
 // the same raft configuration (raft.DefaultConfig timeouts and batching),

@@ -6,9 +6,9 @@
 // resident memory, the attacked node's peak goroutines, and how many new
 // connections that a member opened during the attack were answered.
 //
-//	go run ./cmd/raftkit-hostile            # full sizes, about 3 minutes
-//	go run ./cmd/raftkit-hostile -scale 0.1 -during 2s -before 1s -after 1s
-//	go run ./cmd/raftkit-hostile -stress 5m -stress-timing auto,lan -failovers 10
+//	cd tools && go run ./cmd/raftkit-hostile            # full sizes, about 3 minutes
+//	cd tools && go run ./cmd/raftkit-hostile -scale 0.1 -during 2s -before 1s -after 1s
+//	cd tools && go run ./cmd/raftkit-hostile -stress 5m -stress-timing auto,lan -failovers 10
 //
 // The attacks are those of issue 13: RequestVote/pre-vote/heartbeat with
 // term 2^64-1 to every node; 32 connections announcing 64 MiB requests and

@@ -12,7 +12,7 @@ import (
 // leader is there afterwards, resident memory grows at most 64 MiB, every
 // connection a member opened during the attack was answered, and writes
 // went on during it. The full run, with the throughput targets, is
-// go run ./cmd/raftkit-hostile -check.
+// cd tools && go run ./cmd/raftkit-hostile -check.
 func TestHostileShort(t *testing.T) {
 	o := options{
 		before: 500 * time.Millisecond, during: 2 * time.Second, after: 500 * time.Millisecond,

@@ -1,0 +1,280 @@
+package port
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/raftkit/raftkit/internal/peer"
+)
+
+// The node protocol on the port (see internal/peer's protocol.go): a
+// connection of this version opens with TagHello and a hello each way; a
+// node of protocol 1 closes such a connection unanswered, and is then
+// spoken to with the bare tags it knows. The mux remembers what each peer
+// speaks, so that a node learns it from the connections it opens anyway.
+
+// TagHello opens a connection whose hello follows (protocol 2 on).
+const TagHello byte = 0x56 // 'V'
+
+// legacyTTL is how long a peer found to speak protocol 1 is dialled with
+// bare tags before a hello is tried again (it may have been upgraded).
+const legacyTTL = 10 * time.Second
+
+// IncompatibleError is a peer this node will not talk to, or that will not
+// talk to this node (see peer.Incompatible).
+type IncompatibleError struct {
+	Peer   string
+	Reason string
+	// Ours is true when this node refused: the peer lacks what it
+	// requires, or is too old.
+	Ours bool
+}
+
+func (e *IncompatibleError) Error() string {
+	return fmt.Sprintf("%s: incompatible protocol: %s", e.Peer, e.Reason)
+}
+
+// PeerState is what the mux knows of one peer's protocol.
+type PeerState struct {
+	// Addr is the peer's advertised address.
+	Addr    string
+	Profile peer.Profile
+	// Legacy is true when the peer answered no hello (protocol 1).
+	Legacy bool
+	// Refused says why the two do not talk ("" when they do); Ours says
+	// this node refused.
+	Refused string
+	Ours    bool
+	At      time.Time
+}
+
+// peerTable is what the mux learned of its peers, by advertised address.
+type peerTable struct {
+	mu     sync.Mutex
+	states map[string]PeerState
+}
+
+func (t *peerTable) put(s PeerState) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.states == nil {
+		t.states = map[string]PeerState{}
+	}
+	s.At = time.Now()
+	t.states[s.Addr] = s
+}
+
+func (t *peerTable) get(addr string) (PeerState, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s, ok := t.states[addr]
+	return s, ok
+}
+
+// Peer returns what the mux knows of the protocol of the peer at addr.
+func (m *Mux) Peer(addr string) (PeerState, bool) { return m.peers.get(addr) }
+
+// Peers returns what the mux knows of every peer, by address.
+func (m *Mux) Peers() []PeerState {
+	m.peers.mu.Lock()
+	defer m.peers.mu.Unlock()
+	out := make([]PeerState, 0, len(m.peers.states))
+	for _, s := range m.peers.states {
+		out = append(out, s)
+	}
+	slices.SortFunc(out, func(a, b PeerState) int {
+		if a.Addr < b.Addr {
+			return -1
+		}
+		if a.Addr > b.Addr {
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// Profile is what this node says of itself.
+func (m *Mux) Profile() peer.Profile { return m.profile }
+
+// hello is this node's side of a connection's hello.
+func (m *Mux) hello(purpose string) *peer.Hello {
+	return &peer.Hello{Protocol: m.profile.Protocol, Features: m.profile.Features, Requires: m.profile.Requires,
+		Version: m.profile.Version, From: m.advertise, Purpose: purpose}
+}
+
+// refuse records, and logs at ERROR once per peer and reason, that this
+// node and the peer at who do not talk.
+func (m *Mux) refuse(who, reason string, ours bool, p peer.Profile, legacy bool) {
+	m.peers.put(PeerState{Addr: who, Profile: p, Legacy: legacy, Refused: reason, Ours: ours})
+	key := who + "\x00" + reason
+	m.refusedMu.Lock()
+	first := !m.refusedLogged[key]
+	m.refusedLogged[key] = true
+	m.refusedMu.Unlock()
+	if !first {
+		return
+	}
+	todo := "upgrade the peer to a release that speaks what this node requires, or run this node's previous release"
+	if !ours {
+		todo = "upgrade this node to a release that speaks what the peer requires"
+	}
+	m.logger.Error("refusing a node of an incompatible protocol: it and this node cannot replicate together",
+		"peer", who, "reason", reason, "this_protocol", m.profile.Protocol, "peer_protocol", p.Protocol, "what_to_do", todo)
+}
+
+// Dial opens a connection to addr for purpose (peer.PurposeRaft,
+// PurposeRPC or PurposeAsk) within ctx: with a hello, or with the bare tag
+// of protocol 1 to a peer that speaks only that. It gives up when ctx ends
+// or the mux closes. A peer this node will not talk to, or that will not
+// talk to it, is an *IncompatibleError.
+func (m *Mux) Dial(ctx context.Context, addr, purpose string) (net.Conn, error) {
+	if m.profile.Protocol < 2 {
+		return m.dialLegacy(ctx, addr, purpose)
+	}
+	if s, ok := m.peers.get(addr); ok && s.Legacy && s.Refused == "" && time.Since(s.At) < legacyTTL {
+		return m.dialLegacy(ctx, addr, purpose)
+	}
+	conn, answer, err := m.dialHello(ctx, addr, purpose)
+	if errors.Is(err, errNoHello) {
+		// A node of protocol 1 closes a connection that opens with
+		// TagHello, unanswered.
+		p := peer.Protocol1()
+		if reason, ours := peer.Incompatible(m.profile, p); reason != "" {
+			m.refuse(addr, reason, ours, p, true)
+			return nil, &IncompatibleError{Peer: addr, Reason: reason, Ours: ours}
+		}
+		m.peers.put(PeerState{Addr: addr, Profile: p, Legacy: true})
+		if purpose == peer.PurposeAsk {
+			return nil, nil
+		}
+		return m.dialLegacy(ctx, addr, purpose)
+	}
+	if err != nil {
+		return nil, err
+	}
+	p := peer.Of(answer)
+	reason, ours := peer.Incompatible(m.profile, p)
+	if reason == "" && answer.Refused != "" {
+		reason = answer.Refused
+	}
+	if reason != "" {
+		conn.Close()
+		m.refuse(addr, reason, ours, p, false)
+		return nil, &IncompatibleError{Peer: addr, Reason: reason, Ours: ours}
+	}
+	m.peers.put(PeerState{Addr: addr, Profile: p})
+	if purpose == peer.PurposeAsk {
+		conn.Close()
+		return nil, nil
+	}
+	return conn, nil
+}
+
+// Ask learns what the peer at addr speaks, with a connection of its own,
+// unless the mux knows already.
+func (m *Mux) Ask(ctx context.Context, addr string) (PeerState, error) {
+	if s, ok := m.peers.get(addr); ok {
+		return s, nil
+	}
+	if _, err := m.Dial(ctx, addr, peer.PurposeAsk); err != nil {
+		var ie *IncompatibleError
+		if !errors.As(err, &ie) {
+			return PeerState{}, err
+		}
+	}
+	s, _ := m.peers.get(addr)
+	return s, nil
+}
+
+// refreshPeers asks, one at a time, the members at addrs that the mux
+// knows nothing of, or knows as protocol 1 for longer than legacyTTL (a
+// peer upgraded since then is heard as such, though raft may keep its old
+// connections to it for long).
+func (m *Mux) refreshPeers(addrs []string) {
+	if m.profile.Protocol < 2 {
+		return
+	}
+	for _, a := range addrs {
+		if a == m.advertise {
+			continue
+		}
+		if s, ok := m.peers.get(a); ok && (!s.Legacy || time.Since(s.At) < legacyTTL) {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(m.closing, time.Second)
+		_, _ = m.Dial(ctx, a, peer.PurposeAsk)
+		cancel()
+	}
+}
+
+// errNoHello is a peer that closed the connection without answering its
+// hello: a node of protocol 1.
+var errNoHello = errors.New("the peer closed the connection without answering the hello")
+
+// dialHello opens a connection, says this node's hello and reads the
+// peer's.
+func (m *Mux) dialHello(ctx context.Context, addr, purpose string) (net.Conn, *peer.Hello, error) {
+	h := m.hello(purpose)
+	if purpose == peer.PurposeRaft {
+		if g := m.loadGate(); g != nil {
+			if d, ok := g.Cluster(); ok {
+				h.Cluster = d[:]
+			}
+		}
+	}
+	conn, err := m.dialTagged(ctx, addr, TagHello)
+	if err != nil {
+		return nil, nil, err
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	}
+	if err := peer.WriteHello(conn, h); err != nil {
+		conn.Close()
+		if closedUnanswered(err) {
+			return nil, nil, errNoHello
+		}
+		return nil, nil, err
+	}
+	answer, err := peer.ReadHello(conn)
+	if err != nil {
+		conn.Close()
+		if closedUnanswered(err) {
+			return nil, nil, errNoHello
+		}
+		return nil, nil, fmt.Errorf("read the hello of %s: %w", addr, err)
+	}
+	_ = conn.SetDeadline(time.Time{})
+	return conn, answer, nil
+}
+
+// closedUnanswered reports whether err is the peer closing the connection.
+func closedUnanswered(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, io.ErrClosedPipe)
+}
+
+// dialLegacy opens a connection as a node of protocol 1 does: its bare
+// tag, and a raft connection's cluster digest once known.
+func (m *Mux) dialLegacy(ctx context.Context, addr, purpose string) (net.Conn, error) {
+	switch purpose {
+	case peer.PurposeRPC:
+		return m.dialTagged(ctx, addr, TagRPC)
+	case peer.PurposeRaft:
+		if g := m.loadGate(); g != nil {
+			if d, ok := g.Cluster(); ok {
+				return m.dialTagged(ctx, addr, TagRaftCluster, d[:]...)
+			}
+		}
+		return m.dialTagged(ctx, addr, TagRaft)
+	}
+	return nil, nil // PurposeAsk: a node of protocol 1 says nothing of itself
+}

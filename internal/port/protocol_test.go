@@ -1,0 +1,127 @@
+package port
+
+import (
+	"context"
+	"errors"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/raftkit/raftkit/internal/peer"
+)
+
+var current = peer.Profile{Protocol: peer.Protocol, Features: peer.Features, Version: "test"}
+
+// testMux serves a mux on a loopback port whose request handler closes
+// each connection it gets, and reports them.
+func testMux(t *testing.T, p peer.Profile) (*Mux, chan struct{}) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _, err := Open(Options{Listener: ln, Addr: ln.Addr().String(), Advertise: ln.Addr().String(), Logger: hclog.NewNullLogger(), MaxCommand: 1 << 20, Profile: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan struct{}, 16)
+	m.ServeRPC(func(c net.Conn, _ peer.Limits) { c.Close(); served <- struct{}{} })
+	t.Cleanup(func() { m.Close() })
+	return m, served
+}
+
+func ctx5s(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// Two nodes of this version learn each other's profile from the hello.
+func TestHelloTellsEachSideWhatTheOtherSpeaks(t *testing.T) {
+	a, _ := testMux(t, current)
+	b, served := testMux(t, current)
+	conn, err := a.Dial(ctx5s(t), b.Advertise(), peer.PurposeRPC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	<-served
+	if s, ok := a.Peer(b.Advertise()); !ok || s.Legacy || s.Profile.Protocol != peer.Protocol || !s.Profile.Speaks(peer.FeatureChunks) {
+		t.Fatalf("the dialer learned %+v, %v", s, ok)
+	}
+	if s, ok := b.Peer(a.Advertise()); !ok || s.Profile.Protocol != peer.Protocol {
+		t.Fatalf("the answering node learned %+v, %v", s, ok)
+	}
+}
+
+// A node of protocol 1 closes a hello unanswered; a node of this version
+// then speaks to it with the bare tag, and marks it as protocol 1. A node
+// of protocol 1 dialling this version is served as before.
+func TestProtocol1PeersAreSpokenToAsTheyExpect(t *testing.T) {
+	newer, _ := testMux(t, current)
+	old, oldServed := testMux(t, peer.Protocol1())
+	conn, err := newer.Dial(ctx5s(t), old.Advertise(), peer.PurposeRPC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	<-oldServed
+	if s, ok := newer.Peer(old.Advertise()); !ok || !s.Legacy || s.Profile.Protocol != 1 || !s.Profile.Speaks(peer.FeatureChunks) {
+		t.Fatalf("the node of protocol 1 is known as %+v, %v", s, ok)
+	}
+	// Next time, the bare tag at once.
+	conn, err = newer.Dial(ctx5s(t), old.Advertise(), peer.PurposeRPC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	<-oldServed
+}
+
+// A node of protocol 1 dials a node of this version with its bare tag.
+func TestNodeOfProtocol1IsServed(t *testing.T) {
+	newer, served := testMux(t, current)
+	old, _ := testMux(t, peer.Protocol1())
+	conn, err := old.Dial(ctx5s(t), newer.Advertise(), peer.PurposeRPC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	select {
+	case <-served:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the newer node did not serve the bare-tag connection")
+	}
+}
+
+// A node that requires a feature its peer lacks refuses it, both ways:
+// the error says which side lacks what, and neither serves the other.
+func TestRequiredFeatureIsRefusedBothWays(t *testing.T) {
+	demanding := current
+	demanding.Requires = []string{"test-required"}
+	demanding.Features = append(append([]string(nil), current.Features...), "test-required")
+	d, dServed := testMux(t, demanding)
+	plain, plainServed := testMux(t, current)
+
+	_, err := d.Dial(ctx5s(t), plain.Advertise(), peer.PurposeRPC)
+	var ie *IncompatibleError
+	if !errors.As(err, &ie) || !ie.Ours {
+		t.Fatalf("the demanding node dialling: %v, want its own refusal", err)
+	}
+	_, err = plain.Dial(ctx5s(t), d.Advertise(), peer.PurposeRPC)
+	if !errors.As(err, &ie) || ie.Ours {
+		t.Fatalf("the plain node dialling: %v, want the demanding node's refusal", err)
+	}
+	if s, _ := plain.Peer(d.Advertise()); s.Refused == "" || s.Ours {
+		t.Fatalf("the plain node's view of the demanding one: %+v", s)
+	}
+	select {
+	case <-dServed:
+		t.Fatal("the demanding node served a refused connection")
+	case <-plainServed:
+		t.Fatal("the plain node served a refused connection")
+	case <-time.After(100 * time.Millisecond):
+	}
+}
