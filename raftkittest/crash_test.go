@@ -325,36 +325,7 @@ func (pc *procCluster) dump(p *proc) (map[string]string, error) {
 func TestCrashRecoveryWithRealProcesses(t *testing.T) {
 	pc := newProcCluster(t, 3)
 	pc.leader()
-	rec := newRecorder()
-	acks := &ackSet{}
-	const clients = 6
-	ctx, stop := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	for id := 0; id < clients; id++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			rng := rand.New(rand.NewPCG(uint64(id), 7))
-			for seq := 0; ctx.Err() == nil; seq++ {
-				p := pc.procs[rng.IntN(len(pc.procs))]
-				if !p.running() {
-					pause(ctx, 5*time.Millisecond)
-					continue
-				}
-				key := fmt.Sprintf("k%d", rng.IntN(4))
-				switch r := rng.IntN(10); {
-				case r < 4:
-					pc.put(p, rec, acks, id, key, fmt.Sprintf("c%d-%d", id, seq), false)
-				case r < 7:
-					pc.put(p, rec, acks, id, fmt.Sprintf("ack-c%d-%d", id, seq), "x", true)
-				default:
-					_ = pc.get(p, rec, id, key)
-				}
-				pause(ctx, time.Duration(rng.IntN(3))*time.Millisecond)
-			}
-		}()
-	}
-
+	w := pc.writeContinuously(6, 7, func(id, seq int, rng *rand.Rand) *proc { return pc.procs[rng.IntN(len(pc.procs))] })
 	// Kill the leader, then a follower, in turn, while the clients write;
 	// restart each from its directory before the next kill.
 	rng := rand.New(rand.NewPCG(42, 42))
@@ -378,22 +349,76 @@ func TestCrashRecoveryWithRealProcesses(t *testing.T) {
 		pause(context.Background(), time.Duration(100+rng.IntN(500))*time.Millisecond)
 		victim.start(t)
 	}
-	stop()
-	wg.Wait()
+	w.stop()
 	t.Logf("killed with SIGKILL: %v", killed)
+	w.check(t, "restarts", nil)
+}
 
-	// Every acknowledged write is on every node once they caught up.
+// workload is clients writing and reading through a process cluster
+// while a test kills and restarts its nodes, and what they saw.
+type workload struct {
+	pc      *procCluster
+	rec     *recorder
+	acks    *ackSet
+	clients int
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+}
+
+// writeContinuously starts clients that each, until stop, send a mix of
+// overwrites of four keys, unique acknowledged writes and reads to the
+// node pick chooses, skipping nodes that are down.
+func (pc *procCluster) writeContinuously(clients int, seed uint64, pick func(id, seq int, rng *rand.Rand) *proc) *workload {
+	w := &workload{pc: pc, rec: newRecorder(), acks: &ackSet{}, clients: clients}
+	ctx, cancel := context.WithCancel(context.Background())
+	w.cancel = cancel
+	for id := 0; id < clients; id++ {
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(id), seed))
+			for seq := 0; ctx.Err() == nil; seq++ {
+				p := pick(id, seq, rng)
+				if !p.running() {
+					pause(ctx, 5*time.Millisecond)
+					continue
+				}
+				key := fmt.Sprintf("k%d", rng.IntN(4))
+				switch r := rng.IntN(10); {
+				case r < 4:
+					pc.put(p, w.rec, w.acks, id, key, fmt.Sprintf("c%d-%d", id, seq), false)
+				case r < 7:
+					pc.put(p, w.rec, w.acks, id, fmt.Sprintf("ack-c%d-%d", id, seq), "x", true)
+				default:
+					_ = pc.get(p, w.rec, id, key)
+				}
+				pause(ctx, time.Duration(rng.IntN(3))*time.Millisecond)
+			}
+		}()
+	}
+	return w
+}
+
+// stop ends the clients and waits for them.
+func (w *workload) stop() {
+	w.cancel()
+	w.wg.Wait()
+}
+
+// check reads every key through the leader, then fails the test if a node
+// lacks an acknowledged write or the history is not linearizable; each is
+// called with every node's store once it answered. after names what the
+// nodes went through, for the messages.
+func (w *workload) check(t *testing.T, after string, each func(p *proc, all map[string]string)) {
+	t.Helper()
+	pc := w.pc
 	leader := pc.leader()
 	for k := 0; k < 4; k++ {
 		key := fmt.Sprintf("k%d", k)
-		var err error
-		waitUntil(t, 20*time.Second, "a final read of "+key, func() bool {
-			err = pc.get(leader, rec, clients, key)
-			return err == nil
-		})
+		waitUntil(t, 20*time.Second, "a final read of "+key, func() bool { return pc.get(leader, w.rec, w.clients, key) == nil })
 	}
 	var lost []string
-	acked := acks.list()
+	acked := w.acks.list()
 	for _, p := range pc.procs {
 		var all map[string]string
 		waitUntil(t, 30*time.Second, p.id+" to dump its store after a read barrier", func() bool {
@@ -406,18 +431,20 @@ func TestCrashRecoveryWithRealProcesses(t *testing.T) {
 				lost = append(lost, p.id+":"+k)
 			}
 		}
+		if each != nil {
+			each(p, all)
+		}
 	}
-	known, unknown := rec.counts()
+	known, unknown := w.rec.counts()
 	t.Logf("%d acknowledged unique writes, %d operations with known outcome, %d unknown writes", len(acked), known, unknown)
 	if len(acked) < 20 {
 		t.Fatalf("only %d unique writes were acknowledged: the cluster made too little progress to prove anything", len(acked))
 	}
 	if len(lost) > 0 {
-		t.Fatalf("lost_acks=%d: acknowledged writes missing after restarts: %v", len(lost), lost)
+		t.Fatalf("lost_acks=%d: acknowledged writes missing after %s: %v", len(lost), after, lost)
 	}
-	result, info := porcupine.CheckOperationsVerbose(kvModel, rec.history(), checkTimeout)
+	result, info := porcupine.CheckOperationsVerbose(kvModel, w.rec.history(), checkTimeout)
 	if result != porcupine.Ok {
-		path := saveVisualization(t, 0, info)
-		t.Fatalf("crash-test history is %s; porcupine's view: %s", result, path)
+		t.Fatalf("the history across %s is %s; porcupine's view: %s", after, result, saveVisualization(t, 0, info))
 	}
 }
