@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"hash"
-	"hash/crc64"
 	"io"
 	"strings"
 	"time"
@@ -16,6 +15,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/raftkit/raftkit/internal/chunk"
+	"github.com/raftkit/raftkit/internal/store"
 )
 
 // A backup is one FSM snapshot in a self-describing stream:
@@ -31,8 +31,6 @@ const backupMagic = "raftkit-backup 1\n"
 
 // maxBackupHeader bounds the JSON header line.
 const maxBackupHeader = 64 << 10
-
-var crcTable = crc64.MakeTable(crc64.ECMA)
 
 // BackupInfo describes a backup: the snapshot it holds and where it was
 // taken.
@@ -85,8 +83,8 @@ func (n *RaftNode) Backup(ctx context.Context, w io.Writer) error {
 	if _, err := bw.Write(append(header, '\n')); err != nil {
 		return fmt.Errorf("raftkit: backup: write: %w", err)
 	}
-	crc := crc64.New(crcTable)
-	copied, err := io.Copy(io.MultiWriter(bw, crc), &ctxReader{ctx: ctx, r: rc})
+	crc := store.NewCRC()
+	copied, err := io.Copy(io.MultiWriter(bw, crc), store.ContextReader(ctx, rc))
 	if err != nil {
 		return fmt.Errorf("raftkit: backup: copying snapshot at index %d (%d of %d bytes): %w", meta.Index, copied, meta.Size, err)
 	}
@@ -197,7 +195,7 @@ func (n *RaftNode) Restore(ctx context.Context, r io.Reader) error {
 		return annotate("restore (nothing restored)", err)
 	}
 	meta := &raft.SnapshotMeta{Version: info.Version, Index: info.Index, Term: info.Term, Size: info.Size}
-	body := &backupBody{r: &ctxReader{ctx: ctx, r: br}, left: info.Size, crc: crc64.New(crcTable)}
+	body := &backupBody{r: store.ContextReader(ctx, br), left: info.Size, crc: store.NewCRC()}
 	var timeout time.Duration
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = time.Until(dl)
@@ -232,7 +230,7 @@ func ReadBackupInfo(r io.Reader) (BackupInfo, error) {
 	if err != nil {
 		return BackupInfo{}, err
 	}
-	body := &backupBody{r: br, left: info.Size, crc: crc64.New(crcTable)}
+	body := &backupBody{r: br, left: info.Size, crc: store.NewCRC()}
 	if _, err := io.Copy(io.Discard, body); err != nil {
 		return BackupInfo{}, err
 	}
@@ -301,19 +299,6 @@ func (b *backupBody) Read(p []byte) (int, error) {
 		return n, err
 	}
 	return n, nil
-}
-
-// ctxReader stops reading once ctx ends.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c *ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 // Snapshot asks raft to snapshot the FSM now and compact the log, and waits

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"hash/crc64"
 	"io"
 	"os"
@@ -117,8 +118,8 @@ func checkSnapshotData(ctx context.Context, path string, m *snapshotMetaFile) er
 		return err
 	}
 	defer f.Close()
-	h := crc64.New(crcTable)
-	n, err := io.Copy(h, &ctxReader{ctx: ctx, r: f})
+	h := NewCRC()
+	n, err := io.Copy(h, ContextReader(ctx, f))
 	if err != nil {
 		return err
 	}
@@ -149,7 +150,13 @@ func maxSnapshotTerm(dir string) uint64 {
 
 var crcTable = crc64.MakeTable(crc64.ECMA)
 
-// ctxReader stops reading once ctx ends.
+// NewCRC returns the checksum raft's file snapshots record in meta.json
+// (CRC-64, ECMA); backups carry the same.
+func NewCRC() hash.Hash64 { return crc64.New(crcTable) }
+
+// ContextReader reads from r until ctx ends, then returns ctx's error.
+func ContextReader(ctx context.Context, r io.Reader) io.Reader { return &ctxReader{ctx: ctx, r: r} }
+
 type ctxReader struct {
 	ctx context.Context
 	r   io.Reader
