@@ -95,9 +95,14 @@ type Mux struct {
 	raftHosts map[string]int // members' raft connections, by host
 
 	// profile is what this node says of itself in its hellos; peers is
-	// what it learned of its peers' (see protocol.go).
+	// what it learned of its peers' (see protocol.go), kept for the
+	// addresses of memberAddrs: the static ones and those of raft's latest
+	// configuration. refusedLogged holds the refusals logged (bounded by
+	// maxRefusalsLogged).
 	profile       peer.Profile
 	peers         peerTable
+	staticAddrs   []string
+	memberAddrs   atomic.Pointer[map[string]bool]
 	refusedMu     sync.Mutex
 	refusedLogged map[string]bool
 
@@ -140,7 +145,9 @@ func newMux(ln net.Listener, advertise string, dial Dialer, ts *TLS, logger hclo
 	for _, a := range members {
 		m.staticMembers = append(m.staticMembers, hostOf(a))
 	}
+	m.staticAddrs = members
 	m.setMembers(nil)
+	m.setMemberAddrs(nil)
 	m.wg.Add(1)
 	go m.acceptLoop()
 	return m
@@ -259,21 +266,30 @@ func (m *Mux) handshake(tc *trackedConn, member bool) (opening, error) {
 // answer says this node's hello on a connection that opened with one, or
 // refuses the dialer (and closes the connection); it reports the purpose
 // the connection is for, or "" when it is done with.
-func (m *Mux) answer(o opening, remote string) string {
+//
+// What the hello says of the dialer is kept under the address it claims
+// (From) only when that is a member's address and the connection is not a
+// stranger's (see Admission): a stranger cannot speak for a member, nor
+// fill the table.
+func (m *Mux) answer(o opening, host string, stranger bool) string {
 	h := o.hello
-	who := h.From
-	if who == "" {
-		who = remote
+	trusted := !stranger && m.isMemberAddr(h.From)
+	who := host
+	if trusted {
+		who = h.From
 	}
 	p := peer.Of(h)
 	reply := m.hello("")
 	if reason, ours := peer.Incompatible(m.profile, p); reason != "" {
+		m.refuse(who, reason, ours, p, false, trusted)
 		reply.Refused = reason
 		_ = o.conn.SetWriteDeadline(time.Now().Add(HandshakeTimeout))
 		_ = peer.WriteHello(o.conn, reply)
 		o.conn.Close()
-		m.refuse(who, reason, ours, p, false)
 		return ""
+	}
+	if trusted { // before the answer: the dialer then finds it known
+		m.peers.put(PeerState{Addr: h.From, Profile: p})
 	}
 	_ = o.conn.SetWriteDeadline(time.Now().Add(HandshakeTimeout))
 	if err := peer.WriteHello(o.conn, reply); err != nil {
@@ -281,9 +297,6 @@ func (m *Mux) answer(o opening, remote string) string {
 		return ""
 	}
 	_ = o.conn.SetWriteDeadline(time.Time{})
-	if h.From != "" {
-		m.peers.put(PeerState{Addr: h.From, Profile: p})
-	}
 	if h.Purpose == peer.PurposeAsk {
 		o.conn.Close()
 		return ""
@@ -314,13 +327,13 @@ func (m *Mux) route(tc *trackedConn, host string, member bool) {
 	purpose := ""
 	switch {
 	case o.hello != nil:
-		if purpose = m.answer(o, tc.RemoteAddr().String()); purpose == "" {
+		if purpose = m.answer(o, host, stranger); purpose == "" {
 			return
 		}
 	case tag == TagRaft || tag == TagRaftCluster || tag == TagRPC:
 		// A node of protocol 1: no hello, the bare tag.
 		if reason, ours := peer.Incompatible(m.profile, peer.Protocol1()); reason != "" {
-			m.refuse(host, reason, ours, peer.Protocol1(), true)
+			m.refuse(host, reason, ours, peer.Protocol1(), true, false)
 			conn.Close()
 			return
 		}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -71,6 +72,17 @@ func (t *peerTable) put(s PeerState) {
 	t.states[s.Addr] = s
 }
 
+// keepOnly forgets the peers whose addresses are not in keep.
+func (t *peerTable) keepOnly(keep map[string]bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for a := range t.states {
+		if !keep[a] {
+			delete(t.states, a)
+		}
+	}
+}
+
 func (t *peerTable) get(addr string) (PeerState, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -89,17 +101,22 @@ func (m *Mux) Peers() []PeerState {
 	for _, s := range m.peers.states {
 		out = append(out, s)
 	}
-	slices.SortFunc(out, func(a, b PeerState) int {
-		if a.Addr < b.Addr {
-			return -1
-		}
-		if a.Addr > b.Addr {
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b PeerState) int { return strings.Compare(a.Addr, b.Addr) })
 	return out
 }
+
+// setMemberAddrs makes addrs, and the static addresses, the members'
+// addresses, and forgets what the mux knew of any other peer.
+func (m *Mux) setMemberAddrs(addrs []string) {
+	set := map[string]bool{}
+	for _, a := range append(slices.Clone(m.staticAddrs), addrs...) {
+		set[a] = true
+	}
+	m.memberAddrs.Store(&set)
+	m.peers.keepOnly(set)
+}
+
+func (m *Mux) isMemberAddr(addr string) bool { return (*m.memberAddrs.Load())[addr] }
 
 // Profile is what this node says of itself.
 func (m *Mux) Profile() peer.Profile { return m.profile }
@@ -110,13 +127,26 @@ func (m *Mux) hello(purpose string) *peer.Hello {
 		Version: m.profile.Version, From: m.advertise, Purpose: purpose}
 }
 
-// refuse records, and logs at ERROR once per peer and reason, that this
-// node and the peer at who do not talk.
-func (m *Mux) refuse(who, reason string, ours bool, p peer.Profile, legacy bool) {
-	m.peers.put(PeerState{Addr: who, Profile: p, Legacy: legacy, Refused: reason, Ours: ours})
-	key := who + "\x00" + reason
+// maxRefusalsLogged bounds the refusals remembered as logged; past it,
+// the memory starts again (and a refusal may be logged again).
+const maxRefusalsLogged = 1024
+
+// refuse logs at ERROR that this node and the peer at who do not talk,
+// once per peer and reason, and records it in the peer table if record
+// (who is a member's address). A peer not recorded is named by its host,
+// and logged once whatever its reasons: a stranger's hellos say what it
+// likes.
+func (m *Mux) refuse(who, reason string, ours bool, p peer.Profile, legacy, record bool) {
+	key := who
+	if record {
+		m.peers.put(PeerState{Addr: who, Profile: p, Legacy: legacy, Refused: reason, Ours: ours})
+		key += "\x00" + reason
+	}
 	m.refusedMu.Lock()
 	first := !m.refusedLogged[key]
+	if len(m.refusedLogged) >= maxRefusalsLogged {
+		clear(m.refusedLogged)
+	}
 	m.refusedLogged[key] = true
 	m.refusedMu.Unlock()
 	if !first {
@@ -148,7 +178,7 @@ func (m *Mux) Dial(ctx context.Context, addr, purpose string) (net.Conn, error) 
 		// TagHello, unanswered.
 		p := peer.Protocol1()
 		if reason, ours := peer.Incompatible(m.profile, p); reason != "" {
-			m.refuse(addr, reason, ours, p, true)
+			m.refuse(addr, reason, ours, p, true, true)
 			return nil, &IncompatibleError{Peer: addr, Reason: reason, Ours: ours}
 		}
 		m.peers.put(PeerState{Addr: addr, Profile: p, Legacy: true})
@@ -167,7 +197,7 @@ func (m *Mux) Dial(ctx context.Context, addr, purpose string) (net.Conn, error) 
 	}
 	if reason != "" {
 		conn.Close()
-		m.refuse(addr, reason, ours, p, false)
+		m.refuse(addr, reason, ours, p, false, true)
 		return nil, &IncompatibleError{Peer: addr, Reason: reason, Ours: ours}
 	}
 	m.peers.put(PeerState{Addr: addr, Profile: p})
@@ -199,6 +229,7 @@ func (m *Mux) Ask(ctx context.Context, addr string) (PeerState, error) {
 // peer upgraded since then is heard as such, though raft may keep its old
 // connections to it for long).
 func (m *Mux) refreshPeers(addrs []string) {
+	m.setMemberAddrs(addrs)
 	if m.profile.Protocol < 2 {
 		return
 	}

@@ -3,6 +3,7 @@ package port
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"testing"
 	"time"
@@ -15,14 +16,15 @@ import (
 var current = peer.Profile{Protocol: peer.Protocol, Features: peer.Features, Version: "test"}
 
 // testMux serves a mux on a loopback port whose request handler closes
-// each connection it gets, and reports them.
-func testMux(t *testing.T, p peer.Profile) (*Mux, chan struct{}) {
+// each connection it gets, and reports them. members are the addresses of
+// its cluster's other nodes.
+func testMux(t *testing.T, p peer.Profile, members ...string) (*Mux, chan struct{}) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, _, err := Open(Options{Listener: ln, Addr: ln.Addr().String(), Advertise: ln.Addr().String(), Logger: hclog.NewNullLogger(), MaxCommand: 1 << 20, Profile: p})
+	m, _, err := Open(Options{Listener: ln, Addr: ln.Addr().String(), Advertise: ln.Addr().String(), Logger: hclog.NewNullLogger(), MaxCommand: 1 << 20, Profile: p, Members: members})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +43,7 @@ func ctx5s(t *testing.T) context.Context {
 // Two nodes of this version learn each other's profile from the hello.
 func TestHelloTellsEachSideWhatTheOtherSpeaks(t *testing.T) {
 	a, _ := testMux(t, current)
-	b, served := testMux(t, current)
+	b, served := testMux(t, current, a.Advertise())
 	conn, err := a.Dial(ctx5s(t), b.Advertise(), peer.PurposeRPC)
 	if err != nil {
 		t.Fatal(err)
@@ -123,5 +125,81 @@ func TestRequiredFeatureIsRefusedBothWays(t *testing.T) {
 	case <-plainServed:
 		t.Fatal("the plain node served a refused connection")
 	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+// helloFrom opens a connection to addr from the loopback address src, says
+// h, and reads the answer (nil if the node closed the connection).
+func helloFrom(t *testing.T, src, addr string, h *peer.Hello) *peer.Hello {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 2 * time.Second}
+	conn, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := conn.Write([]byte{TagHello}); err != nil {
+		t.Fatal(err)
+	}
+	if err := peer.WriteHello(conn, h); err != nil {
+		t.Fatal(err)
+	}
+	answer, err := peer.ReadHello(conn)
+	if err != nil {
+		return nil
+	}
+	return answer
+}
+
+// A hello speaks for the address it claims only from a member's host, and
+// only for a member's address: another host cannot make a node refuse its
+// members (which would fail every call with ErrIncompatible), nor grow
+// what the node keeps of its peers.
+func TestHellosCannotSpeakForMembersOrFillThePeerTable(t *testing.T) {
+	member, _ := testMux(t, current)
+	m, _ := testMux(t, current, member.Advertise())
+
+	// From another host, claiming the member's address, too old to talk.
+	if a := helloFrom(t, "127.0.0.2", m.Advertise(), &peer.Hello{Protocol: 0, From: member.Advertise(), Purpose: peer.PurposeAsk}); a == nil || a.Refused == "" {
+		t.Fatalf("an incompatible hello was answered %+v, want a refusal", a)
+	}
+	if s, ok := m.Peer(member.Advertise()); ok {
+		t.Fatalf("another host's hello is recorded as the member's: %+v", s)
+	}
+	// From any host, claiming addresses that are no member's.
+	for i := 0; i < 50; i++ {
+		for _, src := range []string{"127.0.0.1", "127.0.0.2"} {
+			helloFrom(t, src, m.Advertise(), &peer.Hello{Protocol: peer.Protocol, Features: peer.Features, Version: fmt.Sprint(i), From: fmt.Sprintf("127.0.0.1:%d", 1000+i), Purpose: peer.PurposeAsk})
+		}
+	}
+	if ps := m.Peers(); len(ps) != 0 {
+		t.Fatalf("hellos claiming no member's address fill the peer table: %d entries", len(ps))
+	}
+	// The member itself is recorded, from its host.
+	conn, err := member.Dial(ctx5s(t), m.Advertise(), peer.PurposeAsk)
+	if err != nil || conn != nil {
+		t.Fatalf("ask: %v, %v", conn, err)
+	}
+	if s, ok := m.Peer(member.Advertise()); !ok || s.Refused != "" || s.Profile.Protocol != peer.Protocol {
+		t.Fatalf("the member is recorded as %+v, %v", s, ok)
+	}
+}
+
+// What the mux remembers of logged refusals stays bounded, whatever
+// strangers send.
+func TestRefusalsLoggedStayBounded(t *testing.T) {
+	m, _ := testMux(t, current)
+	for i := 0; i < 3*maxRefusalsLogged; i++ {
+		m.refuse(fmt.Sprintf("10.0.%d.%d", i/256, i%256), "too old", true, peer.Profile{}, false, false)
+	}
+	m.refusedMu.Lock()
+	n := len(m.refusedLogged)
+	m.refusedMu.Unlock()
+	if n > maxRefusalsLogged {
+		t.Fatalf("%d refusals remembered, want at most %d", n, maxRefusalsLogged)
+	}
+	if len(m.Peers()) != 0 {
+		t.Fatalf("refusals of peers not recorded fill the peer table: %v", m.Peers())
 	}
 }
