@@ -478,13 +478,8 @@ func (n *RaftNode) caughtUp() bool {
 // ErrInvalidConfig (see Status.MembershipError), or one matching
 // ErrNotReady. It does not block.
 func (n *RaftNode) Ready() error {
-	if err := n.checkOpen(); err != nil {
-		return err
-	}
-	if err := n.memberErr(); err != nil {
-		return err
-	}
-	return readiness(n.Status())
+	_, err := n.status()
+	return err
 }
 
 // readiness is Ready's verdict on a member's status.
@@ -553,12 +548,7 @@ func (n *RaftNode) awaitCatchUp() {
 				if string(addr) == n.addr {
 					idx, err = n.leaderReadIndex(ctx)
 				} else {
-					var resp peer.ReadIndexResponse
-					err = n.rpc.Call(ctx, string(addr), peer.MethodReadIndex, &peer.ReadIndexRequest{Timeout: int64(agreementProbeTimeout)}, &resp)
-					if err == nil && resp.Err != nil {
-						err = n.fromWire(string(addr), resp.Err)
-					}
-					idx = resp.Index
+					idx, err = n.readIndexFrom(ctx, "catch-up index", string(addr))
 				}
 				cancel()
 				if err == nil && idx > 0 {

@@ -577,6 +577,12 @@ type PeerProtocol struct {
 
 // Status returns the node's current raft state. It does not block.
 func (n *RaftNode) Status() Status {
+	st, _ := n.status()
+	return st
+}
+
+// status is Status, and Ready's verdict.
+func (n *RaftNode) status() (Status, error) {
 	addr, id := n.raft.LeaderWithID()
 	st := Status{
 		ID:           n.id,
@@ -592,8 +598,9 @@ func (n *RaftNode) Status() Status {
 	}
 	st.Joining = n.joining.Load() && st.CatchingUp
 	st.RaftAppliedIndex, st.AppliedIndex = n.appliedIndexes()
-	if err := n.memberErr(); err != nil {
-		st.MembershipError = err.Error()
+	memberErr := n.memberErr()
+	if memberErr != nil {
+		st.MembershipError = memberErr.Error()
 	}
 	if n.raft.State() != raft.Leader {
 		st.LastContact = n.raft.LastContact()
@@ -603,13 +610,20 @@ func (n *RaftNode) Status() Status {
 			st.Servers = append(st.Servers, ServerInfo{ID: string(s.ID), Addr: string(s.Address), Voter: s.Suffrage == raft.Voter, Suffrage: s.Suffrage.String()})
 		}
 	}
-	st.Ready = st.MembershipError == "" && n.checkOpen() == nil && readiness(st) == nil
+	ready := n.checkOpen()
+	if ready == nil {
+		ready = memberErr
+	}
+	if ready == nil {
+		ready = readiness(st)
+	}
+	st.Ready = ready == nil
 	own := n.mux.Profile()
 	st.Version, st.Protocol = own.Version, own.Protocol
 	for _, p := range n.mux.Peers() {
 		st.Peers = append(st.Peers, PeerProtocol{Addr: p.Addr, Protocol: p.Profile.Protocol, Version: p.Profile.Version, Features: p.Profile.Features, Refused: p.Refused})
 	}
-	return st
+	return st, ready
 }
 
 // Close stops the node: it tells the other members that it is closing

@@ -78,10 +78,22 @@ func (n *RaftNode) readOnce(ctx context.Context) error {
 // remoteReadIndex asks the leader for a read index (the follower side of
 // LinearizableRead).
 func (n *RaftNode) remoteReadIndex(ctx context.Context) (uint64, error) {
+	leader, err := n.leaderAddr(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if leader == n.addr {
+		return 0, n.notLeader()
+	}
+	return n.readIndexFrom(ctx, "linearizable read", leader)
+}
+
+// readIndexFrom asks the leader at addr for a read index, for what.
+func (n *RaftNode) readIndexFrom(ctx context.Context, what, addr string) (uint64, error) {
 	var resp peer.ReadIndexResponse
-	leader, err := n.forward(ctx, "linearizable read", peer.MethodReadIndex, &peer.ReadIndexRequest{Timeout: int64(n.timeLeft(ctx))}, &resp)
+	err := n.forwardTo(ctx, what, addr, peer.MethodReadIndex, &peer.ReadIndexRequest{Timeout: int64(n.timeLeft(ctx))}, &resp)
 	if err == nil {
-		err = n.fromWire(leader, resp.Err)
+		err = n.fromWire(addr, resp.Err)
 	}
 	return resp.Index, err
 }
