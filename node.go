@@ -557,9 +557,10 @@ type Status struct {
 	// (ProtocolVersion).
 	Version  string `json:"version"`
 	Protocol int    `json:"protocol"`
-	// Peers says what each peer this node has talked to speaks, by
-	// address: during a rolling upgrade, watch them all reach the new
-	// protocol.
+	// Peers says what each member of the cluster (by the Config's
+	// addresses and raft's latest configuration) that this node has talked
+	// to speaks, by address: during a rolling upgrade, watch them all
+	// reach the new protocol.
 	Peers []PeerProtocol `json:"peers,omitempty"`
 }
 

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/raftkit/raftkit"
+	"github.com/raftkit/raftkit/admin"
 )
 
 // TestNoServerErrorDuringFaults writes and reads through every node of a
@@ -85,7 +86,7 @@ func TestNoServerErrorDuringFaults(t *testing.T) {
 		mu.Lock()
 		defer mu.Unlock()
 		counts[fmt.Sprintf("%s %d", op, code)]++
-		var eb errorBody
+		var eb admin.Error
 		switch {
 		case code == 0:
 			// The process is stopped or dead: no answer at all.
@@ -118,7 +119,7 @@ func TestNoServerErrorDuringFaults(t *testing.T) {
 				code, body = doWith(client, "GET", p.http, key, "")
 				if code == 404 {
 					// Only a write whose outcome was unknown or refused may be missing.
-					var eb errorBody
+					var eb admin.Error
 					if json.Unmarshal([]byte(body), &eb) != nil || eb.Code != "key_not_found" {
 						record("GET", code, body)
 					}
@@ -206,7 +207,7 @@ func TestErrorAnswersCarryStableCodes(t *testing.T) {
 	} {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest(tc.method, tc.path, nil))
-		var eb errorBody
+		var eb admin.Error
 		if rec.Code != tc.code || json.Unmarshal(rec.Body.Bytes(), &eb) != nil || eb.Code != tc.want {
 			t.Errorf("%s %s: %d %s, want %d with code %s", tc.method, tc.path, rec.Code, rec.Body, tc.code, tc.want)
 		}

@@ -178,14 +178,14 @@ func newHandler(node *raftkit.RaftNode, kv *fsmexample.Store, maxCommand int) *h
 			return
 		}
 		if _, err := node.Apply(r.Context(), fsmexample.Set(r.PathValue("key"), value)); err != nil {
-			writeError(w, err)
+			admin.WriteError(w, err)
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)
 	})
 	mux.HandleFunc("DELETE /kv/{key}", func(w http.ResponseWriter, r *http.Request) {
 		if _, err := node.Apply(r.Context(), fsmexample.Delete(r.PathValue("key"))); err != nil {
-			writeError(w, err)
+			admin.WriteError(w, err)
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)
@@ -194,7 +194,7 @@ func newHandler(node *raftkit.RaftNode, kv *fsmexample.Store, maxCommand int) *h
 		switch c := r.URL.Query().Get("consistency"); c {
 		case "", "linearizable":
 			if err := node.LinearizableRead(r.Context()); err != nil {
-				writeError(w, err)
+				admin.WriteError(w, err)
 				return
 			}
 		case "stale":
@@ -202,7 +202,7 @@ func newHandler(node *raftkit.RaftNode, kv *fsmexample.Store, maxCommand int) *h
 			// say) may lack acknowledged writes: an answer from it could
 			// call an existing key absent.
 			if err := node.Ready(); err != nil {
-				writeError(w, err)
+				admin.WriteError(w, err)
 				return
 			}
 		default:
@@ -229,24 +229,15 @@ func newHandler(node *raftkit.RaftNode, kv *fsmexample.Store, maxCommand int) *h
 	return mux
 }
 
-// errorBody is the JSON body of every error answer. Code is stable for
-// programs: key_not_found, not_found (no such route), invalid, rejected
-// (the FSM refused the command), not_applied (retry: nothing was
-// written), unknown_outcome (the write may have been applied),
-// not_authorized, closed.
-type errorBody struct {
-	Code  string `json:"code"`
-	Error string `json:"error"`
-}
-
-// writeError answers a raftkit error with its outcome class's status and
-// code (raftkit.Classify, admin.HTTPStatus): 503 with Retry-After for not
-// applied and closed, 504 for unknown outcomes, 400, 403, and 422 for the
-// FSM's own rejections.
-func writeError(w http.ResponseWriter, err error) { admin.WriteError(w, err) }
-
+// Every error answer's body is an admin.Error. Its code is stable for
+// programs: key_not_found, not_found (no such route), and for raftkit's
+// errors (admin.WriteError) the outcome class: invalid, rejected (the FSM
+// refused the command), not_applied (retry: nothing was written; 503 with
+// Retry-After), unknown_outcome (the write may have been applied),
+// not_authorized, closed, or removed (this node left the cluster for good:
+// ask another).
 func writeJSONError(w http.ResponseWriter, status int, code, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(errorBody{Code: code, Error: msg})
+	json.NewEncoder(w).Encode(admin.Error{Code: code, Error: msg})
 }
