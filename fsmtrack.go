@@ -166,16 +166,6 @@ func (n *RaftNode) fsmCaughtUp(index uint64) bool {
 	return true
 }
 
-// snapshotIndex is the index the newest stored snapshot covers: what a
-// restore just brought the FSM to.
-func snapshotIndex(snaps raft.SnapshotStore) uint64 {
-	list, err := snaps.List()
-	if err != nil || len(list) == 0 {
-		return 0
-	}
-	return list[0].Index
-}
-
 // appliedIndexes returns raft's applied index (entries handed to the FSM)
 // and the FSM's own: the highest index up to which the FSM has applied
 // every entry it is given, which is raft's once the FSM has caught up.

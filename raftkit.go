@@ -61,9 +61,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os"
-	"path"
-	"path/filepath"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -75,7 +72,6 @@ import (
 
 	"github.com/raftkit/raftkit/internal/peer"
 	"github.com/raftkit/raftkit/internal/port"
-	"github.com/raftkit/raftkit/internal/store"
 )
 
 // ProtocolVersion is the node protocol this build speaks on the node port:
@@ -452,35 +448,6 @@ func (s *settled) bound(advertise string) *settled {
 	return &b
 }
 
-// portOptions are what port.Open sets up for this node.
-func (s *settled) portOptions() port.Options {
-	o := port.Options{Listener: s.Listener, Addr: s.Addr, Advertise: s.advertise, TLS: s.tls, Logger: s.Logger, MaxCommand: s.MaxCommandSize}
-	if s.InMemory {
-		network, advertise := s.Network, s.advertise
-		o.Listen = func() (net.Listener, error) { return network.listen(advertise) }
-		o.Dial = func(ctx context.Context, addr string) (net.Conn, error) {
-			return network.dialContext(ctx, advertise, addr)
-		}
-	}
-	for _, p := range s.peers {
-		o.Members = append(o.Members, p.Addr)
-	}
-	o.Members = append(o.Members, s.Join...)
-	return o
-}
-
-// storeOptions are what store.Open opens for this node.
-func (s *settled) storeOptions() store.Options {
-	o := store.Options{Dir: s.Dir, Kind: store.Bolt, SnapshotRetain: s.SnapshotRetain, Logger: s.Logger}
-	if s.LogStore == LogStoreWAL {
-		o.Kind = store.WAL
-	}
-	if s.InMemory {
-		o.Memory = &s.Storage.mem
-	}
-	return o
-}
-
 // withLogger returns s with l as its logger.
 func (s *settled) withLogger(l hclog.Logger) *settled {
 	c := *s
@@ -596,40 +563,6 @@ func settleAddress(c Config) (nodeAddress, error) {
 	return a, nil
 }
 
-// settleStores checks the snapshot settings, the log store and where the
-// node keeps its state: Dir on disk, or a MemStorage in memory.
-func settleStores(c Config) (Config, error) {
-	if c.SnapshotRetain < 0 {
-		return c, configErr("SnapshotRetain", strconv.Itoa(c.SnapshotRetain), "must be at least 1")
-	}
-	if c.SnapshotRetain == 0 {
-		c.SnapshotRetain = DefaultSnapshotRetain
-	}
-	if c.SnapshotThreshold == 0 {
-		c.SnapshotThreshold = DefaultSnapshotThreshold
-	}
-	if err := validateLogStore(c.LogStore); err != nil {
-		return c, err
-	}
-	if c.InMemory {
-		if c.Storage == nil {
-			c.Storage = NewMemStorage()
-		}
-		return c, nil
-	}
-	if c.Storage != nil {
-		return c, configErr("Storage", "", "only in-memory nodes use a MemStorage; set InMemory or leave Storage nil")
-	}
-	if strings.TrimSpace(c.Dir) == "" {
-		return c, configErr("Dir", c.Dir, "required (or set InMemory for a node without disk)")
-	}
-	if fi, err := os.Stat(c.Dir); err == nil && !fi.IsDir() {
-		return c, configErr("Dir", c.Dir, "is a file, not a directory")
-	}
-	c.Dir = filepath.Clean(c.Dir)
-	return c, nil
-}
-
 // peerSet is the parsed bootstrap list as it concerns this node.
 type peerSet struct {
 	list []peerAddr
@@ -685,18 +618,6 @@ func checkJoin(c Config, peers []peerAddr) error {
 		}
 	}
 	return nil
-}
-
-// settleTLS checks TLS and loads its files; nil without TLS. Failures to
-// reload the files later are logged to logger.
-func settleTLS(c *TLSConfig, logger hclog.Logger) (*port.TLS, error) {
-	if c == nil {
-		return nil, nil
-	}
-	logger = logger.Named("tls")
-	return validateTLS(c, func(err error) {
-		logger.Warn("reloading TLS files failed; keeping the last good ones", "error", err)
-	})
 }
 
 // splitHostPort checks that addr is host:port with a valid port.
@@ -767,101 +688,4 @@ func parsePeers(list []string, inMemory bool) ([]peerAddr, error) {
 		out = append(out, p)
 	}
 	return out, nil
-}
-
-// LogStoreKind selects the on-disk store of a node's raft log and stable
-// state (term and vote); see Config.LogStore.
-type LogStoreKind int
-
-const (
-	// LogStoreBolt keeps the log and stable state in one BoltDB file,
-	// Dir/raft.db, in hashicorp/raft-boltdb/v2's file format (raftkit
-	// writes it with its own encoder; see internal/store). It is the default: one file,
-	// inspectable with bbolt's tools, checked page by page at start. Every
-	// commit costs two fsyncs (BoltDB's data and meta pages), and the file
-	// does not shrink after snapshots truncate the log.
-	LogStoreBolt LogStoreKind = iota
-
-	// LogStoreWAL keeps the log in append-only segment files under
-	// Dir/wal (hashicorp/raft-wal), with its metadata and stable state in
-	// Dir/wal/wal-meta.db. A commit costs one fsync, so sequential writes
-	// commit about twice as fast as with BoltDB, and truncated segments are
-	// deleted, so disk use follows the log. raft-wal checks commit
-	// checksums only when it recovers the last, unsealed segment at start;
-	// damage inside an older, sealed segment is found only when raft reads
-	// those entries (as a decode error), or not at all for flipped payload
-	// bits.
-	LogStoreWAL
-)
-
-// String returns the kind's name as written in Go, e.g. "LogStoreWAL".
-func (k LogStoreKind) String() string {
-	switch k {
-	case LogStoreBolt:
-		return "LogStoreBolt"
-	case LogStoreWAL:
-		return "LogStoreWAL"
-	}
-	return "LogStoreKind(" + strconv.Itoa(int(k)) + ")"
-}
-
-func validateLogStore(k LogStoreKind) error {
-	if k != LogStoreBolt && k != LogStoreWAL {
-		return configErr("LogStore", "LogStoreKind("+strconv.Itoa(int(k))+")", "is not LogStoreBolt or LogStoreWAL")
-	}
-	return nil
-}
-
-// TLSConfig turns on mutual TLS for everything on the node's port: raft's
-// traffic and raftkit's own requests (forwarded writes, reads, joins). Every
-// connection, in both directions, then uses TLS 1.2 or later with a
-// certificate that is verified against CAFile and authorised by PeerNames;
-// plain connections are refused.
-//
-// The files are read again whenever they change on disk, checked at each
-// handshake, so certificates and CAs can be rotated without a restart. A
-// file that fails to load keeps the last good version in use and the error
-// is logged.
-type TLSConfig struct {
-	// CAFile is a PEM bundle of the certificate authorities that sign node
-	// certificates. Several CAs may be listed during a rotation.
-	CAFile string
-
-	// CertFile and KeyFile hold this node's PEM certificate (chain) and key.
-	// The certificate is used as both TLS server and TLS client, so it must
-	// allow both the serverAuth and the clientAuth extended key usage.
-	CertFile string
-	KeyFile  string
-
-	// PeerNames authorises peers: a peer's certificate is accepted only if
-	// one of its DNS or URI subject alternative names matches one of these
-	// patterns (path.Match syntax, e.g. "*.raft.example.internal"). A valid
-	// certificate from the CA is not enough, so client-only or other
-	// services' certificates from the same CA cannot reach raft. "*" accepts
-	// any node certificate of the CA: use it only with a CA dedicated to
-	// raft nodes. Required.
-	PeerNames []string
-}
-
-// validateTLS checks the TLSConfig fields and loads the files once.
-// onError receives later failures to reload them.
-func validateTLS(c *TLSConfig, onError func(error)) (*port.TLS, error) {
-	for _, f := range []struct{ name, value string }{{"TLS.CAFile", c.CAFile}, {"TLS.CertFile", c.CertFile}, {"TLS.KeyFile", c.KeyFile}} {
-		if strings.TrimSpace(f.value) == "" {
-			return nil, configErr(f.name, f.value, "required when TLS is set")
-		}
-	}
-	if len(c.PeerNames) == 0 {
-		return nil, configErr("TLS.PeerNames", "", "required: name patterns that peers' certificates must carry (\"*\" only with a CA dedicated to raft nodes)")
-	}
-	for i, p := range c.PeerNames {
-		if _, err := path.Match(p, ""); err != nil || p == "" {
-			return nil, configErr(fmt.Sprintf("TLS.PeerNames[%d]", i), p, "is not a valid pattern")
-		}
-	}
-	s, err := port.NewTLS(port.TLSFiles{CAFile: c.CAFile, CertFile: c.CertFile, KeyFile: c.KeyFile, PeerNames: c.PeerNames}, onError)
-	if err != nil {
-		return nil, publicErr(err)
-	}
-	return s, nil
 }

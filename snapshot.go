@@ -1,5 +1,8 @@
 package raftkit
 
+// Snapshots: manual snapshots, the restored snapshot's index, and
+// backups (one FSM snapshot in a self-describing stream) and restores.
+
 import (
 	"bufio"
 	"context"
@@ -349,4 +352,14 @@ func (n *RaftNode) userSnapshot(ctx context.Context) (raft.SnapshotFuture, error
 			}
 		}
 	}
+}
+
+// snapshotIndex is the index the newest stored snapshot covers: what a
+// restore just brought the FSM to.
+func snapshotIndex(snaps raft.SnapshotStore) uint64 {
+	list, err := snaps.List()
+	if err != nil || len(list) == 0 {
+		return 0
+	}
+	return list[0].Index
 }
