@@ -192,21 +192,73 @@ func (s *boltStore) StoreLogs(logs []*raft.Log) error {
 	return err
 }
 
-// DeleteRange deletes the entries from min to max, inclusive.
-func (s *boltStore) DeleteRange(min, max uint64) error {
-	return s.db.Update(func(tx *bbolt.Tx) error {
-		c := tx.Bucket(boltLogs).Cursor()
-		from := boltKey(min)
-		// Seek afresh after each delete rather than trust Next to follow
-		// a cursor whose current element was just removed.
-		for k, _ := c.Seek(from); k != nil && binary.BigEndian.Uint64(k) <= max; k, _ = c.Seek(from) {
-			if err := c.Delete(); err != nil {
-				return err
-			}
-		}
+// deleteBatch is how many entries one of DeleteRange's transactions
+// removes. BoltDB has one write transaction at a time, so a compaction of
+// hundreds of thousands of entries in one would hold the node's log writes
+// for its whole length; in batches, raft stores new entries between them.
+const deleteBatch uint64 = 8192
+
+// DeleteRange deletes the entries from lo to hi, inclusive, in
+// transactions of at most deleteBatch entries, each in time linear in its
+// entries. It deletes from the end of the range that touches the rest of
+// the log, so that a crash between two transactions leaves a log without
+// a hole: raft's compaction (lo is the first index) deletes upwards, its
+// truncation of a conflicting suffix (hi is the last) downwards.
+//
+// Each transaction first reads the keys it will delete with a cursor and
+// then deletes them by key: bbolt's Cursor.Delete leaves the cursor on the
+// element after the deleted one, so that Next would skip it, and seeking
+// from lo again after each delete walks past every leaf the transaction
+// has emptied (quadratic in the entries deleted).
+func (s *boltStore) DeleteRange(lo, hi uint64) error {
+	if lo > hi {
 		return nil
-	})
+	}
+	first, err := s.FirstIndex()
+	if err != nil {
+		return err
+	}
+	upwards := lo <= first
+	idxs := make([]uint64, 0, min(deleteBatch, hi-lo+1))
+	key := make([]byte, 8)
+	for {
+		idxs = idxs[:0]
+		err := s.db.Update(func(tx *bbolt.Tx) error {
+			b := tx.Bucket(boltLogs)
+			c := b.Cursor()
+			if upwards {
+				for k, _ := c.Seek(boltKey(lo)); k != nil && binary.BigEndian.Uint64(k) <= hi && uint64(len(idxs)) < deleteBatch; k, _ = c.Next() {
+					idxs = append(idxs, binary.BigEndian.Uint64(k))
+				}
+			} else {
+				k, _ := c.Seek(boltKey(hi))
+				if k == nil || binary.BigEndian.Uint64(k) > hi {
+					k, _ = c.Prev()
+				}
+				for ; k != nil && binary.BigEndian.Uint64(k) >= lo && uint64(len(idxs)) < deleteBatch; k, _ = c.Prev() {
+					idxs = append(idxs, binary.BigEndian.Uint64(k))
+				}
+			}
+			for _, idx := range idxs {
+				binary.BigEndian.PutUint64(key, idx)
+				if err := b.Delete(key); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil || uint64(len(idxs)) < deleteBatch {
+			return err
+		}
+		if betweenDeletes != nil {
+			betweenDeletes()
+		}
+	}
 }
+
+// betweenDeletes, set only by tests, runs between two of DeleteRange's
+// transactions.
+var betweenDeletes func()
 
 // Set stores a stable store value.
 func (s *boltStore) Set(k, v []byte) error {
