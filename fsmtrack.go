@@ -36,6 +36,13 @@ type trackedFSM struct {
 	// FSM goroutine feeds it (ApplyBatch, Snapshot and Restore all run
 	// there); the leader's abort loop reads its pending term.
 	chunks *chunk.Assembler
+
+	// deferred is set when Snapshot refused because a chunked command was
+	// half applied; completed, if set, is called once that command is
+	// complete, so that the snapshot is taken then (see compactor).
+	deferred    atomic.Bool
+	snapshotDue atomic.Bool
+	completed   func()
 }
 
 func newTrackedFSM(fsm raft.FSM) *trackedFSM {
@@ -62,6 +69,13 @@ func (t *trackedFSM) ApplyBatch(logs []*raft.Log) []any {
 		out = t.applyChunks(logs)
 	}
 	t.applied.Store(logs[len(logs)-1].Index)
+	if t.deferred.Load() && !t.chunks.Pending() {
+		t.deferred.Store(false)
+		t.snapshotDue.Store(true)
+		if t.completed != nil {
+			t.completed()
+		}
+	}
 	return out
 }
 
@@ -117,15 +131,20 @@ func (t *trackedFSM) applyChunks(logs []*raft.Log) []any {
 
 // Snapshot refuses while a chunked command is half applied: the snapshot
 // would cover chunks the application's FSM has not seen, and a node
-// restored from it could never complete that command. raft keeps its log
-// and tries again at its next interval; RaftNode.Snapshot and Backup retry
-// sooner.
+// restored from it could never complete that command. The node takes the
+// snapshot as soon as the command is complete (see compactor);
+// RaftNode.Snapshot and Backup wait for it.
 func (t *trackedFSM) Snapshot() (raft.FSMSnapshot, error) {
 	if t.chunks.Pending() {
+		t.deferred.Store(true)
 		return nil, chunk.ErrInProgress
 	}
 	return t.fsm.Snapshot()
 }
+
+// deferredDone reports, once, that a snapshot the FSM deferred can now be
+// taken.
+func (t *trackedFSM) deferredDone() bool { return t.snapshotDue.Swap(false) }
 
 func (t *trackedFSM) Restore(rc io.ReadCloser) error {
 	t.chunks.Drop()

@@ -259,7 +259,14 @@ func newRaftNode(cfg Config, fsm raft.FSM, hooks *nodeHooks) (node *RaftNode, er
 	// Raft sees its transport and stable store through the term guard,
 	// which refuses requests with impossible terms (see internal/port).
 	guarded, stable := mux.GuardTerms(trans, stores.Stable, s.Logger.Named("transport"))
-	r, err := raft.NewRaft(rc, n.fsm, stores.Log, stable, stores.Snaps, guarded)
+	meter, err := store.NewMeter(stores.Log)
+	if err != nil {
+		return nil, publicErr(err)
+	}
+	if s.LogStore == LogStoreWAL && !s.InMemory {
+		meter.MaxBatchBytes = walBatchBytes
+	}
+	r, err := raft.NewRaft(rc, n.fsm, meter, stable, stores.Snaps, guarded)
 	if err != nil {
 		return nil, fmt.Errorf("raftkit: start raft: %w", err)
 	}
@@ -275,6 +282,9 @@ func newRaftNode(cfg Config, fsm raft.FSM, hooks *nodeHooks) (node *RaftNode, er
 	mux.FollowConfiguration(r)
 
 	// The parts from here on use raft: they stop before it does.
+	if err := life.add("compaction", startCompactor(n, meter, stores.Cache, rc.TrailingLogs)); err != nil {
+		return nil, err
+	}
 	n.leadership = newLeaderWatch(r)
 	if err := life.add("leadership watch", func() error { n.leadership.close(); return nil }); err != nil {
 		return nil, err

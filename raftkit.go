@@ -121,6 +121,12 @@ const (
 	// DefaultSnapshotInterval is how often raft checks whether a snapshot
 	// is due.
 	DefaultSnapshotInterval = 120 * time.Second
+	// DefaultTrailingLogBytes is how many bytes of log a node keeps behind
+	// its latest snapshot for followers that fall behind.
+	DefaultTrailingLogBytes = 64 << 20
+	// DefaultSnapshotThresholdBytes is how many bytes of log, past the
+	// trailing bytes, make a node take a snapshot and compact its log.
+	DefaultSnapshotThresholdBytes = 256 << 20
 )
 
 // Command sizes. A follower decodes every entry it receives inside raft's
@@ -259,6 +265,23 @@ type Config struct {
 	// SnapshotInterval is how often raft checks whether to snapshot.
 	// Default: DefaultSnapshotInterval.
 	SnapshotInterval time.Duration
+
+	// TrailingLogBytes bounds, in bytes, the log a node keeps behind its
+	// latest snapshot, so that a follower a little behind catches up from
+	// the log rather than from a snapshot. raft counts this in entries
+	// (raft.Config.TrailingLogs, 10,240); raftkit lowers that count as
+	// entries grow so that they fit in TrailingLogBytes, never below 64
+	// entries. Default: DefaultTrailingLogBytes.
+	TrailingLogBytes int64
+
+	// SnapshotThresholdBytes makes a node snapshot and compact its log as
+	// soon as the log holds more than TrailingLogBytes +
+	// SnapshotThresholdBytes, without waiting for SnapshotInterval; raft's
+	// SnapshotThreshold (in entries) still applies at each interval.
+	// Together they bound the log on disk in bytes whatever the size of
+	// the commands; see the README's "Disk use" for the whole bound.
+	// Default: DefaultSnapshotThresholdBytes.
+	SnapshotThresholdBytes int64
 
 	// Logger receives raftkit's and raft's log lines as hclog key/value
 	// pairs. Default: silent.

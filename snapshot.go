@@ -363,3 +363,139 @@ func snapshotIndex(snaps raft.SnapshotStore) uint64 {
 	}
 	return list[0].Index
 }
+
+// minTrailingLogs is the fewest entries a node keeps behind a snapshot,
+// however large they are.
+const minTrailingLogs = 64
+
+// compactor keeps a node's log bounded in bytes. raft bounds the log in
+// entries only: it keeps TrailingLogs entries after a snapshot and takes
+// one at most every SnapshotInterval once SnapshotThreshold entries
+// arrived, so that large commands (a 1 MiB command is four 256 KiB
+// chunks) grew a log past gigabytes. As batches are stored, the compactor
+// lowers raft's TrailingLogs to the entries that fit in TrailingLogBytes,
+// and snapshots once the log holds more than the trailing bytes plus
+// SnapshotThresholdBytes. It empties the log cache once the node has been
+// idle for cacheIdle. It also takes the snapshot that the FSM
+// deferred while a chunked command was half applied as soon as that
+// command is complete, where raft would wait for its next interval.
+type compactor struct {
+	n         *RaftNode
+	meter     *store.Meter
+	cache     *store.LogCache // nil in memory
+	trailing  uint64 // TrailingLogBytes
+	threshold uint64 // SnapshotThresholdBytes
+	maxTrail  uint64 // raft's TrailingLogs as configured: the most kept
+
+	wake chan struct{}
+	stop context.CancelFunc
+	done chan struct{}
+}
+
+// startCompactor starts the node's compactor; its stop function waits for
+// the snapshot it may be taking.
+func startCompactor(n *RaftNode, meter *store.Meter, cache *store.LogCache, maxTrail uint64) func() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &compactor{
+		n: n, meter: meter, cache: cache, maxTrail: maxTrail,
+		trailing:  uint64(n.cfg.TrailingLogBytes),
+		threshold: uint64(n.cfg.SnapshotThresholdBytes),
+		wake:      make(chan struct{}, 1),
+		stop:      cancel,
+		done:      make(chan struct{}),
+	}
+	meter.Stored = c.poke
+	n.fsm.completed = c.poke
+	go c.run(ctx)
+	return func() error {
+		c.stop()
+		<-c.done
+		return nil
+	}
+}
+
+func (c *compactor) poke() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// cacheIdle is how long a node's log cache stays filled once nothing is
+// stored: replication and a lagging follower read the newest entries from
+// it while writes go on; an idle node gives the memory back.
+const cacheIdle = 2 * time.Second
+
+// walBatchBytes bounds the batches raft-wal is given (see
+// store.Meter.MaxBatchBytes).
+const walBatchBytes = 4 << 20
+
+// compactPause spaces the compactor's checks: stored batches come by the
+// thousand per second under load, and a check every few milliseconds is
+// as good as one per batch.
+const compactPause = 20 * time.Millisecond
+
+func (c *compactor) run(ctx context.Context) {
+	defer close(c.done)
+	lastTrail := c.maxTrail
+	var snappedAt uint64 // meter's total at the last snapshot taken here
+	idle := time.NewTimer(cacheIdle)
+	defer idle.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-idle.C:
+			if c.cache != nil {
+				c.cache.Clear()
+			}
+			continue
+		case <-c.wake:
+		}
+		idle.Reset(cacheIdle)
+		lastTrail = c.boundTrailing(lastTrail)
+		deferred := c.n.fsm.deferredDone()
+		total := c.meter.Total()
+		over := c.meter.Bytes() > c.trailing+c.threshold && total-snappedAt >= c.threshold/2
+		if over || deferred {
+			why := "the log passed its byte bound"
+			if !over {
+				why = "a chunked command that deferred a snapshot is complete"
+			}
+			c.n.logger.Debug("taking a snapshot", "why", why, "log_bytes", c.meter.Bytes())
+			if _, err := c.n.userSnapshot(ctx); err != nil && !errors.Is(err, raft.ErrNothingNewToSnapshot) && ctx.Err() == nil {
+				c.n.logger.Warn("snapshot to bound the log failed", "why", why, "error", err)
+			} else if err == nil {
+				snappedAt = total
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(compactPause):
+		}
+	}
+}
+
+// boundTrailing sets raft's TrailingLogs to the newest entries that fit
+// in TrailingLogBytes (raft's own count when the meter cannot tell yet),
+// when that differs enough from last, the count set before; it returns the
+// count now set.
+func (c *compactor) boundTrailing(last uint64) uint64 {
+	want := c.maxTrail
+	if n, ok := c.meter.Trailing(c.trailing); ok {
+		want = min(max(n, minTrailingLogs), c.maxTrail)
+	}
+	// Reloading raft's configuration is cheap, but not worth doing for
+	// every small change in the entries' sizes.
+	if want == last || (want != c.maxTrail && want >= last-last/8 && want <= last+last/8) {
+		return last
+	}
+	rc := c.n.raft.ReloadableConfig()
+	rc.TrailingLogs = want
+	if err := c.n.raft.ReloadConfig(rc); err != nil {
+		c.n.logger.Warn("cannot bound the trailing log in bytes", "trailing_logs", want, "error", err)
+		return last
+	}
+	return want
+}

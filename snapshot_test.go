@@ -10,6 +10,7 @@ import (
 	"time"
 
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
+	"github.com/raftkit/raftkit/internal/chunk"
 )
 
 func TestBackupWipeRestoreKeepsEveryKey(t *testing.T) {
@@ -145,4 +146,69 @@ func TestRestoreRefusesDamagedBackups(t *testing.T) {
 	if _, err := ReadBackupInfo(bytes.NewReader(good)); err != nil {
 		t.Fatalf("intact backup: %v", err)
 	}
+}
+
+// A node's log stays within TrailingLogBytes + SnapshotThresholdBytes
+// (plus what arrives while a snapshot is taken), whatever raft's
+// SnapshotInterval: here raft's own timer never fires during the test.
+func TestLogStaysWithinItsByteBound(t *testing.T) {
+	const (
+		size      = 64 << 10
+		trailing  = 4 << 20
+		threshold = 4 << 20
+		writes    = 640      // 40 MiB of commands
+		slack     = 12 << 20 // what arrives while a snapshot is taken, on a loaded machine
+	)
+	for _, kind := range logStores {
+		t.Run(kind.String(), func(t *testing.T) {
+			c := newTCPCluster(t, 1, withLogStore(kind), func(c *Config) {
+				c.TrailingLogBytes, c.SnapshotThresholdBytes = trailing, threshold
+				c.SnapshotInterval, c.SnapshotThreshold = time.Hour, 1<<30
+			})
+			n := c.nodes[c.leader()]
+			ctx := ctxTimeout(t, 60*time.Second)
+			biggest := uint64(0)
+			for i := 0; i < writes; i++ {
+				cmd, _ := casCommand(fmt.Sprintf("k%d", i%8), size, 1)
+				if _, err := n.Apply(ctx, cmd); err != nil {
+					t.Fatalf("write %d: %v", i, err)
+				}
+				first, _ := n.stores.Log.FirstIndex()
+				last, _ := n.stores.Log.LastIndex()
+				biggest = max(biggest, last-first+1)
+			}
+			if limit := uint64(trailing+threshold+slack) / size; biggest > limit {
+				t.Fatalf("the log held up to %d entries of %d KiB (%d MiB), want at most %d (%d MiB)", biggest, size>>10, biggest*size>>20, limit, (trailing+threshold+slack)>>20)
+			}
+			first, _ := n.stores.Log.FirstIndex()
+			if first <= 1 {
+				t.Fatalf("after %d MiB of commands the log was never compacted (first index %d)", writes*size>>20, first)
+			}
+			// raft keeps the entries that fit in TrailingLogBytes.
+			if got := n.raft.ReloadableConfig().TrailingLogs; got > trailing/size+trailing/size/4 || got < minTrailingLogs {
+				t.Fatalf("raft keeps %d trailing entries of %d KiB, want about %d", got, size>>10, trailing/size)
+			}
+			t.Logf("largest log: %d entries (%d MiB); first index now %d", biggest, biggest*size>>20, first)
+		})
+	}
+}
+
+// A snapshot that raft asked for while a chunked command was half applied
+// (the FSM refuses it) is taken as soon as the command is complete, not at
+// raft's next interval.
+func TestSnapshotDeferredByChunkedCommandIsTakenOnCompletion(t *testing.T) {
+	c := newTCPCluster(t, 1, func(c *Config) { c.SnapshotInterval = time.Hour })
+	n := c.nodes[c.leader()]
+	cmd, _ := casCommand("k", chunk.Size+100, 1)
+	h := chunk.Header{ID: 78, Count: 2, Total: uint64(len(cmd))}
+	submitChunk(t, n, h, cmd)
+	if err := n.raft.Snapshot().Error(); !chunk.IsInProgress(err) {
+		t.Fatalf("raft's snapshot while a chunked command is half applied: %v, want it refused", err)
+	}
+	h.Index = 1
+	final := submitChunk(t, n, h, cmd).Index()
+	waitFor(t, 15*time.Second, "a snapshot that covers the completed command", func() bool {
+		metas, err := n.stores.Snaps.List()
+		return err == nil && len(metas) > 0 && metas[0].Index >= final
+	})
 }

@@ -69,6 +69,18 @@ func settleStores(c Config) (Config, error) {
 	if c.SnapshotThreshold == 0 {
 		c.SnapshotThreshold = DefaultSnapshotThreshold
 	}
+	for _, f := range []struct {
+		name  string
+		value *int64
+		def   int64
+	}{{"TrailingLogBytes", &c.TrailingLogBytes, DefaultTrailingLogBytes}, {"SnapshotThresholdBytes", &c.SnapshotThresholdBytes, DefaultSnapshotThresholdBytes}} {
+		if *f.value < 0 {
+			return c, configErr(f.name, strconv.FormatInt(*f.value, 10), "must not be negative (0 means the default, %d)", f.def)
+		}
+		if *f.value == 0 {
+			*f.value = f.def
+		}
+	}
 	if err := validateLogStore(c.LogStore); err != nil {
 		return c, err
 	}

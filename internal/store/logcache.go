@@ -159,10 +159,23 @@ func (c *LogCache) FirstIndex() (uint64, error) { return c.store.FirstIndex() }
 
 func (c *LogCache) LastIndex() (uint64, error) { return c.store.LastIndex() }
 
-func (c *LogCache) DeleteRange(lo, hi uint64) error {
+// Clear empties the cache: an idle node gives its memory back, and the
+// entries are read from the store if they are asked for later.
+func (c *LogCache) Clear() {
 	c.mu.Lock()
 	clear(c.ring)
 	c.bytes, c.first = 0, 0
 	c.mu.Unlock()
+}
+
+// Bytes returns the bytes of the entries cached.
+func (c *LogCache) Bytes() int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.bytes
+}
+
+func (c *LogCache) DeleteRange(lo, hi uint64) error {
+	c.Clear()
 	return c.store.DeleteRange(lo, hi)
 }
