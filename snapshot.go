@@ -383,9 +383,9 @@ type compactor struct {
 	n         *RaftNode
 	meter     *store.Meter
 	cache     *store.LogCache // nil in memory
-	trailing  uint64 // TrailingLogBytes
-	threshold uint64 // SnapshotThresholdBytes
-	maxTrail  uint64 // raft's TrailingLogs as configured: the most kept
+	trailing  uint64          // TrailingLogBytes
+	threshold uint64          // SnapshotThresholdBytes
+	maxTrail  uint64          // raft's TrailingLogs as configured: the most kept
 
 	wake chan struct{}
 	stop context.CancelFunc
@@ -428,7 +428,7 @@ const cacheIdle = 2 * time.Second
 
 // walBatchBytes bounds the batches raft-wal is given (see
 // store.Meter.MaxBatchBytes).
-const walBatchBytes = 4 << 20
+const walBatchBytes = 2 << 20
 
 // compactPause spaces the compactor's checks: stored batches come by the
 // thousand per second under load, and a check every few milliseconds is
