@@ -126,4 +126,4 @@ func (r *staleRegister) Get() string {
 }
 
 func (r *staleRegister) Snapshot() (raft.FSMSnapshot, error) { return nil, errors.New("no snapshots") }
-func (r *staleRegister) Restore(io.ReadCloser) error          { return errors.New("no snapshots") }
+func (r *staleRegister) Restore(io.ReadCloser) error         { return errors.New("no snapshots") }
