@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -117,5 +118,39 @@ func TestForwardingSurvivesALeaderRestart(t *testing.T) {
 	})
 	if _, err := f.Apply(ctxTimeout(t, 5*time.Second), fsmexample.Set("after", nil)); err != nil {
 		t.Fatalf("forwarded write after the leader restarted: %v", err)
+	}
+}
+
+// A follower that closes (here: crashes) while its forwarded write is with
+// the leader says so: the outcome is unknown, and the error names this
+// node's closing, not the leader or the transport's internals.
+func TestForwardedWriteCutByThisNodeClosingSaysSo(t *testing.T) {
+	net := NewMemNetwork()
+	c := startCluster(t, net, []string{"mem0", "mem1", "mem2"}, nil, nil)
+	l := c.leader()
+	f := (l + 1) % 3
+	leader, follower := c.nodes[l], c.nodes[f]
+	before := leader.raft.AppliedIndex()
+	// The leader's answers to the follower arrive a second late, so the
+	// write is applied while its answer is still on its way.
+	net.SetLinkFaults(c.addrs[l], c.addrs[f], LinkFaults{Delay: time.Second})
+	done := make(chan error, 1)
+	go func() {
+		_, err := follower.Apply(ctxTimeout(t, 10*time.Second), fsmexample.Set("k", []byte("v")))
+		done <- err
+	}()
+	waitFor(t, 10*time.Second, "the leader to apply the forwarded write", func() bool {
+		v, ok := c.fsms[l].Get("k")
+		return ok && string(v) == "v" && leader.raft.AppliedIndex() > before
+	})
+	if err := follower.crash(); err != nil {
+		t.Fatal(err)
+	}
+	err := <-done
+	if !errors.Is(err, ErrUnknownOutcome) || !errors.Is(err, ErrClosed) || Classify(err) != Unknown {
+		t.Fatalf("forwarded write cut by this node's crash: %v (class %v); want an unknown outcome that matches ErrClosed", err, Classify(err))
+	}
+	if msg := err.Error(); !strings.Contains(msg, "this node closed") || strings.Contains(msg, "pipe") {
+		t.Fatalf("error text %q: want it to say this node closed, without the transport's internals", msg)
 	}
 }

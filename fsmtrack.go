@@ -40,6 +40,9 @@ type trackedFSM struct {
 	// deferred is set when Snapshot refused because a chunked command was
 	// half applied; completed, if set, is called once that command is
 	// complete, so that the snapshot is taken then (see compactor).
+	// restores counts successful Restores (Status.SnapshotsRestored).
+	restores atomic.Uint64
+
 	deferred    atomic.Bool
 	snapshotDue atomic.Bool
 	completed   func()
@@ -154,6 +157,7 @@ func (t *trackedFSM) Restore(rc io.ReadCloser) error {
 	if t.restored != nil {
 		t.applied.Store(t.restored())
 	}
+	t.restores.Add(1)
 	return nil
 }
 

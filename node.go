@@ -562,6 +562,10 @@ type Status struct {
 	// LastContact is when this node last heard from a leader; zero on the
 	// leader itself and on a node that never heard from one.
 	LastContact time.Time `json:"last_contact"`
+	// SnapshotsRestored counts the snapshots this node's FSM was restored
+	// from since the node started: its own latest at start, or one the
+	// leader sent because the node was too far behind for the log.
+	SnapshotsRestored uint64 `json:"snapshots_restored"`
 	// Version is the raftkit module version of this node's program
 	// (ModuleVersion), and Protocol the node protocol it speaks
 	// (ProtocolVersion).
@@ -609,6 +613,7 @@ func (n *RaftNode) status() (Status, error) {
 	}
 	st.Joining = n.joining.Load() && st.CatchingUp
 	st.RaftAppliedIndex, st.AppliedIndex = n.appliedIndexes()
+	st.SnapshotsRestored = n.fsm.restores.Load()
 	memberErr := n.memberErr()
 	if memberErr != nil {
 		st.MembershipError = memberErr.Error()

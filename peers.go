@@ -165,7 +165,24 @@ func (n *RaftNode) forward(ctx context.Context, what, method string, args, reply
 // forwardTo sends a request to the leader at addr, with forward's error
 // classification.
 func (n *RaftNode) forwardTo(ctx context.Context, what, addr, method string, args, reply any) error {
-	return transportErr(what, addr, n.rpc.Call(ctx, addr, method, args, reply))
+	return n.forwardErr(what, addr, n.rpc.Call(ctx, addr, method, args, reply))
+}
+
+// forwardErr is transportErr for a request this node sent, told apart
+// when the request failed because this node closed under it (Close, or a
+// crash in tests): the connection's own error would name the leader and
+// the transport's internals ("via leader n2: io: read/write on closed
+// pipe") when the cause is here. A request already sent keeps its
+// unknown outcome; one not sent fails as closed.
+func (n *RaftNode) forwardErr(what, addr string, err error) error {
+	err = transportErr(what, addr, err)
+	if err == nil || n.checkOpen() == nil || errors.Is(err, ErrClosed) {
+		return err
+	}
+	if errors.Is(err, ErrUnknownOutcome) {
+		return wrapErr(ErrUnknownOutcome, what, fmt.Errorf("this node closed while the request was with leader %s: %w", addr, ErrClosed))
+	}
+	return wrapErr(ErrClosed, what, nil)
 }
 
 // transportErr classifies a request to the leader at addr that failed on
@@ -210,7 +227,7 @@ func (n *RaftNode) forwardApply(ctx context.Context, cmd ownedCmd) (any, error) 
 	}
 	resp, err := n.fwd.Submit(ctx, addr, cmd)
 	if err != nil {
-		return nil, transportErr("apply", addr, err)
+		return nil, n.forwardErr("apply", addr, err)
 	}
 	if resp.Err != nil {
 		return nil, n.fromWire(addr, resp.Err)

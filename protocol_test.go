@@ -3,6 +3,7 @@ package raftkit
 import (
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"testing"
@@ -147,5 +148,30 @@ func TestMemberThatRefusesItsClusterSaysSo(t *testing.T) {
 	}
 	if _, err := c.nodes[l].Apply(ctxTimeout(t, 10*time.Second), fsmexample.Set("others", []byte("v"))); err != nil {
 		t.Fatalf("the others: %v", err)
+	}
+}
+
+// ModuleVersion says what a program runs, also when a replace directive
+// points it at a local copy of raftkit (Status().Version said "unknown").
+func TestModuleVersionNamesReplacedCopies(t *testing.T) {
+	dep := func(version string, replace *debug.Module) *debug.Module {
+		return &debug.Module{Path: modulePath, Version: version, Replace: replace}
+	}
+	for _, tc := range []struct {
+		name string
+		bi   *debug.BuildInfo
+		ok   bool
+		want string
+	}{
+		{"no build information", nil, false, "unknown"},
+		{"raftkit's own module", &debug.BuildInfo{Main: debug.Module{Path: modulePath, Version: "(devel)"}}, true, "(devel)"},
+		{"a release", &debug.BuildInfo{Main: debug.Module{Path: "example.com/app"}, Deps: []*debug.Module{dep("v0.10.0", nil)}}, true, "v0.10.0"},
+		{"replaced by another version", &debug.BuildInfo{Deps: []*debug.Module{dep("v0.10.0", &debug.Module{Path: "example.com/fork", Version: "v0.10.1"})}}, true, "v0.10.1"},
+		{"replaced by a directory", &debug.BuildInfo{Deps: []*debug.Module{dep("v0.0.0-00010101000000-000000000000", &debug.Module{Path: "../raftkit"})}}, true, "(devel) replaced by ../raftkit"},
+		{"not a dependency", &debug.BuildInfo{Main: debug.Module{Path: "example.com/app"}}, true, "unknown"},
+	} {
+		if got := versionIn(tc.bi, tc.ok); got != tc.want {
+			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
+		}
 	}
 }

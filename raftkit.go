@@ -87,27 +87,36 @@ const modulePath = "github.com/raftkit/raftkit"
 // ModuleVersion returns the version of the raftkit module in the running
 // program: a release tag (such as v0.10.0) or a pseudo-version when the
 // program depends on raftkit, "(devel)" when raftkit is the program's own
-// module (its examples and tests), or "unknown" without build information.
+// module (its examples and tests), "(devel) replaced by PATH" when a
+// replace directive points the program at a local copy, or "unknown"
+// without build information.
 func ModuleVersion() string { return moduleVersion() }
 
-var moduleVersion = sync.OnceValue(func() string {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
+var moduleVersion = sync.OnceValue(func() string { return versionIn(debug.ReadBuildInfo()) })
+
+// versionIn finds raftkit's version in a program's build information.
+func versionIn(bi *debug.BuildInfo, ok bool) string {
+	if !ok || bi == nil {
 		return "unknown"
 	}
 	if bi.Main.Path == modulePath {
 		return bi.Main.Version
 	}
 	for _, d := range bi.Deps {
-		if d.Path == modulePath {
-			if d.Replace != nil && d.Replace.Version != "" {
-				return d.Replace.Version
-			}
+		if d.Path != modulePath {
+			continue
+		}
+		switch r := d.Replace; {
+		case r == nil:
 			return d.Version
+		case r.Version != "":
+			return r.Version
+		default:
+			return "(devel) replaced by " + r.Path
 		}
 	}
 	return "unknown"
-})
+}
 
 // Defaults used when the corresponding Config field is zero.
 const (

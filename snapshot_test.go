@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
 	"github.com/raftkit/raftkit/internal/chunk"
 )
@@ -211,4 +212,40 @@ func TestSnapshotDeferredByChunkedCommandIsTakenOnCompletion(t *testing.T) {
 		metas, err := n.stores.Snaps.List()
 		return err == nil && len(metas) > 0 && metas[0].Index >= final
 	})
+}
+
+// Status counts the snapshots a node's FSM was restored from: its own at a
+// restart, and one the leader installs on a follower too far behind.
+func TestStatusCountsRestoredSnapshots(t *testing.T) {
+	net := NewMemNetwork()
+	c := startCluster(t, net, []string{"mem0", "mem1", "mem2"}, nil, []func(*Config){func(c *Config) {
+		c.RaftConfig = func(rc *raft.Config) { fastRaft(rc); rc.TrailingLogs = 1 }
+	}})
+	l := c.leader()
+	f := (l + 1) % 3
+	leader := c.nodes[l]
+	ctx := ctxTimeout(t, 30*time.Second)
+	for i, n := range c.nodes {
+		if got := n.Status().SnapshotsRestored; got != 0 {
+			t.Fatalf("node %d restored %d snapshots at its first start", i, got)
+		}
+	}
+	net.Isolate(c.addrs[f])
+	for i := 0; i < 20; i++ {
+		if _, err := leader.Apply(ctx, fsmexample.Set(fmt.Sprint("k", i), []byte("v"))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := leader.Snapshot(ctx); err != nil {
+		t.Fatal(err)
+	}
+	net.Heal()
+	waitFor(t, 15*time.Second, "the leader to install its snapshot on the follower", func() bool {
+		return c.nodes[f].Status().SnapshotsRestored == 1
+	})
+	c.stop(l)
+	c.start(l)
+	if got := c.nodes[l].Status().SnapshotsRestored; got != 1 {
+		t.Fatalf("the restarted leader restored %d snapshots, want 1 (its own)", got)
+	}
 }

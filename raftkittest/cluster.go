@@ -232,7 +232,42 @@ func (c *Cluster[F]) logger(name string) hclog.Logger {
 	if c.opts.logLevel == hclog.Off {
 		return nil
 	}
-	return hclog.New(&hclog.LoggerOptions{Name: name, Level: c.opts.logLevel, Output: c.logs})
+	return faultQuiet{hclog.New(&hclog.LoggerOptions{Name: name, Level: c.opts.logLevel, Output: c.logs})}
+}
+
+// faultQuiet logs at Debug the warnings and errors that only report a
+// fault the test made itself (a link cut, a message dropped by the
+// MemNetwork): at WithLogLevel(hclog.Warn), raft's "failed to heartbeat"
+// lines would otherwise flood a partition's output.
+type faultQuiet struct{ hclog.Logger }
+
+func (q faultQuiet) Log(level hclog.Level, msg string, args ...any) {
+	if level > hclog.Debug && level <= hclog.Error && madeByTheTest(args) {
+		level = hclog.Debug
+	}
+	q.Logger.Log(level, msg, args...)
+}
+
+func (q faultQuiet) Warn(msg string, args ...any)  { q.Log(hclog.Warn, msg, args...) }
+func (q faultQuiet) Error(msg string, args ...any) { q.Log(hclog.Error, msg, args...) }
+func (q faultQuiet) Info(msg string, args ...any)  { q.Log(hclog.Info, msg, args...) }
+func (q faultQuiet) With(args ...any) hclog.Logger { return faultQuiet{q.Logger.With(args...)} }
+func (q faultQuiet) Named(name string) hclog.Logger {
+	return faultQuiet{q.Logger.Named(name)}
+}
+func (q faultQuiet) ResetNamed(name string) hclog.Logger {
+	return faultQuiet{q.Logger.ResetNamed(name)}
+}
+
+// madeByTheTest reports whether a log line's values name the MemNetwork's
+// own faults.
+func madeByTheTest(args []any) bool {
+	for _, a := range args {
+		if err, ok := a.(error); ok && strings.Contains(err.Error(), "by MemNetwork") {
+			return true
+		}
+	}
+	return false
 }
 
 // start runs a new RaftNode for m with a new FSM. c.mu must not be held:
@@ -278,7 +313,9 @@ func (c *Cluster[F]) Nodes() []*raftkit.RaftNode {
 }
 
 // Node returns the running node of the member with the given ID, or nil if
-// it is down or unknown.
+// it is down or unknown. Each start of a member is a new *RaftNode: after
+// Crash and Restart, call Node again (or use Restart's result); the old
+// value stays closed and every call on it fails with raftkit.ErrClosed.
 func (c *Cluster[F]) Node(id string) *raftkit.RaftNode {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -361,7 +398,13 @@ func (c *Cluster[F]) Followers() []*raftkit.RaftNode {
 }
 
 // WaitForLeader waits until a running node leads with the backing of a
-// majority (raft's VerifyLeader succeeds) and returns it.
+// majority now, and returns it: the node commits a barrier entry, which
+// needs a majority's acknowledgement of an entry appended after the call
+// began. (raft's VerifyLeader is not enough: a leader isolated a moment
+// ago counts answers to AppendEntries it sent before the cut, which arrive
+// after.) After Isolate or Partition it returns the majority side's
+// leader, never the node cut off, even while that node still believes it
+// leads.
 func (c *Cluster[F]) WaitForLeader() *raftkit.RaftNode {
 	c.tb.Helper()
 	var leader *raftkit.RaftNode
@@ -370,7 +413,7 @@ func (c *Cluster[F]) WaitForLeader() *raftkit.RaftNode {
 		if l == nil {
 			return false
 		}
-		if err := wait(l.Raft().VerifyLeader(), 500*time.Millisecond); err != nil {
+		if err := wait(l.Raft().Barrier(500*time.Millisecond), time.Second); err != nil {
 			return false
 		}
 		leader = l
@@ -462,7 +505,9 @@ func (c *Cluster[F]) SetDelay(d time.Duration) { c.net.SetDelay(d) }
 // Crash stops node abruptly, as a killed process: raft stops at once with
 // no leadership handover, connections break, and the node's log, term,
 // vote and snapshots stay in its storage for Restart. Crashing a node that
-// is down does nothing.
+// is down does nothing. node is closed for good: calls on it fail with
+// raftkit.ErrClosed at once, so a client loop must fetch the member's new
+// node (Restart's result, or Node(id)) rather than retry on the old one.
 func (c *Cluster[F]) Crash(node *raftkit.RaftNode) {
 	m := c.member(node)
 	c.mu.Lock()

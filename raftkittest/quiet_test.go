@@ -5,8 +5,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
 
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
 )
@@ -47,6 +49,33 @@ func TestCleanCloseLogsNoErrorOrWarning(t *testing.T) {
 			if strings.Contains(line, "[ERROR]") || strings.Contains(line, "[WARN]") {
 				t.Errorf("run %d: a clean close logged: %s", run, line)
 			}
+		}
+	}
+}
+
+// A partition the test made is not an error of the system under test:
+// raft's complaints about links the MemNetwork cut go to Debug, so that a
+// WithLogLevel(hclog.Warn) run shows what is left.
+func TestFaultsTheTestMadeAreNotLoggedAsErrors(t *testing.T) {
+	tb := &logTB{TB: t}
+	c := NewCluster(tb, 3, fsmexample.New, WithLogLevel(hclog.Warn), WithState(kvState))
+	leader := c.WaitForLeader()
+	follower := c.Followers()[0]
+	c.Isolate(follower)
+	for i := 0; i < 10; i++ {
+		mustSet(t, leader, fmt.Sprintf("k%d", i), "v")
+	}
+	// Long enough for raft's heartbeats to the cut follower to fail many
+	// times over (each failure was an ERROR line).
+	waitUntil(t, 10*time.Second, "the isolated follower to start an election", func() bool {
+		return follower.Raft().State() != raft.Follower
+	})
+	c.Heal()
+	c.AssertConsistent()
+	c.Close()
+	for _, line := range tb.logged() {
+		if strings.Contains(line, "MemNetwork") && (strings.Contains(line, "[ERROR]") || strings.Contains(line, "[WARN]")) {
+			t.Errorf("a fault the test made was logged above Debug: %s", line)
 		}
 	}
 }
