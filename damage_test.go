@@ -258,3 +258,38 @@ func TestMissingSnapshotsWithCompactedLogAreRefused(t *testing.T) {
 	_, _, err := restart(t, dir, addr)
 	wantCorrupt(t, err, "")
 }
+
+// After a fallback past a damaged newest snapshot, the node knows it
+// restored the older one: its FSM's applied index is that snapshot's, so a
+// linearizable read cannot be served from state that lacks the entries in
+// between. (It took the newest listed snapshot's index, and fsmCaughtUp
+// passed a read on an FSM that had applied nothing after the older one.)
+func TestFallbackPastDamagedSnapshotReportsTheSnapshotRestored(t *testing.T) {
+	dir, addr, keys := seededDir(t, 1000)
+	snaps, err := raft.NewFileSnapshotStore(dir, 2, os.Stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	metas, err := snaps.List()
+	if err != nil || len(metas) != 2 {
+		t.Fatalf("%d snapshots (%v), want 2", len(metas), err)
+	}
+	flipByte(t, filepath.Join(snapshotDirs(t, dir)[0], "state.bin"), 3)
+
+	fsm := &gatedFSM{Store: fsmexample.New()}
+	fsm.hold()
+	n, err := NewRaftNode(Config{Addr: addr, Dir: dir, Peers: []string{addr}, RaftConfig: fastRaft}, fsm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	defer fsm.release() // before Close: raft's FSM goroutine must not stay blocked
+	if got := n.fsm.applied.Load(); got != metas[1].Index {
+		t.Fatalf("after falling back to the snapshot at %d (the one at %d is damaged), the FSM is taken to have applied %d", metas[1].Index, metas[0].Index, got)
+	}
+	if n.fsmCaughtUp(metas[0].Index + 1) {
+		t.Fatalf("fsmCaughtUp(%d) holds on an FSM restored to %d", metas[0].Index+1, metas[1].Index)
+	}
+	fsm.release()
+	wantAllKeys(t, n, fsm.Store, keys)
+}

@@ -255,7 +255,8 @@ func newRaftNode(cfg Config, fsm raft.FSM, hooks *nodeHooks) (node *RaftNode, er
 		stores.Cache.OnStored = n.storedChunks.Note
 	}
 	n.fsm = newTrackedFSM(fsm)
-	n.fsm.restored = func() uint64 { return snapshotIndex(stores.Snaps) }
+	snaps := &openedSnapshots{SnapshotStore: stores.Snaps}
+	n.fsm.restored = snaps.last.Load
 	// Raft sees its transport and stable store through the term guard,
 	// which refuses requests with impossible terms (see internal/port).
 	guarded, stable := mux.GuardTerms(trans, stores.Stable, s.Logger.Named("transport"))
@@ -266,7 +267,7 @@ func newRaftNode(cfg Config, fsm raft.FSM, hooks *nodeHooks) (node *RaftNode, er
 	if s.LogStore == LogStoreWAL && !s.InMemory {
 		meter.MaxBatchBytes = walBatchBytes
 	}
-	r, err := raft.NewRaft(rc, n.fsm, meter, stable, stores.Snaps, guarded)
+	r, err := raft.NewRaft(rc, n.fsm, meter, stable, snaps, guarded)
 	if err != nil {
 		return nil, fmt.Errorf("raftkit: start raft: %w", err)
 	}

@@ -13,6 +13,7 @@ import (
 	"hash"
 	"io"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -354,14 +355,25 @@ func (n *RaftNode) userSnapshot(ctx context.Context) (raft.SnapshotFuture, error
 	}
 }
 
-// snapshotIndex is the index the newest stored snapshot covers: what a
-// restore just brought the FSM to.
-func snapshotIndex(snaps raft.SnapshotStore) uint64 {
-	list, err := snaps.List()
-	if err != nil || len(list) == 0 {
-		return 0
+// openedSnapshots is the snapshot store as raft sees it: it notes the
+// index of the last snapshot raft opened, which is the one an FSM restore
+// reads. raft opens snapshots to restore them (at start, newest first,
+// falling back past one that fails to open or restore; on a follower, the
+// one its leader installed) and, on a leader, to send them; a leader
+// never restores, so the last open before a restore is the restore's.
+// The newest snapshot listed is not: after a fallback past a damaged one,
+// it overstated what the FSM held.
+type openedSnapshots struct {
+	raft.SnapshotStore
+	last atomic.Uint64
+}
+
+func (o *openedSnapshots) Open(id string) (*raft.SnapshotMeta, io.ReadCloser, error) {
+	meta, rc, err := o.SnapshotStore.Open(id)
+	if err == nil {
+		o.last.Store(meta.Index)
 	}
-	return list[0].Index
+	return meta, rc, err
 }
 
 // minTrailingLogs is the fewest entries a node keeps behind a snapshot,

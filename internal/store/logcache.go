@@ -61,6 +61,9 @@ func (c *LogCache) GetLog(idx uint64, l *raft.Log) error {
 		return nil
 	}
 	c.mu.RUnlock()
+	// l may hold a cached entry's bytes from an earlier hit: the store
+	// must decode into fresh ones, not over those.
+	*l = raft.Log{}
 	return c.store.GetLog(idx, l)
 }
 

@@ -214,3 +214,29 @@ func TestLogCacheBoundsTheLastBatch(t *testing.T) {
 		t.Fatalf("after the next batch the cache holds %d bytes, budget %d", c.bytes, 10<<10)
 	}
 }
+
+// A raft.Log that a cache hit filled shares the cached entry's bytes; if
+// its caller reuses it for a miss, the store must not decode into those
+// bytes and so rewrite the cached entry.
+func TestLogCacheHitIsNotRewrittenByALaterMissIntoTheSameLog(t *testing.T) {
+	s := openTestBolt(t, true)
+	c := newLogCache(s, 16, 1<<20)
+	if err := c.StoreLogs([]*raft.Log{{Index: 1, Term: 1, Type: raft.LogCommand, Data: []byte("cached-1")}}); err != nil {
+		t.Fatal(err)
+	}
+	// Entry 2 reaches the store without the cache: reading it is a miss.
+	if err := s.StoreLogs([]*raft.Log{{Index: 2, Term: 1, Type: raft.LogCommand, Data: []byte("stored-2")}}); err != nil {
+		t.Fatal(err)
+	}
+	var l raft.Log
+	if err := c.GetLog(1, &l); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.GetLog(2, &l); err != nil || string(l.Data) != "stored-2" {
+		t.Fatalf("miss read %q, %v", l.Data, err)
+	}
+	var again raft.Log
+	if err := c.GetLog(1, &again); err != nil || string(again.Data) != "cached-1" {
+		t.Fatalf("cached entry 1 reads %q after a miss decoded into the Log its hit filled", again.Data)
+	}
+}
