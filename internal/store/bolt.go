@@ -37,6 +37,11 @@ func openBolt(path string, snaps raft.SnapshotStore, readOnly bool) (*boltStore,
 			return nil, fmt.Errorf("%w: %s is missing but %d snapshot(s) exist: the node's term and vote are lost; "+
 				"restore raft.db, or remove the whole directory to rejoin as a new node", sentinel.ErrCorruptStore, path, len(list))
 		}
+		if !readOnly {
+			if err := createBolt(path); err != nil {
+				return nil, err
+			}
+		}
 	case err != nil:
 		return nil, fmt.Errorf("raftkit: open log store %s: %w", path, err)
 	case fi.IsDir():
@@ -230,9 +235,56 @@ func boltError(path string, err error) error {
 		return fmt.Errorf("%w: %s: %v", sentinel.ErrCorruptStore, path, err)
 	case errors.Is(err, os.ErrPermission):
 		return fmt.Errorf("raftkit: open log store %s: %w", path, err)
+	case isIOError(err):
+		return ioError(path, err)
 	}
 	// bbolt reports short files and bad pages with plain errors.
 	return fmt.Errorf("%w: %s cannot be opened: %v", sentinel.ErrCorruptStore, path, err)
+}
+
+// ioError names a failure of the disk under path (full, failing,
+// read-only) as such: the files are not known to be damaged.
+func ioError(path string, err error) error {
+	return fmt.Errorf("raftkit: log store %s: I/O error, not damage (free space or mend the disk, then start again): %w", path, err)
+}
+
+// createBolt creates a new, empty raft.db at path: under a temporary name,
+// renamed into place only once BoltDB has initialised it and its buckets
+// exist, so that a failure part-way (a full disk, a crash) never leaves a
+// file at path that a later start would take for a damaged log. The
+// directory is synced so that the new name survives a power cut.
+func createBolt(path string) error {
+	tmp := path + ".new"
+	_ = os.Remove(tmp) // left by a failed creation
+	s, err := newBoltStore(tmp, boltOptions(false))
+	if err == nil {
+		err = s.Close()
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err == nil {
+		err = syncDir(filepath.Dir(path))
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		if isIOError(err) {
+			return ioError(path, err)
+		}
+		return fmt.Errorf("raftkit: create log store %s: %w", path, err)
+	}
+	return nil
+}
+
+// syncDir fsyncs a directory, so that names created or renamed in it are
+// durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // safely turns a panic in fn (bbolt panics on some damaged files) into an
