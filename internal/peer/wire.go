@@ -300,12 +300,16 @@ func (c *frameConn) readFrame(v any, idle bool) error {
 	}
 	buf, err := c.readBody(n)
 	if err != nil {
-		if !idle && errors.Is(err, ErrBusy) {
+		switch {
+		case idle:
+			c.outOfStep(err)
+		case errors.Is(err, ErrBusy):
 			// The request is refused, not the connection: skip the rest of
 			// its body within a message deadline of its own (the first one
 			// was spent waiting for budget), holding no budget meanwhile.
 			c.skip(n-len(buf), err, true)
-		} else {
+		default:
+			err = fmt.Errorf("raftkit wire: message cut after %d of its %d bytes: %w", len(buf), n, err)
 			c.outOfStep(err)
 		}
 		return err
