@@ -26,7 +26,7 @@ import (
 // batches, commands that carry complete requests inside their bytes,
 // bodies cut short or sent slowly past their deadline, bodies over the
 // connection's limit, a stalled message that holds the request budget,
-// raw bytes, slow readers and early closes, from a member's host
+// raw bytes, slow readers and early half-closes, from a member's host
 // (127.0.0.1) and a stranger's (127.0.0.2). The oracle is the promise:
 //
 //   - the node applies only commands that the client sent as a whole
@@ -80,7 +80,7 @@ const (
 	fzPause           // conn, pause: the sender waits
 	fzGarbage         // conn, n, n bytes: raw bytes
 	fzSlowRead        // conn, pause: the reader waits
-	fzClose           // conn: the client closes the connection
+	fzClose           // conn: the client stops sending (a half-close) and reads on
 	fzOps
 )
 
@@ -108,7 +108,7 @@ var portFuzzSeeds = [][]byte{
 	// Part of a body that holds a whole ApplyRequest, filled by a later
 	// request's bytes; then raw bytes.
 	{fzTruncate, 1 | fzHello, 0x04, fzRequest, 1, 0, 0, 0, fzGarbage, 1, 5, 0, 0, 0, 1, 0x80},
-	// A slow reader, a slow sender, an early close.
+	// A slow reader, a slow sender, an early half-close.
 	{fzSlowRead, 0, 3, fzRequest, 0, 0, 0x80, 3, fzPause, 0, 2, fzRequest, 0, 8, 0, 0, fzClose, 0, fzRequest, 1, 0, 0, 0},
 }
 
@@ -464,9 +464,11 @@ func (r *fuzzRun) step() {
 		if c == nil {
 			return
 		}
+		// Not an abrupt close: the answers are read to the end, so that
+		// the run knows when the node is done with the connection (it
+		// closes it once its requests are served).
 		r.logf("close conn %d", c.slot)
-		c.send(fuzzWrite{close: true})
-		c.closed = true
+		c.send(fuzzWrite{closeWrite: true})
 	}
 }
 
@@ -496,9 +498,9 @@ type fuzzConn struct {
 }
 
 type fuzzWrite struct {
-	b                 []byte
-	pause             time.Duration
-	closeWrite, close bool
+	b          []byte
+	pause      time.Duration
+	closeWrite bool
 }
 
 type fuzzResponse struct {
@@ -517,7 +519,7 @@ func (c *fuzzConn) send(w fuzzWrite) {
 		return
 	}
 	c.sent = append(c.sent, w.b...)
-	if w.closeWrite || w.close {
+	if w.closeWrite {
 		c.closed = true
 	}
 	c.writes <- w
@@ -539,9 +541,6 @@ func (c *fuzzConn) write(opening []byte) {
 	for w := range c.writes {
 		switch {
 		case err != nil:
-		case w.close:
-			c.conn.Close()
-			err = net.ErrClosed
 		case w.closeWrite:
 			err = c.conn.CloseWrite()
 		case w.pause > 0:
@@ -549,7 +548,7 @@ func (c *fuzzConn) write(opening []byte) {
 		default:
 			_, err = c.conn.Write(w.b)
 		}
-		if w.close || w.closeWrite {
+		if w.closeWrite {
 			return
 		}
 	}
@@ -676,6 +675,7 @@ func (r *fuzzRun) check(applied []string) []string {
 	sent, refused, answered := map[string]int{}, map[string]int{}, map[string]int{}
 	for _, c := range r.conns {
 		reqs := referenceParse(c.sent)
+		r.logf("conn %d: %d bytes sent, %d requests at frame boundaries", c.slot, len(c.sent), len(reqs))
 		bySeq := map[uint64][]sentRequest{}
 		for _, q := range reqs {
 			bySeq[q.seq] = append(bySeq[q.seq], q)
@@ -723,7 +723,7 @@ func (r *fuzzRun) check(applied []string) []string {
 	for cmd, n := range got {
 		switch {
 		case sent[cmd] == 0:
-			v = append(v, fmt.Sprintf("applied %.40q, which no request at a frame boundary carried", cmd))
+			v = append(v, fmt.Sprintf("applied %.40q (%d bytes), which no request at a frame boundary carried", cmd, len(cmd)))
 		case n > sent[cmd]-refused[cmd]:
 			v = append(v, fmt.Sprintf("applied %.40q %d times: sent %d times at a frame boundary, refused %d times", cmd, n, sent[cmd], refused[cmd]))
 		}
