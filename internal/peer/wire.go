@@ -208,7 +208,8 @@ type Limits struct {
 	// with the bytes that arrive, and given back once the frame is
 	// decoded, so frames being read never hold more than the budget in
 	// all. A frame that cannot get budget within its message deadline
-	// fails with ErrBusy.
+	// fails with ErrBusy: the server refuses that request alone and skips
+	// the rest of its body.
 	Budget *Budget
 }
 
@@ -220,6 +221,12 @@ type frameConn struct {
 	h      *codec.MsgpackHandle
 	limits Limits
 	buf    []byte // the reader's, kept only up to readChunk
+	// deadline ends the reading of the current message (zero: none).
+	deadline time.Time
+	// broken is set once a frame was left part-read (ErrOutOfStep); the
+	// reader's fields are used by one goroutine at a time, as net/rpc
+	// reads.
+	broken error
 
 	wmu    sync.Mutex
 	enc    *codec.Encoder
@@ -253,11 +260,80 @@ func RefusedAsTooLarge(serverErr string) bool {
 	return strings.HasPrefix(serverErr, ErrFrameTooLarge.Error())
 }
 
+// ErrOutOfStep is returned by every read on a connection after a frame
+// was left part-read: the reader no longer knows where the next frame
+// starts, and never reads a header from inside a body, so the connection
+// must close.
+var ErrOutOfStep = errors.New("raftkit wire: connection out of step: an earlier message was left part-read")
+
 // readFrame reads one frame and decodes it into v (nil discards it). idle
 // says whether this frame starts a new message. Memory grows with the
 // bytes that arrive, never ahead of them: a length prefix alone costs
 // nothing.
+//
+// The stream stays in step or the connection is marked broken: when a
+// frame fails after its length prefix was read, the rest of it is skipped
+// (a body refused as busy or too large: the server answers that request
+// alone, and its sender knows it had no effect), or, if that cannot be
+// done, this and every later read fail (ErrOutOfStep), so that the server
+// closes the connection rather than take bytes of a body for a request.
 func (c *frameConn) readFrame(v any, idle bool) error {
+	if c.broken != nil {
+		return c.broken
+	}
+	n, err := c.readPrefix(idle)
+	if err != nil {
+		return err
+	}
+	if n > c.limits.MaxFrame {
+		err := fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, n, c.limits.MaxFrame)
+		// A message body over this connection's limit, after a header that
+		// was not: skip its bytes (the read deadline bounds how long that
+		// takes, and nothing is kept), so that the server answers this one
+		// request with the error.
+		if !idle && n <= MaxFrame {
+			c.skip(n, err, false)
+		} else {
+			c.outOfStep(err)
+		}
+		return err
+	}
+	buf, err := c.readBody(n)
+	if err != nil {
+		switch {
+		case idle:
+			c.outOfStep(err)
+		case errors.Is(err, ErrBusy):
+			// The request is refused, not the connection: skip the rest of
+			// its body within a message deadline of its own (the first one
+			// was spent waiting for budget), holding no budget meanwhile.
+			c.skip(n-len(buf), err, true)
+		default:
+			err = fmt.Errorf("raftkit wire: message cut after %d of its %d bytes: %w", len(buf), n, err)
+			c.outOfStep(err)
+		}
+		return err
+	}
+	if cap(buf) <= readChunk {
+		c.buf = buf
+	} else {
+		c.buf = nil
+	}
+	if v == nil {
+		return nil
+	}
+	// A frame read in full keeps the stream in step even if it does not
+	// decode: the server answers that request alone.
+	if err := codec.NewDecoderBytes(buf, c.h).Decode(v); err != nil {
+		return fmt.Errorf("raftkit wire: decode: %w", err)
+	}
+	return nil
+}
+
+// readPrefix reads a frame's length prefix, waiting for it up to the idle
+// deadline if idle says that the frame starts a message, and sets the
+// deadline for the rest of the message.
+func (c *frameConn) readPrefix(idle bool) (int, error) {
 	var hdr [4]byte
 	for {
 		c.upgrade()
@@ -278,30 +354,24 @@ func (c *frameConn) readFrame(v any, idle bool) error {
 		if n == 0 && idle && errors.As(err, &ne) && ne.Timeout() && c.upgrade() {
 			continue
 		}
-		return err
+		if n > 0 {
+			c.outOfStep(err)
+		}
+		return 0, err
 	}
-	var deadline time.Time
+	c.deadline = time.Time{}
 	if c.limits.Message > 0 {
-		deadline = time.Now().Add(c.limits.Message)
+		c.deadline = time.Now().Add(c.limits.Message)
 		if idle {
-			_ = c.conn.SetReadDeadline(deadline)
+			_ = c.conn.SetReadDeadline(c.deadline)
 		}
 	}
-	n := int(binary.BigEndian.Uint32(hdr[:]))
-	if n > c.limits.MaxFrame {
-		err := fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, n, c.limits.MaxFrame)
-		if !idle && n <= MaxFrame {
-			// A message body over this connection's limit, after a header
-			// that was not: skip its bytes (the read deadline bounds how
-			// long that takes, and nothing is kept), so that the stream
-			// stays in step and the server answers this one request with
-			// the error. Its sender then knows that it had no effect.
-			if _, derr := io.CopyN(io.Discard, c.r, int64(n)); derr != nil {
-				return derr
-			}
-		}
-		return err
-	}
+	return int(binary.BigEndian.Uint32(hdr[:])), nil
+}
+
+// readBody reads the n bytes of a frame whose prefix was read, and returns
+// what it read, all of them unless it fails.
+func (c *frameConn) readBody(n int) ([]byte, error) {
 	// Budget is reserved for buffer growth beyond the first chunk, as the
 	// bytes arrive; a sender that stops half-way holds only what it sent.
 	b := c.limits.Budget
@@ -320,8 +390,8 @@ func (c *frameConn) readFrame(v any, idle bool) error {
 				if !drawing {
 					ticket, drawing = b.begin(), true
 				}
-				if err := b.acquire(ticket, more, deadline); err != nil {
-					return err
+				if err := b.acquire(ticket, more, c.deadline); err != nil {
+					return buf, err
 				}
 				reserved += more
 			}
@@ -335,21 +405,28 @@ func (c *frameConn) readFrame(v any, idle bool) error {
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF
 			}
-			return err
+			return buf, err
 		}
 	}
-	if cap(buf) <= readChunk {
-		c.buf = buf
-	} else {
-		c.buf = nil
+	return buf, nil
+}
+
+// skip discards the next n bytes, the rest of a frame that failed with
+// cause, within the message deadline (a fresh one if fresh is set). If
+// they do not all arrive in time the connection is out of step.
+func (c *frameConn) skip(n int, cause error, fresh bool) {
+	c.buf = nil // it may have grown past readChunk
+	if fresh && c.limits.Message > 0 {
+		_ = c.conn.SetReadDeadline(time.Now().Add(c.limits.Message))
 	}
-	if v == nil {
-		return nil
+	if _, err := io.CopyN(io.Discard, c.r, int64(n)); err != nil {
+		c.outOfStep(fmt.Errorf("%v; skipping the rest of that message: %w", cause, err))
 	}
-	if err := codec.NewDecoderBytes(buf, c.h).Decode(v); err != nil {
-		return fmt.Errorf("raftkit wire: decode: %w", err)
-	}
-	return nil
+}
+
+// outOfStep marks the connection broken by cause: every later read fails.
+func (c *frameConn) outOfStep(cause error) {
+	c.broken = fmt.Errorf("%w (%v)", ErrOutOfStep, cause)
 }
 
 // upgrade applies the limits that Limits.Upgrade offers, if any, and
