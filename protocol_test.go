@@ -1,17 +1,22 @@
 package raftkit
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
 
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
+	"github.com/raftkit/raftkit/internal/chunk"
 	"github.com/raftkit/raftkit/internal/peer"
+	"github.com/raftkit/raftkit/internal/port"
 )
 
 // protocol1 makes a node speak as a node of protocol 1 does: bare tags,
@@ -147,5 +152,122 @@ func TestMemberThatRefusesItsClusterSaysSo(t *testing.T) {
 	}
 	if _, err := c.nodes[l].Apply(ctxTimeout(t, 10*time.Second), fsmexample.Set("others", []byte("v"))); err != nil {
 		t.Fatalf("the others: %v", err)
+	}
+}
+
+// spoofHello says h to the node at addr as any process on a member's host
+// can (a raw TCP client on loopback), and returns the answer: nil if the
+// node closed the connection unanswered.
+func spoofHello(t *testing.T, addr string, h *peer.Hello) *peer.Hello {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := conn.Write([]byte{port.TagHello}); err != nil {
+		t.Fatal(err)
+	}
+	if err := peer.WriteHello(conn, h); err != nil {
+		t.Fatal(err)
+	}
+	answer, err := peer.ReadHello(conn)
+	if err != nil {
+		return nil
+	}
+	return answer
+}
+
+// commandEntries returns how many command entries n's log holds after
+// index from, and how many of them are chunks.
+func commandEntries(t *testing.T, n *RaftNode, from uint64) (commands, chunks int) {
+	t.Helper()
+	for i := from + 1; i <= n.raft.LastIndex(); i++ {
+		var e raft.Log
+		if err := n.stores.Log.GetLog(i, &e); err != nil {
+			t.Fatal(err)
+		}
+		if e.Type != raft.LogCommand {
+			continue
+		}
+		commands++
+		if chunk.Is(e.Extensions) {
+			chunks++
+		}
+	}
+	return commands, chunks
+}
+
+// Hellos that claim the followers are of protocol 0, sent to the leader by
+// another process on the members' host, are refused on their own
+// connections and change nothing else: the leader does not refuse its
+// followers, stays ready, and writes succeed through it and through them.
+func TestSpoofedHellosCannotMakeALeaderRefuseItsMembers(t *testing.T) {
+	c := newTCPCluster(t, 3)
+	l := c.leader()
+	leader := c.nodes[l]
+	waitFor(t, 15*time.Second, "the leader to be ready", func() bool { return leader.Ready() == nil })
+	for i, a := range c.addrs {
+		if i == l {
+			continue
+		}
+		answer := spoofHello(t, c.addrs[l], &peer.Hello{Protocol: 0, From: a, Purpose: peer.PurposeRPC})
+		if answer == nil || answer.Refused == "" {
+			t.Fatalf("a hello of protocol 0 was answered %+v, want a refusal", answer)
+		}
+	}
+	if err := leader.Ready(); err != nil {
+		t.Errorf("after spoofed hellos, the leader is not ready: %v", err)
+	}
+	for i, n := range c.nodes {
+		if _, err := n.Apply(ctxTimeout(t, 10*time.Second), fsmexample.Set(fmt.Sprintf("after-spoof-%d", i), []byte("v"))); err != nil {
+			t.Errorf("after spoofed hellos, a write via node %d: %v", i, err)
+		}
+	}
+	for _, p := range leader.Status().Peers {
+		if p.Refused != "" {
+			t.Errorf("after spoofed hellos, the leader records %s as refused: %s", p.Addr, p.Refused)
+		}
+	}
+}
+
+// Hellos that claim the followers lack chunks, sent to the leader by
+// another process on the members' host, do not turn chunking off: a
+// large command still enters the log in chunks.
+func TestSpoofedHellosCannotTurnChunkingOff(t *testing.T) {
+	c := newTCPCluster(t, 3, withMaxCommandSize(2<<20))
+	l := c.leader()
+	leader := c.nodes[l]
+	noChunks := []string{peer.FeatureHello, peer.FeatureClusterDigest}
+	for i, a := range c.addrs {
+		if i == l {
+			continue
+		}
+		// The leader knows its follower first from its own dial; the
+		// spoof then tries to say otherwise.
+		waitFor(t, 15*time.Second, "the leader to know its follower", func() bool {
+			st, ok := leader.mux.Peer(a)
+			return ok && st.Profile.Speaks(peer.FeatureChunks)
+		})
+		answer := spoofHello(t, c.addrs[l], &peer.Hello{Protocol: peer.Protocol, Features: noChunks, Version: "spoof", From: a, Purpose: peer.PurposeRPC})
+		if answer == nil || answer.Refused != "" {
+			t.Fatalf("a compatible hello was answered %+v", answer)
+		}
+	}
+	const size = 1 << 20
+	cmd, value := casCommand("spoofed", size, 7)
+	before := leader.raft.LastIndex()
+	if res, err := leader.Apply(ctxTimeout(t, 20*time.Second), cmd); err != nil || res != true {
+		t.Fatalf("Apply = %v, %v; want true", res, err)
+	}
+	if _, chunks := commandEntries(t, leader, before); chunks < chunk.Count(size) {
+		t.Fatalf("after spoofed hellos, a command of %d bytes entered the log in %d chunks, want %d", size, chunks, chunk.Count(size))
+	}
+	for i, fsm := range c.fsms {
+		waitFor(t, 10*time.Second, fmt.Sprintf("node %d to apply the command", i), func() bool {
+			v, ok := fsm.Get("spoofed")
+			return ok && bytes.Equal(v, value)
+		})
 	}
 }
