@@ -59,9 +59,9 @@ type RaftNode struct {
 	submitMu sync.RWMutex
 	// chunkIDs numbers chunked commands' sequences, from a random start.
 	chunkIDs atomic.Uint64
-	// unasked holds, by address, when a peer could not be asked what it
-	// speaks (see readsChunks).
-	unasked sync.Map
+	// chunkAsks holds what peers answered, or failed to answer, about
+	// reading chunks where no hello said (see readsChunks).
+	chunkAsks chunkAsks
 	// chunkCut is set when a chunked submission may have stopped between
 	// chunks (see noteChunkCut).
 	chunkCut atomic.Bool

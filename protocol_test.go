@@ -271,3 +271,78 @@ func TestSpoofedHellosCannotTurnChunkingOff(t *testing.T) {
 		})
 	}
 }
+
+// beforeChunks makes a node speak as a release from before chunked
+// commands would, to the extent a test can: no hello (a hello is closed
+// unanswered), and "no" to a FeaturesRequest (such a release does not
+// know the request; either way, not a positive answer).
+func beforeChunks(peer.Profile) peer.Profile {
+	return peer.Profile{Protocol: 1, Features: []string{peer.FeatureClusterDigest}, Version: "before chunks"}
+}
+
+// A peer that says no hello is asked whether it reads chunks before it is
+// sent any. One that does not confirm it fails large commands as not
+// applied, naming it, through the leader and through a follower, with
+// nothing in the log; small commands go on. One that confirms it (a node
+// of protocol 1) gets chunks.
+func TestPeerWithoutHelloIsAskedBeforeChunks(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		profile func(peer.Profile) peer.Profile
+		reads   bool
+	}{
+		{"before chunks", beforeChunks, false},
+		{"protocol 1", protocol1, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newTCPClusterHooks(t, 3, func(i int) *nodeHooks {
+				if i == 0 {
+					return &nodeHooks{profile: tc.profile}
+				}
+				return nil
+			}, withMaxCommandSize(2<<20))
+			l := c.leader()
+			if l == 0 {
+				if err := c.nodes[0].TransferLeadership(ctxTimeout(t, 10*time.Second), c.nodes[1].ID()); err != nil {
+					t.Fatal(err)
+				}
+				waitFor(t, 10*time.Second, "node 1 to lead", func() bool { return c.nodes[1].IsLeader() })
+				l = 1
+			}
+			leader := c.nodes[l]
+			follower := 3 - l // the node that is neither 0 nor the leader
+			const size = 1 << 20
+			for _, via := range []int{l, follower} {
+				key := fmt.Sprintf("big-via-%d", via)
+				cmd, value := casCommand(key, size, byte(via))
+				before := leader.raft.LastIndex()
+				res, err := c.nodes[via].Apply(ctxTimeout(t, 20*time.Second), cmd)
+				commands, chunks := commandEntries(t, leader, before)
+				if !tc.reads {
+					if err == nil || !errors.Is(err, ErrNotApplied) || Classify(err) != NotApplied || !strings.Contains(err.Error(), c.addrs[0]) {
+						t.Fatalf("a large command via node %d with a peer from before chunks: %v, %v; want not applied, naming %s", via, res, err, c.addrs[0])
+					}
+					if chunks != 0 || commands != 0 {
+						t.Fatalf("the refused command left %d entries, %d chunks, in the leader's log", commands, chunks)
+					}
+					continue
+				}
+				if err != nil || res != true {
+					t.Fatalf("a large command via node %d = %v, %v; want true", via, res, err)
+				}
+				if chunks < chunk.Count(size) {
+					t.Fatalf("with a peer that confirmed it reads chunks, %d chunks for a command of %d bytes", chunks, size)
+				}
+				for i, fsm := range c.fsms {
+					waitFor(t, 10*time.Second, fmt.Sprintf("node %d to apply %s", i, key), func() bool {
+						v, ok := fsm.Get(key)
+						return ok && bytes.Equal(v, value)
+					})
+				}
+			}
+			if _, err := c.nodes[follower].Apply(ctxTimeout(t, 10*time.Second), fsmexample.Set("small", []byte("v"))); err != nil {
+				t.Fatalf("a small command: %v", err)
+			}
+		})
+	}
+}
