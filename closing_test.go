@@ -80,3 +80,27 @@ func TestDeparturesStayBounded(t *testing.T) {
 		t.Fatalf("%d departures held, want at most %d", got, maxDepartures)
 	}
 }
+
+// What the bootstrap agreement remembers of the lines it logged stays
+// bounded, whatever strangers' comparison requests claim.
+func TestBootstrapRequestsFromStrangersStayBounded(t *testing.T) {
+	c := newTCPCluster(t, 1)
+	n := c.nodes[c.leader()]
+	stranger := rawPool(t, "127.0.0.2")
+	for i := 0; i < maxLogged+500; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := stranger.Call(ctx, c.addrs[0], peer.MethodBootstrap,
+			&peer.BootstrapRequest{ID: fmt.Sprint("s", i), Addr: fmt.Sprintf("127.0.0.9:%d", 1000+i), Peers: []string{fmt.Sprintf("s%d=127.0.0.9:%d", i, 1000+i)}},
+			&peer.BootstrapResponse{})
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	n.gate.mu.Lock()
+	got := len(n.gate.logged)
+	n.gate.mu.Unlock()
+	if got > maxLogged {
+		t.Fatalf("the bootstrap agreement remembers %d logged lines, want at most %d", got, maxLogged)
+	}
+}
