@@ -256,9 +256,17 @@ func (g *clusterGate) outsideOf() []string {
 	return g.outside
 }
 
+// maxLogged bounds what logOnce remembers: keys hold what strangers say
+// (an address, a list's digest). Past it, the memory starts again, and a
+// line may be logged again.
+const maxLogged = 1024
+
 // logOnce runs log the first time key is seen; g.mu held.
 func (g *clusterGate) logOnce(key string, log func()) {
 	if !g.logged[key] {
+		if len(g.logged) >= maxLogged {
+			clear(g.logged)
+		}
 		g.logged[key] = true
 		log()
 	}

@@ -2,6 +2,9 @@ package raftkit
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -24,8 +27,14 @@ import (
 // other command holds it shared while raft takes it (not while it waits
 // for the outcome).
 func (n *RaftNode) submit(cmd ownedCmd, timeout time.Duration) raft.ApplyFuture {
-	if len(cmd) > chunk.Size && n.everyPeerReadsChunks(timeout) {
-		return n.submitChunked(cmd, timeout)
+	if len(cmd) > chunk.Size {
+		all, err := n.everyPeerReadsChunks(timeout)
+		if err != nil {
+			return failedFuture{err}
+		}
+		if all {
+			return n.submitChunked(cmd, timeout)
+		}
 	}
 	n.submitMu.RLock()
 	f := n.raft.Apply(cmd, timeout)
@@ -165,45 +174,126 @@ func (n *RaftNode) abortAbandonedChunks(ctx context.Context) {
 
 // A node that does not reassemble chunks would hand each chunk to its FSM
 // as a command of its own and silently diverge. So a leader chunks a
-// command only while every other server in its configuration speaks
-// peer.FeatureChunks, as its hello on the node port says (see
-// internal/peer's protocol.go); otherwise the command enters the log
-// whole: slower to decode, but read alike by every version.
+// command only while every other server in its configuration reads
+// chunks, as proven to it:
+//
+//   - a peer that answers hellos says so in its hello to this node's own
+//     dial (peer.FeatureChunks; see internal/peer's protocol.go); one
+//     that says it does not gets large commands whole, which every
+//     version reads;
+//   - a peer that closes hellos unanswered (protocol 1, or a release from
+//     before chunks) says nothing of itself, and is asked (a
+//     FeaturesRequest, which releases from before chunks do not know);
+//     the answer holds for what the mux learned of the peer from one dial
+//     (PeerState.Gen). Without a positive answer, a large command fails as
+//     not applied, naming the peer: such a peer's release is unknown, and
+//     it is not sent what it might misread;
+//   - a peer not heard from yet is asked (a hello); one that cannot be
+//     asked gets large commands whole.
 const (
 	// askWait bounds asking a peer this node has not heard from yet.
 	askWait = time.Second
 	// askRetry is how long a peer that could not be asked counts as not
 	// reading chunks before it is asked again.
 	askRetry = 5 * time.Second
+	// maxAsks bounds chunkAsks: past it, the memory starts again.
+	maxAsks = 1024
 )
+
+// chunkAsks remembers, by peer address, the leader's questions about
+// chunks whose answers no hello gave: when a peer could not be asked at
+// all, and what a peer without hellos answered a FeaturesRequest.
+type chunkAsks struct {
+	mu     sync.Mutex
+	byAddr map[string]chunkAsk
+}
+
+type chunkAsk struct {
+	gen   uint64 // the mux's PeerState.Gen asked about; 0: the peer could not be asked
+	at    time.Time
+	reads bool
+	cause error // why the peer did not confirm
+}
+
+func (a *chunkAsks) get(addr string) (chunkAsk, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	c, ok := a.byAddr[addr]
+	return c, ok
+}
+
+func (a *chunkAsks) put(addr string, c chunkAsk) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.byAddr == nil || len(a.byAddr) >= maxAsks {
+		a.byAddr = map[string]chunkAsk{}
+	}
+	c.at = time.Now()
+	a.byAddr[addr] = c
+}
 
 // everyPeerReadsChunks reports whether every other server in n's
 // configuration reads chunked commands, asking those n has not heard from
-// (each within timeout, at most askWait).
-func (n *RaftNode) everyPeerReadsChunks(timeout time.Duration) bool {
+// (each within timeout, at most askWait). An error (not applied) names a
+// peer without hellos that did not confirm it reads them.
+func (n *RaftNode) everyPeerReadsChunks(timeout time.Duration) (bool, error) {
+	all := true
 	for _, s := range n.raft.GetConfiguration().Configuration().Servers {
-		if string(s.ID) != n.id && !n.readsChunks(string(s.Address), timeout) {
-			return false
+		if string(s.ID) == n.id {
+			continue
 		}
+		reads, err := n.readsChunks(string(s.Address), timeout)
+		if err != nil {
+			return false, err
+		}
+		all = all && reads
 	}
-	return true
+	return all, nil
 }
 
-func (n *RaftNode) readsChunks(addr string, timeout time.Duration) bool {
+func (n *RaftNode) readsChunks(addr string, timeout time.Duration) (bool, error) {
 	st, known := n.mux.Peer(addr)
 	if !known {
-		if at, ok := n.unasked.Load(addr); ok && time.Since(at.(time.Time)) < askRetry {
-			return false
+		if c, ok := n.chunkAsks.get(addr); ok && c.gen == 0 && time.Since(c.at) < askRetry {
+			return false, nil
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), min(timeout, askWait))
 		var err error
 		st, err = n.mux.Ask(ctx, addr)
 		cancel()
 		if err != nil {
-			n.unasked.Store(addr, time.Now())
+			n.chunkAsks.put(addr, chunkAsk{})
 			n.logger.Debug("a peer could not be asked what it speaks; large commands enter the log whole", "peer", addr, "error", err)
-			return false
+			return false, nil
 		}
 	}
-	return st.Refused == "" && st.Profile.Speaks(peer.FeatureChunks)
+	switch {
+	case st.Refused != "":
+		return false, nil
+	case !st.Legacy:
+		return st.Profile.Speaks(peer.FeatureChunks), nil
+	}
+	c, ok := n.chunkAsks.get(addr)
+	if !ok || c.gen != st.Gen || (!c.reads && time.Since(c.at) >= askRetry) {
+		c = chunkAsk{gen: st.Gen}
+		ctx, cancel := context.WithTimeout(context.Background(), min(timeout, askWait))
+		var resp peer.FeaturesResponse
+		err := n.rpc.Call(ctx, addr, peer.MethodFeatures, &peer.FeaturesRequest{}, &resp)
+		cancel()
+		switch {
+		case err != nil:
+			c.cause = err
+		case !resp.Chunks:
+			c.cause = errors.New("it answered that it does not")
+		default:
+			c.reads = true
+		}
+		n.chunkAsks.put(addr, c)
+	}
+	if !c.reads {
+		return false, wrapErr(ErrNotApplied, "", fmt.Errorf("peer %s closes hellos unanswered (a release before protocol 2, perhaps from before chunked commands) "+
+			"and did not confirm that it reads chunked commands (%v): a command over %d bytes would reach it in chunks it could apply as commands of their own; "+
+			"upgrade that peer, or keep commands within %d bytes", addr, c.cause, chunk.Size, chunk.Size))
+	}
+	return true, nil
 }

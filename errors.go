@@ -396,6 +396,9 @@ func classifyRaft(what string, err error, notLeader func() error) error {
 		return notApplied(what, err)
 	case errors.Is(err, raft.ErrRaftShutdown):
 		return wrapErr(ErrUnknownOutcome, what, ErrClosed)
+	case errors.Is(err, ErrNotApplied):
+		// raftkit's own refusal before raft took the command (see submit).
+		return notApplied(what, err)
 	}
 	return unknownOutcome(what, err)
 }

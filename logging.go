@@ -211,6 +211,12 @@ type departure struct {
 
 func newDepartures() *departures { return &departures{peers: map[string]departure{}} }
 
+// maxDepartures bounds the notices kept in their quiet period: past it, a
+// new one is dropped (its peer's failures are then logged as any lost
+// peer's). Only members' notices are recorded (peerHandler.Closing), so it
+// is reached only by a configuration of more servers.
+const maxDepartures = 256
+
 // add records that peer id at addr is closing cleanly.
 func (d *departures) add(id, addr string) {
 	quiet := closeQuietPeriod
@@ -218,8 +224,11 @@ func (d *departures) add(id, addr string) {
 		quiet = max(quiet, 10*r.ReloadableConfig().ElectionTimeout)
 	}
 	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.peers[id]; !ok && len(d.current()) >= maxDepartures {
+		return
+	}
 	d.peers[id] = departure{addr: addr, until: time.Now().Add(quiet)}
-	d.mu.Unlock()
 }
 
 // current returns the notices still in their quiet period, forgetting

@@ -59,9 +59,9 @@ type RaftNode struct {
 	submitMu sync.RWMutex
 	// chunkIDs numbers chunked commands' sequences, from a random start.
 	chunkIDs atomic.Uint64
-	// unasked holds, by address, when a peer could not be asked what it
-	// speaks (see readsChunks).
-	unasked sync.Map
+	// chunkAsks holds what peers answered, or failed to answer, about
+	// reading chunks where no hello said (see readsChunks).
+	chunkAsks chunkAsks
 	// chunkCut is set when a chunked submission may have stopped between
 	// chunks (see noteChunkCut).
 	chunkCut atomic.Bool
@@ -307,7 +307,21 @@ func newRaftNode(cfg Config, fsm raft.FSM, hooks *nodeHooks) (node *RaftNode, er
 	if err != nil {
 		return nil, fmt.Errorf("raftkit: register request service: %w", err)
 	}
-	mux.ServeRPC(server.Serve)
+	mux.ServeRPC(func(conn net.Conn, l peer.Limits) {
+		if l.Upgrade == nil {
+			server.Serve(conn, l)
+			return
+		}
+		// A stranger's connection (it has limits to upgrade once its host
+		// becomes a member's): what it says of its sender counts only
+		// then (see peerHandler.Closing).
+		stranger, err := peer.NewServer(peerHandler{n: n, member: func() bool { _, ok := l.Upgrade(); return ok }})
+		if err != nil {
+			conn.Close()
+			return
+		}
+		stranger.Serve(conn, l)
+	})
 	// Requests being served end with the listener; the server only stops
 	// taking new request connections.
 	if err := life.add("request server", func() error { mux.ServeRPC(nil); return nil }); err != nil {

@@ -19,7 +19,12 @@ import (
 // the asking side and the errors' wire form.
 
 // peerHandler serves this node's peers' requests (peer.Handler).
-type peerHandler struct{ n *RaftNode }
+type peerHandler struct {
+	n *RaftNode
+	// member reports whether the connection served comes from a member's
+	// host; nil: it does (see internal/port's Admission).
+	member func() bool
+}
 
 var _ peer.Handler = peerHandler{}
 
@@ -45,9 +50,22 @@ func (h peerHandler) Membership(req *peer.MembershipRequest) peer.MembershipResp
 	return peer.MembershipResponse{Err: toWire(n.membershipHere(ctx, req.Op, req.ID, req.Addr))}
 }
 
+// Closing records a clean-close notice only from a member: sent from a
+// member's host (or with the join secret, when one is set), naming a
+// server of the latest configuration at its address. So a stranger's
+// notices grow nothing, and departures holds at most the configuration.
 func (h peerHandler) Closing(req *peer.ClosingRequest) {
 	n := h.n
-	if want := n.cfg.JoinSecret; want != "" && subtle.ConstantTimeCompare([]byte(want), []byte(req.Secret)) != 1 {
+	secret := n.cfg.JoinSecret
+	if secret != "" && subtle.ConstantTimeCompare([]byte(secret), []byte(req.Secret)) != 1 {
+		return
+	}
+	if secret == "" && h.member != nil && !h.member() {
+		n.logger.Debug("ignoring a clean-close notice from a host that is no member's", "id", req.ID, "addr", req.Addr)
+		return
+	}
+	if s, ok := n.server(req.ID); !ok || string(s.Address) != req.Addr {
+		n.logger.Debug("ignoring a clean-close notice naming no server of the configuration", "id", req.ID, "addr", req.Addr)
 		return
 	}
 	n.departures.add(req.ID, req.Addr)

@@ -132,7 +132,7 @@ func newPortFuzz(tb testing.TB, leaky bool) *portFuzz {
 	pf.n = startLoggedNode(tb, pf.log)
 	if leaky {
 		srv := rpc.NewServer()
-		if err := srv.RegisterName(peer.Service, leakyService{peerHandler{pf.n}}); err != nil {
+		if err := srv.RegisterName(peer.Service, leakyService{peerHandler{n: pf.n}}); err != nil {
 			tb.Fatal(err)
 		}
 		pf.n.mux.ServeRPC(func(c net.Conn, _ peer.Limits) { srv.ServeCodec(&leakyCodec{conn: c, r: bufio.NewReader(c)}) })

@@ -1,8 +1,10 @@
 package raftkit
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -10,9 +12,12 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
 
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
+	"github.com/raftkit/raftkit/internal/chunk"
 	"github.com/raftkit/raftkit/internal/peer"
+	"github.com/raftkit/raftkit/internal/port"
 )
 
 // protocol1 makes a node speak as a node of protocol 1 does: bare tags,
@@ -173,5 +178,197 @@ func TestModuleVersionNamesReplacedCopies(t *testing.T) {
 		if got := versionIn(tc.bi, tc.ok); got != tc.want {
 			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
 		}
+	}
+}
+
+// spoofHello says h to the node at addr as any process on a member's host
+// can (a raw TCP client on loopback), and returns the answer: nil if the
+// node closed the connection unanswered.
+func spoofHello(t *testing.T, addr string, h *peer.Hello) *peer.Hello {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := conn.Write([]byte{port.TagHello}); err != nil {
+		t.Fatal(err)
+	}
+	if err := peer.WriteHello(conn, h); err != nil {
+		t.Fatal(err)
+	}
+	answer, err := peer.ReadHello(conn)
+	if err != nil {
+		return nil
+	}
+	return answer
+}
+
+// commandEntries returns how many command entries n's log holds after
+// index from, and how many of them are chunks.
+func commandEntries(t *testing.T, n *RaftNode, from uint64) (commands, chunks int) {
+	t.Helper()
+	for i := from + 1; i <= n.raft.LastIndex(); i++ {
+		var e raft.Log
+		if err := n.stores.Log.GetLog(i, &e); err != nil {
+			t.Fatal(err)
+		}
+		if e.Type != raft.LogCommand {
+			continue
+		}
+		commands++
+		if chunk.Is(e.Extensions) {
+			chunks++
+		}
+	}
+	return commands, chunks
+}
+
+// Hellos that claim the followers are of protocol 0, sent to the leader by
+// another process on the members' host, are refused on their own
+// connections and change nothing else: the leader does not refuse its
+// followers, stays ready, and writes succeed through it and through them.
+func TestSpoofedHellosCannotMakeALeaderRefuseItsMembers(t *testing.T) {
+	c := newTCPCluster(t, 3)
+	l := c.leader()
+	leader := c.nodes[l]
+	waitFor(t, 15*time.Second, "the leader to be ready", func() bool { return leader.Ready() == nil })
+	for i, a := range c.addrs {
+		if i == l {
+			continue
+		}
+		answer := spoofHello(t, c.addrs[l], &peer.Hello{Protocol: 0, From: a, Purpose: peer.PurposeRPC})
+		if answer == nil || answer.Refused == "" {
+			t.Fatalf("a hello of protocol 0 was answered %+v, want a refusal", answer)
+		}
+	}
+	if err := leader.Ready(); err != nil {
+		t.Errorf("after spoofed hellos, the leader is not ready: %v", err)
+	}
+	for i, n := range c.nodes {
+		if _, err := n.Apply(ctxTimeout(t, 10*time.Second), fsmexample.Set(fmt.Sprintf("after-spoof-%d", i), []byte("v"))); err != nil {
+			t.Errorf("after spoofed hellos, a write via node %d: %v", i, err)
+		}
+	}
+	for _, p := range leader.Status().Peers {
+		if p.Refused != "" {
+			t.Errorf("after spoofed hellos, the leader records %s as refused: %s", p.Addr, p.Refused)
+		}
+	}
+}
+
+// Hellos that claim the followers lack chunks, sent to the leader by
+// another process on the members' host, do not turn chunking off: a
+// large command still enters the log in chunks.
+func TestSpoofedHellosCannotTurnChunkingOff(t *testing.T) {
+	c := newTCPCluster(t, 3, withMaxCommandSize(2<<20))
+	l := c.leader()
+	leader := c.nodes[l]
+	noChunks := []string{peer.FeatureHello, peer.FeatureClusterDigest}
+	for i, a := range c.addrs {
+		if i == l {
+			continue
+		}
+		// The leader knows its follower first from its own dial; the
+		// spoof then tries to say otherwise.
+		waitFor(t, 15*time.Second, "the leader to know its follower", func() bool {
+			st, ok := leader.mux.Peer(a)
+			return ok && st.Profile.Speaks(peer.FeatureChunks)
+		})
+		answer := spoofHello(t, c.addrs[l], &peer.Hello{Protocol: peer.Protocol, Features: noChunks, Version: "spoof", From: a, Purpose: peer.PurposeRPC})
+		if answer == nil || answer.Refused != "" {
+			t.Fatalf("a compatible hello was answered %+v", answer)
+		}
+	}
+	const size = 1 << 20
+	cmd, value := casCommand("spoofed", size, 7)
+	before := leader.raft.LastIndex()
+	if res, err := leader.Apply(ctxTimeout(t, 20*time.Second), cmd); err != nil || res != true {
+		t.Fatalf("Apply = %v, %v; want true", res, err)
+	}
+	if _, chunks := commandEntries(t, leader, before); chunks < chunk.Count(size) {
+		t.Fatalf("after spoofed hellos, a command of %d bytes entered the log in %d chunks, want %d", size, chunks, chunk.Count(size))
+	}
+	for i, fsm := range c.fsms {
+		waitFor(t, 10*time.Second, fmt.Sprintf("node %d to apply the command", i), func() bool {
+			v, ok := fsm.Get("spoofed")
+			return ok && bytes.Equal(v, value)
+		})
+	}
+}
+
+// beforeChunks makes a node speak as a release from before chunked
+// commands would, to the extent a test can: no hello (a hello is closed
+// unanswered), and "no" to a FeaturesRequest (such a release does not
+// know the request; either way, not a positive answer).
+func beforeChunks(peer.Profile) peer.Profile {
+	return peer.Profile{Protocol: 1, Features: []string{peer.FeatureClusterDigest}, Version: "before chunks"}
+}
+
+// A peer that says no hello is asked whether it reads chunks before it is
+// sent any. One that does not confirm it fails large commands as not
+// applied, naming it, through the leader and through a follower, with
+// nothing in the log; small commands go on. One that confirms it (a node
+// of protocol 1) gets chunks.
+func TestPeerWithoutHelloIsAskedBeforeChunks(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		profile func(peer.Profile) peer.Profile
+		reads   bool
+	}{
+		{"before chunks", beforeChunks, false},
+		{"protocol 1", protocol1, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newTCPClusterHooks(t, 3, func(i int) *nodeHooks {
+				if i == 0 {
+					return &nodeHooks{profile: tc.profile}
+				}
+				return nil
+			}, withMaxCommandSize(2<<20))
+			l := c.leader()
+			if l == 0 {
+				if err := c.nodes[0].TransferLeadership(ctxTimeout(t, 10*time.Second), c.nodes[1].ID()); err != nil {
+					t.Fatal(err)
+				}
+				waitFor(t, 10*time.Second, "node 1 to lead", func() bool { return c.nodes[1].IsLeader() })
+				l = 1
+			}
+			leader := c.nodes[l]
+			follower := 3 - l // the node that is neither 0 nor the leader
+			const size = 1 << 20
+			for _, via := range []int{l, follower} {
+				key := fmt.Sprintf("big-via-%d", via)
+				cmd, value := casCommand(key, size, byte(via))
+				before := leader.raft.LastIndex()
+				res, err := c.nodes[via].Apply(ctxTimeout(t, 20*time.Second), cmd)
+				commands, chunks := commandEntries(t, leader, before)
+				if !tc.reads {
+					if err == nil || !errors.Is(err, ErrNotApplied) || Classify(err) != NotApplied || !strings.Contains(err.Error(), c.addrs[0]) {
+						t.Fatalf("a large command via node %d with a peer from before chunks: %v, %v; want not applied, naming %s", via, res, err, c.addrs[0])
+					}
+					if chunks != 0 || commands != 0 {
+						t.Fatalf("the refused command left %d entries, %d chunks, in the leader's log", commands, chunks)
+					}
+					continue
+				}
+				if err != nil || res != true {
+					t.Fatalf("a large command via node %d = %v, %v; want true", via, res, err)
+				}
+				if chunks < chunk.Count(size) {
+					t.Fatalf("with a peer that confirmed it reads chunks, %d chunks for a command of %d bytes", chunks, size)
+				}
+				for i, fsm := range c.fsms {
+					waitFor(t, 10*time.Second, fmt.Sprintf("node %d to apply %s", i, key), func() bool {
+						v, ok := fsm.Get(key)
+						return ok && bytes.Equal(v, value)
+					})
+				}
+			}
+			if _, err := c.nodes[follower].Apply(ctxTimeout(t, 10*time.Second), fsmexample.Set("small", []byte("v"))); err != nil {
+				t.Fatalf("a small command: %v", err)
+			}
+		})
 	}
 }

@@ -95,10 +95,10 @@ type Mux struct {
 	raftHosts map[string]int // members' raft connections, by host
 
 	// profile is what this node says of itself in its hellos; peers is
-	// what it learned of its peers' (see protocol.go), kept for the
-	// addresses of memberAddrs: the static ones and those of raft's latest
-	// configuration. refusedLogged holds the refusals logged (bounded by
-	// maxRefusalsLogged).
+	// what it learned of its peers' by dialling them (see protocol.go),
+	// kept for the addresses of memberAddrs: the static ones and those of
+	// raft's latest configuration. refusedLogged holds the refusals logged
+	// (bounded by maxRefusalsLogged).
 	profile       peer.Profile
 	peers         peerTable
 	staticAddrs   []string
@@ -267,29 +267,21 @@ func (m *Mux) handshake(tc *trackedConn, member bool) (opening, error) {
 // refuses the dialer (and closes the connection); it reports the purpose
 // the connection is for, or "" when it is done with.
 //
-// What the hello says of the dialer is kept under the address it claims
-// (From) only when that is a member's address and the connection is not a
-// stranger's (see Admission): a stranger cannot speak for a member, nor
-// fill the table.
-func (m *Mux) answer(o opening, host string, stranger bool) string {
+// The hello decides this connection alone: nothing it says is recorded
+// of the address it claims (From), since any process on a member's host
+// could claim a member's. What the mux records of its members it learns
+// from its own dials (see protocol.go).
+func (m *Mux) answer(o opening, host string) string {
 	h := o.hello
-	trusted := !stranger && m.isMemberAddr(h.From)
-	who := host
-	if trusted {
-		who = h.From
-	}
 	p := peer.Of(h)
 	reply := m.hello("")
 	if reason, ours := peer.Incompatible(m.profile, p); reason != "" {
-		m.refuse(who, reason, ours, p, false, trusted)
+		m.refuse(host, reason, ours, p, false, false)
 		reply.Refused = reason
 		_ = o.conn.SetWriteDeadline(time.Now().Add(HandshakeTimeout))
 		_ = peer.WriteHello(o.conn, reply)
 		o.conn.Close()
 		return ""
-	}
-	if trusted { // before the answer: the dialer then finds it known
-		m.peers.put(PeerState{Addr: h.From, Profile: p})
 	}
 	_ = o.conn.SetWriteDeadline(time.Now().Add(HandshakeTimeout))
 	if err := peer.WriteHello(o.conn, reply); err != nil {
@@ -327,7 +319,7 @@ func (m *Mux) route(tc *trackedConn, host string, member bool) {
 	purpose := ""
 	switch {
 	case o.hello != nil:
-		if purpose = m.answer(o, host, stranger); purpose == "" {
+		if purpose = m.answer(o, host); purpose == "" {
 			return
 		}
 	case tag == TagRaft || tag == TagRaftCluster || tag == TagRPC:

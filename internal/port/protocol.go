@@ -20,6 +20,13 @@ import (
 // node of protocol 1 closes such a connection unanswered, and is then
 // spoken to with the bare tags it knows. The mux remembers what each peer
 // speaks, so that a node learns it from the connections it opens anyway.
+//
+// A peer's claims count only where it proves them: what the mux records
+// of a member (its profile, that it closes hellos, a refusal) comes only
+// from the mux's own dials to that member's address. A hello that arrives
+// on an inbound connection decides that connection alone (answered, or
+// refused and closed): any process on a member's host can send one, and
+// name any member in From.
 
 // TagHello opens a connection whose hello follows (protocol 2 on).
 const TagHello byte = 0x56 // 'V'
@@ -27,6 +34,15 @@ const TagHello byte = 0x56 // 'V'
 // legacyTTL is how long a peer found to speak protocol 1 is dialled with
 // bare tags before a hello is tried again (it may have been upgraded).
 const legacyTTL = 10 * time.Second
+
+// A member this node and which do not talk is asked again in the
+// background (refreshPeers), after refusedRetry, doubling with each
+// refusal in a row up to refusedRetryMax: it may have been upgraded or
+// restarted with other settings.
+const (
+	refusedRetry    = time.Second
+	refusedRetryMax = time.Minute
+)
 
 // IncompatibleError is a peer this node will not talk to, or that will not
 // talk to this node (see peer.Incompatible).
@@ -53,13 +69,37 @@ type PeerState struct {
 	// this node refused.
 	Refused string
 	Ours    bool
-	At      time.Time
+	// At is when the mux learned this; Gen numbers what it learned, new
+	// with each dial that told it (what was learned from one connection
+	// holds for that generation).
+	At  time.Time
+	Gen uint64
+	// refusals counts the dials in a row that ended refused.
+	refusals int
+}
+
+// legacyProfile is what the mux records of a peer that closes a hello
+// unanswered: protocol 1, or a release older still. Such a peer says
+// nothing of what it reads; whether it reassembles chunks in particular
+// is for the node to ask (internal/peer's FeaturesRequest), never
+// assumed: a release from before chunks also closes hellos, and would
+// apply each chunk as a command.
+func legacyProfile() peer.Profile {
+	p := peer.Protocol1()
+	p.Features = slices.DeleteFunc(slices.Clone(p.Features), func(f string) bool { return f == peer.FeatureChunks })
+	return p
+}
+
+// retryAfter is how long after a refusal the member is asked again.
+func (s PeerState) retryAfter() time.Duration {
+	return min(refusedRetry<<min(s.refusals-1, 10), refusedRetryMax)
 }
 
 // peerTable is what the mux learned of its peers, by advertised address.
 type peerTable struct {
 	mu     sync.Mutex
 	states map[string]PeerState
+	gen    uint64
 }
 
 func (t *peerTable) put(s PeerState) {
@@ -69,6 +109,11 @@ func (t *peerTable) put(s PeerState) {
 		t.states = map[string]PeerState{}
 	}
 	s.At = time.Now()
+	t.gen++
+	s.Gen = t.gen
+	if s.Refused != "" {
+		s.refusals = t.states[s.Addr].refusals + 1
+	}
 	t.states[s.Addr] = s
 }
 
@@ -133,9 +178,9 @@ const maxRefusalsLogged = 1024
 
 // refuse logs at ERROR that this node and the peer at who do not talk,
 // once per peer and reason, and records it in the peer table if record
-// (who is a member's address). A peer not recorded is named by its host,
-// and logged once whatever its reasons: a stranger's hellos say what it
-// likes.
+// (who is the address this node dialled). A peer not recorded (one that
+// dialled this node) is named by its host, and logged once whatever its
+// reasons: an inbound hello says what its sender likes.
 func (m *Mux) refuse(who, reason string, ours bool, p peer.Profile, legacy, record bool) {
 	key := who
 	if record {
@@ -181,7 +226,7 @@ func (m *Mux) Dial(ctx context.Context, addr, purpose string) (net.Conn, error) 
 			m.refuse(addr, reason, ours, p, true, true)
 			return nil, &IncompatibleError{Peer: addr, Reason: reason, Ours: ours}
 		}
-		m.peers.put(PeerState{Addr: addr, Profile: p, Legacy: true})
+		m.peers.put(PeerState{Addr: addr, Profile: legacyProfile(), Legacy: true})
 		if purpose == peer.PurposeAsk {
 			return nil, nil
 		}
@@ -225,9 +270,10 @@ func (m *Mux) Ask(ctx context.Context, addr string) (PeerState, error) {
 }
 
 // refreshPeers asks, one at a time, the members at addrs that the mux
-// knows nothing of, or knows as protocol 1 for longer than legacyTTL (a
+// knows nothing of, knows as protocol 1 for longer than legacyTTL (a
 // peer upgraded since then is heard as such, though raft may keep its old
-// connections to it for long).
+// connections to it for long), or refused longer ago than their backoff
+// (retryAfter).
 func (m *Mux) refreshPeers(addrs []string) {
 	m.setMemberAddrs(addrs)
 	if m.profile.Protocol < 2 {
@@ -237,13 +283,25 @@ func (m *Mux) refreshPeers(addrs []string) {
 		if a == m.advertise {
 			continue
 		}
-		if s, ok := m.peers.get(a); ok && (!s.Legacy || time.Since(s.At) < legacyTTL) {
+		if s, ok := m.peers.get(a); ok && !m.stale(s) {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(m.closing, time.Second)
 		_, _ = m.Dial(ctx, a, peer.PurposeAsk)
 		cancel()
 	}
+}
+
+// stale reports whether what the mux knows of a peer is to be asked
+// again.
+func (m *Mux) stale(s PeerState) bool {
+	switch {
+	case s.Refused != "":
+		return time.Since(s.At) >= s.retryAfter()
+	case s.Legacy:
+		return time.Since(s.At) >= legacyTTL
+	}
+	return false
 }
 
 // errNoHello is a peer that closed the connection without answering its

@@ -40,7 +40,10 @@ func ctx5s(t *testing.T) context.Context {
 	return ctx
 }
 
-// Two nodes of this version learn each other's profile from the hello.
+// Two nodes of this version learn each other's profile from the hellos
+// of the connections each opens: the dialer from the answer; the
+// answering node records nothing of the dialer's hello, and learns the
+// dialer's profile when it dials (asks) it in turn.
 func TestHelloTellsEachSideWhatTheOtherSpeaks(t *testing.T) {
 	a, _ := testMux(t, current)
 	b, served := testMux(t, current, a.Advertise())
@@ -53,8 +56,11 @@ func TestHelloTellsEachSideWhatTheOtherSpeaks(t *testing.T) {
 	if s, ok := a.Peer(b.Advertise()); !ok || s.Legacy || s.Profile.Protocol != peer.Protocol || !s.Profile.Speaks(peer.FeatureChunks) {
 		t.Fatalf("the dialer learned %+v, %v", s, ok)
 	}
-	if s, ok := b.Peer(a.Advertise()); !ok || s.Profile.Protocol != peer.Protocol {
-		t.Fatalf("the answering node learned %+v, %v", s, ok)
+	if s, ok := b.Peer(a.Advertise()); ok {
+		t.Fatalf("the answering node recorded an inbound hello: %+v", s)
+	}
+	if s, err := b.Ask(ctx5s(t), a.Advertise()); err != nil || s.Profile.Protocol != peer.Protocol || !s.Profile.Speaks(peer.FeatureChunks) {
+		t.Fatalf("the answering node, asking, learned %+v, %v", s, err)
 	}
 }
 
@@ -70,7 +76,9 @@ func TestProtocol1PeersAreSpokenToAsTheyExpect(t *testing.T) {
 	}
 	conn.Close()
 	<-oldServed
-	if s, ok := newer.Peer(old.Advertise()); !ok || !s.Legacy || s.Profile.Protocol != 1 || !s.Profile.Speaks(peer.FeatureChunks) {
+	// It said nothing of chunks: a release from before them closes
+	// hellos too. Whether it reads them is asked, never assumed.
+	if s, ok := newer.Peer(old.Advertise()); !ok || !s.Legacy || s.Profile.Protocol != 1 || s.Profile.Speaks(peer.FeatureChunks) {
 		t.Fatalf("the node of protocol 1 is known as %+v, %v", s, ok)
 	}
 	// Next time, the bare tag at once.
@@ -152,20 +160,28 @@ func helloFrom(t *testing.T, src, addr string, h *peer.Hello) *peer.Hello {
 	return answer
 }
 
-// A hello speaks for the address it claims only from a member's host, and
-// only for a member's address: another host cannot make a node refuse its
-// members (which would fail every call with ErrIncompatible), nor grow
-// what the node keeps of its peers.
+// An inbound hello decides its own connection and nothing more, from
+// any host, the members' own included (any process there can send one):
+// claiming a member's address, too old to talk or without chunks, it
+// records nothing of that member, so it cannot make the node refuse its
+// members (which would fail every call with ErrIncompatible) nor turn
+// chunking off; claiming other addresses, it cannot fill the peer table.
 func TestHellosCannotSpeakForMembersOrFillThePeerTable(t *testing.T) {
 	member, _ := testMux(t, current)
 	m, _ := testMux(t, current, member.Advertise())
+	withoutChunks := &peer.Hello{Protocol: peer.Protocol, Features: []string{peer.FeatureHello, peer.FeatureClusterDigest},
+		From: member.Advertise(), Purpose: peer.PurposeAsk}
 
-	// From another host, claiming the member's address, too old to talk.
-	if a := helloFrom(t, "127.0.0.2", m.Advertise(), &peer.Hello{Protocol: 0, From: member.Advertise(), Purpose: peer.PurposeAsk}); a == nil || a.Refused == "" {
-		t.Fatalf("an incompatible hello was answered %+v, want a refusal", a)
-	}
-	if s, ok := m.Peer(member.Advertise()); ok {
-		t.Fatalf("another host's hello is recorded as the member's: %+v", s)
+	for _, src := range []string{"127.0.0.2", "127.0.0.1"} { // another host; the member's own
+		if a := helloFrom(t, src, m.Advertise(), &peer.Hello{Protocol: 0, From: member.Advertise(), Purpose: peer.PurposeAsk}); a == nil || a.Refused == "" {
+			t.Fatalf("from %s, an incompatible hello was answered %+v, want a refusal", src, a)
+		}
+		if a := helloFrom(t, src, m.Advertise(), withoutChunks); a == nil || a.Refused != "" {
+			t.Fatalf("from %s, a compatible hello was answered %+v", src, a)
+		}
+		if s, ok := m.Peer(member.Advertise()); ok {
+			t.Fatalf("a hello from %s is recorded as the member's: %+v", src, s)
+		}
 	}
 	// From any host, claiming addresses that are no member's.
 	for i := 0; i < 50; i++ {
@@ -174,15 +190,70 @@ func TestHellosCannotSpeakForMembersOrFillThePeerTable(t *testing.T) {
 		}
 	}
 	if ps := m.Peers(); len(ps) != 0 {
-		t.Fatalf("hellos claiming no member's address fill the peer table: %d entries", len(ps))
+		t.Fatalf("inbound hellos fill the peer table: %d entries", len(ps))
 	}
-	// The member itself is recorded, from its host.
-	conn, err := member.Dial(ctx5s(t), m.Advertise(), peer.PurposeAsk)
-	if err != nil || conn != nil {
-		t.Fatalf("ask: %v, %v", conn, err)
+	// The member is recorded from the node's own dial, whatever was
+	// claimed for it before; later claims change nothing.
+	if s, err := m.Ask(ctx5s(t), member.Advertise()); err != nil || s.Refused != "" || !s.Profile.Speaks(peer.FeatureChunks) {
+		t.Fatalf("asked, the member is %+v, %v", s, err)
 	}
-	if s, ok := m.Peer(member.Advertise()); !ok || s.Refused != "" || s.Profile.Protocol != peer.Protocol {
-		t.Fatalf("the member is recorded as %+v, %v", s, ok)
+	helloFrom(t, "127.0.0.1", m.Advertise(), &peer.Hello{Protocol: 0, From: member.Advertise(), Purpose: peer.PurposeAsk})
+	helloFrom(t, "127.0.0.1", m.Advertise(), withoutChunks)
+	if s, ok := m.Peer(member.Advertise()); !ok || s.Refused != "" || s.Profile.Protocol != peer.Protocol || !s.Profile.Speaks(peer.FeatureChunks) {
+		t.Fatalf("after more claims, the member is recorded as %+v, %v", s, ok)
+	}
+}
+
+// A member this node found it does not talk to is asked again in the
+// background, with a backoff: once it is restarted compatible, the node
+// finds out without waiting for a dial of its own to that member.
+func TestRefusedMembersAreAskedAgain(t *testing.T) {
+	demanding := current
+	demanding.Requires = []string{"test-required"}
+	demanding.Features = append(append([]string(nil), current.Features...), "test-required")
+	d, _ := testMux(t, demanding)
+	addr := d.Advertise()
+	m, _ := testMux(t, current, addr)
+	if _, err := m.Ask(ctx5s(t), addr); err != nil {
+		t.Fatal(err)
+	}
+	first, ok := m.Peer(addr)
+	if !ok || first.Refused == "" {
+		t.Fatalf("the demanding member is known as %+v, %v; want refused", first, ok)
+	}
+	// Within its backoff, it is not asked again.
+	m.refreshPeers([]string{addr})
+	if s, _ := m.Peer(addr); !s.At.Equal(first.At) {
+		t.Fatalf("a refused member was asked again at once: %+v", s)
+	}
+	// Restarted without the requirement, at the same address.
+	d.Close()
+	var ln net.Listener
+	waitFor(t, 5*time.Second, "the address to be free", func() bool {
+		var err error
+		ln, err = net.Listen("tcp", addr)
+		return err == nil
+	})
+	plain, _, err := Open(Options{Listener: ln, Addr: addr, Advertise: addr, Logger: hclog.NewNullLogger(), MaxCommand: 1 << 20, Profile: current})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { plain.Close() })
+	waitFor(t, 10*time.Second, "the member to be asked again", func() bool {
+		m.refreshPeers([]string{addr})
+		s, _ := m.Peer(addr)
+		return s.Refused == "" && s.Profile.Protocol == peer.Protocol
+	})
+}
+
+func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", limit, what)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
