@@ -82,13 +82,9 @@ type RaftNode struct {
 
 	// gate holds the bootstrap agreement and the cluster's identity.
 	gate *clusterGate
-	// joining is true from a join until this node has the configuration
-	// that contains it and has caught up.
-	joining atomic.Bool
-	// catchUpIndex is the leader's commit index that this node must
-	// apply, in this run, to be ready (0 until learned; see caughtUp).
-	catchUpIndex atomic.Uint64
-	isCaughtUp   atomic.Bool
+	// readyState is what the node learned about its readiness (see
+	// readiness.go).
+	readyState readyState
 }
 
 // NewRaftNode opens (or creates) the node's stores, binds its port and
@@ -321,7 +317,7 @@ func newRaftNode(cfg Config, fsm raft.FSM, hooks *nodeHooks) (node *RaftNode, er
 	}
 	switch {
 	case len(s.Join) > 0 && (!hasState || n.removedFromConfiguration()):
-		n.joining.Store(true)
+		n.readyState.startJoin()
 		if err := n.join(); err != nil {
 			return nil, err
 		}
@@ -330,7 +326,7 @@ func newRaftNode(cfg Config, fsm raft.FSM, hooks *nodeHooks) (node *RaftNode, er
 		// AddNonvoter) joins as one that asked: while it catches up it
 		// receives the configurations from before its addition, which do
 		// not list it, and it is not a removed node for that.
-		n.joining.Store(true)
+		n.readyState.startJoin()
 	}
 	n.awaitCatchUp()
 	return n, nil
@@ -595,9 +591,9 @@ func (n *RaftNode) status() (Status, error) {
 		LeaderID:     string(id),
 		LeaderAddr:   string(addr),
 		CatchingUp:   !n.caughtUp(),
-		CatchUpIndex: n.catchUpIndex.Load(),
+		CatchUpIndex: n.readyState.target(),
 	}
-	st.Joining = n.joining.Load() && st.CatchingUp
+	st.Joining = n.readyState.isJoining() && st.CatchingUp
 	st.RaftAppliedIndex, st.AppliedIndex = n.appliedIndexes()
 	memberErr := n.memberErr()
 	if memberErr != nil {
