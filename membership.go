@@ -34,8 +34,13 @@ func (n *RaftNode) AddNonvoter(ctx context.Context, id, addr string) error {
 }
 
 // RemoveServer removes member id from the cluster; removing an ID that is
-// not a member does nothing. Any node may call it. A removed node's raft
-// shuts down when it learns of its removal; Close it.
+// not a member does nothing. Any node may call it. hashicorp/raft shuts
+// down only a leader that removes itself: a removed follower keeps
+// running outside the configuration, is not ready (Ready and
+// WaitForLeader say ErrRemoved) and, if added back without a restart, is
+// ready again only once it has caught up with what its leader had
+// committed after the re-add. Close a removed node that is not to come
+// back.
 func (n *RaftNode) RemoveServer(ctx context.Context, id string) error {
 	return n.changeMembership(ctx, peer.OpRemove, id, "")
 }

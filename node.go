@@ -84,7 +84,7 @@ type RaftNode struct {
 	gate *clusterGate
 	// readyState is what the node learned about its readiness (see
 	// readiness.go).
-	readyState readyState
+	readyState *readyState
 }
 
 // NewRaftNode opens (or creates) the node's stores, binds its port and
@@ -218,6 +218,7 @@ func newRaftNode(cfg Config, fsm raft.FSM, hooks *nodeHooks) (node *RaftNode, er
 		hooks:   hooks,
 
 		departures: departed,
+		readyState: newReadyState(),
 	}
 	// Reads and forwarded writes stop after raft and the request clients
 	// (registered later): their requests in flight end when those do.
@@ -251,11 +252,22 @@ func newRaftNode(cfg Config, fsm raft.FSM, hooks *nodeHooks) (node *RaftNode, er
 		stores.Cache.OnStored = n.storedChunks.Note
 	}
 	n.fsm = newTrackedFSM(fsm)
-	n.fsm.restored = func() uint64 { return snapshotIndex(stores.Snaps) }
+	n.fsm.restored = func() uint64 {
+		meta := latestSnapshot(stores.Snaps)
+		if meta == nil {
+			return 0
+		}
+		n.readyState.configuration(meta.ConfigurationIndex, listed(meta.Configuration, n.id), true)
+		return meta.Index
+	}
+	n.fsm.configured = func(index uint64, conf raft.Configuration) {
+		n.readyState.configuration(index, listed(conf, n.id), true)
+	}
 	// Raft sees its transport and stable store through the term guard,
 	// which refuses requests with impossible terms (see internal/port).
 	guarded, stable := mux.GuardTerms(trans, stores.Stable, s.Logger.Named("transport"))
-	r, err := raft.NewRaft(rc, n.fsm, stores.Log, stable, stores.Snaps, guarded)
+	logs := watchMembership(stores.Log, n.id, n.readyState)
+	r, err := raft.NewRaft(rc, n.fsm, logs, stable, stores.Snaps, guarded)
 	if err != nil {
 		return nil, fmt.Errorf("raftkit: start raft: %w", err)
 	}
@@ -531,9 +543,10 @@ type Status struct {
 	// that contains it and has applied what the cluster had committed
 	// when it joined.
 	Joining bool `json:"joining,omitempty"`
-	// CatchingUp is true from the node's start until it has applied, in
-	// this run, CatchUpIndex: the index its leader had committed when the
-	// node first asked it (0 until it has heard from a leader).
+	// CatchingUp is true from the node's start (and from its return to
+	// the configuration after a removal) until it has applied
+	// CatchUpIndex: the index its leader had committed when the node
+	// first asked it since (0 until it has learned it).
 	CatchingUp   bool   `json:"catching_up,omitempty"`
 	CatchUpIndex uint64 `json:"catch_up_index,omitempty"`
 	// Ready is Ready's verdict: the node is open, a member with a known

@@ -356,6 +356,15 @@ func (n *RaftNode) userSnapshot(ctx context.Context) (raft.SnapshotFuture, error
 
 // snapshotIndex is the index the newest stored snapshot covers: what a
 // restore just brought the FSM to.
+// latestSnapshot is the metadata of the newest snapshot in snaps, or nil.
+func latestSnapshot(snaps raft.SnapshotStore) *raft.SnapshotMeta {
+	list, err := snaps.List()
+	if err != nil || len(list) == 0 {
+		return nil
+	}
+	return list[0]
+}
+
 func snapshotIndex(snaps raft.SnapshotStore) uint64 {
 	list, err := snaps.List()
 	if err != nil || len(list) == 0 {
