@@ -784,6 +784,8 @@ func (l *lifecycle) stop() error {
 func init() {
 	testhook.Crash = func(node any) error { return node.(*RaftNode).crash() }
 	testhook.AnnounceClose = func(node any) { node.(*RaftNode).announceClose() }
+	testhook.SkipCatchUp = func(node any) { node.(*RaftNode).readyState.skipCatchUp.Store(true) }
+	testhook.AppliedThrough = func(node any, index uint64) bool { return node.(*RaftNode).fsmCaughtUp(index) }
 }
 
 // crash stops n as a killed process would: raft shuts down first, so a
