@@ -131,11 +131,14 @@ func TestReaddedFollowerIsReadyOnlyOnceCaughtUp(t *testing.T) {
 	}
 	c.nodes[f], c.fsms[f] = n, fsm.Store
 	leader := c.nodes[l]
+	// Sets are idempotent: one whose outcome is unknown (the two voters
+	// left may lose their leader under load) is set again.
 	write := func(i int) {
 		t.Helper()
-		if _, err := leader.Apply(ctxTimeout(t, 10*time.Second), fsmexample.Set(fmt.Sprintf("k%03d", i), []byte("v"))); err != nil {
-			t.Fatal(err)
-		}
+		waitFor(t, 20*time.Second, "a write to succeed", func() bool {
+			_, err := c.nodes[c.leader()].Apply(ctxTimeout(t, 5*time.Second), fsmexample.Set(fmt.Sprintf("k%03d", i), []byte("v")))
+			return err == nil
+		})
 	}
 	for i := 0; i < 50; i++ {
 		write(i)
@@ -159,7 +162,7 @@ func TestReaddedFollowerIsReadyOnlyOnceCaughtUp(t *testing.T) {
 	if err := leader.AddVoter(ctxTimeout(t, 10*time.Second), n.ID(), n.Addr()); err != nil {
 		t.Fatal(err)
 	}
-	target := leader.Status().CommitIndex
+	target := c.nodes[c.leader()].Status().CommitIndex
 	sawNotReady := false
 	waitFor(t, 30*time.Second, "the re-added follower to be ready", func() bool {
 		// Ready first, then the applied index: a node that was ready

@@ -1,6 +1,7 @@
 package raftkittest
 
 import (
+	"context"
 	"fmt"
 	"sync/atomic"
 	"testing"
@@ -111,7 +112,7 @@ func TestReadinessOracleFlagsANodeReadyTooSoon(t *testing.T) {
 				return s
 			}
 			c := NewCluster(t, 3, newFSM, WithLogLevel(logLevel()), WithState(func(s *throttledStore) any { return s.All() }))
-			leader := c.WaitForLeader()
+			c.WaitForLeader()
 			stop := sampleReadiness(c)
 			node := c.Followers()[0]
 			if tc.readd {
@@ -119,9 +120,16 @@ func TestReadinessOracleFlagsANodeReadyTooSoon(t *testing.T) {
 			} else {
 				c.Crash(node)
 			}
-			leader = c.WaitForLeader()
 			for i := 0; i < 200; i++ {
-				mustSet(t, leader, fmt.Sprintf("k%03d", i), "v")
+				// Sets are idempotent: one whose outcome is unknown (a
+				// two-voter cluster may lose its leader under load) is
+				// set again.
+				c.waitFor("a write to succeed", func() bool {
+					ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+					defer cancel()
+					_, err := c.WaitForLeader().Apply(ctx, fsmexample.Set(fmt.Sprintf("k%03d", i), []byte("v")))
+					return err == nil
+				})
 			}
 			if tc.readd {
 				c.FSM(node).delay.Store(int64(3 * time.Millisecond))
