@@ -543,9 +543,12 @@ func (n *nemesis) membership() {
 	}
 	if followers := n.c.Followers(); n.rng.IntN(3) > 0 && len(followers) > 0 {
 		victim := followers[n.rng.IntN(len(followers))]
-		n.note("remove-live(%s)", victim.ID())
-		n.c.removeLive(victim)
-		n.outside = victim
+		if n.c.removeLive(victim) {
+			n.note("remove-live(%s)", victim.ID())
+			n.outside = victim
+		} else {
+			n.note("remove-live-unheard(%s)", victim.ID())
+		}
 		return
 	}
 	victim := nodes[n.rng.IntN(len(nodes))]
@@ -634,4 +637,4 @@ func sampleReadiness[F raft.FSM](c *Cluster[F]) func() int {
 }
 
 // readinessSamplePeriod is how often sampleReadiness samples each node.
-const readinessSamplePeriod = 3 * time.Millisecond
+const readinessSamplePeriod = 5 * time.Millisecond

@@ -582,8 +582,14 @@ func (c *Cluster[F]) RemoveNode(node *raftkit.RaftNode) {
 
 // removeLive removes node from the configuration and leaves it running, as
 // hashicorp/raft leaves a removed follower (only a leader that removes
-// itself shuts down).
-func (c *Cluster[F]) removeLive(node *raftkit.RaftNode) {
+// itself shuts down), once the node knows: it reports ErrRemoved. The
+// leader's last message to a removed follower, which carries the
+// configuration without it, can fail; a node that never stored that
+// configuration cannot know that it left, and stays ready until its
+// leader's heartbeats are missed (or entries from after its re-add reach
+// it). removeLive then crashes it, removes the member for good, and
+// reports false.
+func (c *Cluster[F]) removeLive(node *raftkit.RaftNode) bool {
 	c.tb.Helper()
 	m := c.member(node)
 	c.ready.left(m.id)
@@ -591,6 +597,19 @@ func (c *Cluster[F]) removeLive(node *raftkit.RaftNode) {
 	m.outside = true
 	c.mu.Unlock()
 	c.removeFromConfig(m.id)
+	deadline := time.Now().Add(2 * time.Second)
+	for !errors.Is(node.Ready(), raftkit.ErrRemoved) {
+		if time.Now().After(deadline) {
+			c.tb.Logf("raftkittest: %s was removed but does not know it; crashing it", m.id)
+			c.Crash(node)
+			c.mu.Lock()
+			m.removed, m.outside = true, false
+			c.mu.Unlock()
+			return false
+		}
+		time.Sleep(5 * time.Millisecond) // polling the node, with a deadline
+	}
+	return true
 }
 
 // readd adds node, removed by removeLive, back as a voter, as it runs. It

@@ -23,7 +23,8 @@ import (
 // nodes (every one of them committed; any later leader's read index covers
 // it) read
 //   - before a (re)start: the node can ask a leader only after it starts;
-//   - before the call that adds a removed, still running node back;
+//   - before the call that adds a removed, still running node back (one
+//     that knows it was removed: see removeLive);
 //   - again when that node's FSM receives the first configuration that
 //     lists it after one that did not: the re-add has committed, and the
 //     node learns its new target only once its FSM has had that entry.

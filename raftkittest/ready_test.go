@@ -116,7 +116,9 @@ func TestReadinessOracleFlagsANodeReadyTooSoon(t *testing.T) {
 			stop := sampleReadiness(c)
 			node := c.Followers()[0]
 			if tc.readd {
-				c.removeLive(node)
+				if !c.removeLive(node) {
+					t.Fatal("the removed follower does not know it was removed")
+				}
 			} else {
 				c.Crash(node)
 			}
