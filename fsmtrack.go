@@ -31,6 +31,9 @@ type trackedFSM struct {
 	// restored is called after a snapshot was restored; it returns the
 	// index that snapshot covers.
 	restored func() uint64
+	// configured, if set, is told of every configuration entry after the
+	// application's FSM has had it.
+	configured func(index uint64, conf raft.Configuration)
 
 	// chunks assembles chunked commands (see internal/chunk). Only raft's
 	// FSM goroutine feeds it (ApplyBatch, Snapshot and Restore all run
@@ -72,6 +75,13 @@ func (t *trackedFSM) ApplyBatch(logs []*raft.Log) []any {
 		out = t.applyChunks(logs)
 	}
 	t.applied.Store(logs[len(logs)-1].Index)
+	if t.configured != nil {
+		for _, l := range logs {
+			if l.Type == raft.LogConfiguration {
+				t.configured(l.Index, raft.DecodeConfiguration(l.Data))
+			}
+		}
+	}
 	if t.deferred.Load() && !t.chunks.Pending() {
 		t.deferred.Store(false)
 		t.snapshotDue.Store(true)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -35,8 +34,13 @@ func (n *RaftNode) AddNonvoter(ctx context.Context, id, addr string) error {
 }
 
 // RemoveServer removes member id from the cluster; removing an ID that is
-// not a member does nothing. Any node may call it. A removed node's raft
-// shuts down when it learns of its removal; Close it.
+// not a member does nothing. Any node may call it. hashicorp/raft shuts
+// down only a leader that removes itself: a removed follower keeps
+// running outside the configuration, is not ready (Ready and
+// WaitForLeader say ErrRemoved) and, if added back without a restart, is
+// ready again only once it has caught up with what its leader had
+// committed after the re-add. Close a removed node that is not to come
+// back.
 func (n *RaftNode) RemoveServer(ctx context.Context, id string) error {
 	return n.changeMembership(ctx, peer.OpRemove, id, "")
 }
@@ -356,9 +360,6 @@ func (n *RaftNode) joinVia(ctx context.Context, addr string) error {
 	return unknownOutcome("join", err)
 }
 
-// readyPoll is how often WaitForLeader rechecks membership and catch-up.
-const readyPoll = 20 * time.Millisecond
-
 // memberErr reports why this node cannot serve as a member: an error
 // matching ErrInvalidConfig (its Peers disagree with its peers') or
 // ErrRemoved; nil otherwise, including while it waits to receive a
@@ -370,7 +371,7 @@ func (n *RaftNode) memberErr() error {
 	if err := n.incompatibleErr(); err != nil {
 		return err
 	}
-	if n.joining.Load() {
+	if n.readyState.isJoining() {
 		return nil
 	}
 	conf := n.raft.GetConfiguration().Configuration()
@@ -437,130 +438,4 @@ func (n *RaftNode) inConfiguration(conf raft.Configuration) bool {
 		}
 	}
 	return false
-}
-
-// ready reports whether this node is a member that serves: its
-// configuration contains it, and it has caught up in this run (see
-// caughtUp).
-func (n *RaftNode) ready() bool {
-	return n.inConfiguration(n.raft.GetConfiguration().Configuration()) && n.caughtUp()
-}
-
-// caughtUp reports whether this node has applied, in this run, the index
-// the leader committed when this node first asked it after starting (or
-// after joining): until then its FSM may lack writes that were
-// acknowledged before it started, however healthy it looks otherwise. A
-// node restarted with a log is not ready before it has applied its own
-// log's committed entries, which that index covers. Once caught up, a
-// node stays so for the rest of its run; health's apply-lag check covers
-// later lag.
-func (n *RaftNode) caughtUp() bool {
-	if n.isCaughtUp.Load() {
-		return true
-	}
-	idx := n.catchUpIndex.Load()
-	if idx == 0 || !n.fsmCaughtUp(idx) {
-		return false
-	}
-	n.isCaughtUp.Store(true)
-	n.joining.Store(false)
-	return true
-}
-
-// Ready reports whether this node serves as a member of its cluster, as
-// health checks want to know: nil when it is open, in its cluster's
-// configuration, a follower or the leader with a known leader, and has
-// applied, in this run, what its leader had committed when the node first
-// asked it after starting or joining (so a restarted node is not ready
-// while it replays or receives what it missed). A node that is not ready
-// may lack acknowledged writes: serve no stale reads from it.
-// Otherwise the error says why: ErrClosed, an error matching ErrRemoved or
-// ErrInvalidConfig (see Status.MembershipError), or one matching
-// ErrNotReady. It does not block.
-func (n *RaftNode) Ready() error {
-	_, err := n.status()
-	return err
-}
-
-// readiness is Ready's verdict on a member's status.
-func readiness(st Status) error {
-	notReady := func(why string) error { return wrapErr(ErrNotReady, "", errors.New(why)) }
-	switch {
-	case st.State == raft.Shutdown.String():
-		return notReady("raft has shut down (was the node removed from the cluster?)")
-	case !slices.ContainsFunc(st.Servers, func(s ServerInfo) bool { return s.ID == st.ID }):
-		return notReady("not a member of any cluster configuration")
-	case st.LeaderID == "":
-		return notReady("no known leader")
-	case st.State != raft.Leader.String() && st.State != raft.Follower.String():
-		return notReady("node is a " + st.State)
-	case st.Joining:
-		return notReady("joined, but has not yet applied what the cluster had committed when it joined")
-	case st.CatchingUp && st.CatchUpIndex == 0:
-		return notReady("has not yet heard from a leader since it started")
-	case st.CatchingUp:
-		return notReady(fmt.Sprintf("catching up: applied index %d of the %d the leader had committed", st.AppliedIndex, st.CatchUpIndex))
-	}
-	return nil
-}
-
-// waitReadyLeader is WaitForLeader.
-func (n *RaftNode) waitReadyLeader(ctx context.Context) (string, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	ch := n.WatchLeadership(ctx)
-	t := time.NewTicker(readyPoll)
-	defer t.Stop()
-	for {
-		if err := n.memberErr(); err != nil {
-			return "", err
-		}
-		if addr := n.GetLeaderAddr(); addr != "" && n.ready() {
-			return addr, nil
-		}
-		select {
-		case _, ok := <-ch:
-			if !ok {
-				if err := n.checkOpen(); err != nil {
-					return "", err
-				}
-				return "", wrapErr(ErrNoLeader, "wait for leader", ctx.Err())
-			}
-		case <-t.C:
-		}
-	}
-}
-
-// awaitCatchUp learns, in the background, the commit index of the
-// leader this node first hears from in this run (a read index, for which
-// the leader confirms its leadership): the node is ready once it has
-// applied that index (see caughtUp).
-func (n *RaftNode) awaitCatchUp() {
-	g := n.gate
-	g.wg.Add(1)
-	go func() {
-		defer g.wg.Done()
-		for {
-			if addr, _ := n.raft.LeaderWithID(); addr != "" {
-				ctx, cancel := g.stopContext(agreementProbeTimeout)
-				var idx uint64
-				var err error
-				if string(addr) == n.addr {
-					idx, err = n.leaderReadIndex(ctx)
-				} else {
-					idx, err = n.readIndexFrom(ctx, "catch-up index", string(addr))
-				}
-				cancel()
-				if err == nil && idx > 0 {
-					n.catchUpIndex.Store(idx)
-					return
-				}
-			}
-			select {
-			case <-g.stop:
-				return
-			case <-time.After(readyPoll):
-			}
-		}
-	}()
 }

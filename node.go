@@ -82,13 +82,9 @@ type RaftNode struct {
 
 	// gate holds the bootstrap agreement and the cluster's identity.
 	gate *clusterGate
-	// joining is true from a join until this node has the configuration
-	// that contains it and has caught up.
-	joining atomic.Bool
-	// catchUpIndex is the leader's commit index that this node must
-	// apply, in this run, to be ready (0 until learned; see caughtUp).
-	catchUpIndex atomic.Uint64
-	isCaughtUp   atomic.Bool
+	// readyState is what the node learned about its readiness (see
+	// readiness.go).
+	readyState *readyState
 }
 
 // NewRaftNode opens (or creates) the node's stores, binds its port and
@@ -222,6 +218,7 @@ func newRaftNode(cfg Config, fsm raft.FSM, hooks *nodeHooks) (node *RaftNode, er
 		hooks:   hooks,
 
 		departures: departed,
+		readyState: newReadyState(),
 	}
 	// Reads and forwarded writes stop after raft and the request clients
 	// (registered later): their requests in flight end when those do.
@@ -256,11 +253,21 @@ func newRaftNode(cfg Config, fsm raft.FSM, hooks *nodeHooks) (node *RaftNode, er
 	}
 	n.fsm = newTrackedFSM(fsm)
 	snaps := &openedSnapshots{SnapshotStore: stores.Snaps}
-	n.fsm.restored = snaps.last.Load
+	n.fsm.restored = func() uint64 {
+		meta := snaps.opened()
+		if meta == nil {
+			return 0
+		}
+		n.readyState.configuration(meta.ConfigurationIndex, listed(meta.Configuration, n.id), true)
+		return meta.Index
+	}
+	n.fsm.configured = func(index uint64, conf raft.Configuration) {
+		n.readyState.configuration(index, listed(conf, n.id), true)
+	}
 	// Raft sees its transport and stable store through the term guard,
 	// which refuses requests with impossible terms (see internal/port).
 	guarded, stable := mux.GuardTerms(trans, stores.Stable, s.Logger.Named("transport"))
-	meter, err := store.NewMeter(stores.Log)
+	meter, err := store.NewMeter(watchMembership(stores.Log, n.id, n.readyState))
 	if err != nil {
 		return nil, publicErr(err)
 	}
@@ -346,7 +353,7 @@ func newRaftNode(cfg Config, fsm raft.FSM, hooks *nodeHooks) (node *RaftNode, er
 	}
 	switch {
 	case len(s.Join) > 0 && (!hasState || n.removedFromConfiguration()):
-		n.joining.Store(true)
+		n.readyState.startJoin()
 		if err := n.join(); err != nil {
 			return nil, err
 		}
@@ -355,7 +362,7 @@ func newRaftNode(cfg Config, fsm raft.FSM, hooks *nodeHooks) (node *RaftNode, er
 		// AddNonvoter) joins as one that asked: while it catches up it
 		// receives the configurations from before its addition, which do
 		// not list it, and it is not a removed node for that.
-		n.joining.Store(true)
+		n.readyState.startJoin()
 	}
 	n.awaitCatchUp()
 	return n, nil
@@ -560,9 +567,10 @@ type Status struct {
 	// that contains it and has applied what the cluster had committed
 	// when it joined.
 	Joining bool `json:"joining,omitempty"`
-	// CatchingUp is true from the node's start until it has applied, in
-	// this run, CatchUpIndex: the index its leader had committed when the
-	// node first asked it (0 until it has heard from a leader).
+	// CatchingUp is true from the node's start (and from its return to
+	// the configuration after a removal) until it has applied
+	// CatchUpIndex: the index its leader had committed when the node
+	// first asked it since (0 until it has learned it).
 	CatchingUp   bool   `json:"catching_up,omitempty"`
 	CatchUpIndex uint64 `json:"catch_up_index,omitempty"`
 	// Ready is Ready's verdict: the node is open, a member with a known
@@ -624,9 +632,9 @@ func (n *RaftNode) status() (Status, error) {
 		LeaderID:     string(id),
 		LeaderAddr:   string(addr),
 		CatchingUp:   !n.caughtUp(),
-		CatchUpIndex: n.catchUpIndex.Load(),
+		CatchUpIndex: n.readyState.target(),
 	}
-	st.Joining = n.joining.Load() && st.CatchingUp
+	st.Joining = n.readyState.isJoining() && st.CatchingUp
 	st.RaftAppliedIndex, st.AppliedIndex = n.appliedIndexes()
 	st.SnapshotsRestored = n.fsm.restores.Load()
 	memberErr := n.memberErr()
@@ -805,6 +813,8 @@ func (l *lifecycle) stop() error {
 func init() {
 	testhook.Crash = func(node any) error { return node.(*RaftNode).crash() }
 	testhook.AnnounceClose = func(node any) { node.(*RaftNode).announceClose() }
+	testhook.SkipCatchUp = func(node any) { node.(*RaftNode).readyState.skipCatchUp.Store(true) }
+	testhook.AppliedThrough = func(node any, index uint64) bool { return node.(*RaftNode).fsmCaughtUp(index) }
 }
 
 // crash stops n as a killed process would: raft shuts down first, so a

@@ -47,8 +47,10 @@
 // # Readiness and upgrades
 //
 // A node is ready ([RaftNode.Ready]) once it is a member with a known
-// leader and has applied, in this run, what its leader had committed when
-// it first asked: before that its FSM may lack acknowledged writes. Nodes
+// leader and has applied what its leader had committed when it first
+// asked after starting, joining or being added back: before that its FSM
+// may lack acknowledged writes. Leaving the configuration ends readiness.
+// Nodes
 // speak a versioned protocol on the node port ([ProtocolVersion]); a
 // release runs in one cluster with the release before it, so a cluster is
 // upgraded one node at a time.

@@ -365,16 +365,19 @@ func (n *RaftNode) userSnapshot(ctx context.Context) (raft.SnapshotFuture, error
 // it overstated what the FSM held.
 type openedSnapshots struct {
 	raft.SnapshotStore
-	last atomic.Uint64
+	last atomic.Pointer[raft.SnapshotMeta]
 }
 
 func (o *openedSnapshots) Open(id string) (*raft.SnapshotMeta, io.ReadCloser, error) {
 	meta, rc, err := o.SnapshotStore.Open(id)
 	if err == nil {
-		o.last.Store(meta.Index)
+		o.last.Store(meta)
 	}
 	return meta, rc, err
 }
+
+// opened is the metadata of the snapshot raft opened last, or nil.
+func (o *openedSnapshots) opened() *raft.SnapshotMeta { return o.last.Load() }
 
 // minTrailingLogs is the fewest entries a node keeps behind a snapshot,
 // however large they are.

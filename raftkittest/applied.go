@@ -90,9 +90,14 @@ type applyRecorder struct {
 	// fault, if set (tests of the check itself), replaces what this node's
 	// FSM receives.
 	fault func(node string, l *raft.Log) *raft.Log
+	// ready is told of every configuration the FSM receives.
+	ready *readyLog
 }
 
 func (r *applyRecorder) see(l *raft.Log) *raft.Log {
+	if l.Type == raft.LogConfiguration && r.ready != nil {
+		r.ready.configuration(r.node, raft.DecodeConfiguration(l.Data))
+	}
 	if l.Type != raft.LogCommand {
 		return l
 	}
@@ -139,6 +144,9 @@ func (r batchingApplyRecorder) ApplyBatch(logs []*raft.Log) []any { return r.app
 type configApplyRecorder struct{ *applyRecorder }
 
 func (r configApplyRecorder) StoreConfiguration(i uint64, c raft.Configuration) {
+	if r.ready != nil {
+		r.ready.configuration(r.node, c)
+	}
 	r.storeConfiguration(i, c)
 }
 
@@ -149,9 +157,10 @@ func (r batchingConfigApplyRecorder) StoreConfiguration(i uint64, c raft.Configu
 	r.storeConfiguration(i, c)
 }
 
-// record returns fsm behind a applyRecorder that notes into log as node.
-func record(fsm raft.FSM, node string, log *appliedLog, fault func(string, *raft.Log) *raft.Log) raft.FSM {
-	r := &applyRecorder{fsm: fsm, node: node, log: log, fault: fault}
+// record returns fsm behind a applyRecorder that notes into log as node,
+// and tells ready of the configurations it receives.
+func record(fsm raft.FSM, node string, log *appliedLog, ready *readyLog, fault func(string, *raft.Log) *raft.Log) raft.FSM {
+	r := &applyRecorder{fsm: fsm, node: node, log: log, ready: ready, fault: fault}
 	_, batching := fsm.(raft.BatchingFSM)
 	_, configs := fsm.(raft.ConfigurationStore)
 	switch {

@@ -28,7 +28,9 @@ import (
 // Every history is checked for linearizability with porcupine, every
 // acknowledged write of a unique key must be on every node at the end,
 // and every node's FSM must have received the same command at every
-// index (the divergence check; see Cluster.Divergence). Clients encode
+// index (the divergence check; see Cluster.Divergence), and no node may
+// say it is ready below its readiness floor at any sample (the readiness
+// oracle; see readiness.go). Clients encode
 // each command into one buffer of their own and overwrite it as soon as
 // Apply returns, as applications that reuse buffers do.
 //
@@ -37,7 +39,7 @@ import (
 //	go test -run TestChaos -count=1 -v -timeout 2h ./raftkittest -args -histories=200
 //
 // prints one line "histories=… ok=… illegal=… unknown=… lost_acks=…
-// diverged=…".
+// diverged=… not_ready_violations=…".
 // Replay one history with -seed=N -histories=1: the seed fixes the
 // nemesis' schedule, the clients' choices and which messages the network
 // drops (the k-th on each link; see raftkit.MemNetwork).
@@ -71,18 +73,23 @@ type historyResult struct {
 	compared   int
 	// unknownCauses counts the errors that left writes unknown.
 	unknownCauses string
+	// notReady counts samples of a node ready below its readiness floor;
+	// notReadyFirst are the first few, samples how many were taken.
+	notReady      int
+	notReadyFirst []string
+	samples       int
 }
 
 func TestChaosLinearizable(t *testing.T) {
-	var ok, illegal, unknown, aborted, lost, diverged int
+	var ok, illegal, unknown, aborted, lost, diverged, notReady int
 	var failed []uint64
 	for i := 0; i < *chaosHistories; i++ {
 		seed := *chaosSeed + uint64(i)
 		var res historyResult
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
 			res = runChaosHistory(t, seed)
-			t.Logf("seed=%d ops=%d unknown_writes=%d check=%s in %s applies_compared=%d faults=%s unknown_causes=%s",
-				seed, res.ops, res.unknowns, res.check, res.checkTime.Round(time.Millisecond), res.compared, strings.Join(res.faults, ","), res.unknownCauses)
+			t.Logf("seed=%d ops=%d unknown_writes=%d check=%s in %s applies_compared=%d readiness_samples=%d faults=%s unknown_causes=%s",
+				seed, res.ops, res.unknowns, res.check, res.checkTime.Round(time.Millisecond), res.compared, res.samples, strings.Join(res.faults, ","), res.unknownCauses)
 			if res.check != porcupine.Ok {
 				t.Errorf("seed=%d: history is %s; porcupine's view: %s (replay: -seed=%d -histories=1)", seed, res.check, res.vizPath, seed)
 			}
@@ -91,6 +98,9 @@ func TestChaosLinearizable(t *testing.T) {
 			}
 			if res.divergence != nil {
 				t.Errorf("seed=%d: %v", seed, res.divergence)
+			}
+			if res.notReady > 0 {
+				t.Errorf("seed=%d: %d samples of a node ready below its readiness floor, first: %v", seed, res.notReady, res.notReadyFirst)
 			}
 		})
 		switch res.check {
@@ -107,11 +117,12 @@ func TestChaosLinearizable(t *testing.T) {
 		if res.divergence != nil {
 			diverged++
 		}
-		if res.check != porcupine.Ok || len(res.lostAcks) > 0 || res.divergence != nil {
+		notReady += res.notReady
+		if res.check != porcupine.Ok || len(res.lostAcks) > 0 || res.divergence != nil || res.notReady > 0 {
 			failed = append(failed, seed)
 		}
 	}
-	summary := fmt.Sprintf("histories=%d ok=%d illegal=%d unknown=%d lost_acks=%d diverged=%d", *chaosHistories, ok, illegal, unknown, lost, diverged)
+	summary := fmt.Sprintf("histories=%d ok=%d illegal=%d unknown=%d lost_acks=%d diverged=%d not_ready_violations=%d", *chaosHistories, ok, illegal, unknown, lost, diverged, notReady)
 	if aborted > 0 {
 		summary += fmt.Sprintf(" aborted=%d", aborted)
 	}
@@ -146,6 +157,7 @@ func runChaosHistory(t *testing.T, seed uint64) historyResult {
 	}
 	c := chaosCluster(t, level, seed)
 	c.WaitForLeader()
+	stopSampling := sampleReadiness(c)
 	rec := newRecorder()
 	acks := &ackSet{}
 
@@ -168,6 +180,8 @@ func runChaosHistory(t *testing.T, seed uint64) historyResult {
 	// Recover everything, then read every key once more through the log's
 	// current leader: these reads must see every acknowledged write.
 	nem.recover()
+	nem.readd()
+	res.faults = nem.log
 	leader := c.WaitForLeader()
 	final := *chaosClients
 	for k := 0; k < chaosKeys; k++ {
@@ -182,6 +196,8 @@ func runChaosHistory(t *testing.T, seed uint64) historyResult {
 		return res
 	}
 	c.AssertConsistent()
+	res.samples = stopSampling()
+	res.notReady, res.notReadyFirst = c.ready.result()
 	res.divergence, res.compared = c.applied.result()
 	for _, key := range acks.list() {
 		for _, n := range c.Nodes() {
@@ -419,7 +435,10 @@ type nemesis struct {
 	c    *Cluster[*fsmexample.Store]
 	rng  *rand.Rand
 	down *raftkit.RaftNode
-	log  []string
+	// outside is a member removed from the configuration that still runs,
+	// until the nemesis adds it back.
+	outside *raftkit.RaftNode
+	log     []string
 }
 
 func (n *nemesis) note(format string, args ...any) {
@@ -439,7 +458,7 @@ func (n *nemesis) run(d time.Duration) {
 			n.note("heal")
 			n.c.Heal()
 		}
-		switch n.rng.IntN(9) {
+		switch n.rng.IntN(10) {
 		case 0:
 			n.partition()
 		case 1:
@@ -451,7 +470,7 @@ func (n *nemesis) run(d time.Duration) {
 			n.crash()
 		case 4:
 			n.transfer()
-		case 5:
+		case 5, 9:
 			n.membership()
 		case 6:
 			p := []float64{0, 0.01, 0.03}[n.rng.IntN(3)]
@@ -471,7 +490,7 @@ func (n *nemesis) run(d time.Duration) {
 // partition splits the running members into a majority and a minority;
 // the leader lands on either side.
 func (n *nemesis) partition() {
-	nodes := n.c.Nodes()
+	nodes := n.members()
 	n.rng.Shuffle(len(nodes), func(i, j int) { nodes[i], nodes[j] = nodes[j], nodes[i] })
 	cut := 1 + n.rng.IntN(max(1, (len(nodes)-1)/2))
 	a, b := nodes[:cut], nodes[cut:]
@@ -485,8 +504,11 @@ func (n *nemesis) crash() {
 	}
 	victim := n.c.Leader()
 	if victim == nil || n.rng.IntN(2) == 0 {
-		nodes := n.c.Nodes()
+		nodes := n.members()
 		victim = nodes[n.rng.IntN(len(nodes))]
+	}
+	if victim == n.outside {
+		return
 	}
 	n.note("crash(%s)", victim.ID())
 	n.c.Crash(victim)
@@ -502,20 +524,60 @@ func (n *nemesis) transfer() {
 	_ = via.TransferLeadership(ctx, "") // may fail while partitioned
 }
 
-// membership adds a member to a 3-member cluster, or removes a random one
-// from a larger one (the leader included). It first heals and restarts
-// so that the change can commit.
+// membership adds back a member removed while running; otherwise it adds
+// a member to a 3-member cluster, or, from a larger one, removes a random
+// member for good (the leader included) or removes a follower and leaves
+// it running, to be added back later. It first heals and restarts so that
+// the change can commit.
 func (n *nemesis) membership() {
 	n.recover()
-	nodes := n.c.Nodes()
+	if n.outside != nil {
+		n.readd()
+		return
+	}
+	nodes := n.members()
 	if len(nodes) <= 3 {
 		added := n.c.AddNode()
 		n.note("add(%s)", added.ID())
 		return
 	}
+	if followers := n.c.Followers(); n.rng.IntN(3) > 0 && len(followers) > 0 {
+		victim := followers[n.rng.IntN(len(followers))]
+		if n.c.removeLive(victim) {
+			n.note("remove-live(%s)", victim.ID())
+			n.outside = victim
+		} else {
+			n.note("remove-live-unheard(%s)", victim.ID())
+		}
+		return
+	}
 	victim := nodes[n.rng.IntN(len(nodes))]
 	n.note("remove(%s)", victim.ID())
 	n.c.RemoveNode(victim)
+}
+
+// readd adds the member removed while running back, as it runs.
+func (n *nemesis) readd() {
+	if n.outside == nil {
+		return
+	}
+	if n.c.readd(n.outside) {
+		n.note("re-add(%s)", n.outside.ID())
+	} else {
+		n.note("removed-leader-shut-down(%s)", n.outside.ID())
+	}
+	n.outside = nil
+}
+
+// members returns the running members of the configuration.
+func (n *nemesis) members() []*raftkit.RaftNode {
+	var out []*raftkit.RaftNode
+	for _, node := range n.c.Nodes() {
+		if node != n.outside {
+			out = append(out, node)
+		}
+	}
+	return out
 }
 
 // recover undoes every fault: heal, no drops or delays, restart the down
@@ -537,3 +599,42 @@ func ids(nodes []*raftkit.RaftNode) string {
 	}
 	return strings.Join(s, ",")
 }
+
+// sampleReadiness samples every running node's readiness against its
+// floor (see readiness.go) until the returned function is called, which
+// returns how many samples were taken; the test's cleanup calls it too.
+func sampleReadiness[F raft.FSM](c *Cluster[F]) func() int {
+	done := make(chan struct{})
+	var samples int
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(readinessSamplePeriod)
+		defer t.Stop()
+		for {
+			for _, n := range c.Nodes() {
+				c.ready.sample(n)
+				samples++
+			}
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	var once sync.Once
+	stop := func() int {
+		once.Do(func() {
+			close(done)
+			wg.Wait()
+		})
+		return samples
+	}
+	c.tb.Cleanup(func() { stop() })
+	return stop
+}
+
+// readinessSamplePeriod is how often sampleReadiness samples each node.
+const readinessSamplePeriod = 5 * time.Millisecond

@@ -63,6 +63,8 @@ type Cluster[F raft.FSM] struct {
 	logs   *tbWriter
 	// applied is what every member's FSM received (see Divergence).
 	applied *appliedLog
+	// ready is the readiness oracle's floors (see readiness.go).
+	ready *readyLog
 
 	mu      sync.Mutex
 	members []*member[F]
@@ -79,6 +81,7 @@ type member[F raft.FSM] struct {
 	initial bool // bootstrapped with the cluster (else joined later)
 	wiped   bool // storage emptied: rejoins as a new member
 	removed bool // no longer in the configuration
+	outside bool // removed from the configuration but running (removeLive)
 }
 
 // Option changes how NewCluster builds its nodes.
@@ -174,6 +177,7 @@ func NewCluster[F raft.FSM](tb testing.TB, n int, newFSM func() F, opts ...Optio
 		logs:   &tbWriter{tb: tb},
 
 		applied: newAppliedLog(),
+		ready:   newReadyLog(),
 	}
 	for _, o := range opts {
 		o(&c.opts)
@@ -210,7 +214,7 @@ func (c *Cluster[F]) config(m *member[F]) raftkit.Config {
 		}
 	} else {
 		for _, o := range c.members {
-			if o != m && o.node != nil && !o.removed {
+			if o != m && o.node != nil && !o.removed && !o.outside {
 				cfg.Join = append(cfg.Join, o.id)
 			}
 		}
@@ -281,10 +285,13 @@ func (c *Cluster[F]) start(m *member[F]) error {
 	cfg := c.config(m)
 	c.mu.Unlock()
 	fsm := c.newFSM()
-	node, err := raftkit.NewRaftNode(cfg, record(fsm, m.id, c.applied, c.opts.fault))
+	// The node can ask a leader for its target only once it runs.
+	c.ready.raise(m.id)
+	node, err := raftkit.NewRaftNode(cfg, record(fsm, m.id, c.applied, c.ready, c.opts.fault))
 	if err != nil {
 		return err
 	}
+	c.ready.started(m.id, node)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
@@ -616,6 +623,74 @@ func (c *Cluster[F]) RemoveNode(node *raftkit.RaftNode) {
 	c.mu.Lock()
 	m.removed = true
 	c.mu.Unlock()
+}
+
+// removeLive removes node from the configuration and leaves it running, as
+// hashicorp/raft leaves a removed follower (only a leader that removes
+// itself shuts down), once the node knows: it reports ErrRemoved. The
+// leader's last message to a removed follower, which carries the
+// configuration without it, can fail; a node that never stored that
+// configuration cannot know that it left, and stays ready until its
+// leader's heartbeats are missed (or entries from after its re-add reach
+// it). removeLive then crashes it, removes the member for good, and
+// reports false.
+func (c *Cluster[F]) removeLive(node *raftkit.RaftNode) bool {
+	c.tb.Helper()
+	m := c.member(node)
+	c.ready.left(m.id)
+	c.mu.Lock()
+	m.outside = true
+	c.mu.Unlock()
+	c.removeFromConfig(m.id)
+	deadline := time.Now().Add(2 * time.Second)
+	for !errors.Is(node.Ready(), raftkit.ErrRemoved) {
+		if time.Now().After(deadline) {
+			c.tb.Logf("raftkittest: %s was removed but does not know it; crashing it", m.id)
+			c.Crash(node)
+			c.mu.Lock()
+			m.removed, m.outside = true, false
+			c.mu.Unlock()
+			return false
+		}
+		time.Sleep(5 * time.Millisecond) // polling the node, with a deadline
+	}
+	return true
+}
+
+// readd adds node, removed by removeLive, back as a voter, as it runs. It
+// reports false, and removes the member for good, if the node's raft shut
+// down meanwhile (it led when it was removed).
+func (c *Cluster[F]) readd(node *raftkit.RaftNode) bool {
+	c.tb.Helper()
+	m := c.member(node)
+	if node.Status().State == raft.Shutdown.String() {
+		c.Crash(node)
+		c.mu.Lock()
+		m.removed, m.outside = true, false
+		c.mu.Unlock()
+		return false
+	}
+	c.ready.raise(m.id)
+	var last error
+	c.waitFor("re-add of "+m.id, func() bool {
+		for _, n := range c.Nodes() {
+			if n.ID() == m.id {
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			last = n.AddVoter(ctx, m.id, node.Addr())
+			cancel()
+			if last == nil {
+				return true
+			}
+		}
+		c.tb.Logf("raftkittest: re-adding %s: %v", m.id, last)
+		return false
+	})
+	c.mu.Lock()
+	m.outside = false
+	c.mu.Unlock()
+	return true
 }
 
 // Divergence returns the lowest log index at which two members' FSMs

@@ -15,3 +15,14 @@ var Crash func(node any) error
 // at Debug: raftkittest's Close announces every node, then crashes them
 // all at once, quickly and quietly.
 var AnnounceClose func(node any)
+
+// SkipCatchUp makes a *raftkit.RaftNode claim readiness without catching
+// up: it is ready whenever it is a member with a known leader, however far
+// behind. Only the tests that show readiness oracles failing use it.
+var SkipCatchUp func(node any)
+
+// AppliedThrough reports whether a *raftkit.RaftNode's FSM has applied
+// every entry it is given up to index (entries that never reach the FSM,
+// such as a leader's no-op, need not be): the test of "caught up" that
+// readiness itself uses.
+var AppliedThrough func(node any, index uint64) bool
