@@ -1,6 +1,7 @@
 package store
 
 import (
+	"math"
 	"sort"
 	"sync"
 
@@ -105,11 +106,16 @@ func (m *Meter) count(last, size uint64) {
 
 // DeleteRange deletes lo..hi and forgets the marks of what was deleted.
 func (m *Meter) DeleteRange(lo, hi uint64) error {
+	// raft deletes a prefix (compaction) or a suffix (a conflicting tail,
+	// or the whole log before a snapshot is installed).
+	first, ferr := m.LogStore.FirstIndex()
+	last, lerr := m.LogStore.LastIndex()
+	suffix := ferr == nil && lerr == nil && lo > first && hi >= last
 	err := m.LogStore.DeleteRange(lo, hi)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	switch {
-	case lo <= m.marks[0].index+1:
+	case !suffix:
 		// Compaction: keep the last mark at or below hi as the base that
 		// what remains is counted from.
 		i := sort.Search(len(m.marks), func(i int) bool { return m.marks[i].index > hi })
@@ -141,8 +147,9 @@ func (m *Meter) Total() uint64 {
 }
 
 // Trailing returns how many of the newest entries fit in budget bytes, to
-// the resolution of the marks, and false if the marks do not reach back
-// that far (the meter has not seen budget bytes of log yet).
+// the resolution of the marks. Where the log the meter knows holds less
+// than budget, it extrapolates from that log's average entry; it returns
+// false only when it knows no entries at all.
 func (m *Meter) Trailing(budget uint64) (uint64, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -150,8 +157,15 @@ func (m *Meter) Trailing(budget uint64) (uint64, bool) {
 	last := m.marks[k-1]
 	// The oldest mark from which the newest entries hold at most budget.
 	i := sort.Search(k, func(i int) bool { return last.total-m.marks[i].total <= budget })
-	if i == 0 {
-		return 0, false
+	if i > 0 {
+		return last.index - m.marks[i].index, true
 	}
-	return last.index - m.marks[i].index, true
+	entries, bytes := last.index-m.marks[0].index, last.total-m.marks[0].total
+	switch {
+	case entries == 0:
+		return 0, false
+	case bytes == 0:
+		return math.MaxUint64, true // empty entries: any number fits
+	}
+	return uint64(float64(entries) * float64(budget) / float64(bytes)), true
 }

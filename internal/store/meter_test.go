@@ -42,16 +42,29 @@ func TestMeterCountsTheLogInBytes(t *testing.T) {
 	if n, ok := m.Trailing(10 << 20); !ok || n < 8 || n > 10 {
 		t.Fatalf("Trailing(10 MiB) = %d, %v; want 8-10 entries", n, ok)
 	}
-	// A budget larger than the whole log: the meter cannot tell.
-	if _, ok := m.Trailing(1 << 40); ok {
-		t.Fatal("Trailing of more than the log says it knows")
+	// A budget larger than the whole log: extrapolated from the log's
+	// average entry (41,963,520 bytes over 140 entries).
+	if n, ok := m.Trailing(1 << 40); !ok || n < 3_600_000 || n > 3_700_000 {
+		t.Fatalf("Trailing(1 TiB) = %d, %v; want about 3.6M entries of the log's average size", n, ok)
 	}
-	// Compaction of 1..120 leaves 20 MiB (of the entries 121..140).
-	if err := m.DeleteRange(1, 120); err != nil {
+	empty, _ := NewMeter(raft.NewInmemStore())
+	if _, ok := empty.Trailing(1 << 20); ok {
+		t.Fatal("a meter that knows no entries says how many fit")
+	}
+	// Compaction of 1..110 (counted to the batch: 109..140 remain in the
+	// count), then of 111..120, leaves 20 MiB (of the entries 121..140):
+	// the second starts above the marks' base, and is still a compaction.
+	if err := m.DeleteRange(1, 110); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Bytes(); got != 32<<20 {
+		t.Fatalf("Bytes after compaction %d, want %d", got, 32<<20)
+	}
+	if err := m.DeleteRange(111, 120); err != nil {
 		t.Fatal(err)
 	}
 	if got := m.Bytes(); got != 20<<20 {
-		t.Fatalf("Bytes after compaction %d, want %d", got, 20<<20)
+		t.Fatalf("Bytes after a second compaction %d, want %d", got, 20<<20)
 	}
 	// Truncation of 133..140 (two batches): 12 MiB left.
 	if err := m.DeleteRange(133, 140); err != nil {
