@@ -748,9 +748,19 @@ func TestLargeCommandsAppliedOnceWhileMembershipChanges(t *testing.T) {
 			}
 		}
 	}()
+	// A command applied twice answers false (its compare-and-set finds the
+	// key set). On a loaded machine the leader may lose its lease under
+	// this churn: such a command's outcome is unknown, which says nothing
+	// either way, so it is counted, not failed, up to a bound.
+	unknown := 0
 	for i := 0; i < 20; i++ {
 		cmd, _ := casCommand(fmt.Sprintf("k%d", i), 1<<20-i, byte(i))
 		res, err := c.nodes[(l+i)%3].Apply(ctxTimeout(t, 20*time.Second), cmd)
+		if errors.Is(err, ErrUnknownOutcome) && unknown < 5 {
+			unknown++
+			t.Logf("command %d: %v", i, err)
+			continue
+		}
 		if err != nil || res != true {
 			close(stop)
 			t.Fatalf("command %d: Apply = %v, %v; want true (applied once)", i, res, err)
