@@ -145,11 +145,23 @@ func Open(o Options) (*Mux, *raft.NetworkTransport, error) {
 		}
 	}
 	mux := newMux(ln, advertise, dial, o.TLS, o.Logger.Named("mux"), o.Members, !memory, requestBudget(o.MaxCommand), o.Profile)
+	// MaxRPCsInFlight 1 turns raft's pipelined replication off. Its
+	// pipeline can deadlock a follower's replication for good: with the
+	// default of 2 both of its channels are unbuffered, and after a
+	// follower answers Success=false (a leader change, a transfer) the
+	// sender can park one more request on inprogressCh while the decoder
+	// parks on doneCh, which nobody reads any more; heartbeats go on, so
+	// no election heals it (seen here as a test hung in raft's pipeline;
+	// described in grafana/pyroscope's fix, PR 5518, which turned it off
+	// too). raft's own measurements (hashicorp/raft PR 541) found the
+	// pipeline of little benefit with batched appends, which raftkit
+	// uses (MaxAppendEntries 512).
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		Stream:  raftStream{mux: mux},
-		MaxPool: raftMaxPool,
-		Timeout: RaftIOTimeout,
-		Logger:  o.Logger.Named("transport"),
+		Stream:          raftStream{mux: mux},
+		MaxPool:         raftMaxPool,
+		MaxRPCsInFlight: 1,
+		Timeout:         RaftIOTimeout,
+		Logger:          o.Logger.Named("transport"),
 	})
 	return mux, trans, nil
 }
