@@ -6,8 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -158,7 +156,8 @@ func runChaosHistory(t *testing.T, seed uint64) historyResult {
 	c := chaosCluster(t, level, seed)
 	c.WaitForLeader()
 	stopSampling := sampleReadiness(c)
-	rec := newRecorder()
+	rec := NewHistory(registerModel)
+	rec.VisualizationDir = *chaosVizDir
 	acks := &ackSet{}
 
 	ctx, stopClients := context.WithCancel(context.Background())
@@ -207,34 +206,26 @@ func runChaosHistory(t *testing.T, seed uint64) historyResult {
 		}
 	}
 
-	if known, _ := rec.counts(); known < 100 {
+	if known, _ := rec.Counts(); known < 100 {
 		t.Errorf("seed=%d: only %d operations completed: too little progress to prove anything", seed, known)
 	}
-	history := rec.history()
-	res.ops = len(history)
-	_, res.unknowns = rec.counts()
+	res.ops = rec.Checked()
+	_, res.unknowns = rec.Counts()
 	start := time.Now()
-	result, info := porcupine.CheckOperationsVerbose(kvModel, history, checkTimeout)
+	err := rec.Check()
 	res.checkTime = time.Since(start)
-	res.check = result
-	if result != porcupine.Ok {
-		res.vizPath = saveVisualization(t, seed, info)
+	var bad *NotLinearizableError
+	switch {
+	case err == nil:
+		res.check = porcupine.Ok
+	case errors.As(err, &bad):
+		res.check, res.vizPath = porcupine.Illegal, bad.Visualization
+		t.Logf("porcupine visualization of seed %d: %s", seed, bad.Visualization)
+	default:
+		res.check = porcupine.Unknown
+		t.Logf("seed=%d: %v", seed, err)
 	}
 	return res
-}
-
-func saveVisualization(t *testing.T, seed uint64, info porcupine.LinearizationInfo) string {
-	dir := *chaosVizDir
-	if dir == "" {
-		dir = os.TempDir()
-	}
-	path := filepath.Join(dir, fmt.Sprintf("raftkit-chaos-seed%d-%s.html", seed, time.Now().Format("150405")))
-	if err := porcupine.VisualizePath(kvModel, info, path); err != nil {
-		t.Logf("could not save the visualization: %v", err)
-		return "(not saved)"
-	}
-	t.Logf("porcupine visualization of seed %d: %s", seed, path)
-	return path
 }
 
 // errorTally counts, per kind, the errors that made writes unknown, for
@@ -304,7 +295,7 @@ func (a *ackSet) list() []string {
 // runClient issues operations on random nodes until ctx ends: writes of
 // unique values to shared keys, writes of unique keys, linearizable reads
 // (barrier, then the node's local store) and reads through the log.
-func runClient(ctx context.Context, c *Cluster[*fsmexample.Store], rec *recorder, acks *ackSet, id int, rng *rand.Rand) {
+func runClient(ctx context.Context, c *Cluster[*fsmexample.Store], rec *kvHistory, acks *ackSet, id int, rng *rand.Rand) {
 	buf := &reusedBuffer{}
 	for seq := 0; ctx.Err() == nil; seq++ {
 		nodes := c.Nodes()
@@ -371,62 +362,57 @@ func (r *reusedBuffer) scribble() {
 	}
 }
 
-func write(node *raftkit.RaftNode, buf *reusedBuffer, rec *recorder, acks *ackSet, client int, key, value string, unique bool) {
-	in := kvInput{Op: opPut, Key: key, Value: value}
+func write(node *raftkit.RaftNode, buf *reusedBuffer, rec *kvHistory, acks *ackSet, client int, key, value string, unique bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
-	call := rec.now()
-	_, err := node.Apply(ctx, buf.load(fsmexample.Set(key, []byte(value))))
-	buf.scribble()
+	_, err := rec.Write(client, kvInput{Op: opPut, Key: key, Value: value}, func() (kvOutput, error) {
+		_, err := node.Apply(ctx, buf.load(fsmexample.Set(key, []byte(value))))
+		buf.scribble()
+		return kvOutput{}, err
+	})
 	switch {
 	case err == nil:
-		rec.done(client, in, kvOutput{}, call)
 		if unique {
 			acks.add(key)
 		}
-	case notApplied(err):
-		// Dropped from the history: it never happened.
-	default:
-		// ErrUnknownOutcome, and anything unclassified (a *RemoteError
-		// from the leader): it may have happened, at any later time.
-		rec.unknown(client, in, call)
-		acks.errors.add(err)
+	case !notApplied(err):
+		acks.errors.add(err) // the history keeps it as unknown
 	}
 }
 
 // linearizableGet reads key on node after a read barrier. A failed read
 // has no effect and is left out of the history.
-func linearizableGet(c *Cluster[*fsmexample.Store], node *raftkit.RaftNode, rec *recorder, client int, key string) error {
+func linearizableGet(c *Cluster[*fsmexample.Store], node *raftkit.RaftNode, rec *kvHistory, client int, key string) error {
 	// The FSM is looked up before the barrier: if node was replaced by a
 	// restart in between, the barrier fails on the closed node.
 	fsm := c.FSM(node)
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
-	call := rec.now()
-	if err := node.LinearizableRead(ctx); err != nil {
-		return err
-	}
-	v, _ := fsm.Get(key)
-	rec.done(client, kvInput{Op: opGet, Key: key}, kvOutput{Value: string(v)}, call)
-	return nil
+	_, err := rec.Read(client, kvInput{Op: opGet, Key: key}, func() (kvOutput, error) {
+		if err := node.LinearizableRead(ctx); err != nil {
+			return kvOutput{}, err
+		}
+		v, _ := fsm.Get(key)
+		return kvOutput{Value: string(v)}, nil
+	})
+	return err
 }
 
 // logGet reads key through the log with a Get command.
-func logGet(node *raftkit.RaftNode, buf *reusedBuffer, rec *recorder, client int, key string) {
+func logGet(node *raftkit.RaftNode, buf *reusedBuffer, rec *kvHistory, client int, key string) {
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
-	call := rec.now()
-	res, err := node.Apply(ctx, buf.load(fsmexample.Get(key)))
-	buf.scribble()
-	if err != nil {
-		return
-	}
-	v, ok := res.([]byte)
-	if res != nil && !ok {
-		rec.done(client, kvInput{Op: opGet, Key: key}, kvOutput{Value: fmt.Sprintf("<unexpected %T %v>", res, res)}, call)
-		return
-	}
-	rec.done(client, kvInput{Op: opGet, Key: key}, kvOutput{Value: string(v)}, call)
+	_, _ = rec.Read(client, kvInput{Op: opGet, Key: key}, func() (kvOutput, error) {
+		res, err := node.Apply(ctx, buf.load(fsmexample.Get(key)))
+		buf.scribble()
+		if err != nil {
+			return kvOutput{}, err
+		}
+		if v, ok := res.([]byte); ok || res == nil {
+			return kvOutput{Value: string(v)}, nil
+		}
+		return kvOutput{Value: fmt.Sprintf("<unexpected %T %v>", res, res)}, nil
+	})
 }
 
 // nemesis injects faults from a seeded schedule. At most one member is

@@ -36,6 +36,16 @@ type Model[S, In, Out any] struct {
 	// apart, which is much faster for long histories.
 	Partition func(in In) string
 
+	// Seen, if set, reports whether a read's answer (in, out) shows the
+	// effect of write. A write whose outcome is unknown and that no read
+	// saw is then left out of the check: it can always be linearized
+	// last, where it changes nothing any call saw, so leaving it out does
+	// not change the verdict, and it spares the checker a search over
+	// where it might fit. Seen must answer true for every read the write
+	// could have influenced (for a register: the read of its key that
+	// returned its value). Without Seen every unknown write is kept.
+	Seen func(write, in In, out Out) bool
+
 	// Equal, if set, compares two states; by default they are compared
 	// with reflect.DeepEqual.
 	Equal func(a, b S) bool
@@ -66,6 +76,10 @@ type Model[S, In, Out any] struct {
 // Getting that mapping wrong is the usual way a hand-written check passes
 // a broken system, or fails a correct one under faults.
 type History[S, In, Out any] struct {
+	// VisualizationDir is where Check writes porcupine's page for a
+	// history that is not linearizable; empty means os.TempDir().
+	VisualizationDir string
+
 	model Model[S, In, Out]
 	start time.Time
 
@@ -80,6 +94,7 @@ type call[In, Out any] struct {
 	out     Out
 	fsmErr  error
 	unknown bool
+	read    bool
 }
 
 // NewHistory returns an empty history to be checked against model.
@@ -108,7 +123,7 @@ func (h *History[S, In, Out]) record(client int, in In, fn func() (Out, error), 
 	start := h.now()
 	out, err := fn()
 	end := h.now()
-	c := call[In, Out]{in: in, out: out}
+	c := call[In, Out]{in: in, out: out, read: read}
 	switch class := raftkit.Classify(err); {
 	case err == nil:
 	case read:
@@ -164,17 +179,7 @@ const historyCheckTimeout = 2 * time.Minute
 // linearizable, a *NotLinearizableError if it is not, and an error if the
 // search could not decide within two minutes.
 func (h *History[S, In, Out]) Check() error {
-	h.mu.Lock()
-	ops := append([]porcupine.Operation(nil), h.ops...)
-	end := h.now()
-	for _, op := range ops {
-		end = max(end, op.Return+1)
-	}
-	for _, op := range h.pending {
-		op.Return = end
-		ops = append(ops, op)
-	}
-	h.mu.Unlock()
+	ops := h.operations()
 
 	model := h.porcupineModel()
 	result, info := porcupine.CheckOperationsVerbose(model, ops, historyCheckTimeout)
@@ -182,7 +187,11 @@ func (h *History[S, In, Out]) Check() error {
 	case porcupine.Ok:
 		return nil
 	case porcupine.Illegal:
-		path := filepath.Join(os.TempDir(), fmt.Sprintf("raftkittest-history-%d.html", time.Now().UnixNano()))
+		dir := h.VisualizationDir
+		if dir == "" {
+			dir = os.TempDir()
+		}
+		path := filepath.Join(dir, fmt.Sprintf("raftkittest-history-%d.html", time.Now().UnixNano()))
 		if err := porcupine.VisualizePath(model, info, path); err != nil {
 			path = ""
 		}
@@ -191,6 +200,41 @@ func (h *History[S, In, Out]) Check() error {
 		return fmt.Errorf("raftkittest: the linearizability check of %d calls did not finish within %s; record fewer calls, or set Model.Partition", len(ops), historyCheckTimeout)
 	}
 }
+
+// operations is the history as porcupine checks it: unknown outcomes
+// return after every other call, and, with Model.Seen, those no read saw
+// are left out.
+func (h *History[S, In, Out]) operations() []porcupine.Operation {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ops := append([]porcupine.Operation(nil), h.ops...)
+	end := h.now()
+	for _, op := range ops {
+		end = max(end, op.Return+1)
+	}
+	for _, op := range h.pending {
+		if h.model.Seen != nil && !h.seen(op.Input.(call[In, Out]).in) {
+			continue
+		}
+		op.Return = end
+		ops = append(ops, op)
+	}
+	return ops
+}
+
+// seen reports whether a completed read saw write (Model.Seen).
+func (h *History[S, In, Out]) seen(write In) bool {
+	for _, op := range h.ops {
+		if c := op.Input.(call[In, Out]); c.read && h.model.Seen(write, c.in, c.out) {
+			return true
+		}
+	}
+	return false
+}
+
+// Checked returns how many calls Check would check: those with a known
+// answer, and the unknown writes it keeps (see Model.Seen).
+func (h *History[S, In, Out]) Checked() int { return len(h.operations()) }
 
 // AssertLinearizable fails tb unless the history recorded so far is
 // linearizable; the failure names the visualisation's file.

@@ -2,8 +2,11 @@ package raftkittest
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"sort"
 	"sync"
+	"testing"
 	"time"
 
 	"github.com/anishathalye/porcupine"
@@ -64,6 +67,28 @@ var kvModel = porcupine.Model{
 		return fmt.Sprintf("get(%s) -> %q", in.Key, output.(kvOutput).Value)
 	},
 	DescribeState: func(state any) string { return fmt.Sprintf("%q", state) },
+}
+
+// kvHistory is a history of calls to fsmexample's store, checked against
+// registerModel: what the chaos test records.
+type kvHistory = History[string, kvInput, kvOutput]
+
+// registerModel is kvModel as a raftkittest Model: a register per key.
+var registerModel = Model[string, kvInput, kvOutput]{
+	Init:      func() string { return "" },
+	Partition: func(in kvInput) string { return in.Key },
+	Step: func(state string, in kvInput, out kvOutput, _ error) (bool, string) {
+		if in.Op == opPut {
+			return true, in.Value
+		}
+		return out.Value == state, state
+	},
+	Seen: func(write, in kvInput, out kvOutput) bool {
+		return in.Op == opGet && in.Key == write.Key && out.Value == write.Value
+	},
+	Describe: func(in kvInput, out kvOutput, _ error) string {
+		return kvModel.DescribeOperation(in, out)
+	},
 }
 
 // recorder collects a concurrent history. Times are nanoseconds since the
@@ -128,4 +153,20 @@ func (r *recorder) counts() (known, unknown int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return len(r.ops), len(r.pending)
+}
+
+// saveVisualization writes porcupine's page of a recorder's failed history
+// and returns its path.
+func saveVisualization(t *testing.T, seed uint64, info porcupine.LinearizationInfo) string {
+	dir := *chaosVizDir
+	if dir == "" {
+		dir = os.TempDir()
+	}
+	path := filepath.Join(dir, fmt.Sprintf("raftkit-chaos-seed%d-%s.html", seed, time.Now().Format("150405")))
+	if err := porcupine.VisualizePath(kvModel, info, path); err != nil {
+		t.Logf("could not save the visualization: %v", err)
+		return "(not saved)"
+	}
+	t.Logf("porcupine visualization of seed %d: %s", seed, path)
+	return path
 }
