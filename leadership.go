@@ -313,15 +313,17 @@ func (s *runnerSet) start(r *runner, ctx context.Context, fn func(context.Contex
 		return false
 	}
 	fctx, cancel := context.WithCancelCause(context.WithValue(ctx, leaseKey{}, lease))
-	lease.ctx = fctx
 	done := make(chan struct{})
 	r.mu.Lock()
 	r.cancel, r.done = cancel, done
 	r.mu.Unlock()
+	// Renewals go on until fn returns, not only until its context ends:
+	// after a planned stop fn may finish its work under a valid lease.
+	rctx, stopRenewals := context.WithCancel(context.Background())
 	renewed := make(chan struct{})
 	go func() {
 		defer close(renewed)
-		lease.keepRenewed(fctx)
+		lease.keepRenewed(rctx)
 	}()
 	go func() {
 		defer close(done)
@@ -330,10 +332,13 @@ func (s *runnerSet) start(r *runner, ctx context.Context, fn func(context.Contex
 			r.cancel, r.done = nil, nil
 			r.mu.Unlock()
 		}()
-		defer func() { <-renewed }()
-		// fn returned (or panicked): its renewals end with it. A cause
-		// already given is kept.
-		defer cancel(nil)
+		defer func() {
+			// fn returned (or panicked). A cause already given is kept.
+			lease.ended.Store(true)
+			cancel(nil)
+			stopRenewals()
+			<-renewed
+		}()
 		fn(fctx)
 	}()
 	return true

@@ -54,9 +54,9 @@ type Lease struct {
 	n      *RaftNode
 	term   uint64
 	length time.Duration
-	ctx    context.Context // the function's context; set before it runs
-	since  int64           // leaseClock when the first renewal started
-	expiry atomic.Int64    // leaseClock when the lease ends
+	since  int64        // leaseClock when the first renewal started
+	expiry atomic.Int64 // leaseClock when the lease ends
+	ended  atomic.Bool  // the function returned
 }
 
 type leaseKey struct{}
@@ -72,14 +72,19 @@ func LeaseFromContext(ctx context.Context) *Lease {
 // side effects the function performs. It never changes for one Lease.
 func (l *Lease) Term() uint64 { return l.term }
 
-// Valid reports whether this node still holds the lease: the function's
-// context is not done, the node leads in the lease's term, and the last
+// Valid reports whether this node still holds the lease: the function
+// has not returned, the node leads in the lease's term, and the last
 // successful renewal started less than the lease's length ago by the
-// monotonic clock. It takes no locks and sends nothing. Check it just
-// before each side effect; when it returns false, do not act (the
-// function's context will usually be cancelled soon after).
+// monotonic clock. It sends nothing and waits for nothing. Check it just
+// before each side effect; when it returns false, do not act.
+//
+// After a planned stop (context.Cause ErrHandover, ErrClosed, or the end
+// of the context given to RunWhileLeader) the lease is still renewed and
+// leadership does not move until the function returns or
+// Config.LeaderJobGrace passes, so Valid stays true meanwhile: the
+// function may finish its unit of work under the same guard.
 func (l *Lease) Valid() bool {
-	return l.ctx.Err() == nil && leaseClock() < l.expiry.Load() && l.leads()
+	return !l.ended.Load() && leaseClock() < l.expiry.Load() && l.leads()
 }
 
 // Remaining returns how long the lease still holds by the local clock if
@@ -91,14 +96,14 @@ func (l *Lease) Remaining() time.Duration {
 	return time.Duration(l.expiry.Load() - leaseClock())
 }
 
-// Verify renews the lease now, with a round trip to a majority, and
-// returns nil if this node still leads in the lease's term: a side effect
-// started right after it returns nil is at least as safe as one guarded
-// by Valid. Otherwise it returns an error matching ErrLeadershipLost, the
-// function's context's cause if that is done, or ctx's error.
+// Verify renews the lease now, with a round trip to a majority (one log
+// entry), and returns nil if this node still leads in the lease's term: a
+// side effect started right after it returns nil is at least as safe as
+// one guarded by Valid. Otherwise it returns an error matching
+// ErrLeadershipLost (also once the function has returned), or ctx's error.
 func (l *Lease) Verify(ctx context.Context) error {
-	if l.ctx.Err() != nil {
-		return context.Cause(l.ctx)
+	if l.ended.Load() {
+		return fmt.Errorf("%w: the function of term %d returned", ErrLeadershipLost, l.term)
 	}
 	return l.renew(ctx)
 }

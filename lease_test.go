@@ -283,15 +283,20 @@ func closeWithSlowJob(t *testing.T, grace time.Duration) ([]leaseRun, time.Time)
 	return runs, returned
 }
 
-func TestLeaseIsInvalidOnceFnsContextEnds(t *testing.T) {
+// After a planned stop the lease holds until fn returns, so that fn can
+// finish its work under the same guard; then it is invalid for good.
+func TestLeaseHoldsThroughAPlannedStopUntilFnReturns(t *testing.T) {
 	node := newMemNode(t, "solo")
 	ctx, cancel := context.WithCancel(context.Background())
 	leases := make(chan *Lease, 1)
+	stopping, finish := make(chan struct{}), make(chan struct{})
 	done := make(chan error, 1)
 	go func() {
 		done <- node.RunWhileLeader(ctx, func(fctx context.Context) {
 			leases <- LeaseFromContext(fctx)
 			<-fctx.Done()
+			close(stopping)
+			<-finish
 		})
 	}()
 	l := <-leases
@@ -299,12 +304,22 @@ func TestLeaseIsInvalidOnceFnsContextEnds(t *testing.T) {
 		t.Fatal("a fresh lease on a single node is not valid")
 	}
 	cancel()
+	<-stopping
+	// Longer than the lease: the renewals go on.
+	deadline := time.Now().Add(3 * l.length)
+	for time.Now().Before(deadline) {
+		if !l.Valid() {
+			t.Fatal("the lease lapsed while fn finished after a planned stop")
+		}
+		time.Sleep(l.length / 10)
+	}
+	close(finish)
 	<-done
 	if l.Valid() {
-		t.Fatal("the lease is valid after fn's context ended")
+		t.Fatal("the lease is valid after fn returned")
 	}
-	if err := l.Verify(context.Background()); !errors.Is(err, context.Canceled) {
-		t.Fatalf("Verify after the end: %v, want context.Canceled", err)
+	if err := l.Verify(context.Background()); !errors.Is(err, ErrLeadershipLost) {
+		t.Fatalf("Verify after fn returned: %v, want ErrLeadershipLost", err)
 	}
 	if LeaseFromContext(context.Background()) != nil {
 		t.Fatal("a context outside RunWhileLeader has a lease")
