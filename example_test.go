@@ -158,6 +158,45 @@ func ExampleRaftNode_RunWhileLeader() {
 	// Output: leading: starting the leader's work
 }
 
+// A job fences its side effects with the lease's term and checks the
+// lease, without a round trip, just before each one.
+func ExampleLeaseFromContext() {
+	node, err := raftkit.NewRaftNode(raftkit.Config{InMemory: true, Addr: "node1", Peers: []string{"node1"}}, fsmexample.New())
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer node.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var highest uint64 // what a fenced resource remembers
+	write := func(token uint64, what string) {
+		if token < highest {
+			fmt.Println("refused:", what)
+			return
+		}
+		highest = token
+		fmt.Println("written:", what)
+	}
+	done := make(chan struct{})
+	go node.RunWhileLeader(ctx, func(ctx context.Context) {
+		defer close(done)
+		lease := raftkit.LeaseFromContext(ctx)
+		if lease.Valid() {
+			write(lease.Term(), "the leader's tick")
+		}
+		write(lease.Term()-1, "a deposed leader's tick")
+		cancel()
+		<-ctx.Done()
+		fmt.Println("stopped:", context.Cause(ctx))
+	})
+	<-done
+	// Output:
+	// written: the leader's tick
+	// refused: a deposed leader's tick
+	// stopped: context canceled
+}
+
 // A result type registered in Config.ResultTypes comes back as itself on
 // every node; ApplyAs returns it typed.
 func ExampleApplyAs() {
