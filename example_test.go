@@ -254,3 +254,32 @@ func (s counterSnap) Persist(sink raft.SnapshotSink) error {
 	return sink.Close()
 }
 func (counterSnap) Release() {}
+
+// A node used only for leader election needs no FSM of its own; its
+// leader publishes where it serves, and every node can read it.
+func ExampleElectionFSM() {
+	node, err := raftkit.NewRaftNode(raftkit.Config{InMemory: true, Addr: "node1", Peers: []string{"node1"}}, raftkit.ElectionFSM())
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer node.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	published := make(chan struct{})
+	go node.RunWhileLeader(ctx, func(ctx context.Context) {
+		if err := node.Publish(ctx, "10.0.0.1:8080"); err != nil {
+			fmt.Println(err)
+		}
+		close(published)
+		<-ctx.Done()
+	})
+	<-published
+	for l := range node.WatchLeadership(ctx) {
+		if l.Published != "" {
+			fmt.Println("the leader serves at", l.Published, "in its term:", l.PublishedTerm == l.Term)
+			break
+		}
+	}
+	// Output: the leader serves at 10.0.0.1:8080 in its term: true
+}

@@ -18,6 +18,12 @@ type Leadership struct {
 	// leads in, the fencing token of that leadership (see Lease). Terms
 	// only grow.
 	Term uint64
+	// Published and PublishedTerm are the value the leaders of a node
+	// started with ElectionFSM published last (see Publish) and the term
+	// of the leader that published it: the current leader's when it
+	// equals Term. Empty and zero on other nodes.
+	Published     string
+	PublishedTerm uint64
 }
 
 // leaderWatch turns raft's observations into Leadership values for any
@@ -26,9 +32,11 @@ type Leadership struct {
 // state, which raft updates before it sends the observation, so the latest
 // state is never lost even when an observation is.
 type leaderWatch struct {
-	raft     *raft.Raft
-	observer *raft.Observer
-	obsCh    chan raft.Observation
+	raft      *raft.Raft
+	published func() (string, uint64)
+	observer  *raft.Observer
+	obsCh     chan raft.Observation
+	kick      chan struct{} // the published value changed
 
 	mu     sync.Mutex
 	last   Leadership
@@ -44,12 +52,14 @@ type leaderSub struct {
 	stop func() bool // stops the context.AfterFunc
 }
 
-func newLeaderWatch(r *raft.Raft) *leaderWatch {
+func newLeaderWatch(r *raft.Raft, published func() (string, uint64)) *leaderWatch {
 	w := &leaderWatch{
-		raft:  r,
-		obsCh: make(chan raft.Observation, 64),
-		subs:  map[*leaderSub]struct{}{},
-		done:  make(chan struct{}),
+		raft:      r,
+		published: published,
+		kick:      make(chan struct{}, 1),
+		obsCh:     make(chan raft.Observation, 64),
+		subs:      map[*leaderSub]struct{}{},
+		done:      make(chan struct{}),
 	}
 	w.observer = raft.NewObserver(w.obsCh, false, func(o *raft.Observation) bool {
 		switch o.Data.(type) {
@@ -71,7 +81,18 @@ func (w *leaderWatch) read() Leadership {
 	// state, so a leader's value never carries an older term than the one
 	// it leads in.
 	term := w.raft.CurrentTerm()
-	return Leadership{IsLeader: w.raft.State() == raft.Leader, LeaderID: string(id), LeaderAddr: string(addr), Term: term}
+	l := Leadership{IsLeader: w.raft.State() == raft.Leader, LeaderID: string(id), LeaderAddr: string(addr), Term: term}
+	l.Published, l.PublishedTerm = w.published()
+	return l
+}
+
+// changed tells the watch that the published value changed. It never
+// blocks: one pending kick covers any number of changes.
+func (w *leaderWatch) changed() {
+	select {
+	case w.kick <- struct{}{}:
+	default:
+	}
 }
 
 func (w *leaderWatch) loop() {
@@ -79,6 +100,8 @@ func (w *leaderWatch) loop() {
 	for {
 		select {
 		case <-w.obsCh:
+			w.publish(w.read())
+		case <-w.kick:
 			w.publish(w.read())
 		case <-w.done:
 			return

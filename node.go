@@ -36,6 +36,7 @@ type RaftNode struct {
 	stores *store.Stores
 
 	leadership *leaderWatch
+	election   *electionFSM // nil unless the node runs ElectionFSM
 	rpc        *peer.Pool
 	fwd        *peer.Batcher // forwarded writes
 	runners    runnerSet
@@ -257,6 +258,7 @@ func newRaftNode(cfg Config, fsm raft.FSM, hooks *nodeHooks) (node *RaftNode, er
 		stores.Cache.OnStored = n.storedChunks.Note
 	}
 	n.fsm = newTrackedFSM(fsm)
+	n.election, _ = fsm.(*electionFSM)
 	n.fsm.restored = func() uint64 { return snapshotIndex(stores.Snaps) }
 	// Raft sees its transport and stable store through the term guard,
 	// which refuses requests with impossible terms (see internal/port).
@@ -287,7 +289,11 @@ func newRaftNode(cfg Config, fsm raft.FSM, hooks *nodeHooks) (node *RaftNode, er
 	if err := life.add("compaction", startCompactor(n, meter, stores.Cache, rc.TrailingLogs)); err != nil {
 		return nil, err
 	}
-	n.leadership = newLeaderWatch(r)
+	n.leadership = newLeaderWatch(r, n.Published)
+	if n.election != nil {
+		n.election.onChange(n.leadership.changed)
+		n.leadership.changed() // what was applied before onChange
+	}
 	if err := life.add("leadership watch", func() error { n.leadership.close(); return nil }); err != nil {
 		return nil, err
 	}

@@ -31,7 +31,6 @@ import (
 	"time"
 
 	"github.com/raftkit/raftkit"
-	fsmexample "github.com/raftkit/raftkit/fsm_example"
 )
 
 func main() {
@@ -42,6 +41,7 @@ func main() {
 	every := flag.Duration("every", time.Second, "how often the leader does its work")
 	finish := flag.Duration("finish", 0, "how long the leader's last unit of work takes once it is asked to stop")
 	out := flag.String("out", "", "file the leader appends its ticks to (shared by all nodes)")
+	serve := flag.String("serve", "", "the address this node serves clients on while it leads, published to all nodes")
 	read := flag.String("read", "", "read a tick file as its consumer would, and exit")
 	flag.Parse()
 	if *read != "" {
@@ -62,17 +62,33 @@ func main() {
 		defer f.Close()
 		ticks = f
 	}
-	// Leader election needs no state of its own; any FSM will do.
-	node, err := raftkit.NewRaftNode(raftkit.Config{ID: *id, Addr: *addr, Dir: *dir, Peers: strings.Split(*peers, ",")}, fsmexample.New())
+	// Leader election needs no state of its own: ElectionFSM keeps only
+	// what the leaders publish. Dir keeps raft's terms and votes.
+	node, err := raftkit.NewRaftNode(raftkit.Config{ID: *id, Addr: *addr, Dir: *dir, Peers: strings.Split(*peers, ",")}, raftkit.ElectionFSM())
 	if err != nil {
 		log.Fatalf("leader-election: %v", err)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	fmt.Printf("%s: started, waiting for leadership\n", node.ID())
+	go func() {
+		// Every node learns where the leader serves clients.
+		var last string
+		for l := range node.WatchLeadership(ctx) {
+			if l.Published != "" && l.Published != last && l.PublishedTerm == l.Term {
+				last = l.Published
+				fmt.Printf("%s: the leader of term %d serves at %s\n", node.ID(), l.PublishedTerm, l.Published)
+			}
+		}
+	}()
 	err = node.RunWhileLeader(ctx, func(ctx context.Context) {
 		lease := raftkit.LeaseFromContext(ctx)
 		fmt.Printf("%s: became leader in term %d, starting the leader's work\n", node.ID(), lease.Term())
+		if *serve != "" {
+			if err := node.Publish(ctx, *serve); err != nil {
+				fmt.Printf("%s: could not publish %s: %v\n", node.ID(), *serve, err)
+			}
+		}
 		// work appends one tick, if the lease still holds.
 		n := 0
 		work := func(what string) {

@@ -30,6 +30,7 @@ type cluster struct {
 	leads   map[string]uint64 // the last term each node said it leads in
 	stopped map[string]int    // how many times each node said it stopped the work
 	skipped map[string]int    // ticks skipped for want of a valid lease
+	serving map[string]string // the leader's service as each node last heard it
 	exited  map[string]chan struct{}
 }
 
@@ -40,7 +41,7 @@ func startCluster(t *testing.T) *cluster {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
 	c := &cluster{t: t, bin: bin, dir: t.TempDir(), procs: map[string]*exec.Cmd{}, addrs: map[string]string{},
-		leads: map[string]uint64{}, stopped: map[string]int{}, skipped: map[string]int{}, exited: map[string]chan struct{}{}}
+		leads: map[string]uint64{}, stopped: map[string]int{}, skipped: map[string]int{}, serving: map[string]string{}, exited: map[string]chan struct{}{}}
 	c.ticks = filepath.Join(c.dir, "ticks")
 	var peers []string
 	for i := 1; i <= 3; i++ {
@@ -65,7 +66,7 @@ func startCluster(t *testing.T) *cluster {
 func (c *cluster) start(id string) {
 	c.t.Helper()
 	cmd := exec.Command(c.bin, "-id", id, "-addr", c.addrs[id], "-dir", filepath.Join(c.dir, id), "-peers", c.peers,
-		"-out", c.ticks, "-every", "20ms", "-finish", "300ms")
+		"-out", c.ticks, "-every", "20ms", "-finish", "300ms", "-serve", "svc-"+id)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		c.t.Fatal(err)
@@ -95,6 +96,8 @@ func (c *cluster) start(id string) {
 				c.stopped[id]++
 			case strings.Contains(line, "skipped a tick"):
 				c.skipped[id]++
+			case strings.Contains(line, " serves at "):
+				c.serving[id] = line[strings.LastIndex(line, " ")+1:]
 			}
 			c.mu.Unlock()
 		}
@@ -205,6 +208,16 @@ func pauseRepetitions(t *testing.T) int {
 func TestPausedLeaderNeverTicksAfterItsSuccessor(t *testing.T) {
 	c := startCluster(t)
 	last := c.waitTickAbove(0, "the first leader's tick")
+	c.waitFor("every node to learn where the leader serves", func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for i := 1; i <= 3; i++ {
+			if c.serving[fmt.Sprintf("n%d", i)] != "svc-"+last.Node {
+				return false
+			}
+		}
+		return true
+	})
 	for rep := 0; rep < pauseRepetitions(t); rep++ {
 		paused := last.Node
 		c.mu.Lock()
