@@ -119,6 +119,8 @@ type nodeHooks struct {
 	profile func(peer.Profile) peer.Profile
 	// leaseLength, if set, replaces the length of this node's leases.
 	leaseLength func(time.Duration) time.Duration
+	// campaign, if set, changes how a leaderless node reports (alone.go).
+	campaign func(*campaign)
 }
 
 // ownProfile is what the node says of itself on the node port.
@@ -142,6 +144,9 @@ func newRaftNode(cfg Config, fsm raft.FSM, hooks *nodeHooks) (node *RaftNode, er
 		return nil, err
 	}
 	departed := newDepartures()
+	if hooks.campaign != nil {
+		hooks.campaign(&departed.campaign)
+	}
 	s = s.withLogger(&quietLogger{Logger: s.Logger, d: departed})
 	// Each part is registered with its stop function as soon as it exists;
 	// a failure from here on stops the parts built so far, last first,
