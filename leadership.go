@@ -201,10 +201,11 @@ func (n *RaftNode) WatchLeadership(ctx context.Context) <-chan Leadership {
 //
 // What holds when leadership is lost without a handover (a crash, a network
 // split, a paused process): at most one node holds a valid Lease at any
-// moment, by the monotonic clocks of the nodes, so a side effect performed
-// only while Lease.Valid returns true never follows a newer leader's
-// (a paused leader resumes with an expired lease and Valid returns false
-// at once). A side effect that does not check Valid, or that runs after a
+// moment, by the monotonic clocks of the nodes (see Lease for how, and for
+// its one exception: a follower that restarts within a lease), so a side
+// effect performed only while Lease.Valid returns true never follows a
+// newer leader's (a paused leader resumes with an expired lease and Valid
+// returns false at once). A side effect that does not check Valid, or that runs after a
 // pause between the check and the effect, can still happen after a
 // successor has started: fn's context is cancelled only once this node
 // notices it has lost leadership, which may be after a successor's first

@@ -114,6 +114,14 @@ func (l *Lease) leads() bool {
 
 // renew appends a barrier and, once a majority stored it in the lease's
 // term, extends the lease to length after the renewal started.
+//
+// Not raft's VerifyLeader: a verification counts the next heartbeat
+// response from each follower, and that may answer a heartbeat sent before
+// the verification started (hashicorp/raft's heartbeat loop notifies the
+// waiting verifications of whatever response arrives). A leader resuming
+// from a pause would then renew its lease with a follower's answer from
+// before the pause. An entry appended after the start can only be stored
+// by followers that heard from this leader after it.
 func (l *Lease) renew(ctx context.Context) error {
 	start := leaseClock()
 	if !l.leads() {
