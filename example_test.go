@@ -158,6 +158,45 @@ func ExampleRaftNode_RunWhileLeader() {
 	// Output: leading: starting the leader's work
 }
 
+// A job fences its side effects with the lease's term and checks the
+// lease, without a round trip, just before each one.
+func ExampleLeaseFromContext() {
+	node, err := raftkit.NewRaftNode(raftkit.Config{InMemory: true, Addr: "node1", Peers: []string{"node1"}}, fsmexample.New())
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer node.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var highest uint64 // what a fenced resource remembers
+	write := func(token uint64, what string) {
+		if token < highest {
+			fmt.Println("refused:", what)
+			return
+		}
+		highest = token
+		fmt.Println("written:", what)
+	}
+	done := make(chan struct{})
+	go node.RunWhileLeader(ctx, func(ctx context.Context) {
+		defer close(done)
+		lease := raftkit.LeaseFromContext(ctx)
+		if lease.Valid() {
+			write(lease.Term(), "the leader's tick")
+		}
+		write(lease.Term()-1, "a deposed leader's tick")
+		cancel()
+		<-ctx.Done()
+		fmt.Println("stopped:", context.Cause(ctx))
+	})
+	<-done
+	// Output:
+	// written: the leader's tick
+	// refused: a deposed leader's tick
+	// stopped: context canceled
+}
+
 // A result type registered in Config.ResultTypes comes back as itself on
 // every node; ApplyAs returns it typed.
 func ExampleApplyAs() {
@@ -215,3 +254,32 @@ func (s counterSnap) Persist(sink raft.SnapshotSink) error {
 	return sink.Close()
 }
 func (counterSnap) Release() {}
+
+// A node used only for leader election needs no FSM of its own; its
+// leader publishes where it serves, and every node can read it.
+func ExampleElectionFSM() {
+	node, err := raftkit.NewRaftNode(raftkit.Config{InMemory: true, Addr: "node1", Peers: []string{"node1"}}, raftkit.ElectionFSM())
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer node.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	published := make(chan struct{})
+	go node.RunWhileLeader(ctx, func(ctx context.Context) {
+		if err := node.Publish(ctx, "10.0.0.1:8080"); err != nil {
+			fmt.Println(err)
+		}
+		close(published)
+		<-ctx.Done()
+	})
+	<-published
+	for l := range node.WatchLeadership(ctx) {
+		if l.Published != "" {
+			fmt.Println("the leader serves at", l.Published, "in its term:", l.PublishedTerm == l.Term)
+			break
+		}
+	}
+	// Output: the leader serves at 10.0.0.1:8080 in its term: true
+}

@@ -3,6 +3,7 @@ package raftkit
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/raft"
 )
@@ -13,6 +14,16 @@ type Leadership struct {
 	IsLeader bool
 	// LeaderID and LeaderAddr name the known leader; empty when none is known.
 	LeaderID, LeaderAddr string
+	// Term is the raft term this node is in: while IsLeader, the term it
+	// leads in, the fencing token of that leadership (see Lease). Terms
+	// only grow.
+	Term uint64
+	// Published and PublishedTerm are the value the leaders of a node
+	// started with ElectionFSM published last (see Publish) and the term
+	// of the leader that published it: the current leader's when it
+	// equals Term. Empty and zero on other nodes.
+	Published     string
+	PublishedTerm uint64
 }
 
 // leaderWatch turns raft's observations into Leadership values for any
@@ -21,9 +32,11 @@ type Leadership struct {
 // state, which raft updates before it sends the observation, so the latest
 // state is never lost even when an observation is.
 type leaderWatch struct {
-	raft     *raft.Raft
-	observer *raft.Observer
-	obsCh    chan raft.Observation
+	raft      *raft.Raft
+	published func() (string, uint64)
+	observer  *raft.Observer
+	obsCh     chan raft.Observation
+	kick      chan struct{} // the published value changed
 
 	mu     sync.Mutex
 	last   Leadership
@@ -39,12 +52,14 @@ type leaderSub struct {
 	stop func() bool // stops the context.AfterFunc
 }
 
-func newLeaderWatch(r *raft.Raft) *leaderWatch {
+func newLeaderWatch(r *raft.Raft, published func() (string, uint64)) *leaderWatch {
 	w := &leaderWatch{
-		raft:  r,
-		obsCh: make(chan raft.Observation, 64),
-		subs:  map[*leaderSub]struct{}{},
-		done:  make(chan struct{}),
+		raft:      r,
+		published: published,
+		kick:      make(chan struct{}, 1),
+		obsCh:     make(chan raft.Observation, 64),
+		subs:      map[*leaderSub]struct{}{},
+		done:      make(chan struct{}),
 	}
 	w.observer = raft.NewObserver(w.obsCh, false, func(o *raft.Observation) bool {
 		switch o.Data.(type) {
@@ -62,7 +77,22 @@ func newLeaderWatch(r *raft.Raft) *leaderWatch {
 
 func (w *leaderWatch) read() Leadership {
 	addr, id := w.raft.LeaderWithID()
-	return Leadership{IsLeader: w.raft.State() == raft.Leader, LeaderID: string(id), LeaderAddr: string(addr)}
+	// The term is read first: raft sets a new term before it changes
+	// state, so a leader's value never carries an older term than the one
+	// it leads in.
+	term := w.raft.CurrentTerm()
+	l := Leadership{IsLeader: w.raft.State() == raft.Leader, LeaderID: string(id), LeaderAddr: string(addr), Term: term}
+	l.Published, l.PublishedTerm = w.published()
+	return l
+}
+
+// changed tells the watch that the published value changed. It never
+// blocks: one pending kick covers any number of changes.
+func (w *leaderWatch) changed() {
+	select {
+	case w.kick <- struct{}{}:
+	default:
+	}
 }
 
 func (w *leaderWatch) loop() {
@@ -70,6 +100,8 @@ func (w *leaderWatch) loop() {
 	for {
 		select {
 		case <-w.obsCh:
+			w.publish(w.read())
+		case <-w.kick:
 			w.publish(w.read())
 		case <-w.done:
 			return
@@ -152,21 +184,33 @@ func (n *RaftNode) WatchLeadership(ctx context.Context) <-chan Leadership {
 // RunWhileLeader runs fn whenever this node is the leader, and only then.
 // Each time the node becomes leader, RunWhileLeader first waits until every
 // entry of earlier terms is applied to the local FSM (a barrier), then calls
-// fn in a new goroutine with a context that is cancelled the moment
-// leadership is lost, the node hands leadership over (TransferLeadership,
-// Close, Leave), ctx ends, or the node closes. fn must return soon after its
-// context is cancelled; it is not called again until leadership is regained
-// and the previous call has returned.
+// fn in a new goroutine with a context that carries the leadership's Lease
+// (LeaseFromContext: its term is the fencing token, Valid the check before
+// each side effect). The context is cancelled when leadership is lost, the
+// node hands leadership over (TransferLeadership, Leave, Close), ctx ends,
+// or the node closes, and context.Cause says which: ErrLeadershipLost,
+// ErrHandover, ErrClosed, or ctx's own cause. fn is not called again until
+// leadership is regained and the previous call has returned.
 //
-// RunWhileLeader blocks until ctx ends (returning ctx.Err()) or the node
-// closes (returning ErrClosed). It is the whole of leader election for an
-// application: start it on every node and exactly one runs fn at a time.
+// A planned handover (TransferLeadership, Leave, Close) cancels fn and
+// waits for it to return, up to Config.LeaderJobGrace, before it hands
+// leadership over: no successor can be elected meanwhile, so fn's last
+// side effects never overlap the next leader's. RunWhileLeader returns only
+// after fn has returned: when ctx ends (ctx.Err()) or the node closes
+// (ErrClosed).
 //
-// Exclusivity rests on raft's leader lease when the network splits: a
-// leader cut off from the majority steps down within about the heartbeat
-// timeout, before the rest can elect a successor. Work with external side
-// effects that must never overlap even under clock trouble should also be
-// fenced, for example with the leader's term from Status.
+// What holds when leadership is lost without a handover (a crash, a network
+// split, a paused process): at most one node holds a valid Lease at any
+// moment, by the monotonic clocks of the nodes (see Lease for how, and for
+// its one exception: a follower that restarts within a lease), so a side
+// effect performed only while Lease.Valid returns true never follows a
+// newer leader's (a paused leader resumes with an expired lease and Valid
+// returns false at once). A side effect that does not check Valid, or that runs after a
+// pause between the check and the effect, can still happen after a
+// successor has started: fn's context is cancelled only once this node
+// notices it has lost leadership, which may be after a successor's first
+// side effect. Only fencing with Lease.Term closes that gap: have the
+// resource refuse tokens smaller than the largest it has seen.
 func (n *RaftNode) RunWhileLeader(ctx context.Context, fn func(ctx context.Context)) error {
 	if err := n.checkOpen(); err != nil {
 		return err
@@ -174,40 +218,46 @@ func (n *RaftNode) RunWhileLeader(ctx context.Context, fn func(ctx context.Conte
 	r := &runner{kick: make(chan struct{}, 1)}
 	n.runners.add(r)
 	defer n.runners.remove(r)
-	defer r.stop(context.Background())
+	defer func() { r.stop(context.Background(), context.Cause(ctx)) }()
 	watch := n.WatchLeadership(ctx)
-	leading := false
+	var now Leadership
 	for {
 		select {
 		case l, ok := <-watch:
 			if !ok {
 				if err := n.checkOpen(); err != nil {
+					r.stop(context.Background(), ErrClosed)
 					return err
 				}
 				return ctx.Err()
 			}
-			leading = l.IsLeader
+			now = l
 		case <-r.kick:
 			// A pause ended. If it stopped fn, fn may run again.
-			r.mu.Lock()
-			if r.cancel == nil {
+			if !r.running() {
 				r.stint = false
 			}
-			r.mu.Unlock()
 		}
-		if !leading {
-			r.stop(context.Background())
+		if !now.IsLeader {
+			r.stop(context.Background(), ErrLeadershipLost)
 			r.stint = false
 			continue
+		}
+		if r.stint && now.Term > r.term {
+			// Leadership was lost and regained between two values the
+			// watch delivered: the old term's fn must not run on.
+			r.stop(context.Background(), ErrLeadershipLost)
+			r.stint = false
 		}
 		if r.stint || n.runners.paused() {
 			continue
 		}
-		if err := n.waitFuture(ctx, n.raft.Barrier(0)); err != nil {
+		lease, err := n.acquireLease(ctx)
+		if err != nil {
 			continue // leadership lost or ctx done: the watch says which
 		}
-		if n.IsLeader() && n.runners.start(r, ctx, fn) {
-			r.stint = true
+		if n.runners.start(r, ctx, fn, lease) {
+			r.stint, r.term = true, lease.term
 		}
 	}
 }
@@ -216,22 +266,30 @@ func (n *RaftNode) RunWhileLeader(ctx context.Context, fn func(ctx context.Conte
 type runner struct {
 	kick  chan struct{} // pause/resume happened
 	stint bool          // fn started in the current leadership (loop-owned)
+	term  uint64        // the term of that leadership (loop-owned)
 
 	mu     sync.Mutex
-	cancel context.CancelFunc
-	done   chan struct{}
+	cancel context.CancelCauseFunc // nil when fn is not running
+	done   chan struct{}           // closed when fn and its renewals ended
 }
 
-// stop cancels fn and waits for it to return, or for ctx.
-func (r *runner) stop(ctx context.Context) {
+// running reports whether fn is running.
+func (r *runner) running() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.done != nil
+}
+
+// stop cancels fn with cause and waits for it to return, or for ctx. The
+// first cause given wins.
+func (r *runner) stop(ctx context.Context, cause error) {
 	r.mu.Lock()
 	cancel, done := r.cancel, r.done
-	r.cancel, r.done = nil, nil
 	r.mu.Unlock()
 	if cancel == nil {
 		return
 	}
-	cancel()
+	cancel(cause)
 	select {
 	case <-done:
 	case <-ctx.Done():
@@ -241,8 +299,11 @@ func (r *runner) stop(ctx context.Context) {
 // runnerSet tracks a node's RunWhileLeader calls so that a handover can
 // stop them first.
 type runnerSet struct {
+	grace time.Duration // Config.LeaderJobGrace
+
 	mu      sync.Mutex
 	pauses  int
+	stopped bool // stopAll ran
 	runners map[*runner]struct{}
 }
 
@@ -267,29 +328,51 @@ func (s *runnerSet) paused() bool {
 	return s.pauses > 0
 }
 
-// start launches fn for r unless a pause is in effect.
-func (s *runnerSet) start(r *runner, ctx context.Context, fn func(context.Context)) bool {
+// start launches fn for r with lease unless a pause is in effect. The
+// lease is renewed in the background until fn's context ends.
+func (s *runnerSet) start(r *runner, ctx context.Context, fn func(context.Context), lease *Lease) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.pauses > 0 {
 		return false
 	}
-	fctx, cancel := context.WithCancel(ctx)
+	fctx, cancel := context.WithCancelCause(context.WithValue(ctx, leaseKey{}, lease))
 	done := make(chan struct{})
 	r.mu.Lock()
 	r.cancel, r.done = cancel, done
 	r.mu.Unlock()
+	// Renewals go on until fn returns, not only until its context ends:
+	// after a planned stop fn may finish its work under a valid lease.
+	rctx, stopRenewals := context.WithCancel(context.Background())
+	renewed := make(chan struct{})
+	go func() {
+		defer close(renewed)
+		lease.keepRenewed(rctx)
+	}()
 	go func() {
 		defer close(done)
-		defer cancel()
+		defer func() {
+			r.mu.Lock()
+			r.cancel, r.done = nil, nil
+			r.mu.Unlock()
+		}()
+		defer func() {
+			// fn returned (or panicked). A cause already given is kept.
+			lease.ended.Store(true)
+			cancel(nil)
+			stopRenewals()
+			<-renewed
+		}()
 		fn(fctx)
 	}()
 	return true
 }
 
-// pause stops every runner's fn (waiting up to ctx for each to return) and
-// keeps them stopped until resume.
-func (s *runnerSet) pause(ctx context.Context) {
+// pause stops every runner's fn, as a handover, and keeps them stopped
+// until resume. It waits for each to return up to the grace or ctx.
+func (s *runnerSet) pause(ctx context.Context) { s.pauseFor(ctx, ErrHandover) }
+
+func (s *runnerSet) pauseFor(ctx context.Context, cause error) {
 	s.mu.Lock()
 	s.pauses++
 	rs := make([]*runner, 0, len(s.runners))
@@ -297,8 +380,10 @@ func (s *runnerSet) pause(ctx context.Context) {
 		rs = append(rs, r)
 	}
 	s.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, s.grace)
+	defer cancel()
 	for _, r := range rs {
-		r.stop(ctx)
+		r.stop(ctx, cause)
 	}
 }
 
@@ -315,6 +400,15 @@ func (s *runnerSet) resume() {
 	}
 }
 
-// stopAll stops every runner's fn for good (the node is closing): a pause
-// that never ends.
-func (s *runnerSet) stopAll() { s.pause(context.Background()) }
+// stopAll stops every runner's fn for good, as the node closes: a pause
+// that never ends. It waits up to the grace, once: later calls return at
+// once.
+func (s *runnerSet) stopAll() {
+	s.mu.Lock()
+	again := s.stopped
+	s.stopped = true
+	s.mu.Unlock()
+	if !again {
+		s.pauseFor(context.Background(), ErrClosed)
+	}
+}

@@ -201,6 +201,8 @@ type departures struct {
 	handedOver atomic.Bool
 	// seenLeader is set once this node knows of any leader.
 	seenLeader atomic.Bool
+	// campaign holds back a leaderless node's repeated lines (alone.go).
+	campaign campaign
 }
 
 // departure is one peer's clean-close notice.
@@ -282,6 +284,7 @@ func (d *departures) observer(self raft.ServerID) *raft.Observer {
 		if v, ok := o.Data.(raft.LeaderObservation); ok {
 			if v.LeaderID != "" {
 				d.seenLeader.Store(true)
+				d.campaign.leaderKnown()
 			}
 			if v.LeaderID == self {
 				d.handedOver.Store(false)
@@ -448,9 +451,14 @@ type quietLogger struct {
 
 // Log writes msg at the level departures assigns it.
 func (q *quietLogger) Log(level hclog.Level, msg string, args ...any) {
-	q.Logger.Log(q.d.level(level, msg, args), msg, args...)
+	level, summary := q.d.campaign.level(q.d.level(level, msg, args), msg, args)
+	q.Logger.Log(level, msg, args...)
+	if summary != "" {
+		q.Logger.Warn(summary)
+	}
 }
 
+func (q *quietLogger) Info(msg string, args ...any)  { q.Log(hclog.Info, msg, args...) }
 func (q *quietLogger) Warn(msg string, args ...any)  { q.Log(hclog.Warn, msg, args...) }
 func (q *quietLogger) Error(msg string, args ...any) { q.Log(hclog.Error, msg, args...) }
 

@@ -36,6 +36,7 @@ type RaftNode struct {
 	stores *store.Stores
 
 	leadership *leaderWatch
+	election   *electionFSM // nil unless the node runs ElectionFSM
 	rpc        *peer.Pool
 	fwd        *peer.Batcher // forwarded writes
 	runners    runnerSet
@@ -112,6 +113,10 @@ type nodeHooks struct {
 	// profile, if set, changes what the node says of itself on the node
 	// port (speak protocol 1, lack a feature, require one).
 	profile func(peer.Profile) peer.Profile
+	// leaseLength, if set, replaces the length of this node's leases.
+	leaseLength func(time.Duration) time.Duration
+	// campaign, if set, changes how a leaderless node reports (alone.go).
+	campaign func(*campaign)
 }
 
 // ownProfile is what the node says of itself on the node port.
@@ -135,6 +140,9 @@ func newRaftNode(cfg Config, fsm raft.FSM, hooks *nodeHooks) (node *RaftNode, er
 		return nil, err
 	}
 	departed := newDepartures()
+	if hooks.campaign != nil {
+		hooks.campaign(&departed.campaign)
+	}
 	s = s.withLogger(&quietLogger{Logger: s.Logger, d: departed})
 	// Each part is registered with its stop function as soon as it exists;
 	// a failure from here on stops the parts built so far, last first,
@@ -252,6 +260,7 @@ func newRaftNode(cfg Config, fsm raft.FSM, hooks *nodeHooks) (node *RaftNode, er
 		stores.Cache.OnStored = n.storedChunks.Note
 	}
 	n.fsm = newTrackedFSM(fsm)
+	n.election, _ = fsm.(*electionFSM)
 	snaps := &openedSnapshots{SnapshotStore: stores.Snaps}
 	n.fsm.restored = func() uint64 {
 		meta := snaps.opened()
@@ -293,10 +302,15 @@ func newRaftNode(cfg Config, fsm raft.FSM, hooks *nodeHooks) (node *RaftNode, er
 	if err := life.add("compaction", startCompactor(n, meter, stores.Cache, rc.TrailingLogs)); err != nil {
 		return nil, err
 	}
-	n.leadership = newLeaderWatch(r)
+	n.leadership = newLeaderWatch(r, n.Published)
+	if n.election != nil {
+		n.election.onChange(n.leadership.changed)
+		n.leadership.changed() // what was applied before onChange
+	}
 	if err := life.add("leadership watch", func() error { n.leadership.close(); return nil }); err != nil {
 		return nil, err
 	}
+	n.runners.grace = s.LeaderJobGrace
 	if err := life.add("leadership runners", func() error { n.runners.stopAll(); return nil }); err != nil {
 		return nil, err
 	}
@@ -667,7 +681,9 @@ func (n *RaftNode) status() (Status, error) {
 
 // Close stops the node: it tells the other members that it is closing
 // (bounded by the election timeout; they then log their failures to reach
-// it at Debug, not as errors), and a leader hands leadership to another
+// it at Debug, not as errors), cancels RunWhileLeader's functions with
+// cause ErrClosed and waits for them to return (up to
+// Config.LeaderJobGrace), and a leader then hands leadership to another
 // voter (bounded by the election timeout) so the cluster does not wait for
 // an election. Then it stops the node's parts in the reverse order of
 // their construction: new calls fail with ErrClosed, the membership,
@@ -680,6 +696,9 @@ func (n *RaftNode) status() (Status, error) {
 // result. Writes in flight end with ErrUnknownOutcome.
 func (n *RaftNode) Close() error {
 	n.closeOnce.Do(func() {
+		// RunWhileLeader's functions end before leadership moves, so that
+		// their last side effects precede the successor's first.
+		n.runners.stopAll()
 		// These two need the whole node running. The announcement comes
 		// first, so that the peers also expect what a handover does to
 		// their connections with this node.

@@ -124,6 +124,9 @@ func versionIn(bi *debug.BuildInfo, ok bool) string {
 const (
 	// DefaultApplyTimeout bounds Apply when its context has no deadline.
 	DefaultApplyTimeout = 3 * time.Second
+	// DefaultLeaderJobGrace is how long a handover or Close waits for
+	// RunWhileLeader's functions to return.
+	DefaultLeaderJobGrace = 5 * time.Second
 	// DefaultSnapshotRetain is how many snapshots are kept on disk.
 	DefaultSnapshotRetain = 2
 	// DefaultSnapshotThreshold is how many log entries since the last
@@ -363,6 +366,15 @@ type Config struct {
 	// machine), and TimingDefault otherwise. See Timing.
 	Timing Timing
 
+	// LeaderJobGrace is how long a leader that hands leadership over
+	// (TransferLeadership, Leave, Close) waits for the functions that
+	// RunWhileLeader runs to return after their contexts are cancelled,
+	// before it hands over anyway. Until the handover no other node can
+	// lead, so a job that finishes within the grace never overlaps its
+	// successor. Default: DefaultLeaderJobGrace. A TransferLeadership whose
+	// context ends first waits only until then.
+	LeaderJobGrace time.Duration
+
 	// LogStore picks the on-disk log and stable store: LogStoreBolt (the
 	// zero value, raft.db in Dir) or LogStoreWAL (hashicorp/raft-wal in
 	// Dir/wal). A data directory keeps the store it was created with;
@@ -520,6 +532,12 @@ func settleTiming(c Config) (Config, error) {
 	}
 	if c.JoinTimeout == 0 {
 		c.JoinTimeout = DefaultJoinTimeout
+	}
+	if c.LeaderJobGrace < 0 {
+		return c, configErr("LeaderJobGrace", c.LeaderJobGrace.String(), "must not be negative")
+	}
+	if c.LeaderJobGrace == 0 {
+		c.LeaderJobGrace = DefaultLeaderJobGrace
 	}
 	if c.Timing < TimingAuto || c.Timing > TimingLocal {
 		return c, configErr("Timing", "Timing("+strconv.Itoa(int(c.Timing))+")", "is not one of TimingAuto, TimingLAN, TimingLocal, TimingDefault, TimingWAN")
