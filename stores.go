@@ -36,6 +36,11 @@ const (
 	// damage inside an older, sealed segment is found only when raft reads
 	// those entries (as a decode error), or not at all for flipped payload
 	// bits.
+	//
+	// A program that uses it imports package
+	// github.com/raftkit/raftkit/walstore (import _ "…/walstore"), which
+	// links raft-wal in; without that import a node with LogStoreWAL fails
+	// to start with a *ConfigError for LogStore that names the import.
 	LogStoreWAL
 )
 
@@ -77,6 +82,9 @@ func settleStores(c Config) (Config, error) {
 			c.Storage = NewMemStorage()
 		}
 		return c, nil
+	}
+	if c.LogStore == LogStoreWAL && !store.WALLinked() {
+		return c, configErr("LogStore", c.LogStore.String(), "needs raft-wal linked into the program: add %s", store.WALImport)
 	}
 	if c.Storage != nil {
 		return c, configErr("Storage", "", "only in-memory nodes use a MemStorage; set InMemory or leave Storage nil")

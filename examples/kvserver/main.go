@@ -57,6 +57,7 @@ import (
 	"github.com/raftkit/raftkit"
 	"github.com/raftkit/raftkit/admin"
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
+	_ "github.com/raftkit/raftkit/walstore" // -log-store wal
 )
 
 func main() {

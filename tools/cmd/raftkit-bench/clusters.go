@@ -19,6 +19,7 @@ import (
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
 	"github.com/raftkit/raftkit/internal/testhook"
 	"github.com/raftkit/raftkit/tools/internal/freeport"
+	_ "github.com/raftkit/raftkit/walstore" // LogStoreWAL clusters
 )
 
 // cluster is three nodes in this process, built one way or another.
