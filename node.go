@@ -17,7 +17,6 @@ import (
 	"github.com/raftkit/raftkit/internal/peer"
 	"github.com/raftkit/raftkit/internal/port"
 	"github.com/raftkit/raftkit/internal/store"
-	"github.com/raftkit/raftkit/internal/testhook"
 )
 
 // RaftNode is one member of a replicated state machine: a hashicorp/raft
@@ -387,7 +386,11 @@ func (n *RaftNode) Addr() string { return n.addr }
 
 // Raft returns the underlying *raft.Raft: the escape hatch for what raftkit
 // does not wrap. Calls on it bypass raftkit's forwarding and timeouts, and it
-// must not be shut down directly: use Close.
+// must not be shut down directly: use Close. The one exception is a
+// simulated crash (raftkittest's Crash): Shutdown, then Close at once. raft
+// stops as in a killed process (a leader hands nothing over), and Close,
+// finding raft down, skips the handover and the closing announcement and
+// releases the rest; until Close the node answers nothing.
 func (n *RaftNode) Raft() *raft.Raft { return n.raft }
 
 // IsLeader reports whether this node is the leader right now, by raft's own
@@ -770,22 +773,6 @@ func (l *lifecycle) stop() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-func init() {
-	testhook.Crash = func(node any) error { return node.(*RaftNode).crash() }
-	testhook.AnnounceClose = func(node any) { node.(*RaftNode).announceClose() }
-}
-
-// crash stops n as a killed process would: raft shuts down first, so a
-// leader hands nothing over and stops sending heartbeats at once; then
-// Close releases the rest, in its usual order (with raft already down it
-// skips the handover). This is the one supported way to crash a node:
-// shutting Raft() down from outside is not, since the node must own its
-// raft's shutdown. raftkittest reaches it through internal/testhook.
-func (n *RaftNode) crash() error {
-	_ = n.raft.Shutdown().Error() // idempotent; Close reports raft's shutdown error
-	return n.Close()
 }
 
 // MetricsSink receives a node's measurements (Config.Metrics). The

@@ -44,7 +44,6 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/raftkit/raftkit"
-	"github.com/raftkit/raftkit/internal/testhook"
 )
 
 // DefaultTimeout bounds every wait of a Cluster unless WithTimeout says
@@ -474,10 +473,14 @@ func (c *Cluster[F]) Crash(node *raftkit.RaftNode) {
 	}
 }
 
-// crash stops n without the leadership handover Close does first, through
-// raftkit's own crash path.
+// crash stops n as a killed process would: its raft stops at once, so a
+// leader hands nothing over and stops sending heartbeats, and then Close
+// releases the rest (with raft down it skips the handover and the closing
+// announcement). This is the one way RaftNode.Raft's documentation allows
+// a node's raft to be shut down from outside.
 func crash(n *raftkit.RaftNode) {
-	_ = testhook.Crash(n)
+	_ = n.Raft().Shutdown().Error() // Close reports raft's shutdown error
+	_ = n.Close()
 }
 
 // Restart starts a crashed member again from its storage, with a new FSM
@@ -704,11 +707,14 @@ func (s *memSink) Cancel() error               { return errors.New("raftkittest:
 
 var _ io.Writer = (*memSink)(nil)
 
-// Close stops every node as a crash would (no leadership handovers, so it
-// is quick), each having told the others first, so that a clean run logs
-// no errors about the nodes going away; then it stops sending log lines
-// to tb. NewCluster registers it with tb.Cleanup; calling it again does
-// nothing.
+// Close stops every node quickly, with no leadership handover, and
+// quietly: the followers first, each with RaftNode.Close, which tells the
+// other members that it is closing (so that they log their failures to
+// reach it at Debug) and, on a follower, hands nothing over; then the
+// leaders (any node that believes it leads) as a crash would, having been
+// told by every follower. A clean run logs no errors about the nodes going
+// away. Then it stops sending log lines to tb. NewCluster registers it
+// with tb.Cleanup; calling it again does nothing.
 func (c *Cluster[F]) Close() {
 	c.mu.Lock()
 	if c.closed {
@@ -724,16 +730,28 @@ func (c *Cluster[F]) Close() {
 		}
 	}
 	c.mu.Unlock()
-	var wg sync.WaitGroup
+	var leaders, followers []*raftkit.RaftNode
 	for _, n := range running {
+		if n.IsLeader() {
+			leaders = append(leaders, n)
+		} else {
+			followers = append(followers, n)
+		}
+	}
+	var wg sync.WaitGroup
+	for _, n := range followers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			testhook.AnnounceClose(n)
+			// A follower's Close is its closing announcement and then what
+			// a crash does: it hands over no leadership. (One elected
+			// meanwhile tries a handover first, bounded by its election
+			// timeout.)
+			_ = n.Close()
 		}()
 	}
 	wg.Wait()
-	for _, n := range running {
+	for _, n := range leaders {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
