@@ -776,7 +776,7 @@ func (l *lifecycle) stop() error {
 }
 
 // MetricsSink receives a node's measurements (Config.Metrics). The
-// Prometheus one is package admin's Metrics; an application may give its
+// Prometheus one is package prom's Metrics; an application may give its
 // own. Every method must be safe for concurrent use and return quickly:
 // the node calls them on its write and read paths.
 type MetricsSink interface {

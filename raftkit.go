@@ -304,8 +304,9 @@ type Config struct {
 
 	// Metrics, if set, receives this node's measurements: apply and
 	// read-barrier latency, forwarded writes, leader changes, FSM errors,
-	// and its indexes when the sink reports them. Package admin's Metrics
-	// exports them (and raft's own) to Prometheus. Default: none.
+	// and its indexes when the sink reports them. Package prom's Metrics
+	// (github.com/raftkit/raftkit/prom) exports them (and raft's own) to
+	// Prometheus. Default: none.
 	Metrics MetricsSink
 
 	// TLS, if set, turns on mutual TLS for all node-to-node traffic; see

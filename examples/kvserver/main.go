@@ -57,6 +57,7 @@ import (
 	"github.com/raftkit/raftkit"
 	"github.com/raftkit/raftkit/admin"
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
+	"github.com/raftkit/raftkit/prom"
 	_ "github.com/raftkit/raftkit/walstore" // -log-store wal
 )
 
@@ -92,7 +93,7 @@ func main() {
 	if *tlsCA != "" || *tlsCert != "" || *tlsKey != "" {
 		tlsConfig = &raftkit.TLSConfig{CAFile: *tlsCA, CertFile: *tlsCert, KeyFile: *tlsKey, PeerNames: split(*tlsPeers)}
 	}
-	metrics := admin.NewMetrics()
+	metrics := prom.NewMetrics()
 	uninstall, err := metrics.InstallGlobal() // raft's and BoltDB's own metrics too
 	if err != nil {
 		log.Fatalf("kvserver: %v", err)
@@ -133,7 +134,7 @@ func main() {
 	// The raftkit admin handler (status, health, metrics, and with
 	// -admin-mutations the POST routes) is mounted under /raft/, where the
 	// raftkit CLI can reach it: raftkit -admin http://HOST/raft status
-	handler.Handle("/raft/", http.StripPrefix("/raft", admin.Handler(node, admin.Options{AllowMutations: *mutate, Metrics: registry})))
+	handler.Handle("/raft/", http.StripPrefix("/raft", admin.Handler(node, admin.Options{AllowMutations: *mutate, Metrics: prom.Handler(registry)})))
 	srv := newHTTPServer(*httpAddr, handler)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
