@@ -306,7 +306,7 @@ func newRaftNode(cfg Config, fsm raft.FSM, hooks *nodeHooks) (node *RaftNode, er
 			return nil, err
 		}
 	}
-	n.logger.Info("node started", "id", n.id, "addr", n.addr, "in_memory", s.InMemory, "dir", s.Dir, "has_state", hasState)
+	n.logger.Info("node started", "id", n.id, "addr", n.addr, "in_memory", s.InMemory, "log_store", s.LogStore, "dir", s.Dir, "has_state", hasState)
 	if hasState {
 		n.notePeersOnRestart(s)
 	}

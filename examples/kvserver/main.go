@@ -80,10 +80,13 @@ func main() {
 		timing   = flag.String("timing", "auto", "raft timeouts: auto, lan, local, default or wan (see raftkit.Timing)")
 		maxCmd   = flag.Int("max-command-size", raftkit.DefaultMaxCommandSize, "largest command in bytes (a PUT's key and value, encoded); every node should use the same value")
 		logStore = flag.String("log-store", "bolt", "log store: bolt (raft.db) or wal (hashicorp/raft-wal)")
+		inmem    = flag.Bool("inmem", false, "keep the log, term, vote and snapshots in memory (development only: all is lost on exit; restart such a node only after removing it from the cluster, then with -join)")
 	)
 	flag.Parse()
-	if *dir == "" {
-		log.Fatal("kvserver: -dir is required")
+	if *inmem {
+		*logStore, *dir = "memory", ""
+	} else if *dir == "" {
+		log.Fatal("kvserver: -dir is required (or -inmem)")
 	}
 	logger := hclog.New(&hclog.LoggerOptions{Name: "kvserver", Level: hclog.Warn, Output: os.Stderr})
 	if *verbose {
@@ -102,7 +105,7 @@ func main() {
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(metrics, collectors.NewGoCollector())
 	profiles := map[string]raftkit.Timing{"auto": raftkit.TimingAuto, "lan": raftkit.TimingLAN, "local": raftkit.TimingLocal, "default": raftkit.TimingDefault, "wan": raftkit.TimingWAN}
-	stores := map[string]raftkit.LogStoreKind{"bolt": raftkit.LogStoreBolt, "wal": raftkit.LogStoreWAL}
+	stores := map[string]raftkit.LogStoreKind{"bolt": raftkit.LogStoreBolt, "wal": raftkit.LogStoreWAL, "memory": raftkit.LogStoreMemory}
 	if _, ok := stores[*logStore]; !ok {
 		log.Fatalf("kvserver: -log-store %q: want bolt or wal", *logStore)
 	}
