@@ -4,8 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
 
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
 )
@@ -106,4 +111,50 @@ func TestLogStoreMemoryNodeComesBackByRemoveThenJoin(t *testing.T) {
 		_, b := fsm.Get("while-away")
 		return n.Ready() == nil && a && b
 	})
+}
+
+// What happens when a LogStoreMemory node restarts as it was, with its
+// Peers: it starts empty, takes its old place as a voter and catches up
+// from the leader, as if it had kept its state. raftkit cannot tell this
+// from a first start (most formations look the same to the nodes that
+// start after the first two agreed), so it neither refuses nor warns; it
+// says, at Info, what it cannot know and the safe way back (documented on
+// LogStoreMemory).
+func TestLogStoreMemoryNodeRestartedEmptyRejoinsAsTheVoterItWas(t *testing.T) {
+	c := newTCPCluster(t, 3, withMemoryStore)
+	l := c.leader()
+	f := (l + 1) % 3
+	ctx := ctxTimeout(t, 20*time.Second)
+	if _, err := c.nodes[l].Apply(ctx, fsmexample.Set("acknowledged", []byte("1"))); err != nil {
+		t.Fatal(err)
+	}
+	c.stop(f)
+	logs := &lockedBuffer{}
+	cfg := c.config(f)
+	cfg.Logger = hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: logs})
+	fsm := fsmexample.New()
+	n, err := NewRaftNode(cfg, fsm)
+	if err != nil {
+		t.Fatalf("restart: %v", err)
+	}
+	c.nodes[f], c.fsms[f] = n, fsm
+	waitFor(t, 15*time.Second, "the restarted node to catch up", func() bool {
+		_, ok := fsm.Get("acknowledged")
+		return ok && n.Ready() == nil
+	})
+	conf := n.Raft().GetConfiguration()
+	if err := conf.Error(); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(conf.Configuration().Servers, func(s raft.Server) bool {
+		return string(s.ID) == n.ID() && s.Suffrage == raft.Voter
+	}) {
+		t.Fatalf("the restarted node is not a voter in %+v, want the voter it was", conf.Configuration().Servers)
+	}
+	logs.mu.Lock()
+	got := logs.b.String()
+	logs.mu.Unlock()
+	if !strings.Contains(got, "forgot its log and vote") || !strings.Contains(got, "RemoveServer, then with Join") {
+		t.Fatalf("nothing logged about the lost log and vote; logged:\n%s", got)
+	}
 }
