@@ -27,7 +27,6 @@ import (
 
 	"github.com/raftkit/raftkit"
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
-	_ "github.com/raftkit/raftkit/walstore" // LogStoreWAL nodes
 )
 
 func main() {
