@@ -314,6 +314,12 @@ func newRaftNode(cfg Config, fsm raft.FSM, hooks *nodeHooks) (node *RaftNode, er
 		return nil, err
 	}
 	gate.start(n)
+	if s.InMemory {
+		detach := s.Network.attach(n)
+		if err := life.add("network's node list", func() error { detach(); return nil }); err != nil {
+			return nil, err
+		}
+	}
 	// Stopped first: from then on calls fail with ErrClosed.
 	if err := life.add("calls", func() error { close(n.closed); return nil }); err != nil {
 		return nil, err
@@ -773,6 +779,17 @@ func (l *lifecycle) stop() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// crash stops n as a killed process would: raft shuts down first, so a
+// leader hands nothing over and stops sending heartbeats at once; then
+// Close releases the rest, in its usual order (with raft already down it
+// skips the handover and the closing announcement). MemNetwork.StopNodes
+// uses it; from outside, the same is Raft().Shutdown() then Close() (see
+// Raft).
+func (n *RaftNode) crash() error {
+	_ = n.raft.Shutdown().Error() // idempotent; Close reports raft's shutdown error
+	return n.Close()
 }
 
 // MetricsSink receives a node's measurements (Config.Metrics). The

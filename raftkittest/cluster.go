@@ -707,14 +707,12 @@ func (s *memSink) Cancel() error               { return errors.New("raftkittest:
 
 var _ io.Writer = (*memSink)(nil)
 
-// Close stops every node quickly, with no leadership handover, and
-// quietly: the followers first, each with RaftNode.Close, which tells the
-// other members that it is closing (so that they log their failures to
-// reach it at Debug) and, on a follower, hands nothing over; then the
-// leaders (any node that believes it leads) as a crash would, having been
-// told by every follower. A clean run logs no errors about the nodes going
-// away. Then it stops sending log lines to tb. NewCluster registers it
-// with tb.Cleanup; calling it again does nothing.
+// Close stops every node as a crash would (no leadership handovers, so it
+// is quick), each having told the others first, so that a clean run logs
+// no errors about the nodes going away (raftkit.MemNetwork.StopNodes);
+// then it stops sending log lines to tb. NewCluster registers it with
+// tb.Cleanup; calling it again does nothing. Nodes a test started itself
+// on Network are stopped too.
 func (c *Cluster[F]) Close() {
 	c.mu.Lock()
 	if c.closed {
@@ -722,43 +720,11 @@ func (c *Cluster[F]) Close() {
 		return
 	}
 	c.closed = true
-	var running []*raftkit.RaftNode
 	for _, m := range c.members {
-		if m.node != nil {
-			running = append(running, m.node)
-			m.node = nil
-		}
+		m.node = nil
 	}
 	c.mu.Unlock()
-	var leaders, followers []*raftkit.RaftNode
-	for _, n := range running {
-		if n.IsLeader() {
-			leaders = append(leaders, n)
-		} else {
-			followers = append(followers, n)
-		}
-	}
-	var wg sync.WaitGroup
-	for _, n := range followers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			// A follower's Close is its closing announcement and then what
-			// a crash does: it hands over no leadership. (One elected
-			// meanwhile tries a handover first, bounded by its election
-			// timeout.)
-			_ = n.Close()
-		}()
-	}
-	wg.Wait()
-	for _, n := range leaders {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			crash(n)
-		}()
-	}
-	wg.Wait()
+	c.net.StopNodes()
 	c.logs.stop()
 }
 
