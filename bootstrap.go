@@ -391,6 +391,9 @@ func (g *clusterGate) round(n *RaftNode) bool {
 			g.outside = existing.Servers
 			g.mu.Unlock()
 		}
+		if local && existing.HasState && n.cfg.LogStore == LogStoreMemory {
+			noteMemoryRejoin(g.logger, existing)
+		}
 		return g.decide(n, local, "found a node of a cluster bootstrapped with the same list", existing)
 	}
 	g.mu.Lock()
@@ -407,6 +410,19 @@ func (g *clusterGate) round(n *RaftNode) bool {
 		return g.decide(n, true, "a majority holds the same list", rival)
 	}
 	return false
+}
+
+// noteMemoryRejoin says what a LogStoreMemory node without state risks
+// when it takes its place in a running cluster that counts it in. It cannot
+// tell a first start (safe: this happens at most formations, to the nodes
+// that start after the first two agreed) from a restart that lost its log
+// and vote (unsafe: see LogStoreMemory), so it goes on, at Info, saying how
+// to come back safely.
+func noteMemoryRejoin(logger hclog.Logger, existing *peer.BootstrapResponse) {
+	logger.Info("this LogStoreMemory node starts empty in a running cluster that counts it as a voter; "+
+		"if it ran before, it forgot its log and vote, which raft's safety needs: "+
+		"restart such a node only after RemoveServer, then with Join (see LogStoreMemory)",
+		"found", existing.ID, "servers", existing.Servers)
 }
 
 // disagreement is the error naming both lists.

@@ -13,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/raft-wal/metadb"
-
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
 	"github.com/raftkit/raftkit/internal/store"
 )
@@ -125,7 +123,7 @@ func TestInspectRejectsWhatIsNotADataDir(t *testing.T) {
 	if err := os.MkdirAll(filepath.Join(dir, store.WALDir), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, store.WALDir, metadb.FileName), []byte("not bolt"), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, store.WALDir, store.WALMetaFile), []byte("not bolt"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := InspectDir(ctxTimeout(t, time.Second), dir); !errors.Is(err, ErrCorruptStore) {

@@ -17,7 +17,6 @@ import (
 	"github.com/raftkit/raftkit/internal/peer"
 	"github.com/raftkit/raftkit/internal/port"
 	"github.com/raftkit/raftkit/internal/store"
-	"github.com/raftkit/raftkit/internal/testhook"
 )
 
 // RaftNode is one member of a replicated state machine: a hashicorp/raft
@@ -353,7 +352,7 @@ func newRaftNode(cfg Config, fsm raft.FSM, hooks *nodeHooks) (node *RaftNode, er
 			return nil, err
 		}
 	}
-	n.logger.Info("node started", "id", n.id, "addr", n.addr, "in_memory", s.InMemory, "dir", s.Dir, "has_state", hasState)
+	n.logger.Info("node started", "id", n.id, "addr", n.addr, "in_memory", s.InMemory, "log_store", s.LogStore, "dir", s.Dir, "has_state", hasState)
 	if hasState {
 		n.notePeersOnRestart(s)
 	}
@@ -361,6 +360,12 @@ func newRaftNode(cfg Config, fsm raft.FSM, hooks *nodeHooks) (node *RaftNode, er
 		return nil, err
 	}
 	gate.start(n)
+	if s.InMemory {
+		detach := s.Network.attach(n)
+		if err := life.add("network's node list", func() error { detach(); return nil }); err != nil {
+			return nil, err
+		}
+	}
 	// Stopped first: from then on calls fail with ErrClosed.
 	if err := life.add("calls", func() error { close(n.closed); return nil }); err != nil {
 		return nil, err
@@ -433,7 +438,11 @@ func (n *RaftNode) Addr() string { return n.addr }
 
 // Raft returns the underlying *raft.Raft: the escape hatch for what raftkit
 // does not wrap. Calls on it bypass raftkit's forwarding and timeouts, and it
-// must not be shut down directly: use Close.
+// must not be shut down directly: use Close. The one exception is a
+// simulated crash (raftkittest's Crash): Shutdown, then Close at once. raft
+// stops as in a killed process (a leader hands nothing over), and Close,
+// finding raft down, skips the handover and the closing announcement and
+// releases the rest; until Close the node answers nothing.
 func (n *RaftNode) Raft() *raft.Raft { return n.raft }
 
 // IsLeader reports whether this node is the leader right now, by raft's own
@@ -829,26 +838,19 @@ func (l *lifecycle) stop() error {
 	return errors.Join(errs...)
 }
 
-func init() {
-	testhook.Crash = func(node any) error { return node.(*RaftNode).crash() }
-	testhook.AnnounceClose = func(node any) { node.(*RaftNode).announceClose() }
-	testhook.SkipCatchUp = func(node any) { node.(*RaftNode).readyState.skipCatchUp.Store(true) }
-	testhook.AppliedThrough = func(node any, index uint64) bool { return node.(*RaftNode).fsmCaughtUp(index) }
-}
-
 // crash stops n as a killed process would: raft shuts down first, so a
 // leader hands nothing over and stops sending heartbeats at once; then
 // Close releases the rest, in its usual order (with raft already down it
-// skips the handover). This is the one supported way to crash a node:
-// shutting Raft() down from outside is not, since the node must own its
-// raft's shutdown. raftkittest reaches it through internal/testhook.
+// skips the handover and the closing announcement). MemNetwork.StopNodes
+// uses it; from outside, the same is Raft().Shutdown() then Close() (see
+// Raft).
 func (n *RaftNode) crash() error {
 	_ = n.raft.Shutdown().Error() // idempotent; Close reports raft's shutdown error
 	return n.Close()
 }
 
 // MetricsSink receives a node's measurements (Config.Metrics). The
-// Prometheus one is package admin's Metrics; an application may give its
+// Prometheus one is package prom's Metrics; an application may give its
 // own. Every method must be safe for concurrent use and return quickly:
 // the node calls them on its write and read paths.
 type MetricsSink interface {

@@ -264,7 +264,7 @@ func checkRecovery(servers []ServerInfo) error {
 // then renames the file. It runs before raft starts, with the node's own
 // FSM; raft's NewRaft later restores that FSM from the new snapshot.
 func applyRecovery(s *settled, rc *raft.Config, fsm raft.FSM, st *store.Stores, trans raft.Transport) error {
-	if s.InMemory {
+	if s.memoryStore() {
 		return nil
 	}
 	path := filepath.Join(s.Dir, RecoveryFile)

@@ -188,7 +188,8 @@ func configErr(field, value, format string, args ...any) error {
 }
 
 // Config describes one node. The zero value of every field except Addr and
-// Dir means the documented default; Dir may be empty only with InMemory.
+// Dir means the documented default; Dir may be empty only with InMemory or
+// LogStoreMemory.
 type Config struct {
 	// ID is the node's stable identity in the cluster. Default: the
 	// advertised address. It must not change across restarts.
@@ -213,7 +214,7 @@ type Config struct {
 	AdvertiseAddr string
 
 	// Dir holds raft.db (log and stable store) and snapshots/. It is created
-	// if missing. Required unless InMemory.
+	// if missing. Required unless InMemory or LogStore is LogStoreMemory.
 	Dir string
 
 	// Peers is the address list of the cluster's initial voters, used to
@@ -308,8 +309,8 @@ type Config struct {
 
 	// Storage keeps an in-memory node's log, stable store and snapshots
 	// outside the node, so a test can stop the node and start a new one on
-	// the same state, as after a process crash. InMemory only. Default: a
-	// fresh storage per node.
+	// the same state, as after a process crash. InMemory or LogStoreMemory
+	// only. Default: a fresh storage per node.
 	Storage *MemStorage
 
 	// Join lists addresses of existing cluster members. A node without
@@ -341,8 +342,9 @@ type Config struct {
 
 	// Metrics, if set, receives this node's measurements: apply and
 	// read-barrier latency, forwarded writes, leader changes, FSM errors,
-	// and its indexes when the sink reports them. Package admin's Metrics
-	// exports them (and raft's own) to Prometheus. Default: none.
+	// and its indexes when the sink reports them. Package prom's Metrics
+	// (github.com/raftkit/raftkit/prom) exports them (and raft's own) to
+	// Prometheus. Default: none.
 	Metrics MetricsSink
 
 	// TLS, if set, turns on mutual TLS for all node-to-node traffic; see
@@ -375,9 +377,10 @@ type Config struct {
 	// context ends first waits only until then.
 	LeaderJobGrace time.Duration
 
-	// LogStore picks the on-disk log and stable store: LogStoreBolt (the
-	// zero value, raft.db in Dir) or LogStoreWAL (hashicorp/raft-wal in
-	// Dir/wal). A data directory keeps the store it was created with;
+	// LogStore picks the log and stable store: LogStoreBolt (the zero
+	// value, raft.db in Dir), LogStoreWAL (hashicorp/raft-wal in Dir/wal),
+	// or LogStoreMemory (Storage, over TCP; see its data-loss rules). A
+	// data directory keeps the store it was created with;
 	// opening it with the other one fails with a *ConfigError for LogStore.
 	// Ignored by in-memory nodes.
 	LogStore LogStoreKind

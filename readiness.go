@@ -32,9 +32,6 @@ type readyState struct {
 	joining atomic.Bool
 	// wake tells the catch-up probe that a target is wanted.
 	wake chan struct{}
-	// skipCatchUp makes caughtUp true at once: for tests that show the
-	// readiness oracles failing.
-	skipCatchUp atomic.Bool
 
 	mu sync.Mutex
 	// index is the leader's commit index that this node must apply to be
@@ -140,9 +137,6 @@ func (r *readyState) truncated(min, max uint64) {
 // applied reports whether the FSM has applied an index. Once true, it
 // stays so until the node leaves the configuration.
 func (r *readyState) caughtUp(applied func(uint64) bool) bool {
-	if r.skipCatchUp.Load() {
-		return true
-	}
 	r.mu.Lock()
 	if r.leftAt > r.backAt {
 		r.mu.Unlock()

@@ -111,6 +111,7 @@ type MemNetwork struct {
 	faults    LinkFaults               // links without their own
 	links     map[[2]string]LinkFaults // from, to
 	sent      map[[2]string]uint64     // writes so far per link
+	nodes     map[*RaftNode]struct{}   // open nodes on the network, for StopNodes
 }
 
 // LinkFaults are the faults MemNetwork injects on writes in one direction
@@ -137,6 +138,47 @@ func NewMemNetwork() *MemNetwork {
 		conns:     map[*memConn]struct{}{},
 		links:     map[[2]string]LinkFaults{},
 		sent:      map[[2]string]uint64{},
+		nodes:     map[*RaftNode]struct{}{},
+	}
+}
+
+// StopNodes stops every open node on the network at once, as a crash
+// would (raft stops with no leadership handover, so it is quick), each
+// having first told the others that it is closing, so that none of them
+// logs its failures to reach the others above Debug: the end of an
+// in-memory cluster (raftkittest's Cluster.Close). Like a crash, it keeps
+// each node's log, term, vote and snapshots in its MemStorage. It returns
+// once every node is closed; nodes started meanwhile are not stopped.
+func (m *MemNetwork) StopNodes() {
+	m.mu.Lock()
+	nodes := make([]*RaftNode, 0, len(m.nodes))
+	for n := range m.nodes {
+		nodes = append(nodes, n)
+	}
+	m.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, n := range nodes {
+		wg.Add(1)
+		go func() { defer wg.Done(); n.announceClose() }()
+	}
+	wg.Wait()
+	for _, n := range nodes {
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = n.crash() }()
+	}
+	wg.Wait()
+}
+
+// attach adds n to the nodes StopNodes stops, until the returned function
+// removes it.
+func (m *MemNetwork) attach(n *RaftNode) (detach func()) {
+	m.mu.Lock()
+	m.nodes[n] = struct{}{}
+	m.mu.Unlock()
+	return func() {
+		m.mu.Lock()
+		delete(m.nodes, n)
+		m.mu.Unlock()
 	}
 }
 

@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/raft-wal/metadb"
-
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
 	"github.com/raftkit/raftkit/internal/store"
 )
@@ -29,7 +27,7 @@ func TestWALStoreKeepsWritesAcrossRestart(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, store.BoltFile)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("raft-wal node created %s (err %v)", store.BoltFile, err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, store.WALDir, metadb.FileName)); err != nil {
+	if _, err := os.Stat(filepath.Join(dir, store.WALDir, store.WALMetaFile)); err != nil {
 		t.Fatalf("raft-wal metadata missing: %v", err)
 	}
 
@@ -67,7 +65,7 @@ func TestWALDamagedMetadataIsRefused(t *testing.T) {
 	c.leader()
 	c.stop(0)
 	good := c.dirs[0]
-	meta, err := os.ReadFile(filepath.Join(good, store.WALDir, metadb.FileName))
+	meta, err := os.ReadFile(filepath.Join(good, store.WALDir, store.WALMetaFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +79,7 @@ func TestWALDamagedMetadataIsRefused(t *testing.T) {
 			if err := os.MkdirAll(filepath.Join(dir, store.WALDir), 0o700); err != nil {
 				t.Fatal(err)
 			}
-			if err := os.WriteFile(filepath.Join(dir, store.WALDir, metadb.FileName), damage, 0o600); err != nil {
+			if err := os.WriteFile(filepath.Join(dir, store.WALDir, store.WALMetaFile), damage, 0o600); err != nil {
 				t.Fatal(err)
 			}
 			_, err := NewRaftNode(Config{Addr: "127.0.0.1:0", Dir: dir, LogStore: LogStoreWAL}, fsmexample.New())

@@ -1,9 +1,12 @@
 // Package admin is raftkit's optional HTTP side: an operational handler
 // for a node (status, health, metrics, backup, membership, snapshot,
-// restore), Prometheus metrics for a node and for raft itself, and the
-// mapping of raftkit's outcome classes to HTTP status codes that any HTTP
-// service on raftkit can use (WriteError). An application that imports
-// only package raftkit compiles none of it.
+// restore), and the mapping of raftkit's outcome classes to HTTP status
+// codes that any HTTP service on raftkit can use (WriteError, HTTPStatus).
+// An application that imports only package raftkit compiles none of it.
+//
+// It imports no Prometheus: the metrics route serves whatever handler
+// Options.Metrics names, usually prom.Handler of a registry holding a
+// prom.Metrics (package github.com/raftkit/raftkit/prom).
 package admin
 
 import (
@@ -16,9 +19,6 @@ import (
 	"slices"
 	"strings"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/raftkit/raftkit"
 )
@@ -44,10 +44,11 @@ type Options struct {
 	// state. Off by default.
 	AllowBackup bool
 
-	// Metrics, if set, is served on GET metrics in Prometheus' text format:
-	// usually the registry the application registered a *Metrics with.
-	// Without it, GET metrics answers 404.
-	Metrics prometheus.Gatherer
+	// Metrics, if set, serves GET metrics: usually prom.Handler(reg), where
+	// reg is the Prometheus registry the application registered a
+	// *prom.Metrics with (package github.com/raftkit/raftkit/prom). Without
+	// it, GET metrics answers 404.
+	Metrics http.Handler
 
 	// MaxApplyLag is how far this node's applied index may trail its
 	// commit index for GET health to pass. Default: DefaultMaxApplyLag.
@@ -99,7 +100,7 @@ type Request struct {
 //
 //	GET  status               Status as JSON
 //	GET  health               200 if healthy, else 503; Health as JSON
-//	GET  metrics              opts.Metrics in Prometheus format
+//	GET  metrics              opts.Metrics (e.g. prom.Handler: Prometheus format)
 //	GET  backup               a Backup stream (opts.AllowBackup)
 //	POST snapshot             take a snapshot now (opts.AllowMutations)
 //	POST transfer-leadership  {"id": "..."} or {} (opts.AllowMutations)
@@ -180,7 +181,7 @@ func (a *admin) metrics(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, Error{Error: "raftkit admin: metrics are not configured (Options.Metrics)", Code: "not_found"})
 		return
 	}
-	promhttp.HandlerFor(a.opts.Metrics, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}).ServeHTTP(w, r)
+	a.opts.Metrics.ServeHTTP(w, r)
 }
 
 func (a *admin) backup(w http.ResponseWriter, r *http.Request) {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/raftkit/raftkit"
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
+	"github.com/raftkit/raftkit/prom"
 )
 
 // adminCall sends method path (with an optional JSON body) to srv and
@@ -64,11 +65,11 @@ func adminServers(t *testing.T, c *testCluster, opts Options) []*httptest.Server
 }
 
 func TestAdminRoutesOnThreeNodeTCPCluster(t *testing.T) {
-	m := NewMetrics()
+	m := prom.NewMetrics()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(m)
 	c := newMetricsCluster(t, m)
-	srvs := adminServers(t, c, Options{AllowMutations: true, AllowBackup: true, Metrics: reg})
+	srvs := adminServers(t, c, Options{AllowMutations: true, AllowBackup: true, Metrics: prom.Handler(reg)})
 	l := c.leader()
 	f := (l + 1) % 3
 	if _, err := c.nodes[l].Apply(ctxTimeout(t, 10*time.Second), fsmexample.Set("k", []byte("v"))); err != nil {

@@ -9,12 +9,12 @@ import (
 	"testing"
 	"time"
 
-	gometrics "github.com/hashicorp/go-metrics/compat"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/raftkit/raftkit"
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
+	"github.com/raftkit/raftkit/prom"
 )
 
 // scrape renders g in Prometheus' text format and returns every sample as
@@ -49,13 +49,13 @@ func parseMetrics(t testing.TB, text string) map[string]float64 {
 }
 
 // newMetricsCluster is a 3-node TCP cluster whose nodes report to m.
-func newMetricsCluster(t *testing.T, m *Metrics) *testCluster {
+func newMetricsCluster(t *testing.T, m *prom.Metrics) *testCluster {
 	t.Helper()
 	return newTCPCluster(t, 3, func(c *raftkit.Config) { c.Metrics = m })
 }
 
 func TestMetricsExposeRaftBoltAndRaftkitSeries(t *testing.T) {
-	m := NewMetrics()
+	m := prom.NewMetrics()
 	uninstall, err := m.InstallGlobal()
 	if err != nil {
 		t.Fatal(err)
@@ -129,53 +129,5 @@ func TestMetricsExposeRaftBoltAndRaftkitSeries(t *testing.T) {
 	c.stop(f)
 	if _, ok := scrape(t, reg)[fmt.Sprintf(`raftkit_is_leader{node_id="%s"}`, fid)]; ok {
 		t.Fatal("a closed node still reports gauges")
-	}
-}
-
-func TestGoMetricsSinkExportsCountersGaugesAndQuantiles(t *testing.T) {
-	m := NewMetrics()
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(m)
-	sink := m.GoMetricsSink()
-	sink.IncrCounter([]string{"x", "hits"}, 2)
-	sink.IncrCounter([]string{"x", "hits"}, 3)
-	sink.SetGauge([]string{"x", "level"}, 7)
-	sink.SetGauge([]string{"x", "level"}, 4)
-	for _, v := range []float32{10, 20, 30} {
-		sink.AddSample([]string{"x", "lat-ms"}, v)
-	}
-	sink.SetGaugeWithLabels([]string{"x", "peer"}, 1, []gometrics.Label{{Name: "peer_id", Value: "n2"}})
-	got := scrape(t, reg)
-	want := map[string]float64{
-		"x_hits":                    5,
-		"x_level":                   4,
-		"x_lat_ms_count":            3,
-		"x_lat_ms_sum":              60,
-		`x_lat_ms{quantile="0.5"}`:  20,
-		`x_lat_ms{quantile="0.99"}`: 30,
-		`x_peer{peer_id="n2"}`:      1,
-	}
-	for k, v := range want {
-		if got[k] != v {
-			t.Errorf("%s = %v, want %v (all: %v)", k, got[k], v, got)
-		}
-	}
-}
-
-func TestInstallGlobalRoutesGoMetricsUntilUninstalled(t *testing.T) {
-	m := NewMetrics()
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(m)
-	uninstall, err := m.InstallGlobal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	gometrics.IncrCounter([]string{"raftkit_test", "probe"}, 1)
-	gometrics.SetGauge([]string{"raftkit_test", "gauge"}, 3) // no hostname prefix
-	uninstall()
-	gometrics.IncrCounter([]string{"raftkit_test", "probe"}, 1)
-	got := scrape(t, reg)
-	if got["raftkit_test_probe"] != 1 || got["raftkit_test_gauge"] != 3 {
-		t.Fatalf("probe = %v (want 1: one before uninstall), gauge = %v (want 3)", got["raftkit_test_probe"], got["raftkit_test_gauge"])
 	}
 }

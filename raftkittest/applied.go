@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
+	"slices"
 	"sync"
 
 	"github.com/hashicorp/raft"
@@ -44,8 +45,10 @@ func (d *Divergence) Error() string {
 
 // appliedLog is what a cluster's FSMs received, by index.
 type appliedLog struct {
-	mu       sync.Mutex
-	entries  map[uint64]AppliedEntry
+	mu      sync.Mutex
+	entries map[uint64]AppliedEntry
+	// indexes are the entries' indexes, ascending.
+	indexes  []uint64
 	compared int // applications checked against an earlier one
 	first    *Divergence
 }
@@ -62,6 +65,8 @@ func (a *appliedLog) note(node string, l *raft.Log) {
 	prev, seen := a.entries[l.Index]
 	if !seen {
 		a.entries[l.Index] = e
+		i, _ := slices.BinarySearch(a.indexes, l.Index)
+		a.indexes = slices.Insert(a.indexes, i, l.Index)
 		return
 	}
 	a.compared++
@@ -70,6 +75,21 @@ func (a *appliedLog) note(node string, l *raft.Log) {
 			a.first = &Divergence{Index: l.Index, First: prev, Second: e}
 		}
 	}
+}
+
+// lastCommand returns the highest index at or below index at which some
+// FSM received a command, or 0.
+func (a *appliedLog) lastCommand(index uint64) uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	i, found := slices.BinarySearch(a.indexes, index)
+	switch {
+	case found:
+		return index
+	case i == 0:
+		return 0
+	}
+	return a.indexes[i-1]
 }
 
 // result returns the first divergence (nil if none) and how many

@@ -44,7 +44,6 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/raftkit/raftkit"
-	"github.com/raftkit/raftkit/internal/testhook"
 )
 
 // DefaultTimeout bounds every wait of a Cluster unless WithTimeout says
@@ -169,6 +168,7 @@ func NewCluster[F raft.FSM](tb testing.TB, n int, newFSM func() F, opts ...Optio
 	if newFSM == nil {
 		tb.Fatalf("raftkittest: NewCluster needs a newFSM function")
 	}
+	applied := newAppliedLog()
 	c := &Cluster[F]{
 		tb:     tb,
 		newFSM: newFSM,
@@ -176,8 +176,8 @@ func NewCluster[F raft.FSM](tb testing.TB, n int, newFSM func() F, opts ...Optio
 		net:    raftkit.NewMemNetwork(),
 		logs:   &tbWriter{tb: tb},
 
-		applied: newAppliedLog(),
-		ready:   newReadyLog(),
+		applied: applied,
+		ready:   newReadyLog(applied),
 	}
 	for _, o := range opts {
 		o(&c.opts)
@@ -526,10 +526,14 @@ func (c *Cluster[F]) Crash(node *raftkit.RaftNode) {
 	}
 }
 
-// crash stops n without the leadership handover Close does first, through
-// raftkit's own crash path.
+// crash stops n as a killed process would: its raft stops at once, so a
+// leader hands nothing over and stops sending heartbeats, and then Close
+// releases the rest (with raft down it skips the handover and the closing
+// announcement). This is the one way RaftNode.Raft's documentation allows
+// a node's raft to be shut down from outside.
 func crash(n *raftkit.RaftNode) {
-	_ = testhook.Crash(n)
+	_ = n.Raft().Shutdown().Error() // Close reports raft's shutdown error
+	_ = n.Close()
 }
 
 // Restart starts a crashed member again from its storage, with a new FSM
@@ -826,9 +830,10 @@ var _ io.Writer = (*memSink)(nil)
 
 // Close stops every node as a crash would (no leadership handovers, so it
 // is quick), each having told the others first, so that a clean run logs
-// no errors about the nodes going away; then it stops sending log lines
-// to tb. NewCluster registers it with tb.Cleanup; calling it again does
-// nothing.
+// no errors about the nodes going away (raftkit.MemNetwork.StopNodes);
+// then it stops sending log lines to tb. NewCluster registers it with
+// tb.Cleanup; calling it again does nothing. Nodes a test started itself
+// on Network are stopped too.
 func (c *Cluster[F]) Close() {
 	c.mu.Lock()
 	if c.closed {
@@ -836,31 +841,11 @@ func (c *Cluster[F]) Close() {
 		return
 	}
 	c.closed = true
-	var running []*raftkit.RaftNode
 	for _, m := range c.members {
-		if m.node != nil {
-			running = append(running, m.node)
-			m.node = nil
-		}
+		m.node = nil
 	}
 	c.mu.Unlock()
-	var wg sync.WaitGroup
-	for _, n := range running {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			testhook.AnnounceClose(n)
-		}()
-	}
-	wg.Wait()
-	for _, n := range running {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			crash(n)
-		}()
-	}
-	wg.Wait()
+	c.net.StopNodes()
 	c.logs.stop()
 }
 

@@ -7,7 +7,6 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/raftkit/raftkit"
-	"github.com/raftkit/raftkit/internal/testhook"
 )
 
 // The readiness oracle. raftkit promises that a node is ready (Ready,
@@ -39,10 +38,16 @@ type readyLog struct {
 	// them whose FSM has received a configuration without them since.
 	out, excluded map[string]bool
 	violations    []string
+	// ready is the verdict sampled: RaftNode.Ready, or a stand-in that
+	// claims readiness too early, for the oracle's negative control.
+	ready func(*raftkit.RaftNode) error
+	// applied tells which indexes hold commands (see sample).
+	applied *appliedLog
 }
 
-func newReadyLog() *readyLog {
-	return &readyLog{nodes: map[string]*raftkit.RaftNode{}, floor: map[string]uint64{}, out: map[string]bool{}, excluded: map[string]bool{}}
+func newReadyLog(applied *appliedLog) *readyLog {
+	return &readyLog{nodes: map[string]*raftkit.RaftNode{}, floor: map[string]uint64{}, out: map[string]bool{}, excluded: map[string]bool{},
+		ready: (*raftkit.RaftNode).Ready, applied: applied}
 }
 
 // highestCommitLocked is the highest commit index among the instances.
@@ -95,24 +100,25 @@ func (r *readyLog) configuration(id string, conf raft.Configuration) {
 	}
 }
 
-// sample checks node once: its floor first, then Ready, then whether its
-// FSM has applied everything up to the floor, so that a node that was
-// ready at the call to Ready (and had applied its target, which the floor
-// is never above) cannot fail the check made after it. The check is
-// readiness's own (testhook.AppliedThrough): Status().AppliedIndex may
-// stay below a leader's no-op that the FSM never sees while the FSM
-// applies a later batch.
+// sample checks node once: its floor first, then the readiness verdict,
+// then whether the node's FSM has applied everything up to the floor, so
+// that a node that was ready at the call to Ready (and had applied its
+// target, which the floor is never above) cannot fail the check made after
+// it. "Everything up to the floor" is the last command at or below it that
+// any FSM received: the FSM's applied index (Status().AppliedIndex) stays
+// below a leader's no-op or barrier that no FSM sees.
 func (r *readyLog) sample(n *raftkit.RaftNode) {
 	r.mu.Lock()
 	floor := r.floor[n.ID()]
+	ready := r.ready
 	r.mu.Unlock()
-	if n.Ready() != nil {
+	if ready(n) != nil {
 		return
 	}
-	if !testhook.AppliedThrough(n, floor) {
-		applied := n.Status().AppliedIndex
+	owed := r.applied.lastCommand(floor)
+	if st := n.Status(); st.AppliedIndex < owed {
 		r.mu.Lock()
-		r.violations = append(r.violations, fmt.Sprintf("%s ready at applied index %d, below its floor %d", n.ID(), applied, floor))
+		r.violations = append(r.violations, fmt.Sprintf("%s ready at applied index %d, below the last command (%d) at or below its floor %d", n.ID(), st.AppliedIndex, owed, floor))
 		r.mu.Unlock()
 	}
 }

@@ -69,6 +69,7 @@ import (
 
 	"github.com/raftkit/raftkit"
 	"github.com/raftkit/raftkit/admin"
+	_ "github.com/raftkit/raftkit/walstore" // inspect and recover raft-wal directories
 )
 
 const usage = `usage: raftkit COMMAND [ARGS] [flags]   (flags may also come first)

@@ -57,6 +57,8 @@ import (
 	"github.com/raftkit/raftkit"
 	"github.com/raftkit/raftkit/admin"
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
+	"github.com/raftkit/raftkit/prom"
+	_ "github.com/raftkit/raftkit/walstore" // -log-store wal
 )
 
 func main() {
@@ -78,10 +80,13 @@ func main() {
 		timing   = flag.String("timing", "auto", "raft timeouts: auto, lan, local, default or wan (see raftkit.Timing)")
 		maxCmd   = flag.Int("max-command-size", raftkit.DefaultMaxCommandSize, "largest command in bytes (a PUT's key and value, encoded); every node should use the same value")
 		logStore = flag.String("log-store", "bolt", "log store: bolt (raft.db) or wal (hashicorp/raft-wal)")
+		inmem    = flag.Bool("inmem", false, "keep the log, term, vote and snapshots in memory (development only: all is lost on exit; restart such a node only after removing it from the cluster, then with -join)")
 	)
 	flag.Parse()
-	if *dir == "" {
-		log.Fatal("kvserver: -dir is required")
+	if *inmem {
+		*logStore, *dir = "memory", ""
+	} else if *dir == "" {
+		log.Fatal("kvserver: -dir is required (or -inmem)")
 	}
 	logger := hclog.New(&hclog.LoggerOptions{Name: "kvserver", Level: hclog.Warn, Output: os.Stderr})
 	if *verbose {
@@ -91,7 +96,7 @@ func main() {
 	if *tlsCA != "" || *tlsCert != "" || *tlsKey != "" {
 		tlsConfig = &raftkit.TLSConfig{CAFile: *tlsCA, CertFile: *tlsCert, KeyFile: *tlsKey, PeerNames: split(*tlsPeers)}
 	}
-	metrics := admin.NewMetrics()
+	metrics := prom.NewMetrics()
 	uninstall, err := metrics.InstallGlobal() // raft's and BoltDB's own metrics too
 	if err != nil {
 		log.Fatalf("kvserver: %v", err)
@@ -100,7 +105,7 @@ func main() {
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(metrics, collectors.NewGoCollector())
 	profiles := map[string]raftkit.Timing{"auto": raftkit.TimingAuto, "lan": raftkit.TimingLAN, "local": raftkit.TimingLocal, "default": raftkit.TimingDefault, "wan": raftkit.TimingWAN}
-	stores := map[string]raftkit.LogStoreKind{"bolt": raftkit.LogStoreBolt, "wal": raftkit.LogStoreWAL}
+	stores := map[string]raftkit.LogStoreKind{"bolt": raftkit.LogStoreBolt, "wal": raftkit.LogStoreWAL, "memory": raftkit.LogStoreMemory}
 	if _, ok := stores[*logStore]; !ok {
 		log.Fatalf("kvserver: -log-store %q: want bolt or wal", *logStore)
 	}
@@ -132,7 +137,7 @@ func main() {
 	// The raftkit admin handler (status, health, metrics, and with
 	// -admin-mutations the POST routes) is mounted under /raft/, where the
 	// raftkit CLI can reach it: raftkit -admin http://HOST/raft status
-	handler.Handle("/raft/", http.StripPrefix("/raft", admin.Handler(node, admin.Options{AllowMutations: *mutate, Metrics: registry})))
+	handler.Handle("/raft/", http.StripPrefix("/raft", admin.Handler(node, admin.Options{AllowMutations: *mutate, Metrics: prom.Handler(registry)})))
 	srv := newHTTPServer(*httpAddr, handler)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -3,7 +3,8 @@
 // stores apart, locks the directory, runs the integrity checks and opens
 // the stores, for a running node (Open) or for an offline tool on a
 // stopped node's directory (OpenStopped). Behind the door: raftkit's
-// BoltDB store (raft-boltdb v2's format), raft-wal's wiring, raft's
+// BoltDB store (raft-boltdb v2's format), the door to raft-wal (which
+// package walstore links in; see wal.go), raft's
 // snapshot files, the log cache and the in-memory snapshot store.
 //
 // It must never import package raftkit or raftkit's network packages
@@ -29,7 +30,6 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
-	"github.com/hashicorp/raft-wal/metadb"
 
 	"github.com/raftkit/raftkit/internal/sentinel"
 )
@@ -49,6 +49,9 @@ const (
 	BoltFile = "raft.db"
 	// WALDir is raft-wal's directory inside a data directory.
 	WALDir = "wal"
+	// WALMetaFile is raft-wal's metadata and stable store inside WALDir
+	// (raft-wal's metadb.FileName; package walstore's tests check it).
+	WALMetaFile = "wal-meta.db"
 	// walLockFile is the lock raftkit holds while a node uses WALDir.
 	// raft-wal's own lock (on wal-meta.db) waits forever when held.
 	walLockFile = "wal.lock"
@@ -79,7 +82,7 @@ var (
 // damaged: raftkit never creates one.
 func Detect(dir string) (kind Kind, found bool, err error) {
 	bolt := exists(filepath.Join(dir, BoltFile))
-	wal := exists(filepath.Join(dir, WALDir, metadb.FileName))
+	wal := exists(filepath.Join(dir, WALDir, WALMetaFile))
 	switch {
 	case bolt && wal:
 		return 0, false, fmt.Errorf("%w: %s holds both a BoltDB log (%s) and a raft-wal log (%s/); "+
@@ -104,7 +107,11 @@ func (e *KindError) Error() string {
 	if e.Have == Bolt {
 		return fmt.Sprintf("%s holds a BoltDB log (%s); keep LogStoreBolt for this directory, or start a new node in an empty one", e.Dir, BoltFile)
 	}
-	return fmt.Sprintf("%s holds a raft-wal log (%s/); set LogStoreWAL for this directory, or start a new node in an empty one", e.Dir, WALDir)
+	msg := fmt.Sprintf("%s holds a raft-wal log (%s/); set LogStoreWAL for this directory, or start a new node in an empty one", e.Dir, WALDir)
+	if !WALLinked() {
+		msg += " (LogStoreWAL needs " + WALImport + ")"
+	}
+	return msg
 }
 
 // checkKind refuses to open a data directory with the other store than
@@ -206,7 +213,7 @@ func openLogStore(dir string, kind Kind, readOnly bool, snaps raft.SnapshotStore
 		if err != nil {
 			return nil, nil, nil, path, err
 		}
-		return w.wal, w.wal, w.Close, path, nil
+		return w, w, w.Close, path, nil
 	}
 	path = filepath.Join(dir, BoltFile)
 	bolt, err := openBolt(path, snaps, readOnly)
@@ -254,7 +261,7 @@ func OpenStopped(dir string, write bool) (*Stopped, error) {
 	}
 	if !found {
 		return nil, fmt.Errorf("raftkit: %s is not a node's data directory: neither %s nor %s exists: %w",
-			dir, BoltFile, filepath.Join(WALDir, metadb.FileName), fs.ErrNotExist)
+			dir, BoltFile, filepath.Join(WALDir, WALMetaFile), fs.ErrNotExist)
 	}
 	logs, stable, closer, path, err := openLogStore(dir, kind, !write, nil, hclog.NewNullLogger())
 	if err != nil {

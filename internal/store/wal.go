@@ -5,33 +5,79 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
-	wal "github.com/hashicorp/raft-wal"
-	"github.com/hashicorp/raft-wal/metadb"
 
 	"github.com/raftkit/raftkit/internal/sentinel"
 )
 
+// raft-wal is linked into a program only when it imports package
+// github.com/raftkit/raftkit/walstore, which registers its opener here
+// (RegisterWAL). This package does the raft-wal-independent part of opening
+// Dir/wal (the directory, raftkit's lock, the checks of wal-meta.db); the
+// opener does the rest. So a program on BoltDB compiles none of raft-wal's
+// dependencies (coreos/etcd's fileutil, go-systemd, capnslog).
+
+// WALImport is the import that links raft-wal into a program.
+const WALImport = `import _ "github.com/raftkit/raftkit/walstore"`
+
+// ErrWALNotLinked is opening a raft-wal log in a program that does not
+// import package walstore.
+var ErrWALNotLinked = errors.New("raftkit: raft-wal (LogStoreWAL) is not linked into this program; add " + WALImport)
+
+// WALLog is an open raft-wal log: its log and stable store; IsMonotonic,
+// which tells raft (through the log cache) to empty the log rather than
+// truncate it when a snapshot is installed; and Close, which closes
+// everything the opener opened (but not raftkit's directory lock, which
+// this package releases).
+type WALLog interface {
+	raft.LogStore
+	raft.StableStore
+	raft.MonotonicLogStore
+	Close() error
+}
+
+// WALOpener opens (or creates) raft-wal's log in wdir, a directory that
+// exists and that raftkit has locked, and whose metadata file
+// (WALMetaFile), if present, passed raftkit's checks. Errors it returns that
+// match neither sentinel.ErrCorruptStore nor os.ErrPermission are reported
+// as damage; a panic is reported as damage too.
+type WALOpener func(wdir string, logger hclog.Logger) (WALLog, error)
+
+var walOpener atomic.Pointer[WALOpener]
+
+// RegisterWAL makes open the opener of raft-wal logs. Package walstore
+// calls it when it is initialised.
+func RegisterWAL(open WALOpener) { walOpener.Store(&open) }
+
+// WALLinked reports whether package walstore is linked in (RegisterWAL was
+// called).
+func WALLinked() bool { return walOpener.Load() != nil }
+
 // walStore is an open raft-wal log with the directory lock raftkit holds
 // for it.
 type walStore struct {
-	wal  *wal.WAL
-	meta *metadb.BoltMetaDB
+	WALLog
 	lock *dirLock
 }
 
-// Close closes the log, then its metadata file (which raft-wal v0.4.0's
-// own Close leaves open, holding its lock), then releases the directory.
+// Close closes the log, then releases the directory.
 func (w *walStore) Close() error {
-	return errors.Join(w.wal.Close(), w.meta.Close(), w.lock.release())
+	return errors.Join(w.WALLog.Close(), w.lock.release())
 }
 
 // openWAL opens (or creates) Dir/wal. Like openBolt it refuses a directory
 // held by another node (ErrDataDirLocked), a damaged or empty metadata file,
 // and a missing log beside existing snapshots (sentinel.ErrCorruptStore).
+// Without package walstore it fails with ErrWALNotLinked, before it
+// creates or locks anything.
 func openWAL(dir string, snaps raft.SnapshotStore, logger hclog.Logger) (*walStore, error) {
+	open := walOpener.Load()
+	if open == nil {
+		return nil, fmt.Errorf("%w (%s holds or is to hold a raft-wal log)", ErrWALNotLinked, dir)
+	}
 	wdir := filepath.Join(dir, WALDir)
 	if err := os.MkdirAll(wdir, 0o700); err != nil {
 		return nil, fmt.Errorf("raftkit: create log directory %s: %w", wdir, err)
@@ -40,18 +86,16 @@ func openWAL(dir string, snaps raft.SnapshotStore, logger hclog.Logger) (*walSto
 	if err != nil {
 		return nil, err
 	}
-	meta := &metadb.BoltMetaDB{}
-	w, err := openWALLocked(wdir, meta, snaps, logger)
+	w, err := openWALLocked(wdir, *open, snaps, logger)
 	if err != nil {
-		_ = meta.Close()
 		_ = lock.release()
 		return nil, err
 	}
-	return &walStore{wal: w, meta: meta, lock: lock}, nil
+	return &walStore{WALLog: w, lock: lock}, nil
 }
 
-func openWALLocked(wdir string, metaDB *metadb.BoltMetaDB, snaps raft.SnapshotStore, logger hclog.Logger) (*wal.WAL, error) {
-	meta := filepath.Join(wdir, metadb.FileName)
+func openWALLocked(wdir string, open WALOpener, snaps raft.SnapshotStore, logger hclog.Logger) (WALLog, error) {
+	meta := filepath.Join(wdir, WALMetaFile)
 	fi, err := os.Stat(meta)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
@@ -77,10 +121,10 @@ func openWALLocked(wdir string, metaDB *metadb.BoltMetaDB, snaps raft.SnapshotSt
 			return nil, err
 		}
 	}
-	var w *wal.WAL
+	var w WALLog
 	err = safely(func() error {
 		var err error
-		w, err = wal.Open(wdir, wal.WithLogger(logger.Named("wal")), wal.WithMetaStore(metaDB))
+		w, err = open(wdir, logger.Named("wal"))
 		return err
 	})
 	switch {

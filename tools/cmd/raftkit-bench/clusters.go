@@ -17,8 +17,8 @@ import (
 
 	"github.com/raftkit/raftkit"
 	fsmexample "github.com/raftkit/raftkit/fsm_example"
-	"github.com/raftkit/raftkit/internal/testhook"
 	"github.com/raftkit/raftkit/tools/internal/freeport"
+	_ "github.com/raftkit/raftkit/walstore" // LogStoreWAL clusters
 )
 
 // cluster is three nodes in this process, built one way or another.
@@ -359,13 +359,16 @@ func (c *kitCluster) read(ctx context.Context, i int) (bool, error) {
 }
 
 // crash stops node i as a killed process would (no leadership transfer),
-// through raftkit's own crash path, then releases the port and files.
+// (raft shut down first), then releases the port and files.
 func (c *kitCluster) crash(i int) {
 	n := c.take(i)
 	if n == nil {
 		return
 	}
-	_ = testhook.Crash(n)
+	// Raft's Shutdown then Close at once: the crash that RaftNode.Raft's
+	// documentation allows.
+	_ = n.Raft().Shutdown().Error()
+	_ = n.Close()
 }
 
 func (c *kitCluster) stop(i int) {

@@ -1,13 +1,21 @@
-package admin
+// Package prom exports raftkit's and hashicorp/raft's metrics to
+// Prometheus: Metrics is a raftkit.MetricsSink (Config.Metrics) and a
+// prometheus.Collector, and Handler serves a registry in Prometheus' text
+// format, for example as admin.Options.Metrics. It is the only raftkit
+// package that imports Prometheus' client library: an application that
+// uses raftkit and raftkit/admin without it compiles no Prometheus.
+package prom
 
 import (
 	"fmt"
+	"net/http"
 	"sync"
 	"time"
 
 	gometrics "github.com/hashicorp/go-metrics/compat"
 	gmprometheus "github.com/hashicorp/go-metrics/compat/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/raftkit/raftkit"
 )
@@ -101,7 +109,7 @@ func newGoMetricsSink() *gmprometheus.PrometheusSink {
 	})
 	if err != nil {
 		// Registering with a fresh, empty registry cannot fail.
-		panic(fmt.Sprintf("raftkit admin: go-metrics Prometheus sink: %v", err))
+		panic(fmt.Sprintf("raftkit prom: go-metrics Prometheus sink: %v", err))
 	}
 	return sink
 }
@@ -267,3 +275,10 @@ func globalMetricsConfig() *gometrics.Config {
 }
 
 var _ prometheus.Collector = (*Metrics)(nil)
+
+// Handler serves g in Prometheus' text format: what an application mounts
+// on GET /metrics, or passes as admin.Options.Metrics. A collector that
+// fails leaves its series out; the rest are still served.
+func Handler(g prometheus.Gatherer) http.Handler {
+	return promhttp.HandlerFor(g, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
+}
