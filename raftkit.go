@@ -278,7 +278,9 @@ type Config struct {
 	// Join lists addresses of existing cluster members. A node without
 	// state (and without Peers) asks them, in order, to add it as a voter;
 	// a member that does not lead names the leader, and the node asks it.
-	// A node with state joins again only if its configuration does not
+	// The leader adds it as AddVoter does: as a non-voter first, promoted
+	// once the leader sees that its log has caught up, so a request to the
+	// leader may take the rest of JoinTimeout. A node with state joins again only if its configuration does not
 	// contain it (it was removed, see ErrRemoved, or it stopped before it
 	// received the configuration that added it); otherwise it is already a
 	// member. Join and
