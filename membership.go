@@ -432,13 +432,13 @@ func (n *RaftNode) memberErr() error {
 	default:
 		return nil
 	}
+	err := n.outsideErr(conf, list)
 	n.gate.mu.Lock()
 	n.gate.logOnce("removed", func() {
-		n.logger.Error("this node is not in its cluster's configuration: it was removed; restart it with Join (or add it with AddVoter) to bring it back",
-			"id", n.id, "configuration", list)
+		n.logger.Error("this node is not in its cluster's configuration", "id", n.id, "configuration", list, "error", err)
 	})
 	n.gate.mu.Unlock()
-	return wrapErr(ErrRemoved, "", fmt.Errorf("%s is not in the latest configuration %v (it was removed); to bring it back, restart it with Join (or add it with AddVoter), or wipe its Dir", n.id, list))
+	return err
 }
 
 // incompatibleErr is an error matching ErrIncompatible when this node
