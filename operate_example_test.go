@@ -152,3 +152,23 @@ func ExampleRaftNode_ForceAddVoter() {
 	fmt.Println("voters:", voters)
 	// Output: voters: 2
 }
+
+// IsMember tells an application that adds its nodes itself whether a
+// (re)started node still needs adding.
+func ExampleRaftNode_IsMember() {
+	network := raftkit.NewMemNetwork()
+	member, err := raftkit.NewRaftNode(raftkit.Config{InMemory: true, Network: network, Addr: "n1", Peers: []string{"n1"}}, fsmexample.New())
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer member.Close()
+	fresh, err := raftkit.NewRaftNode(raftkit.Config{InMemory: true, Network: network, Addr: "n2"}, fsmexample.New())
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer fresh.Close()
+	fmt.Println("n1:", member.IsMember(), "n2:", fresh.IsMember())
+	// Output: n1: true n2: false
+}
