@@ -551,7 +551,7 @@ func settleAddress(c Config) (nodeAddress, error) {
 			return a, configErr("AdvertiseAddr", "", "required when Addr %q binds all interfaces: other nodes need an address they can reach", c.Addr)
 		}
 		if port == "0" && len(c.Peers) > 0 && c.AdvertiseAddr == "" {
-			return a, configErr("Addr", c.Addr, "port 0 cannot be combined with Peers: the other nodes need to know this node's port in advance")
+			return a, configErr("Addr", c.Addr, "port 0 cannot be combined with Peers: the other nodes need to know this node's port in advance; to let the system pick it, bind the listener yourself and pass it as Config.Listener, with its address in Addr and in every node's Peers")
 		}
 	}
 	if c.ID == "" {
