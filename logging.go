@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -79,10 +80,63 @@ func (s *slogLogger) Log(level hclog.Level, msg string, args ...any) {
 	if !s.enabled(level) {
 		return
 	}
+	args = hclogValues(args)
 	if s.name != "" {
 		args = append([]any{"logger", s.name}, args...)
 	}
 	s.l.Log(context.Background(), slogLevel(level), msg, args...)
+}
+
+// hclogValues renders the values that hclog formats itself (hclog.Fmt,
+// Hex, Octal, Binary, Quote, a trailing CapturedStacktrace) as hclog's own
+// loggers do, which slog cannot know: hclog.Fmt("%d ms", 5) is "5 ms", not
+// "[%d ms 5]". Quote's string is passed as it is, for the slog handler to
+// quote as its format wants. A value without a key gets hclog's
+// MissingKey. Other values pass unchanged.
+func hclogValues(args []any) []any {
+	if len(args) == 0 {
+		return args
+	}
+	out := make([]any, 0, len(args)+1)
+	if len(args)%2 != 0 {
+		last := args[len(args)-1]
+		args = args[:len(args)-1]
+		if cs, ok := last.(hclog.CapturedStacktrace); ok {
+			args = append(args, "stacktrace", string(cs))
+		} else {
+			args = append(args, hclog.MissingKey, last)
+		}
+	}
+	for i := 0; i+1 < len(args); i += 2 {
+		out = append(out, args[i], hclogValue(args[i+1]))
+	}
+	return out
+}
+
+// hclogValue is one value as hclog's text format renders it (see
+// hclogValues).
+func hclogValue(v any) any {
+	switch v := v.(type) {
+	case hclog.Format:
+		if len(v) == 0 {
+			return ""
+		}
+		if f, ok := v[0].(string); ok {
+			return fmt.Sprintf(f, v[1:]...)
+		}
+		return fmt.Sprint(v...)
+	case hclog.Hex:
+		return "0x" + strconv.FormatUint(uint64(v), 16)
+	case hclog.Octal:
+		return "0" + strconv.FormatUint(uint64(v), 8)
+	case hclog.Binary:
+		return "0b" + strconv.FormatUint(uint64(v), 2)
+	case hclog.Quote:
+		return string(v)
+	case hclog.CapturedStacktrace:
+		return string(v)
+	}
+	return v
 }
 
 func (s *slogLogger) Trace(msg string, args ...any) { s.Log(hclog.Trace, msg, args...) }
@@ -101,7 +155,7 @@ func (s *slogLogger) ImpliedArgs() []any { return append([]any(nil), s.args...) 
 
 func (s *slogLogger) With(args ...any) hclog.Logger {
 	c := *s
-	c.l = s.l.With(args...)
+	c.l = s.l.With(hclogValues(args)...)
 	c.args = append(append([]any(nil), s.args...), args...)
 	return &c
 }

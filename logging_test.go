@@ -300,3 +300,36 @@ func TestQuietLoggingMatchesRaftsWords(t *testing.T) {
 		}
 	}
 }
+
+// Values that hclog formats itself reach slog as hclog renders them: the
+// text after the message is the same from hclog's own logger and from
+// SlogLogger over slog's text handler.
+func TestSlogLoggerRendersHclogValuesAsHclogDoes(t *testing.T) {
+	args := []any{"fmt", hclog.Fmt("%+v", []string{"a", "b"}), "n", hclog.Fmt("%d ms", 5), "hex", hclog.Hex(255), "oct", hclog.Octal(8),
+		"bin", hclog.Binary(5), "quote", hclog.Quote("a\nb"), "num", 7, "s", "plain"}
+	var hb, sb bytes.Buffer
+	hclog.New(&hclog.LoggerOptions{Output: &hb, DisableTime: true}).Info("m", args...)
+	noTime := func(_ []string, a slog.Attr) slog.Attr {
+		if a.Key == slog.TimeKey {
+			return slog.Attr{}
+		}
+		return a
+	}
+	SlogLogger(slog.New(slog.NewTextHandler(&sb, &slog.HandlerOptions{ReplaceAttr: noTime}))).Info("m", args...)
+	_, hclogText, _ := strings.Cut(strings.TrimSpace(hb.String()), "m: ")
+	_, slogText, _ := strings.Cut(strings.TrimSpace(sb.String()), "msg=m ")
+	if hclogText == "" || hclogText != slogText {
+		t.Fatalf("values rendered differently:\nhclog: %s\nslog:  %s", hb.String(), sb.String())
+	}
+	// A trailing stack trace and a value without a key, as hclog names them.
+	var jb lockedBuffer
+	SlogLogger(slog.New(slog.NewJSONHandler(&jb, nil))).Error("e", "k", hclog.Fmt("%s-%d", "x", 1), hclog.Stacktrace())
+	SlogLogger(slog.New(slog.NewJSONHandler(&jb, nil))).With("w", hclog.Hex(16)).Info("odd", "k", "v", "lonely")
+	recs := jb.records(t)
+	if len(recs) != 2 || recs[0]["k"] != "x-1" || !strings.Contains(fmt.Sprint(recs[0]["stacktrace"]), t.Name()) {
+		t.Fatalf("stack trace record: %v", recs)
+	}
+	if recs[1]["w"] != "0x10" || recs[1][hclog.MissingKey] != "lonely" {
+		t.Fatalf("odd record: %v", recs[1])
+	}
+}
