@@ -231,6 +231,11 @@ func (w *slogLineWriter) Write(p []byte) (int, error) {
 //     that stays away is reported again as raft reports any lost peer;
 //   - losing quorum, and the elections that follow, are Debug when the
 //     peers that announced a clean close are what took the quorum away;
+//   - a node without a configuration finding it has no peers to elect
+//     (it waits to be added, to join, or for a bootstrap agreement), a
+//     follower whose log ends before what the leader sends next, and the
+//     leader's rejected append to a non-voter it is catching up (every
+//     new voter is one first) are Info: the normal steps of a join;
 //   - raft's first election when no leader was ever known (a fresh or
 //     restarted node), a split vote before any leader was known, and a
 //     vote this node refuses because it has a leader (raft's guard against
@@ -429,6 +434,9 @@ const (
 	msgRejectVoteTerm      = "rejecting vote request since our last term is greater"
 	msgRejectVoteIndex     = "rejecting vote request since our last index is greater"
 	msgPeerNewerTerm       = "peer has newer term, stopping replication"
+	msgNoKnownPeers        = "no known peers, aborting election"
+	msgPrevLogMissing      = "failed to get previous log"
+	msgSendingOlderLogs    = "appendEntries rejected, sending older logs"
 	keyLastLeaderID        = "last-leader-id"
 )
 
@@ -480,8 +488,37 @@ func (d *departures) level(level hclog.Level, msg string, args []any) hclog.Leve
 		if d.handedOver.Load() {
 			return hclog.Debug
 		}
+	case msgNoKnownPeers:
+		// A node without any configuration: one that waits to be added,
+		// to join, or for its peers to agree on a bootstrap.
+		return hclog.Info
+	case msgPrevLogMissing:
+		// A follower whose log ends before the leader's previous entry
+		// (a new node, or one back from a stop) is only behind; a hole
+		// inside its log is not.
+		last, lok := argValue(args, "last-index").(uint64)
+		prev, pok := argValue(args, "previous-index").(uint64)
+		if lok && pok && last < prev {
+			return hclog.Info
+		}
+	case msgSendingOlderLogs:
+		// A non-voter being caught up (as every new voter is first, see
+		// AddVoter) starts behind the leader's log.
+		if p, ok := argValue(args, "peer").(raft.Server); ok && p.Suffrage == raft.Nonvoter {
+			return hclog.Info
+		}
 	}
 	return level
+}
+
+// argValue is the value of key among a log line's key/value args, or nil.
+func argValue(args []any, key string) any {
+	for i := 1; i < len(args); i += 2 {
+		if args[i-1] == key {
+			return args[i]
+		}
+	}
+	return nil
 }
 
 // quietLogger is an hclog.Logger that logs expected closes below Warn
