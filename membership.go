@@ -51,7 +51,10 @@ func (n *RaftNode) AddVoter(ctx context.Context, id, addr string) error {
 // checked its new voters: it neither waits for the node at addr to answer
 // nor for it to catch up. It is for an operator who knows better, for
 // example one who re-adds a member whose node is being rebuilt while the
-// rest of the cluster can spare its vote.
+// rest of the cluster can spare its vote. Like AddVoter it does nothing
+// for a voter already at addr, and it removes an entry of another ID at
+// addr, or of id at another address, before it adds id; unlike AddVoter
+// it does so without asking who answers at addr.
 //
 // Its risk: the new voter counts toward the quorum from the moment it is
 // added. If nothing answers at addr (a typo, a node not started), a
