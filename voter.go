@@ -70,6 +70,9 @@ func (n *RaftNode) addVoterChecked(ctx context.Context, id, addr string) error {
 		if resp == nil && !sleepCtx(wait, voterProbe) {
 			return unchanged("no raftkit node answered at %s within %s (%v)", addr, time.Since(start).Round(time.Millisecond), last)
 		}
+		if !n.IsLeader() {
+			return n.notLeader() // nothing changed; the caller retries on the new leader
+		}
 	}
 	if !wasNonvoter {
 		n.logger.Info("adding a voter as a non-voter until it has caught up", "id", id, "addr", addr)
@@ -95,6 +98,11 @@ func (n *RaftNode) addVoterChecked(ctx context.Context, id, addr string) error {
 			}
 			return wrapErr(class, what, fmt.Errorf("the node at %s %s within %s; %s",
 				addr, progress(resp, last, id, want, target), time.Since(start).Round(time.Millisecond), why))
+		}
+		if !n.IsLeader() {
+			// The next leader finds the non-voter and goes on from there
+			// when the caller retries.
+			return n.notLeader()
 		}
 		var r *peer.BootstrapResponse
 		if r, last = n.askNode(wait, addr); r != nil {
