@@ -26,6 +26,9 @@ func checkUnchangedAfterFailedAdd(t *testing.T, c *testCluster, via *RaftNode, e
 			t.Fatalf("AddVoter's error %q does not say %q", err, want)
 		}
 	}
+	if seg := repeated(err); seg != "" {
+		t.Fatalf("AddVoter's error %q repeats %q", err, seg)
+	}
 	if strings.Contains(err.Error(), ":0->") {
 		t.Fatalf("AddVoter's error %q names the dial's meaningless source address", err)
 	}
