@@ -87,7 +87,7 @@ func (n *RaftNode) applyLocal(ctx context.Context, cmd []byte) (any, error) {
 	if err := n.checkOpen(); err != nil {
 		return nil, err
 	}
-	if err := n.memberErr(); err != nil {
+	if err := n.callMemberErr(ctx); err != nil {
 		return nil, notApplied("apply", err)
 	}
 	if err := n.checkSize(cmd); err != nil {
@@ -106,7 +106,7 @@ func (n *RaftNode) apply(ctx context.Context, cmd []byte) (res any, path string,
 	if err := n.checkOpen(); err != nil {
 		return nil, path, err
 	}
-	if err := n.memberErr(); err != nil {
+	if err := n.callMemberErr(ctx); err != nil {
 		return nil, path, notApplied("apply", err)
 	}
 	if err := n.checkSize(cmd); err != nil {

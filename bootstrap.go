@@ -491,6 +491,7 @@ func (g *clusterGate) answer(n *RaftNode, req *peer.BootstrapRequest, resp *peer
 	defer g.mu.Unlock()
 	// An undecided node has no state but its own bootstrap in progress.
 	resp.HasState = n.raft.LastIndex() > 0 && !g.pending
+	resp.LastIndex = n.raft.LastIndex()
 	if f := n.raft.GetConfiguration(); f.Error() == nil {
 		resp.Servers = serverEntries(f.Configuration())
 	}
@@ -508,6 +509,18 @@ func (g *clusterGate) answer(n *RaftNode, req *peer.BootstrapRequest, resp *peer
 				"node", req.ID, "addr", req.Addr, "its_list", req.Peers, "this_list", mine)
 		})
 	}
+}
+
+// probeList is the list this node sends when it asks another node who it
+// is (see askNode): the one the asked node, if it shares this cluster's
+// bootstrap list, compares without complaint.
+func (g *clusterGate) probeList() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.known {
+		return g.list
+	}
+	return g.own
 }
 
 // notePeersOnRestart logs, at INFO, that a node with state ignores a

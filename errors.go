@@ -48,7 +48,9 @@ var (
 	// ErrRemoved is returned by a node that has state but is not in its
 	// cluster's latest configuration: it was removed (RemoveServer, Leave),
 	// or it restarted with state from before its removal. A new node whose
-	// Peers match a cluster that no longer contains it returns it too. It
+	// Peers match a cluster that no longer contains it returns it too, and
+	// so does a data directory restarted under another ID (the error then
+	// says the ID changed and names both: restart it with its old ID). It
 	// matches ErrNotApplied, but is not retried: the node will not become a
 	// member again by itself. To bring it back, restart it with Config.Join
 	// (it keeps its data and is added back), add it from a member with

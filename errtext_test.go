@@ -123,3 +123,13 @@ func TestErrorTextsOfRealFailuresSayEachThingOnce(t *testing.T) {
 	errs["closed read"] = f.LinearizableRead(ctxTimeout(t, 5*time.Second))
 	checkTexts(t, errs)
 }
+
+// Port 0 with Peers is refused with the fix: a listener of one's own,
+// passed as Config.Listener.
+func TestPortZeroWithPeersPointsToConfigListener(t *testing.T) {
+	_, err := NewRaftNode(Config{Addr: "127.0.0.1:0", Dir: t.TempDir(), Peers: []string{"127.0.0.1:7001"}}, fsmexample.New())
+	var ce *ConfigError
+	if !errors.As(err, &ce) || ce.Field != "Addr" || !strings.Contains(err.Error(), "Config.Listener") {
+		t.Fatalf("port 0 with Peers: %v, want a ConfigError for Addr that points to Config.Listener", err)
+	}
+}

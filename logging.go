@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -79,10 +80,63 @@ func (s *slogLogger) Log(level hclog.Level, msg string, args ...any) {
 	if !s.enabled(level) {
 		return
 	}
+	args = hclogValues(args)
 	if s.name != "" {
 		args = append([]any{"logger", s.name}, args...)
 	}
 	s.l.Log(context.Background(), slogLevel(level), msg, args...)
+}
+
+// hclogValues renders the values that hclog formats itself (hclog.Fmt,
+// Hex, Octal, Binary, Quote, a trailing CapturedStacktrace) as hclog's own
+// loggers do, which slog cannot know: hclog.Fmt("%d ms", 5) is "5 ms", not
+// "[%d ms 5]". Quote's string is passed as it is, for the slog handler to
+// quote as its format wants. A value without a key gets hclog's
+// MissingKey. Other values pass unchanged.
+func hclogValues(args []any) []any {
+	if len(args) == 0 {
+		return args
+	}
+	out := make([]any, 0, len(args)+1)
+	if len(args)%2 != 0 {
+		last := args[len(args)-1]
+		args = args[:len(args)-1]
+		if cs, ok := last.(hclog.CapturedStacktrace); ok {
+			args = append(args, "stacktrace", string(cs))
+		} else {
+			args = append(args, hclog.MissingKey, last)
+		}
+	}
+	for i := 0; i+1 < len(args); i += 2 {
+		out = append(out, args[i], hclogValue(args[i+1]))
+	}
+	return out
+}
+
+// hclogValue is one value as hclog's text format renders it (see
+// hclogValues).
+func hclogValue(v any) any {
+	switch v := v.(type) {
+	case hclog.Format:
+		if len(v) == 0 {
+			return ""
+		}
+		if f, ok := v[0].(string); ok {
+			return fmt.Sprintf(f, v[1:]...)
+		}
+		return fmt.Sprint(v...)
+	case hclog.Hex:
+		return "0x" + strconv.FormatUint(uint64(v), 16)
+	case hclog.Octal:
+		return "0" + strconv.FormatUint(uint64(v), 8)
+	case hclog.Binary:
+		return "0b" + strconv.FormatUint(uint64(v), 2)
+	case hclog.Quote:
+		return string(v)
+	case hclog.CapturedStacktrace:
+		return string(v)
+	}
+	return v
 }
 
 func (s *slogLogger) Trace(msg string, args ...any) { s.Log(hclog.Trace, msg, args...) }
@@ -101,7 +155,7 @@ func (s *slogLogger) ImpliedArgs() []any { return append([]any(nil), s.args...) 
 
 func (s *slogLogger) With(args ...any) hclog.Logger {
 	c := *s
-	c.l = s.l.With(args...)
+	c.l = s.l.With(hclogValues(args)...)
 	c.args = append(append([]any(nil), s.args...), args...)
 	return &c
 }
@@ -177,6 +231,11 @@ func (w *slogLineWriter) Write(p []byte) (int, error) {
 //     that stays away is reported again as raft reports any lost peer;
 //   - losing quorum, and the elections that follow, are Debug when the
 //     peers that announced a clean close are what took the quorum away;
+//   - a node without a configuration finding it has no peers to elect
+//     (it waits to be added, to join, or for a bootstrap agreement), a
+//     follower whose log ends before what the leader sends next, and the
+//     leader's rejected append to a non-voter it is catching up (every
+//     new voter is one first) are Info: the normal steps of a join;
 //   - raft's first election when no leader was ever known (a fresh or
 //     restarted node), a split vote before any leader was known, and a
 //     vote this node refuses because it has a leader (raft's guard against
@@ -387,6 +446,9 @@ const (
 	msgRejectVoteTerm      = "rejecting vote request since our last term is greater"
 	msgRejectVoteIndex     = "rejecting vote request since our last index is greater"
 	msgPeerNewerTerm       = "peer has newer term, stopping replication"
+	msgNoKnownPeers        = "no known peers, aborting election"
+	msgPrevLogMissing      = "failed to get previous log"
+	msgSendingOlderLogs    = "appendEntries rejected, sending older logs"
 	keyLastLeaderID        = "last-leader-id"
 )
 
@@ -438,8 +500,37 @@ func (d *departures) level(level hclog.Level, msg string, args []any) hclog.Leve
 		if d.handedOver.Load() {
 			return hclog.Debug
 		}
+	case msgNoKnownPeers:
+		// A node without any configuration: one that waits to be added,
+		// to join, or for its peers to agree on a bootstrap.
+		return hclog.Info
+	case msgPrevLogMissing:
+		// A follower whose log ends before the leader's previous entry
+		// (a new node, or one back from a stop) is only behind; a hole
+		// inside its log is not.
+		last, lok := argValue(args, "last-index").(uint64)
+		prev, pok := argValue(args, "previous-index").(uint64)
+		if lok && pok && last < prev {
+			return hclog.Info
+		}
+	case msgSendingOlderLogs:
+		// A non-voter being caught up (as every new voter is first, see
+		// AddVoter) starts behind the leader's log.
+		if p, ok := argValue(args, "peer").(raft.Server); ok && p.Suffrage == raft.Nonvoter {
+			return hclog.Info
+		}
 	}
 	return level
+}
+
+// argValue is the value of key among a log line's key/value args, or nil.
+func argValue(args []any, key string) any {
+	for i := 1; i < len(args); i += 2 {
+		if args[i-1] == key {
+			return args[i]
+		}
+	}
+	return nil
 }
 
 // quietLogger is an hclog.Logger that logs expected closes below Warn

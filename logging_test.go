@@ -293,11 +293,130 @@ func TestQuietLoggingMatchesRaftsWords(t *testing.T) {
 		src.Write(b)
 	}
 	words := append([]string{msgHeartbeatTimeout, msgQuorumLost, msgElectionTimeout, msgRejectVoteLeader,
-		msgRejectPreVoteLeader, msgRejectPreVoteTerm, msgRejectPreVoteIndex, msgRejectVoteTerm, msgRejectVoteIndex, msgPeerNewerTerm}, raftPeerKeys...)
+		msgRejectPreVoteLeader, msgRejectPreVoteTerm, msgRejectPreVoteIndex, msgRejectVoteTerm, msgRejectVoteIndex, msgPeerNewerTerm,
+		msgNoKnownPeers, msgPrevLogMissing, msgSendingOlderLogs, "last-index", "previous-index"}, raftPeerKeys...)
 	words = append(words, campaignMsgs...) // alone.go
 	for _, w := range words {
 		if !strings.Contains(src.String(), strconv.Quote(w)) {
 			t.Errorf("hashicorp/raft (%s) no longer writes %q: update logging.go's quieting", dir, w)
 		}
+	}
+}
+
+// Values that hclog formats itself reach slog as hclog renders them: the
+// text after the message is the same from hclog's own logger and from
+// SlogLogger over slog's text handler.
+func TestSlogLoggerRendersHclogValuesAsHclogDoes(t *testing.T) {
+	args := []any{"fmt", hclog.Fmt("%+v", []string{"a", "b"}), "n", hclog.Fmt("%d ms", 5), "hex", hclog.Hex(255), "oct", hclog.Octal(8),
+		"bin", hclog.Binary(5), "quote", hclog.Quote("a\nb"), "num", 7, "s", "plain"}
+	var hb, sb bytes.Buffer
+	hclog.New(&hclog.LoggerOptions{Output: &hb, DisableTime: true}).Info("m", args...)
+	noTime := func(_ []string, a slog.Attr) slog.Attr {
+		if a.Key == slog.TimeKey {
+			return slog.Attr{}
+		}
+		return a
+	}
+	SlogLogger(slog.New(slog.NewTextHandler(&sb, &slog.HandlerOptions{ReplaceAttr: noTime}))).Info("m", args...)
+	_, hclogText, _ := strings.Cut(strings.TrimSpace(hb.String()), "m: ")
+	_, slogText, _ := strings.Cut(strings.TrimSpace(sb.String()), "msg=m ")
+	if hclogText == "" || hclogText != slogText {
+		t.Fatalf("values rendered differently:\nhclog: %s\nslog:  %s", hb.String(), sb.String())
+	}
+	// A trailing stack trace and a value without a key, as hclog names them.
+	var jb lockedBuffer
+	SlogLogger(slog.New(slog.NewJSONHandler(&jb, nil))).Error("e", "k", hclog.Fmt("%s-%d", "x", 1), hclog.Stacktrace())
+	SlogLogger(slog.New(slog.NewJSONHandler(&jb, nil))).With("w", hclog.Hex(16)).Info("odd", "k", "v", "lonely")
+	recs := jb.records(t)
+	if len(recs) != 2 || recs[0]["k"] != "x-1" || !strings.Contains(fmt.Sprint(recs[0]["stacktrace"]), t.Name()) {
+		t.Fatalf("stack trace record: %v", recs)
+	}
+	if recs[1]["w"] != "0x10" || recs[1][hclog.MissingKey] != "lonely" {
+		t.Fatalf("odd record: %v", recs[1])
+	}
+}
+
+// A normal join (Config.Join) and a normal wait to be added (a node
+// started without Peers or Join, added later with AddVoter) log no WARN or
+// ERROR line on any node, as the README says: a new node's log starts
+// behind the leader's, and a node waiting to be added has no peers; both
+// are expected steps.
+func TestCleanJoinLogsNoErrorsOrWarnings(t *testing.T) {
+	var buf, waiting lockedBuffer
+	addrs, lns := reservePorts(t, 5)
+	base := t.TempDir()
+	logger := func(name string, w *lockedBuffer, level hclog.Level) hclog.Logger {
+		return hclog.New(&hclog.LoggerOptions{Name: name, Level: level, Output: w, JSONFormat: true})
+	}
+	var nodes []*RaftNode
+	for i := 0; i < 3; i++ {
+		n, err := NewRaftNode(Config{Addr: addrs[i], Dir: filepath.Join(base, fmt.Sprint(i)), Peers: addrs[:3], Timing: TimingWAN, Logger: logger(fmt.Sprintf("n%d", i), &buf, hclog.Warn), Listener: lns[i]}, fsmexample.New())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer n.Close()
+		nodes = append(nodes, n)
+	}
+	ctx := ctxTimeout(t, 60*time.Second)
+	if _, err := nodes[0].WaitForLeader(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for j := 0; j < 30; j++ {
+		if _, err := nodes[j%3].Apply(ctx, fsmexample.Set(fmt.Sprintf("k%d", j), []byte("v"))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A node that joins through a member.
+	n4, err := NewRaftNode(Config{Addr: addrs[3], Dir: filepath.Join(base, "3"), Join: []string{addrs[1]}, Timing: TimingWAN, Logger: logger("n3", &buf, hclog.Warn), Listener: lns[3]}, fsmexample.New())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n4.Close()
+	nodes = append(nodes, n4)
+	// A node that waits to be added, long enough to find it has no peers
+	// (its every line is kept, to see that wait happen).
+	n5, err := NewRaftNode(Config{Addr: addrs[4], Dir: filepath.Join(base, "4"), RaftConfig: fastRaft, Logger: logger("n4", &waiting, hclog.Debug), Listener: lns[4]}, fsmexample.New())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n5.Close()
+	waitFor(t, 15*time.Second, "the waiting node to find it has no peers", func() bool {
+		for _, r := range waiting.records(t) {
+			if r["@message"] == msgNoKnownPeers {
+				return true
+			}
+		}
+		return false
+	})
+	if err := nodes[2].AddVoter(ctx, n5.ID(), n5.Addr()); err != nil {
+		t.Fatal(err)
+	}
+	nodes = append(nodes, n5)
+	for i, n := range nodes {
+		if _, err := n.Apply(ctx, fsmexample.Set(fmt.Sprintf("after%d", i), []byte("v"))); err != nil {
+			t.Fatalf("apply through node %d: %v", i, err)
+		}
+	}
+	for i := len(nodes) - 1; i >= 0; i-- {
+		if !nodes[i].IsLeader() {
+			if err := nodes[i].Close(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, n := range nodes {
+		n.Close()
+	}
+	bad := buf.records(t)
+	for _, r := range waiting.records(t) {
+		if r["@level"] == "warn" || r["@level"] == "error" {
+			bad = append(bad, r)
+		}
+	}
+	for _, r := range bad {
+		t.Errorf("%v %v: %v", r["@level"], r["@module"], r)
+	}
+	if len(bad) > 0 {
+		t.Fatalf("%d Warn/Error lines in a clean join", len(bad))
 	}
 }

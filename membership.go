@@ -19,16 +19,55 @@ const DefaultJoinTimeout = 30 * time.Second
 
 // AddVoter adds a voting member, or changes its address if id is already a
 // member elsewhere; it does nothing if id is already a voter at addr. Any
-// node may call it: a follower forwards it to the leader. The change is
-// committed when AddVoter returns nil. Failures are classified as for
-// Apply: not applied (already retried within ctx), unknown outcome,
-// invalid, not authorized or closed.
+// node may call it: a follower forwards it to the leader.
+//
+// A voter counts toward the quorum at once, so the leader first checks
+// that the node at addr answers as id, adds it as a non-voter, waits until
+// its log has reached the leader's commit index, and only then makes it a
+// voter: a mistyped address cannot cost the cluster its quorum. Give ctx
+// a deadline long enough for the new node to receive the log (without
+// one, Config.ApplyTimeout bounds the call). If the node never answers,
+// answers as another ID, or does not catch up in time, AddVoter fails
+// with an error that names the address and matches ErrNotApplied (or
+// ErrInvalidRequest, for another ID): nothing changed, and the non-voter
+// entry it may have made is removed again.
+//
+// If another ID holds addr (a member replaced by a new node at the same
+// address), or id is a member at another address (a node that moved), that
+// entry is removed once the node at addr has answered as id, and before the
+// new one is added. A non-voter at addr is promoted once it has caught up.
+//
+// The change is committed when AddVoter returns nil. Failures are
+// classified as for Apply: not applied (already retried within ctx),
+// unknown outcome, invalid, not authorized or closed. ForceAddVoter adds a
+// voter without the checks. During a rolling upgrade, a leader of a release
+// before this check adds the voter at once, as ForceAddVoter does.
 func (n *RaftNode) AddVoter(ctx context.Context, id, addr string) error {
 	return n.changeMembership(ctx, peer.OpAddVoter, id, addr)
 }
 
+// ForceAddVoter adds a voting member at once, as AddVoter did before it
+// checked its new voters: it neither waits for the node at addr to answer
+// nor for it to catch up. It is for an operator who knows better, for
+// example one who re-adds a member whose node is being rebuilt while the
+// rest of the cluster can spare its vote. Like AddVoter it does nothing
+// for a voter already at addr, and it removes an entry of another ID at
+// addr, or of id at another address, before it adds id; unlike AddVoter
+// it does so without asking who answers at addr.
+//
+// Its risk: the new voter counts toward the quorum from the moment it is
+// added. If nothing answers at addr (a typo, a node not started), a
+// one-node cluster never commits again (two votes of two are needed), and
+// a larger one loses its quorum as soon as one more member is down; only
+// RemoveServer on a quorum, or a recovery (see WriteRecovery), undoes it.
+// Prefer AddVoter.
+func (n *RaftNode) ForceAddVoter(ctx context.Context, id, addr string) error {
+	return n.changeMembership(ctx, opForceAddVoter, id, addr)
+}
+
 // AddNonvoter adds a member that receives the log but does not vote (a read
-// replica). Like AddVoter, it is idempotent and works from any node.
+// replica). Like AddVoter, it is idempotent and works from any node; a
+// non-voter cannot cost the quorum, so it is added at once.
 func (n *RaftNode) AddNonvoter(ctx context.Context, id, addr string) error {
 	return n.changeMembership(ctx, peer.OpAddNonvoter, id, addr)
 }
@@ -58,9 +97,15 @@ func (n *RaftNode) TransferLeadership(ctx context.Context, id string) error {
 	return n.changeMembership(ctx, peer.OpTransfer, id, "")
 }
 
+// opForceAddVoter is ForceAddVoter's operation. On the wire it is
+// OpAddVoter with Force set, which leaders of earlier releases read as
+// OpAddVoter, and added unchecked anyway.
+const opForceAddVoter = "force-add-voter"
+
 // membershipOps names the operations for errors.
 var membershipOps = map[string]string{
 	peer.OpAddVoter:    "add voter",
+	opForceAddVoter:    "force add voter",
 	peer.OpAddNonvoter: "add non-voter",
 	peer.OpRemove:      "remove server",
 	peer.OpTransfer:    "transfer leadership",
@@ -74,7 +119,7 @@ func (n *RaftNode) changeMembership(ctx context.Context, op, id, addr string) er
 		return err
 	}
 	switch op {
-	case peer.OpAddVoter, peer.OpAddNonvoter:
+	case peer.OpAddVoter, opForceAddVoter, peer.OpAddNonvoter:
 		if id == "" || addr == "" || strings.ContainsAny(id, "=\n") {
 			return wrapErr(ErrInvalidRequest, what, fmt.Errorf("need a server ID without '=' and an address, got %q at %q", id, addr))
 		}
@@ -100,6 +145,9 @@ func (n *RaftNode) changeMembership(ctx context.Context, op, id, addr string) er
 			dl, _ := ctx.Deadline()
 			var resp peer.MembershipResponse
 			req := &peer.MembershipRequest{Op: op, ID: id, Addr: addr, Timeout: int64(time.Until(dl)), Secret: n.cfg.JoinSecret}
+			if op == opForceAddVoter {
+				req.Op, req.Force = peer.OpAddVoter, true
+			}
 			var leader string
 			if leader, err = n.forward(ctx, what, peer.MethodMembership, req, &resp); err == nil {
 				err = n.fromWire(leader, resp.Err)
@@ -126,6 +174,8 @@ func (n *RaftNode) membershipHere(ctx context.Context, op, id, addr string) erro
 	}
 	switch op {
 	case peer.OpAddVoter:
+		return n.addVoterChecked(ctx, id, addr)
+	case opForceAddVoter:
 		return n.addServer(ctx, id, addr, true)
 	case peer.OpAddNonvoter:
 		return n.addServer(ctx, id, addr, false)
@@ -339,9 +389,9 @@ func (n *RaftNode) join() error {
 }
 
 // joinVia asks the member at addr, once, to add this node as a voter.
+// The leader may take the rest of the join's budget (ctx) to catch this
+// node up: a snapshot of a large state, say.
 func (n *RaftNode) joinVia(ctx context.Context, addr string) error {
-	ctx, cancel := context.WithTimeout(ctx, n.cfg.ApplyTimeout)
-	defer cancel()
 	var resp peer.MembershipResponse
 	req := &peer.MembershipRequest{Op: peer.OpAddVoter, ID: n.id, Addr: n.addr, Timeout: int64(n.timeLeft(ctx)), Secret: n.cfg.JoinSecret}
 	err := n.rpc.Call(ctx, addr, peer.MethodMembership, req, &resp)
@@ -386,13 +436,13 @@ func (n *RaftNode) memberErr() error {
 	default:
 		return nil
 	}
+	err := n.outsideErr(conf, list)
 	n.gate.mu.Lock()
 	n.gate.logOnce("removed", func() {
-		n.logger.Error("this node is not in its cluster's configuration: it was removed; restart it with Join (or add it with AddVoter) to bring it back",
-			"id", n.id, "configuration", list)
+		n.logger.Error("this node is not in its cluster's configuration", "id", n.id, "configuration", list, "error", err)
 	})
 	n.gate.mu.Unlock()
-	return wrapErr(ErrRemoved, "", fmt.Errorf("%s is not in the latest configuration %v (it was removed); to bring it back, restart it with Join (or add it with AddVoter), or wipe its Dir", n.id, list))
+	return err
 }
 
 // incompatibleErr is an error matching ErrIncompatible when this node

@@ -3,6 +3,7 @@ package raftkit_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -77,4 +78,97 @@ func ExampleRaftNode_Backup() {
 	v, _ := kv.Get("greeting")
 	fmt.Println("greeting:", string(v))
 	// Output: greeting: hello
+}
+
+// AddVoter checks its new voter before the cluster counts on it: where
+// nothing answers (a typo), it fails, changes nothing, and the cluster
+// keeps committing.
+func ExampleRaftNode_AddVoter() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	node, err := raftkit.NewRaftNode(raftkit.Config{InMemory: true, Addr: "n1", Peers: []string{"n1"}}, fsmexample.New())
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer node.Close()
+	if _, err := node.WaitForLeader(ctx); err != nil {
+		fmt.Println(err)
+		return
+	}
+	addCtx, cancelAdd := context.WithTimeout(ctx, time.Second)
+	defer cancelAdd()
+	err = node.AddVoter(addCtx, "n2", "n2-typo")
+	fmt.Println("added:", err == nil, "not applied:", errors.Is(err, raftkit.ErrNotApplied))
+	_, err = node.Apply(ctx, fsmexample.Set("still", []byte("writable")))
+	fmt.Println("write after:", err)
+	// Output:
+	// added: false not applied: true
+	// write after: <nil>
+}
+
+// ForceAddVoter counts on a voter that is not there yet: here a node being
+// rebuilt. Until it answers, the cluster (now two voters) commits nothing.
+func ExampleRaftNode_ForceAddVoter() {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	network := raftkit.NewMemNetwork()
+	n1, err := raftkit.NewRaftNode(raftkit.Config{InMemory: true, Network: network, Addr: "n1", Peers: []string{"n1"}}, fsmexample.New())
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer n1.Close()
+	if _, err := n1.WaitForLeader(ctx); err != nil {
+		fmt.Println(err)
+		return
+	}
+	if err := n1.ForceAddVoter(ctx, "n2", "n2"); err != nil {
+		fmt.Println(err)
+		return
+	}
+	// The rebuilt node starts without state and waits to be added: it is.
+	kv := fsmexample.New()
+	n2, err := raftkit.NewRaftNode(raftkit.Config{InMemory: true, Network: network, Addr: "n2"}, kv)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer n2.Close()
+	if _, err := n1.Apply(ctx, fsmexample.Set("k", []byte("v"))); err != nil {
+		fmt.Println(err)
+		return
+	}
+	if _, err := n2.WaitForLeader(ctx); err != nil {
+		fmt.Println(err)
+		return
+	}
+	voters := 0
+	for _, s := range n1.Status().Servers {
+		if s.Voter {
+			voters++
+		}
+	}
+	fmt.Println("voters:", voters)
+	// Output: voters: 2
+}
+
+// IsMember tells an application that adds its nodes itself whether a
+// (re)started node still needs adding.
+func ExampleRaftNode_IsMember() {
+	network := raftkit.NewMemNetwork()
+	member, err := raftkit.NewRaftNode(raftkit.Config{InMemory: true, Network: network, Addr: "n1", Peers: []string{"n1"}}, fsmexample.New())
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer member.Close()
+	fresh, err := raftkit.NewRaftNode(raftkit.Config{InMemory: true, Network: network, Addr: "n2"}, fsmexample.New())
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer fresh.Close()
+	fmt.Println("n1:", member.IsMember(), "n2:", fresh.IsMember())
+	// Output: n1: true n2: false
 }

@@ -47,7 +47,11 @@ func (h peerHandler) Membership(req *peer.MembershipRequest) peer.MembershipResp
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(req.Timeout))
 	defer cancel()
-	return peer.MembershipResponse{Err: toWire(n.membershipHere(ctx, req.Op, req.ID, req.Addr))}
+	op := req.Op
+	if op == peer.OpAddVoter && req.Force {
+		op = opForceAddVoter
+	}
+	return peer.MembershipResponse{Err: toWire(n.membershipHere(ctx, op, req.ID, req.Addr))}
 }
 
 // Closing records a clean-close notice only from a member: sent from a

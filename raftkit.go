@@ -316,7 +316,9 @@ type Config struct {
 	// Join lists addresses of existing cluster members. A node without
 	// state (and without Peers) asks them, in order, to add it as a voter;
 	// a member that does not lead names the leader, and the node asks it.
-	// A node with state joins again only if its configuration does not
+	// The leader adds it as AddVoter does: as a non-voter first, promoted
+	// once the leader sees that its log has caught up, so a request to the
+	// leader may take the rest of JoinTimeout. A node with state joins again only if its configuration does not
 	// contain it (it was removed, see ErrRemoved, or it stopped before it
 	// received the configuration that added it); otherwise it is already a
 	// member. Join and
@@ -604,7 +606,7 @@ func settleAddress(c Config) (nodeAddress, error) {
 			return a, configErr("AdvertiseAddr", "", "required when Addr %q binds all interfaces: other nodes need an address they can reach", c.Addr)
 		}
 		if port == "0" && len(c.Peers) > 0 && c.AdvertiseAddr == "" {
-			return a, configErr("Addr", c.Addr, "port 0 cannot be combined with Peers: the other nodes need to know this node's port in advance")
+			return a, configErr("Addr", c.Addr, "port 0 cannot be combined with Peers: the other nodes need to know this node's port in advance; to let the system pick it, bind the listener yourself and pass it as Config.Listener, with its address in Addr and in every node's Peers")
 		}
 	}
 	if c.ID == "" {

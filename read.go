@@ -36,7 +36,7 @@ func (n *RaftNode) LinearizableRead(ctx context.Context) (err error) {
 	if err := n.checkOpen(); err != nil {
 		return err
 	}
-	if err := n.memberErr(); err != nil {
+	if err := n.callMemberErr(ctx); err != nil {
 		return notApplied("linearizable read", err)
 	}
 	if err := doneErr(ctx, "linearizable read"); err != nil {

@@ -87,11 +87,14 @@ type Error struct {
 }
 
 // Request is the JSON body of POST transfer-leadership (ID optional:
-// raft picks), remove-server (ID) and join (ID, Addr, Nonvoter).
+// raft picks), remove-server (ID) and join (ID, Addr, Nonvoter, Force).
 type Request struct {
 	ID       string `json:"id"`
 	Addr     string `json:"addr,omitempty"`
 	Nonvoter bool   `json:"nonvoter,omitempty"`
+	// Force adds a voter with RaftNode.ForceAddVoter: at once, without
+	// AddVoter's check that it answers and has caught up. See its risk.
+	Force bool `json:"force,omitempty"`
 }
 
 // Handler returns an http.Handler with node's operational routes, for
@@ -105,7 +108,7 @@ type Request struct {
 //	POST snapshot             take a snapshot now (opts.AllowMutations)
 //	POST transfer-leadership  {"id": "..."} or {} (opts.AllowMutations)
 //	POST remove-server        {"id": "..."} (opts.AllowMutations)
-//	POST join                 {"id", "addr", "nonvoter"} (opts.AllowMutations)
+//	POST join                 {"id", "addr", "nonvoter", "force"} (opts.AllowMutations)
 //	POST restore              body: a Backup stream; leader only (opts.AllowMutations)
 //
 // Disabled routes answer 403, wrong methods 405. Errors are Error
@@ -322,9 +325,15 @@ func (a *admin) join(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var err error
-	if req.Nonvoter {
+	switch {
+	case req.Nonvoter && req.Force:
+		writeJSON(w, http.StatusBadRequest, Error{Error: "raftkit admin: join: force applies to voters only, not with nonvoter", Code: "invalid"})
+		return
+	case req.Nonvoter:
 		err = a.n.AddNonvoter(r.Context(), req.ID, req.Addr)
-	} else {
+	case req.Force:
+		err = a.n.ForceAddVoter(r.Context(), req.ID, req.Addr)
+	default:
 		err = a.n.AddVoter(r.Context(), req.ID, req.Addr)
 	}
 	if err != nil {

@@ -172,6 +172,23 @@ func TestAdminRoutesOnThreeNodeTCPCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("join of a voter where nothing answers", func(t *testing.T) {
+		// The admin route goes through AddVoter's checks: a mistyped
+		// address is refused, and the cluster keeps its three voters.
+		addrs, lns := reservePorts(t, 1)
+		typo := addrs[0]
+		lns[0].Close() // nothing listens there
+		var e Error
+		if code := adminCall(t, srvs[f], "POST", "/join", Request{ID: "typo", Addr: typo}, &e); code != 503 || e.Code != "not_applied" || !strings.Contains(e.Error, typo) {
+			t.Fatalf("join at a mistyped address: HTTP %d %+v, want 503 not_applied naming %s", code, e, typo)
+		}
+		var st raftkit.Status
+		adminCall(t, srvs[l], "GET", "/status", nil, &st)
+		if len(st.Servers) != 3 {
+			t.Fatalf("after the refused join: %+v", st.Servers)
+		}
+	})
+
 	t.Run("bad requests", func(t *testing.T) {
 		var e Error
 		if code := adminCall(t, srvs[f], "POST", "/remove-server", nil, &e); code != 400 || e.Error == "" {

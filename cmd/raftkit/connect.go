@@ -16,7 +16,6 @@ import (
 	"net/url"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 )
 
@@ -24,33 +23,44 @@ import (
 type header struct{ name, value string }
 
 // headerFlag is the flag.Value of -header: each use appends one header.
-type headerFlag []header
+type headerFlag struct {
+	list []header
+	// err is the first malformed -header, reported by connect: the flag
+	// package would print the raw value of an error Set returned, and a
+	// header's value is often a secret.
+	err error
+}
 
 // String is empty: header values are often secrets, and the flag package
 // prints String as the default in the help.
 func (h *headerFlag) String() string { return "" }
 
+// Set adds one header; a malformed one is kept in h.err, not returned.
 func (h *headerFlag) Set(s string) error {
 	hd, err := parseHeader(s)
 	if err != nil {
-		return err
+		if h.err == nil {
+			h.err = fmt.Errorf("%w: -header: %v", errUsage, err)
+		}
+		return nil
 	}
-	*h = append(*h, hd)
+	h.list = append(h.list, hd)
 	return nil
 }
 
 // parseHeader parses "Name: value" (spaces around the value are dropped).
 // It checks what net/http would otherwise refuse only when sending, in a
-// message that names the request rather than the bad input.
+// message that names the request rather than the bad input. Its errors
+// name the header, never its value.
 func parseHeader(s string) (header, error) {
 	name, value, ok := strings.Cut(s, ":")
 	switch {
 	case !ok:
 		return header{}, fmt.Errorf("header %s is not 'Name: value' (no colon)", redacted(s))
 	case name == "":
-		return header{}, fmt.Errorf("header %s has an empty name", redacted(s))
+		return header{}, fmt.Errorf("header \": …\" (%d bytes) has an empty name", len(s))
 	case !isToken(name):
-		return header{}, fmt.Errorf("header %s: name %q may hold only letters, digits and !#$%%&'*+-.^_`|~", redacted(s), name)
+		return header{}, fmt.Errorf("header name %q may hold only letters, digits and !#$%%&'*+-.^_`|~", name)
 	}
 	value = strings.Trim(value, " \t")
 	if strings.ContainsFunc(value, func(r rune) bool { return r < ' ' && r != '\t' || r == 0x7f }) {
@@ -59,14 +69,14 @@ func parseHeader(s string) (header, error) {
 	return header{http.CanonicalHeaderKey(name), value}, nil
 }
 
-// redacted quotes the start of a malformed header, enough to find it,
-// but not a token it may carry.
+// redacted names a header that has no colon without what may be its
+// value: its first word, if that could be a name and more follows
+// ("Authorization Bearer TOKEN"), else only its length (a token alone).
 func redacted(s string) string {
-	const shown = 12
-	if len(s) <= shown {
-		return strconv.Quote(s)
+	if name, _, ok := strings.Cut(strings.TrimLeft(s, " \t"), " "); ok && name != "" && isToken(name) {
+		return fmt.Sprintf("%q (%d bytes)", name+" …", len(s))
 	}
-	return fmt.Sprintf("%q (%d bytes)", s[:shown]+"…", len(s))
+	return fmt.Sprintf("of %d bytes", len(s))
 }
 
 // isToken reports whether s is an HTTP token (RFC 9110), the syntax of a
@@ -85,7 +95,7 @@ func isToken(s string) bool {
 // ($RAFTKIT_HEADER, one per line; blank lines are skipped), then those of
 // -header. A -header replaces the environment's header of the same name,
 // as -admin replaces $RAFTKIT_ADMIN; several -header of one name all go.
-func requestHeader(env string, flags headerFlag) (http.Header, error) {
+func requestHeader(env string, flags []header) (http.Header, error) {
 	h := http.Header{}
 	for i, line := range strings.Split(env, "\n") {
 		line = strings.TrimSuffix(line, "\r")
@@ -111,7 +121,10 @@ func requestHeader(env string, flags headerFlag) (http.Header, error) {
 // It runs before the command, so that a mistake in them is reported
 // before anything is sent.
 func (c *cli) connect() error {
-	h, err := requestHeader(c.envHeader, c.headers)
+	if c.headers.err != nil {
+		return c.headers.err
+	}
+	h, err := requestHeader(c.envHeader, c.headers.list)
 	if err != nil {
 		return err
 	}

@@ -10,7 +10,7 @@
 //
 //	raftkit [flags] status
 //	raftkit [flags] peers
-//	raftkit [flags] join [-nonvoter] ID ADDR
+//	raftkit [flags] join [-nonvoter | -force] ID ADDR
 //	raftkit [flags] remove ID
 //	raftkit [flags] transfer [ID]
 //	raftkit [flags] snapshot
@@ -77,7 +77,11 @@ const usage = `usage: raftkit COMMAND [ARGS] [flags]   (flags may also come firs
 Against a running node's admin handler (-admin URL):
   status                     the node's state, term, indexes and leader
   peers                      the cluster's servers and their suffrage
-  join [-nonvoter] ID ADDR   add a server (voter unless -nonvoter)
+  join [-nonvoter] ID ADDR   add a server (voter unless -nonvoter): a voter
+                             only once it answers and has caught up
+  join -force ID ADDR        add a voter at once, unchecked: if nothing
+                             answers at ADDR it still counts toward the
+                             quorum (replacing a dead member, say)
   remove ID                  remove a server
   transfer [ID]              hand leadership to ID (or let raft pick)
   snapshot                   take a snapshot now
@@ -132,6 +136,7 @@ type cli struct {
 	client    *http.Client // with the TLS settings of the flags
 	// Flags of single commands.
 	nonvoter bool // join
+	force    bool // join
 	yes      bool // restore, recover
 	out      io.Writer
 	errOut   io.Writer
@@ -152,6 +157,7 @@ var commands = map[string]command{
 	"peers":  {run: (*cli).peers},
 	"join": {run: (*cli).join, flags: func(c *cli, fs *flag.FlagSet) {
 		fs.BoolVar(&c.nonvoter, "nonvoter", false, "add a non-voting member (read replica)")
+		fs.BoolVar(&c.force, "force", false, "add a voter at once, without checking that it answers and has caught up (it counts toward the quorum even if nothing answers)")
 	}},
 	"remove":   {run: (*cli).remove},
 	"transfer": {run: (*cli).transfer},
@@ -452,12 +458,12 @@ func (c *cli) membership(ctx context.Context, route string, req any, done func(r
 }
 
 func (c *cli) join(ctx context.Context, args []string) error {
-	if len(args) != 2 {
-		return fmt.Errorf("%w: join [-nonvoter] ID ADDR", errUsage)
+	if len(args) != 2 || (c.nonvoter && c.force) {
+		return fmt.Errorf("%w: join [-nonvoter | -force] ID ADDR", errUsage)
 	}
 	id, addr := args[0], args[1]
 	msg := fmt.Sprintf("added %s at %s", id, addr)
-	return c.membership(ctx, "join", admin.Request{ID: id, Addr: addr, Nonvoter: c.nonvoter}, func(raftkit.Status) string { return msg })
+	return c.membership(ctx, "join", admin.Request{ID: id, Addr: addr, Nonvoter: c.nonvoter, Force: c.force}, func(raftkit.Status) string { return msg })
 }
 
 func (c *cli) remove(ctx context.Context, args []string) error {

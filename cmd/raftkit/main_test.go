@@ -285,6 +285,27 @@ func TestCLIOperatesLiveCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("join at a mistyped address, then -force", func(t *testing.T) {
+		typo := freeAddr(t) // nothing listens there
+		r := runCLIEnv(t, nil, bin, "join", "typo", typo, "-admin", adminF)
+		if r.code != 1 || !strings.Contains(r.stderr, typo) || !strings.Contains(r.stderr, "the configuration is unchanged") {
+			t.Fatalf("join at a mistyped address: exit %d, stderr %s", r.code, r.stderr)
+		}
+		if st := c.nodes[l].Status(); len(st.Servers) != 3 {
+			t.Fatalf("after the refused join: %+v", st.Servers)
+		}
+		// The operator's override: added at once, a voter nothing answers
+		// for (three of four voters still commit), then removed.
+		out := must(t, bin, "join", "-force", "ghost", typo, "-admin", adminF)
+		if row := peerRow(out, "ghost"); row == nil || row[2] != "Voter" {
+			t.Fatalf("join -force's table does not show ghost as a voter:\n%s", out)
+		}
+		must(t, bin, "remove", "-admin", adminF, "ghost")
+		if r := runCLIEnv(t, nil, bin, "join", "-force", "-nonvoter", "x", typo, "-admin", adminF); r.code != 2 {
+			t.Fatalf("join -force -nonvoter: exit %d, want 2 (bad usage)", r.code)
+		}
+	})
+
 	var backup string
 	t.Run("backup and restore", func(t *testing.T) {
 		backup = filepath.Join(t.TempDir(), "state.backup")

@@ -6,7 +6,10 @@ const MethodBootstrap = Service + ".Bootstrap"
 
 // BootstrapRequest is sent by a node without raft state that was given a
 // Peers list, to each node of that list, before it bootstraps: it tells
-// the peer its own list and asks for the peer's.
+// the peer its own list and asks for the peer's. A leader sends one to a
+// server it is about to promote to voter, to learn who answers at its
+// address and how far its log has come (BootstrapResponse's ID, Servers
+// and LastIndex).
 type BootstrapRequest struct {
 	ID   string
 	Addr string
@@ -35,4 +38,8 @@ type BootstrapResponse struct {
 	// Support is how many nodes (the responder included) hold the
 	// responder's list, as far as it last saw.
 	Support int
+	// LastIndex is the responder's last log index (a snapshot's, if
+	// later). A leader asks a new voter for it before it promotes it (see
+	// raftkit's AddVoter); nodes of releases before the field send none (0).
+	LastIndex uint64 `codec:",omitempty"`
 }

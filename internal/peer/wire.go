@@ -146,6 +146,10 @@ type MembershipRequest struct {
 	Timeout int64
 	// Secret is the sender's Config.JoinSecret.
 	Secret string
+	// Force, with OpAddVoter, adds the voter at once, without first
+	// checking that it answers and has caught up. A leader of a release
+	// that does not know the field ignores it, and adds every voter so.
+	Force bool `codec:",omitempty"`
 }
 
 // MembershipResponse carries an error, if any.

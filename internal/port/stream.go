@@ -139,9 +139,9 @@ func Open(o Options) (*Mux, *raft.NetworkTransport, error) {
 			var ae *net.AddrError
 			if err != nil && dialer.LocalAddr != nil && (errors.As(err, &ae) || errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.EINVAL)) {
 				dialer.LocalAddr = nil
-				return dialer.DialContext(ctx, "tcp", addr)
+				conn, err = dialer.DialContext(ctx, "tcp", addr)
 			}
-			return conn, err
+			return conn, withoutSource(err)
 		}
 	}
 	mux := newMux(ln, advertise, dial, o.TLS, o.Logger.Named("mux"), o.Members, !memory, requestBudget(o.MaxCommand), o.Profile)
@@ -181,3 +181,14 @@ func boundAddr(advertise string, ln net.Addr) string {
 
 // Advertise is the address other nodes reach this node at.
 func (m *Mux) Advertise() string { return m.advertise }
+
+// withoutSource drops a failed dial's source address from its text: the
+// dialer binds only the advertised host, so the source reads "host:0->"
+// and says nothing of use.
+func withoutSource(err error) error {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Source != nil {
+		op.Source = nil
+	}
+	return err
+}
