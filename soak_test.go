@@ -8,11 +8,11 @@ import (
 	"hash/fnv"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -159,8 +159,39 @@ type soakStats struct {
 	errors   atomic.Int64
 	slowest  atomic.Int64 // ns, of writes completed since the last sample
 	mu       sync.Mutex
-	lat      []time.Duration
+	lat      latencies
 	firstErr error
+}
+
+// latencies is a histogram of write latencies in fixed memory (an hour of
+// writes kept one by one took 80 MiB, which the heap check then counted):
+// 64 buckets per power of two from 1 µs, so a percentile is within 1.1 %.
+type latencies struct {
+	buckets [40 * 64]int64
+	n       int64
+	max     time.Duration
+}
+
+const latSub = 64
+
+func (l *latencies) add(d time.Duration) {
+	us := max(float64(d)/float64(time.Microsecond), 1)
+	i := min(int(math.Log2(us)*latSub), len(l.buckets)-1)
+	l.buckets[i]++
+	l.n++
+	l.max = max(l.max, d)
+}
+
+// pct is the p-th quantile (0 < p < 1), to the bucket's upper bound.
+func (l *latencies) pct(p float64) time.Duration {
+	want := int64(math.Ceil(p * float64(l.n)))
+	var seen int64
+	for i, c := range l.buckets {
+		if seen += c; c > 0 && seen >= want {
+			return time.Duration(math.Exp2(float64(i+1)/latSub) * float64(time.Microsecond)).Round(10 * time.Microsecond)
+		}
+	}
+	return l.max
 }
 
 func (s *soakStats) done(d time.Duration, err error) {
@@ -180,7 +211,7 @@ func (s *soakStats) done(d time.Duration, err error) {
 		}
 	}
 	s.mu.Lock()
-	s.lat = append(s.lat, d)
+	s.lat.add(d)
 	s.mu.Unlock()
 }
 
@@ -344,23 +375,12 @@ func soak(t *testing.T, kind LogStoreKind, class soakClass, d time.Duration) {
 		fail("heap %d MiB 10 s after the writes stopped, over %d MiB", heap>>20, soakHeapLimit>>20)
 	}
 	stats.mu.Lock()
-	lat := slices.Clone(stats.lat)
+	lat := stats.lat
 	stats.mu.Unlock()
-	slices.Sort(lat)
-	pct := func(p float64) time.Duration {
-		if len(lat) == 0 {
-			return 0
-		}
-		return lat[min(len(lat)-1, int(p*float64(len(lat))))].Round(10 * time.Microsecond)
-	}
-	var maxLat time.Duration
-	if len(lat) > 0 {
-		maxLat = lat[len(lat)-1]
-	}
 	first, _ := nodes[0].stores.Log.FirstIndex()
 	last, _ := nodes[0].stores.Log.LastIndex()
 	t.Logf("SOAK %s %s: %s, %d writes (%.0f/s), p50 %s p99 %s max %s, largest directory %d MiB, peak heap %d MiB, heap after 10 s idle %d MiB, log %d-%d, errors %d",
-		kind, class.name, elapsed.Round(time.Second), len(lat), float64(len(lat))/elapsed.Seconds(), pct(0.5), pct(0.99), maxLat.Round(time.Millisecond),
+		kind, class.name, elapsed.Round(time.Second), lat.n, float64(lat.n)/elapsed.Seconds(), lat.pct(0.5), lat.pct(0.99), lat.max.Round(time.Millisecond),
 		maxDir>>20, maxHeap>>20, heap>>20, first, last, stats.errors.Load())
 	if n := stats.errors.Load(); n > 0 {
 		stats.mu.Lock()
