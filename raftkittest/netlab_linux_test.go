@@ -393,3 +393,29 @@ func TestNetLabCutsAndHealsRealLinks(t *testing.T) {
 		}
 	}
 }
+
+func TestSweepDeadLabsRemovesOnlyTheLabsOfDeadProcesses(t *testing.T) {
+	needNetLab(t)
+	dead := 0
+	for pid := 4000000; pid < 4100000; pid++ {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); os.IsNotExist(err) {
+			dead = pid
+			break
+		}
+	}
+	deadNS := fmt.Sprintf("%s-%d-1-hub", labNamePrefix, dead)
+	liveNS := fmt.Sprintf("%s-%d-1-hub", labNamePrefix, os.Getppid())
+	for _, ns := range []string{deadNS, liveNS} {
+		if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+			t.Fatalf("ip netns add %s: %v %s", ns, err, out)
+		}
+		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	}
+	sweepDeadLabs(t)
+	if _, err := os.Stat("/run/netns/" + deadNS); err == nil {
+		t.Errorf("%s (pid %d is gone) survived the sweep", deadNS, dead)
+	}
+	if _, err := os.Stat("/run/netns/" + liveNS); err != nil {
+		t.Errorf("%s (pid %d is alive) was swept: %v", liveNS, os.Getppid(), err)
+	}
+}
