@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/anishathalye/porcupine"
+
+	"github.com/raftkit/raftkit"
 )
 
 // The partition test: five real node processes (internal/kvnode over
@@ -104,12 +106,13 @@ func TestPartitionsWithRealProcesses(t *testing.T) {
 		sum.ops += s.ops
 		sum.acked += s.acked
 		sum.unknown += s.unknown
+		sum.gap = max(sum.gap, s.gap)
 		if s.longest > sum.longest {
 			sum.longest, sum.longestAfter = s.longest, s.longestAfter
 		}
 	}
-	t.Logf("PARTITIONS total: histories=%d time=%s faults=%d ops=%d acked_unique=%d unknown_writes=%d longest_unavailability=%s (after %s)",
-		len(all), time.Since(start).Round(time.Second), sum.faults, sum.ops, sum.acked, sum.unknown, sum.longest.Round(time.Millisecond), sum.longestAfter)
+	t.Logf("PARTITIONS total: histories=%d time=%s faults=%d ops=%d acked_unique=%d unknown_writes=%d longest_unavailability=%s (after %s) longest_gap_between_acks=%s",
+		len(all), time.Since(start).Round(time.Second), sum.faults, sum.ops, sum.acked, sum.unknown, sum.longest.Round(time.Millisecond), sum.longestAfter, sum.gap.Round(time.Millisecond))
 }
 
 // partitionSummary is what one history did, for the log.
@@ -117,6 +120,7 @@ type partitionSummary struct {
 	faults, ops, acked, unknown int
 	longest                     time.Duration
 	longestAfter                string
+	gap                         time.Duration // longest time between two acknowledgements
 }
 
 // partitionRun is one history: the lab, the processes, the clients and
@@ -164,11 +168,7 @@ func runPartitionHistory(t *testing.T, seed uint64, length time.Duration) partit
 		healed := time.Now()
 		wait := r.clients.firstAckAfter(t, healed, 4*partitionHealBound)
 		heals = append(heals, healRecord{what: what, wait: wait})
-		leader := "none"
-		if st, err := r.pc.status(r.pc.procs[0]); err == nil {
-			leader = fmt.Sprintf("%s term %d", st.LeaderID, st.Term)
-		}
-		t.Logf("fault %d: %s; healed, first write acknowledged after %s; leader %s", i+1, what, wait.Round(time.Millisecond), leader)
+		t.Logf("fault %d: %s; healed, first write acknowledged after %s; leader %s", i+1, what, wait.Round(time.Millisecond), r.leaderNow())
 	}
 	r.clients.stop()
 
@@ -177,7 +177,7 @@ func runPartitionHistory(t *testing.T, seed uint64, length time.Duration) partit
 	r.assertReplicasIdentical()
 	r.clients.assertClassified(t)
 
-	s := partitionSummary{faults: len(heals), acked: len(w.acks.list())}
+	s := partitionSummary{faults: len(heals), acked: len(w.acks.list()), gap: r.clients.longestGap()}
 	s.ops, s.unknown = w.rec.counts()
 	var over []string
 	for _, h := range heals {
@@ -188,8 +188,9 @@ func runPartitionHistory(t *testing.T, seed uint64, length time.Duration) partit
 			over = append(over, fmt.Sprintf("%s: %s", h.what, h.wait.Round(time.Millisecond)))
 		}
 	}
-	t.Logf("PARTITIONS seed=%d time=%s faults=%d ops=%d acked_unique=%d unknown_writes=%d longest_unavailability=%s (after %s) classes=%s",
-		seed, time.Since(begin).Round(time.Second), s.faults, s.ops, s.acked, s.unknown, s.longest.Round(time.Millisecond), s.longestAfter, r.clients.classes())
+	t.Logf("PARTITIONS seed=%d time=%s faults=%d ops=%d acked_unique=%d unknown_writes=%d longest_unavailability=%s (after %s) longest_gap_between_acks=%s classes=%s",
+		seed, time.Since(begin).Round(time.Second), s.faults, s.ops, s.acked, s.unknown, s.longest.Round(time.Millisecond), s.longestAfter,
+		s.gap.Round(time.Millisecond), r.clients.classes())
 	if len(over) > 0 {
 		t.Errorf("writes were unavailable for longer than %s after a heal: %s (replay: %s)", partitionHealBound, strings.Join(over, "; "), replay)
 	}
@@ -240,6 +241,21 @@ func (r *partitionRun) start(n int) {
 		r.assertNodeIsOwnProcess(p)
 	}
 	r.pc.leader()
+}
+
+// leaderNow names the leader of the highest term any node reports, for
+// the log.
+func (r *partitionRun) leaderNow() string {
+	var best raftkit.Status
+	for _, p := range r.pc.procs {
+		if st, err := r.pc.status(p); err == nil && st.LeaderID != "" && st.Term > best.Term {
+			best = st
+		}
+	}
+	if best.LeaderID == "" {
+		return "unknown"
+	}
+	return fmt.Sprintf("%s term %d", best.LeaderID, best.Term)
 }
 
 // assertNodeIsOwnProcess checks that the wrapper exec'd into kvnode, so
@@ -602,6 +618,18 @@ func (c *labClients) assertClassified(t *testing.T) {
 	if n := c.tally["unclassified"]; n > 0 {
 		t.Errorf("%d calls failed without an outcome class; the first: %s", n, strings.Join(c.unclassified, " | "))
 	}
+}
+
+// longestGap is the longest time between two acknowledgements, faults
+// included: how long writes were unavailable at worst.
+func (c *labClients) longestGap() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var gap time.Duration
+	for i := 1; i < len(c.ackTimes); i++ {
+		gap = max(gap, c.ackTimes[i].ret.Sub(c.ackTimes[i-1].ret))
+	}
+	return gap
 }
 
 // firstAckAfter waits for the first write that was called after healed to
