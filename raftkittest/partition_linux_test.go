@@ -148,6 +148,7 @@ func runPartitionHistory(t *testing.T, seed uint64, length time.Duration) partit
 	r := &partitionRun{t: t, rng: rand.New(rand.NewPCG(seed, 31)), long: length > 0, stopped: map[*proc]bool{}}
 	r.start(5)
 	r.clients = startLabClients(r.pc, 6, seed, "linearizable")
+	t.Cleanup(r.clients.stop) // on failure; stopping twice is harmless
 
 	// Faults come in rounds, each a shuffle of every kind; a short run
 	// is two rounds.
@@ -665,7 +666,7 @@ func TestPartitionCheckCatchesStaleReads(t *testing.T) {
 	r := &partitionRun{t: t, rng: rand.New(rand.NewPCG(1, 31)), stopped: map[*proc]bool{}}
 	r.start(5)
 	r.clients = startLabClients(r.pc, 6, 1, "stale")
-	defer r.clients.stop()
+	t.Cleanup(r.clients.stop)
 	for i := 0; i < 8; i++ {
 		pause(t.Context(), 500*time.Millisecond)
 		what := r.inject("isolate-leader")
