@@ -9,6 +9,9 @@
 //	GET /kv/{key}?consistency=linearizable 200 value; 404 absent; 503 no read
 //	GET /dump                             this node's whole store, JSON, after a read barrier
 //	GET /status                           raftkit.Status, JSON
+//
+// Answers to calls that failed carry the error's class in X-Class
+// (raftkit.Classify's String).
 package main
 
 import (
@@ -77,6 +80,7 @@ func main() {
 			return
 		}
 		_, err = node.Apply(r.Context(), fsmexample.Set(r.PathValue("key"), value))
+		w.Header().Set("X-Class", raftkit.Classify(err).String())
 		switch raftkit.Classify(err) {
 		case raftkit.Applied:
 			w.Header().Set("X-Outcome", "applied")
@@ -92,6 +96,7 @@ func main() {
 	mux.HandleFunc("GET /kv/{key}", func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Query().Get("consistency") != "stale" {
 			if err := node.LinearizableRead(r.Context()); err != nil {
+				w.Header().Set("X-Class", raftkit.Classify(err).String())
 				http.Error(w, err.Error(), http.StatusServiceUnavailable)
 				return
 			}
