@@ -494,7 +494,6 @@ type fuzzConn struct {
 	readerDone chan struct{}
 	mu         sync.Mutex
 	resps      map[uint64][]fuzzResponse
-	unexpected []string
 }
 
 type fuzzWrite struct {

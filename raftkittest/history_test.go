@@ -10,8 +10,8 @@ import (
 )
 
 var (
-	unknownErr    = fmt.Errorf("apply: %w", raftkit.ErrUnknownOutcome)
-	notAppliedErr = fmt.Errorf("apply: %w", raftkit.ErrNotApplied)
+	errUnknownOutcome    = fmt.Errorf("apply: %w", raftkit.ErrUnknownOutcome)
+	errNotApplied = fmt.Errorf("apply: %w", raftkit.ErrNotApplied)
 )
 
 func write(h *raftkittest.History[string, kvCall, string], v string, err error) {
@@ -40,29 +40,29 @@ func TestHistoryMapsOutcomeClasses(t *testing.T) {
 		}, false},
 		// An unknown outcome may take effect after the call returned.
 		{"unknown write seen later", func(h *raftkittest.History[string, kvCall, string]) {
-			write(h, "a", unknownErr)
+			write(h, "a", errUnknownOutcome)
 			read(h, 0, "", nil)
 			read(h, 1, "a", nil)
 		}, true},
 		// ... or never.
 		{"unknown write never seen", func(h *raftkittest.History[string, kvCall, string]) {
-			write(h, "a", unknownErr)
+			write(h, "a", errUnknownOutcome)
 			read(h, 0, "", nil)
 		}, true},
 		// ... but not before it was called.
 		{"unknown write seen before its call", func(h *raftkittest.History[string, kvCall, string]) {
 			read(h, 0, "a", nil)
-			write(h, "a", unknownErr)
+			write(h, "a", errUnknownOutcome)
 		}, false},
 		// A not-applied write had no effect: reading its value is a bug.
 		{"not-applied write seen", func(h *raftkittest.History[string, kvCall, string]) {
-			write(h, "a", notAppliedErr)
+			write(h, "a", errNotApplied)
 			read(h, 0, "a", nil)
 		}, false},
 		// A failed read saw nothing, whatever it returned.
 		{"failed read", func(h *raftkittest.History[string, kvCall, string]) {
 			write(h, "a", nil)
-			read(h, 0, "garbage", unknownErr)
+			read(h, 0, "garbage", errUnknownOutcome)
 		}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -96,13 +96,12 @@ type Mux struct {
 
 	// profile is what this node says of itself in its hellos; peers is
 	// what it learned of its peers' by dialling them (see protocol.go),
-	// kept for the addresses of memberAddrs: the static ones and those of
-	// raft's latest configuration. refusedLogged holds the refusals logged
+	// kept for the members' addresses (setMemberAddrs): the static ones and
+	// those of raft's latest configuration. refusedLogged holds the refusals logged
 	// (bounded by maxRefusalsLogged).
 	profile       peer.Profile
 	peers         peerTable
 	staticAddrs   []string
-	memberAddrs   atomic.Pointer[map[string]bool]
 	refusedMu     sync.Mutex
 	refusedLogged map[string]bool
 

@@ -157,11 +157,8 @@ func (m *Mux) setMemberAddrs(addrs []string) {
 	for _, a := range append(slices.Clone(m.staticAddrs), addrs...) {
 		set[a] = true
 	}
-	m.memberAddrs.Store(&set)
 	m.peers.keepOnly(set)
 }
-
-func (m *Mux) isMemberAddr(addr string) bool { return (*m.memberAddrs.Load())[addr] }
 
 // Profile is what this node says of itself.
 func (m *Mux) Profile() peer.Profile { return m.profile }
