@@ -10,8 +10,8 @@ import (
 )
 
 var (
-	errUnknownOutcome    = fmt.Errorf("apply: %w", raftkit.ErrUnknownOutcome)
-	errNotApplied = fmt.Errorf("apply: %w", raftkit.ErrNotApplied)
+	errUnknownOutcome = fmt.Errorf("apply: %w", raftkit.ErrUnknownOutcome)
+	errNotApplied     = fmt.Errorf("apply: %w", raftkit.ErrNotApplied)
 )
 
 func write(h *raftkittest.History[string, kvCall, string], v string, err error) {
