@@ -93,6 +93,9 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 }
 
 func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if h, ok := f.(*file); ok {
+		return h.Setattr(ctx, in, out)
+	}
 	n.p.mu.Lock()
 	defer n.p.mu.Unlock()
 	if size, ok := in.GetSize(); ok {

@@ -32,7 +32,6 @@
 package powerloss
 
 import (
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -258,26 +257,32 @@ func (p *FS) identify(path string, st *syscall.Stat_t) (uint64, error) {
 	}
 	p.nextID++
 	id := p.nextID
-	p.byIno[st.Ino] = id
 	if st.Mode&syscall.S_IFMT == syscall.S_IFDIR {
+		p.byIno[st.Ino] = id
 		p.dirs[id] = map[string]entry{}
 		return id, nil
 	}
 	if err := os.Link(path, p.idPath(id)); err != nil {
 		return 0, err
 	}
+	p.byIno[st.Ino] = id
 	p.files[id] = &fileState{}
 	return id, nil
 }
 
 func (p *FS) idPath(id uint64) string { return filepath.Join(p.ids, fmt.Sprint(id)) }
 
-// created records a file or directory made through the mount: it is new,
-// so its synced content is empty. Called with mu held.
+// created records a file or directory just made through the mount: it is
+// new, so its synced content is empty. A directory's inode number may be
+// one a removed directory had (nothing keeps removed directories alive),
+// so a new directory always gets a new identity. Called with mu held.
 func (p *FS) created(path string) {
 	var st syscall.Stat_t
 	if err := syscall.Lstat(path, &st); err != nil {
 		return
+	}
+	if st.Mode&syscall.S_IFMT == syscall.S_IFDIR {
+		delete(p.byIno, st.Ino)
 	}
 	if _, ok := p.byIno[st.Ino]; ok {
 		return
@@ -462,7 +467,7 @@ func (p *FS) rebuild(dirID uint64, path string, seen map[uint64]bool) error {
 			}
 			continue
 		}
-		if err := os.Link(p.idPath(e.id), child); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := os.Link(p.idPath(e.id), child); err != nil {
 			return err
 		}
 	}
