@@ -169,7 +169,7 @@ func Open(o Options) (*Stores, error) {
 	if o.Memory != nil {
 		return &Stores{Log: o.Memory.Logs, Stable: o.Memory.Logs, Snaps: o.Memory.Snaps}, nil
 	}
-	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
+	if err := mkdirDurable(o.Dir); err != nil {
 		return nil, sentinel.Field("Dir", o.Dir, "cannot be created: %v", err)
 	}
 	snaps, err := openSnapshotStore(o.Dir, o.SnapshotRetain, o.Logger)
@@ -182,6 +182,12 @@ func Open(o Options) (*Stores, error) {
 	logs, stable, closer, logPath, err := openLogStore(o.Dir, o.Kind, false, snaps, o.Logger)
 	if err != nil {
 		return nil, err
+	}
+	// The names snapshots/ and wal/ (made just now if new) must survive
+	// a power cut before anything is written under them.
+	if err := syncDir(o.Dir); err != nil {
+		closer()
+		return nil, fmt.Errorf("raftkit: sync data directory %s: %w", o.Dir, err)
 	}
 	// With the log store's lock held, no other node writes snapshots here.
 	removeTempSnapshots(o.Dir, o.Logger)
