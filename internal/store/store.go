@@ -228,7 +228,7 @@ func openSnapshotStore(dir string, retain int, logger hclog.Logger) (raft.Snapsh
 	if err != nil {
 		return nil, fmt.Errorf("raftkit: open snapshot store %s: %w", filepath.Join(dir, SnapshotDir), err)
 	}
-	return snaps, nil
+	return &syncedSnapshots{SnapshotStore: snaps, dir: filepath.Join(dir, SnapshotDir)}, nil
 }
 
 // Stopped is a stopped node's data directory, locked and opened for an
