@@ -43,11 +43,14 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	if flags&syscall.O_TRUNC != 0 {
 		n.p.truncating(path, 0)
 	}
+	_, statErr := os.Lstat(path)
 	f, err := os.OpenFile(path, int(flags&^syscall.O_APPEND)|os.O_CREATE, os.FileMode(mode))
 	if err != nil {
 		return nil, nil, 0, fs.ToErrno(err)
 	}
-	n.p.created(path)
+	if os.IsNotExist(statErr) {
+		n.p.created(path)
+	}
 	var st syscall.Stat_t
 	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
 		f.Close()

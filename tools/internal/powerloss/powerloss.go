@@ -253,7 +253,10 @@ func (p *FS) adopt(path string) (uint64, error) {
 // file, a link under ids) if it has none. Called with mu held.
 func (p *FS) identify(path string, st *syscall.Stat_t) (uint64, error) {
 	if id, ok := p.byIno[st.Ino]; ok {
-		return id, nil
+		// A removed directory's number may now name a file.
+		if _, isDir := p.dirs[id]; isDir == (st.Mode&syscall.S_IFMT == syscall.S_IFDIR) {
+			return id, nil
+		}
 	}
 	p.nextID++
 	id := p.nextID
@@ -273,20 +276,15 @@ func (p *FS) identify(path string, st *syscall.Stat_t) (uint64, error) {
 func (p *FS) idPath(id uint64) string { return filepath.Join(p.ids, fmt.Sprint(id)) }
 
 // created records a file or directory just made through the mount: it is
-// new, so its synced content is empty. A directory's inode number may be
-// one a removed directory had (nothing keeps removed directories alive),
-// so a new directory always gets a new identity. Called with mu held.
+// new, so its synced content is empty, and it gets a new identity even if
+// its inode number is one a removed directory had (nothing keeps removed
+// directories alive). Called with mu held.
 func (p *FS) created(path string) {
 	var st syscall.Stat_t
 	if err := syscall.Lstat(path, &st); err != nil {
 		return
 	}
-	if st.Mode&syscall.S_IFMT == syscall.S_IFDIR {
-		delete(p.byIno, st.Ino)
-	}
-	if _, ok := p.byIno[st.Ino]; ok {
-		return
-	}
+	delete(p.byIno, st.Ino)
 	p.identify(path, &st)
 }
 
