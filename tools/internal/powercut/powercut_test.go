@@ -102,6 +102,7 @@ func cutOneNodeRepeatedly(t *testing.T, store string, cuts int, seed uint64, opt
 	rng := rand.New(rand.NewPCG(seed, 0))
 	a := &acks{}
 	for round := 0; round < cuts; round++ {
+		began := time.Now()
 		if _, err := c.leader(); err != nil {
 			return nil, fmt.Errorf("round %d: %v", round, err)
 		}
@@ -112,9 +113,11 @@ func cutOneNodeRepeatedly(t *testing.T, store string, cuts int, seed uint64, opt
 		if cutErr != nil {
 			return nil, cutErr
 		}
+		cutAt := time.Now()
 		if err := n.start(); err != nil {
 			return nil, fmt.Errorf("round %d: the store did not open after a power cut: %v", round, err)
 		}
+		startedAt := time.Now()
 		all, err := c.dump(n)
 		if err != nil {
 			return nil, fmt.Errorf("round %d: %v", round, err)
@@ -122,7 +125,8 @@ func cutOneNodeRepeatedly(t *testing.T, store string, cuts int, seed uint64, opt
 		if lost := a.missing(all); len(lost) > 0 {
 			return lost, fmt.Errorf("round %d: %d of %d acknowledged writes lost", round, len(lost), a.count())
 		}
-		t.Logf("round %d: all %d acknowledged writes kept", round, a.count())
+		t.Logf("round %d: all %d acknowledged writes kept (writes %s, restart %s, check %s)", round, a.count(),
+			cutAt.Sub(began).Round(time.Millisecond), startedAt.Sub(cutAt).Round(time.Millisecond), time.Since(startedAt).Round(time.Millisecond))
 	}
 	if a.count() < 20 {
 		return nil, fmt.Errorf("only %d writes were acknowledged in %d rounds: too little progress to prove anything", a.count(), cuts)
