@@ -26,3 +26,7 @@ func mkdirDurable(dir string) error {
 	}
 	return nil
 }
+
+// SyncDir fsyncs the directory dir, so that names created, renamed or
+// removed in it survive a power cut.
+func SyncDir(dir string) error { return syncDir(dir) }
