@@ -419,10 +419,14 @@ func (d *Stopped) ResetPoisonedTerm() (*TermReset, error) {
 	if to == 0 {
 		to = 1 // a bootstrapped node starts in term 1
 	}
+	// Three transactions, in an order that leaves every state in between
+	// (a crash, a power cut) still poisoned, so that the next attempt
+	// repairs it, and never sane with the old vote's candidate in the
+	// reset term, which could grant a second vote in that term.
 	for _, set := range []func() error{
-		func() error { return d.Stable.SetUint64(KeyCurrentTerm, to) },
-		func() error { return d.Stable.SetUint64(KeyLastVoteTerm, to) },
 		func() error { return d.Stable.Set(KeyLastVoteCand, []byte(NoVote)) },
+		func() error { return d.Stable.SetUint64(KeyLastVoteTerm, to) },
+		func() error { return d.Stable.SetUint64(KeyCurrentTerm, to) },
 	} {
 		if err := set(); err != nil {
 			return nil, fmt.Errorf("raftkit: %s: resetting the current term: %w", d.Path, err)
