@@ -21,6 +21,15 @@ func (p *FS) newNode(root *fs.LoopbackRoot, _ *fs.Inode, _ string, _ *syscall.St
 	return &node{LoopbackNode: fs.LoopbackNode{RootData: root}, p: p}
 }
 
+// WrapChild makes the children that go-fuse's loopback code creates
+// (on lookup, mkdir, mknod) nodes of this file system too.
+func (n *node) WrapChild(ctx context.Context, ops fs.InodeEmbedder) fs.InodeEmbedder {
+	if lb, ok := ops.(*fs.LoopbackNode); ok {
+		return &node{LoopbackNode: fs.LoopbackNode{RootData: lb.RootData}, p: n.p}
+	}
+	return ops
+}
+
 // backingPath is the node's path in the backing directory.
 func (n *node) backingPath() string {
 	return filepath.Join(n.RootData.Path, n.Path(n.RootData.RootNode.EmbeddedInode()))
@@ -34,6 +43,7 @@ var (
 	_ fs.NodeOpendirHandler = (*node)(nil)
 	_ fs.NodeSetattrer      = (*node)(nil)
 	_ fs.NodeFsyncer        = (*node)(nil)
+	_ fs.NodeWrapChilder    = (*node)(nil)
 )
 
 func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {

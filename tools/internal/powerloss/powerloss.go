@@ -145,7 +145,7 @@ func (p *FS) Cut() error {
 func (p *FS) Close() error { return p.unmount() }
 
 func (p *FS) mount() error {
-	root := &fs.LoopbackRoot{Path: p.backing, NewNode: p.newNode}
+	root := &fs.LoopbackRoot{Path: p.backing}
 	var st syscall.Stat_t
 	if err := syscall.Stat(p.backing, &st); err != nil {
 		return err
