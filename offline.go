@@ -227,14 +227,31 @@ func WriteRecovery(dir string, servers []ServerInfo) error {
 	}
 	path := filepath.Join(dir, RecoveryFile)
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(data, '\n'), 0o600); err != nil {
+	if err := writeSynced(tmp, append(data, '\n')); err != nil {
+		os.Remove(tmp)
 		return fmt.Errorf("raftkit: write recovery file %s: %w", tmp, err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("raftkit: write recovery file %s: %w", path, err)
 	}
+	if err := store.SyncDir(dir); err != nil {
+		return fmt.Errorf("raftkit: write recovery file %s: %w", path, err)
+	}
 	return d.Close()
+}
+
+// writeSynced writes data to a new file at path and fsyncs it.
+func writeSynced(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	return errors.Join(err, f.Close())
 }
 
 func checkRecovery(servers []ServerInfo) error {
@@ -287,8 +304,13 @@ func applyRecovery(s *settled, rc *raft.Config, fsm raft.FSM, st *store.Stores, 
 	if err := raft.RecoverCluster(rc, newRecoveryFSM(fsm, st.Log), st.Log, st.Stable, st.Snaps, trans, conf); err != nil {
 		return fmt.Errorf("%w: apply %s: %v", ErrRecovery, path, err)
 	}
+	// A recovery file that a power cut brings back would force the
+	// configuration again at a later start, over whatever changed since.
 	if err := os.Rename(path, path+".applied"); err != nil {
 		return fmt.Errorf("raftkit: recovery applied, but %s could not be renamed (remove it before the next start): %w", path, err)
+	}
+	if err := store.SyncDir(s.Dir); err != nil {
+		return fmt.Errorf("raftkit: recovery applied, but the rename of %s could not be synced (remove it before the next start): %w", path, err)
 	}
 	logger.Warn("recovery configuration applied", "file", path+".applied")
 	return nil

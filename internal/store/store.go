@@ -176,7 +176,7 @@ func Open(o Options) (*Stores, error) {
 	if o.Memory != nil {
 		return &Stores{Log: o.Memory.Logs, Stable: o.Memory.Logs, Snaps: o.Memory.Snaps}, nil
 	}
-	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
+	if err := mkdirDurable(o.Dir); err != nil {
 		return nil, sentinel.Field("Dir", o.Dir, "cannot be created: %v", err)
 	}
 	snaps, err := openSnapshotStore(o.Dir, o.SnapshotRetain, o.Logger)
@@ -189,6 +189,12 @@ func Open(o Options) (*Stores, error) {
 	logs, stable, closer, logPath, err := openLogStore(o.Dir, o.Kind, false, snaps, o.Logger)
 	if err != nil {
 		return nil, err
+	}
+	// The names snapshots/ and wal/ (made just now if new) must survive
+	// a power cut before anything is written under them.
+	if err := syncDir(o.Dir); err != nil {
+		closer()
+		return nil, fmt.Errorf("raftkit: sync data directory %s: %w", o.Dir, err)
 	}
 	// With the log store's lock held, no other node writes snapshots here.
 	removeTempSnapshots(o.Dir, o.Logger)
@@ -229,7 +235,7 @@ func openSnapshotStore(dir string, retain int, logger hclog.Logger) (raft.Snapsh
 	if err != nil {
 		return nil, fmt.Errorf("raftkit: open snapshot store %s: %w", filepath.Join(dir, SnapshotDir), err)
 	}
-	return snaps, nil
+	return &syncedSnapshots{SnapshotStore: snaps, dir: filepath.Join(dir, SnapshotDir)}, nil
 }
 
 // Stopped is a stopped node's data directory, locked and opened for an
@@ -420,10 +426,14 @@ func (d *Stopped) ResetPoisonedTerm() (*TermReset, error) {
 	if to == 0 {
 		to = 1 // a bootstrapped node starts in term 1
 	}
+	// Three transactions, in an order that leaves every state in between
+	// (a crash, a power cut) still poisoned, so that the next attempt
+	// repairs it, and never sane with the old vote's candidate in the
+	// reset term, which could grant a second vote in that term.
 	for _, set := range []func() error{
-		func() error { return d.Stable.SetUint64(KeyCurrentTerm, to) },
-		func() error { return d.Stable.SetUint64(KeyLastVoteTerm, to) },
 		func() error { return d.Stable.Set(KeyLastVoteCand, []byte(NoVote)) },
+		func() error { return d.Stable.SetUint64(KeyLastVoteTerm, to) },
+		func() error { return d.Stable.SetUint64(KeyCurrentTerm, to) },
 	} {
 		if err := set(); err != nil {
 			return nil, fmt.Errorf("raftkit: %s: resetting the current term: %w", d.Path, err)
