@@ -238,12 +238,14 @@ func waitFor(t testing.TB, limit time.Duration, what string, cond func() bool) {
 	}
 }
 
-// waitApplied waits until every open node has applied index.
+// waitApplied waits until every open node's FSM has applied index: raft's
+// AppliedIndex moves when entries are handed to the FSM goroutine, before
+// the FSM has applied them (a test reading the FSM then saw 19 keys of 20).
 func (c *testCluster) waitApplied(index uint64) {
 	c.t.Helper()
 	waitFor(c.t, 15*time.Second, fmt.Sprintf("all nodes to apply index %d", index), func() bool {
 		for _, n := range c.nodes {
-			if n.checkOpen() == nil && n.raft.AppliedIndex() < index {
+			if n.checkOpen() == nil && !n.fsmCaughtUp(index) {
 				return false
 			}
 		}
